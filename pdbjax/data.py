@@ -40,14 +40,12 @@ Sources (``source=`` argument of the loaders):
 from __future__ import annotations
 
 import codecs
-import contextlib
 import gzip
 import importlib.util
 import io
 import math
 import os
 import pickle
-import tempfile
 import warnings
 import zlib
 from collections.abc import Callable
@@ -55,6 +53,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from pdbjax._atomic import atomic_write_bytes
 
 __all__ = [
     "DATA_DIR_ENV",
@@ -153,7 +153,7 @@ def write_idx(path: str | os.PathLike[str], array: np.ndarray) -> None:
     payload = _encode_idx(np.asarray(array))
     if path.name.endswith(".gz"):
         payload = gzip.compress(payload, mtime=0)
-    _atomic_write(path, payload)
+    atomic_write_bytes(path, payload)
 
 
 def _encode_idx(array: np.ndarray) -> bytes:
@@ -167,21 +167,6 @@ def _encode_idx(array: np.ndarray) -> bytes:
     code = codes[0]
     header = bytes([0, 0, code, array.ndim]) + np.asarray(array.shape, ">u4").tobytes()
     return header + array.astype(_IDX_DTYPES[code]).tobytes()
-
-
-def _atomic_write(path: Path, payload: bytes) -> None:
-    """Write ``payload`` to ``path`` via a temporary sibling file and ``os.replace``."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(payload)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
 
 
 # ---------------------------------------------------------------------- sources

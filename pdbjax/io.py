@@ -30,11 +30,9 @@ import importlib
 import importlib.util
 import json
 import os
-import shutil
 import struct
-import tempfile
 import zipfile
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from functools import partial
 from pathlib import Path
 from typing import Any, Literal
@@ -42,6 +40,8 @@ from typing import Any, Literal
 import jax
 import ml_dtypes
 import numpy as np
+
+from pdbjax._atomic import atomic_write
 
 __all__ = ["flatten", "load", "load_with_metadata", "minilm_path", "same_file", "save"]
 
@@ -168,7 +168,7 @@ def save(
         flat = flatten(tree, "/")
         _check_npz_dtypes(path, flat)
         writer = partial(_write_npz, flat=flat)
-    _atomic_write(path, writer, overwrite)
+    atomic_write(path, writer, overwrite)
     return path
 
 
@@ -281,47 +281,6 @@ def _check_npz_dtypes(path: Path, flat: Mapping[str, np.ndarray]) -> None:
                 f"{path}: .npz cannot store {arr.dtype} (tensor {name!r}); "
                 "save to .safetensors or an Orbax directory instead"
             )
-
-
-def _atomic_write(dest: Path, writer: Callable[[Path], None], overwrite: bool) -> None:
-    """Let ``writer`` create a temporary sibling of ``dest``, then rename it to ``dest``.
-
-    The temporary path lives in a hidden directory in ``dest``'s parent (same
-    file system, so renames are atomic) that is always removed afterwards.
-    """
-    holder = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
-    try:
-        tmp = holder / dest.name
-        writer(tmp)
-        if tmp.is_file():
-            _fsync(tmp)
-        _commit(tmp, dest, holder / f"{dest.name}.old", overwrite)
-    finally:
-        shutil.rmtree(holder, ignore_errors=True)
-
-
-def _fsync(path: Path) -> None:
-    with open(path, "rb") as f:
-        os.fsync(f.fileno())
-
-
-def _commit(tmp: Path, dest: Path, aside: Path, overwrite: bool) -> None:
-    """Rename ``tmp`` to ``dest``; an existing ``dest`` is moved to ``aside`` first
-    unless a plain file replaces a plain file (a single atomic ``os.replace``)."""
-    if not os.path.lexists(dest):
-        os.replace(tmp, dest)
-        return
-    if not overwrite:
-        raise FileExistsError(f"{dest} already exists (pass overwrite=True to replace it)")
-    if tmp.is_file() and not dest.is_dir():
-        os.replace(tmp, dest)
-        return
-    os.replace(dest, aside)
-    try:
-        os.replace(tmp, dest)
-    except BaseException:
-        os.replace(aside, dest)
-        raise
 
 
 # --------------------------------------------------------------------------- safetensors

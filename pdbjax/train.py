@@ -30,7 +30,6 @@ import dataclasses
 import functools
 import math
 import os
-import tempfile
 import time
 from collections.abc import Callable, Mapping
 
@@ -39,6 +38,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
+
+from pdbjax import io as pdbio
 
 Path = tuple[str | int, ...]
 History = dict[str, list[float]]
@@ -228,20 +229,11 @@ def _key(path: Path) -> str:
 def save_checkpoint(path: str | os.PathLike[str], model: nnx.Module) -> None:
     """Write ``nnx.state(model)`` to the ``.npz`` file ``path``, keys = '/'-joined state paths.
 
-    The file is written next to ``path`` under a temporary name and moved into
-    place with ``os.replace``, so ``path`` is either the old or the new checkpoint.
+    Written atomically by :func:`pdbjax.io.save` (an existing checkpoint is replaced), so ``path``
+    is either the old or the new checkpoint.
     """
-    path = os.fspath(path)
     arrays = {_key(p): np.asarray(v.get_value()) for p, v in nnx.to_flat_state(nnx.state(model))}
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".npz")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    pdbio.save(path, arrays, format="npz", overwrite=True)
 
 
 def load_checkpoint(path: str | os.PathLike[str], model: nnx.Module) -> nnx.Module:

@@ -75,9 +75,13 @@ def test_write_idx_replaces_atomically(tmp_path: Path, monkeypatch: pytest.Monke
     data.write_idx(path, np.zeros(3, np.uint8))
     replaced = []
     real_replace = os.replace
-    monkeypatch.setattr(data.os, "replace", lambda s, d: (replaced.append((Path(s).parent, d)), real_replace(s, d)))
+    monkeypatch.setattr(os, "replace", lambda s, d: (replaced.append((Path(s), Path(d))), real_replace(s, d)))
     data.write_idx(path, np.ones(4, np.uint8))
-    assert replaced == [(tmp_path, path)]
+    # One rename, from a temporary sibling inside the same directory onto the destination.
+    assert len(replaced) == 1
+    source, dest = replaced[0]
+    assert dest == path and source != path and source.is_relative_to(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.idx"]
     np.testing.assert_array_equal(data.read_idx(path), np.ones(4, np.uint8))
 
 

@@ -1,0 +1,419 @@
+r"""Noise filtering of weight matrices: PDB/PUB Algorithm 2 and the SVD baselines (spec sections 7-8).
+
+Conventions (``shared/spec/pdb-model.md`` section 1). A weight ``W`` of shape ``(..., a, b)`` in any
+orientation (a Flax ``Dense`` kernel is ``(in, out)``); ``p = min(a, b)``, ``N = max(a, b)``. Its thin
+SVD is ``W = U diag(s) V^T`` with ``U`` ``(..., a, p)``, ``V^T`` ``(..., p, b)`` and ``s`` descending; the
+eigenvalues are ``lambda_j = s_j^2`` (no ``1/N``), the descending input of the estimators
+:func:`pdbjax.estimate.fit_pdb` and :func:`pdbjax.pub.fit_pub`. Leading axes are a batch of
+equal-shape matrices; a fit for a batch carries the same leading axes.
+
+Algorithm 2 (Wu, Zhu & Li 2025), per matrix, given a fit of the bulk population ``H``:
+
+1. :func:`outlier_mask`: ``lambda_j > lambda_+``, and for two separated bulks also
+   ``beta_2 < lambda_j < beta_3`` (every gap eigenvalue; the reference code drops the lowest one).
+2. :func:`shrink_spikes`: each outlier ``lambda_j`` becomes its population value
+   ``alpha_j = g^{-1}(lambda_j)`` (:func:`pdbjax.spectral.spike_inverse`); the new singular value is
+   ``sqrt(alpha_j)``. Bulk eigenvalues are left as they are.
+3. Keep the first ``keep`` components (:func:`keep_count`) and zero the rest:
+   ``W' = U diag(s') V^T``. Components are truncated by their position in the SVD of ``W`` (the
+   ``m`` smallest *sample* singular values go), as in the reference code
+   (``svals_shifted[-nRemove:] = 0``); shrinking does not reorder them.
+
+Static shapes. Keep counts differ between the matrices of a batch, so truncation is a mask on the
+full thin SVD and every output has a fixed shape: ``filter_matrix`` runs under ``jit`` with static
+``method``/``rank``, and a batch gives the same result as a loop over its matrices.
+
+References:
+  Wu, Zhu & Li (2025), "Weight matrices compression based on PDB model in deep neural networks",
+  ICML, Algorithm 2; reference code ``noise_filter.py``, ``neural.recover_and_remove_svals``.
+  Staats, Thamm & Rosenow (2023), "Boundary between noise and information applied to filtering
+  neural network weight matrices", Phys. Rev. E 108, L022302 (PUB filtering).
+  Swaminathan, Garg, Kannan & Andres (2020), "Sparse low rank factorization for deep neural network
+  compression", Neurocomputing 398, 185-196 (SLR).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import numbers
+from typing import Literal, NamedTuple, Union
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from pdbjax.fits import PDBFit, PUBFit, Reason
+from pdbjax.spectral import PDB, critical_points, edges, spike_inverse
+
+__all__ = ["FilterInfo", "svd", "outlier_mask", "shrink_spikes", "keep_count", "filter_matrix"]
+
+Array = jax.Array
+ArrayLike = jax.typing.ArrayLike
+Fit = Union[PDBFit, PUBFit]
+Rank = Union[int, float, str]
+Method = Literal["pdb", "pub-bema", "pub-kernel", "svd", "slr"]
+
+METHODS = ("pdb", "pub-bema", "pub-kernel", "svd", "slr")
+RULES = ("spikes", "upper-bulk")
+_SHRINKING = ("pdb", "pub-bema", "pub-kernel")
+
+
+class FilterInfo(NamedTuple):
+    """What :func:`filter_matrix` did to each matrix (a pytree; every field has the batch shape).
+
+    Attributes:
+      keep: number of components kept (int32); ``p`` where the fit is not ok.
+      n_outliers: outliers shrunk by Algorithm 2 (int32; 0 for ``"svd"``/``"slr"`` and bad fits).
+      params_before: ``a * b`` (int32).
+      params_after: stored parameters of the output (int32). Dense output: ``a * b``. Factored:
+        ``keep * (a + b)`` (``A = U_k diag(s'_k)``, ``B = V_k^T``); SLR: ``nnz(U_k) + k + nnz(V_k^T)``
+        with the structural non-zeros of the sparsified factors (Swaminathan et al.'s count).
+      rel_change: ``||W' - W||_F / ||W||_F`` of the returned weight (after the cast to the input
+        dtype; for factored output ``W' = A @ B``); 0 for an all-zero ``W``.
+      ok: whether the weight was filtered; False copies the fit's ``ok`` (weight returned unchanged).
+      reason: the fit's :class:`~pdbjax.fits.Reason` code (``Reason.OK`` when no fit is used).
+    """
+
+    keep: Array
+    n_outliers: Array
+    params_before: Array
+    params_after: Array
+    rel_change: Array
+    ok: Array
+    reason: Array
+
+
+# --------------------------------------------------------------------------------------------------
+# SVD convention
+
+
+def svd(W: ArrayLike) -> tuple[Array, Array, Array]:
+    r"""Thin SVD ``W = U diag(s) V^T`` of a stack of matrices ``(..., a, b)``, any orientation.
+
+    Returns ``(U, s, Vh)`` with shapes ``(..., a, p)``, ``(..., p)`` (descending) and ``(..., p, b)``,
+    ``p = min(a, b)``; the eigenvalues of the spec are ``s**2``. Computed in float32 at least: in
+    float64 when ``jax.enable_x64`` is on (bf16/f16/f32 inputs are upcast), in float32 otherwise.
+    """
+    W = _as_matrices(W)
+    work = jnp.promote_types(W.dtype, jnp.result_type(float))
+    U, s, Vh = jnp.linalg.svd(W.astype(work), full_matrices=False)
+    return U, s, Vh
+
+
+def _as_matrices(W: ArrayLike) -> Array:
+    W = jnp.asarray(W)
+    if W.ndim < 2:
+        raise ValueError(f"expected matrices of shape (..., a, b); got shape {W.shape}")
+    if not jnp.issubdtype(W.dtype, jnp.floating):
+        raise TypeError(f"expected a real floating-point weight; got dtype {W.dtype}")
+    return W
+
+
+# --------------------------------------------------------------------------------------------------
+# Algorithm 2, steps 1-2
+
+
+def _ok(fit: Fit, batch: tuple[int, ...]) -> Array:
+    return jnp.broadcast_to(jnp.asarray(fit.ok, bool), batch)
+
+
+def _above_edge(lam: Array, fit: Fit) -> Array:
+    """``lambda_j > lambda_+`` where the fit is ok (the strict noise boundary)."""
+    return (lam > jnp.asarray(fit.lambda_plus)[..., None]) & _ok(fit, lam.shape[:-1])[..., None]
+
+
+def outlier_mask(lam: ArrayLike, fit: Fit) -> Array:
+    r"""Outliers of Algorithm 2, step 1: a boolean mask of the shape of ``lam``.
+
+    ``lambda_j > lambda_+``; for a :class:`~pdbjax.fits.PDBFit` with four finite edges (two separated
+    bulks ``[beta_1, beta_2] U [beta_3, beta_4]``) also every ``lambda_j`` with
+    ``beta_2 < lambda_j < beta_3``, including the lowest gap eigenvalue (the reference code's slice
+    drops it; spec section 7). A :class:`~pdbjax.fits.PUBFit` uses its ``lambda_plus``
+    (``sigma^2 (1 + sqrt c)^2``), not BEMA's Tracy-Widom ``threshold``. All False where the fit is
+    not ok.
+
+    Args:
+      lam: eigenvalues ``s^2``, shape ``(..., p)`` (descending order is not required).
+      fit: fit whose fields have the batch shape ``lam.shape[:-1]`` (or broadcast to it).
+    """
+    lam = jnp.asarray(lam)
+    mask = _above_edge(lam, fit)
+    if isinstance(fit, PDBFit):
+        beta = jnp.asarray(fit.edges)
+        separated = jnp.all(jnp.isfinite(beta), axis=-1)[..., None]
+        in_gap = (lam > beta[..., 1:2]) & (lam < beta[..., 2:3])
+        mask = mask | (separated & in_gap & _ok(fit, lam.shape[:-1])[..., None])
+    return mask
+
+
+def _population(fit: Fit) -> tuple[PDB, Array]:
+    """The fit's population and ``c``, with a harmless valid population where the fit is not ok
+    (its fields are NaN there, which :mod:`pdbjax.spectral` rejects outside ``jit``)."""
+    ok = jnp.asarray(fit.ok, bool)
+    pop = fit.population
+    t, s1, s2 = (jnp.where(ok, jnp.asarray(v), 1.0) for v in pop)
+    return PDB(t, s1, s2), jnp.where(ok, jnp.asarray(fit.c), 0.5)
+
+
+def shrink_spikes(lam: ArrayLike, fit: Fit) -> Array:
+    r"""Algorithm 2, step 2: replace every outlier ``lambda_j`` by its population spike ``alpha_j``.
+
+    ``alpha_j`` is the admissible root of ``g(alpha) = lambda_j`` (spec section 4), computed by
+    :func:`pdbjax.spectral.spike_inverse` with the fit's population and ``c``: above ``alpha_max`` for
+    outliers above ``lambda_+``, in ``(alpha_2, alpha_3)`` for gap outliers. PUB closed form:
+    ``alpha = (lam + sigma^2 (1 - c) + sqrt((lam + sigma^2 (1 - c))^2 - 4 lam sigma^2)) / 2``.
+    An outlier that rounding places inside the support (within float error of an edge ``beta_i``)
+    gets the limit ``alpha_i`` at that edge. Non-outliers are returned unchanged, in place (no
+    re-sorting); the new singular values are ``sqrt`` of the result.
+
+    Args:
+      lam: eigenvalues ``s^2``, shape ``(..., p)``.
+      fit: :class:`~pdbjax.fits.PDBFit` or :class:`~pdbjax.fits.PUBFit` with batch shape ``lam.shape[:-1]``.
+
+    Returns:
+      Eigenvalues of the shape and dtype of ``lam``.
+    """
+    lam = jnp.asarray(lam)
+    pop, c = _population(fit)
+    pop_p = PDB(*(v[..., None] for v in pop))
+    alpha = spike_inverse(lam, pop_p, c[..., None])
+    beta, crit = edges(pop_p, c[..., None]), critical_points(pop_p, c[..., None])
+    distance = jnp.abs(beta - lam[..., None])
+    nearest = jnp.nanargmin(distance, axis=-1)[..., None]
+    at_edge = jnp.take_along_axis(jnp.broadcast_to(crit, distance.shape), nearest, axis=-1)[..., 0]
+    alpha = jnp.where(jnp.isnan(alpha), at_edge, alpha)
+    return jnp.where(outlier_mask(lam, fit), alpha.astype(lam.dtype), lam)
+
+
+# --------------------------------------------------------------------------------------------------
+# How many components to keep
+
+
+def _check_rank(rank: Rank) -> Rank:
+    """Validate ``rank`` and normalise NumPy scalars to Python ones (it is a static argument)."""
+    if isinstance(rank, str):
+        if rank not in RULES:
+            raise ValueError(f"rank rule must be one of {RULES}; got {rank!r}")
+        return rank
+    if isinstance(rank, (bool, np.bool_)):
+        raise TypeError("rank must be an int, a float removed fraction or a rule string; got a bool")
+    if isinstance(rank, numbers.Integral):
+        if rank < 0:
+            raise ValueError(f"an int rank must be >= 0; got {rank}")
+        return int(rank)
+    if isinstance(rank, numbers.Real):
+        if not 0.0 <= rank <= 1.0:
+            raise ValueError(f"a float rank is the removed fraction, in [0, 1]; got {rank}")
+        return float(rank)
+    raise TypeError(f"rank must be an int, a float removed fraction or one of {RULES}; got {rank!r}")
+
+
+def _upper_weight(fit: Fit) -> Array:
+    """Bulk share of the larger-variance component: ``t`` if ``s1 > s2``, ``1 - t`` if ``s2 > s1``,
+    0 for a single bulk (``s1 == s2`` or a PUB fit)."""
+    if isinstance(fit, PUBFit):
+        return jnp.zeros_like(jnp.asarray(fit.sigma_sq))
+    t, s1, s2 = (jnp.asarray(v) for v in fit.population)
+    return jnp.where(s1 > s2, t, jnp.where(s2 > s1, 1 - t, 0.0))
+
+
+def keep_count(lam: ArrayLike, fit: Fit | None, rule: Rank) -> Array:
+    r"""Number of singular values to keep per matrix (int32, shape ``lam.shape[:-1]``).
+
+    * ``int`` ``r``: ``min(r, p)``.
+    * ``float`` ``f`` in ``[0, 1]``, the removed fraction: ``round((1 - f) p)`` (half to even).
+    * ``"spikes"``: the outliers above the strict boundary, ``#{j : lambda_j > lambda_+}`` (gap
+      outliers of separated bulks are not kept: they sit below the upper bulk).
+    * ``"upper-bulk"``: all ``K`` outliers (:func:`outlier_mask`) plus ``round(w_high (p - K))``, the
+      share of the bulk owned by the larger-variance component (``w_high = t`` if
+      ``sigma1_sq > sigma2_sq``, ``1 - t`` if ``sigma2_sq > sigma1_sq``, 0 for one bulk), i.e. the
+      low-variance component is treated as the noise. For a PUB fit this equals ``"spikes"``.
+
+    Rules need a fit and give ``p`` (keep everything) where it is not ok; ``int``/``float`` ignore it.
+    """
+    lam = jnp.asarray(lam)
+    rule = _check_rank(rule)
+    p, batch = lam.shape[-1], lam.shape[:-1]
+    if not isinstance(rule, str):
+        keep = min(rule, p) if isinstance(rule, int) else round((1.0 - rule) * p)
+        return jnp.full(batch, keep, jnp.int32)
+    if fit is None:
+        raise ValueError(f"rank rule {rule!r} needs a fit")
+    if rule == "spikes":
+        keep = jnp.sum(_above_edge(lam, fit), axis=-1)
+    else:
+        k = jnp.sum(outlier_mask(lam, fit), axis=-1)
+        keep = k + jnp.round(_upper_weight(fit) * (p - k)).astype(k.dtype)
+    return jnp.where(_ok(fit, batch), keep, p).astype(jnp.int32)
+
+
+# --------------------------------------------------------------------------------------------------
+# filter_matrix
+
+
+def filter_matrix(
+    W: ArrayLike,
+    method: Method = "pdb",
+    rank: Rank = "spikes",
+    *,
+    fit: Fit | None = None,
+    factored: bool = False,
+    slr_sr: float = 0.5,
+    slr_rr: float = 0.5,
+) -> tuple[Array | tuple[Array, Array], FilterInfo]:
+    r"""Filter (compress) a stack of weight matrices ``W`` of shape ``(..., a, b)``.
+
+    Methods:
+
+    * ``"pdb"`` (Algorithm 2 of Wu, Zhu & Li 2025) and ``"pub-bema"`` / ``"pub-kernel"`` (the same
+      algorithm with a single Marchenko-Pastur bulk, Staats et al. 2023): SVD, fit the bulk
+      (``fit`` if given, else :func:`pdbjax.estimate.fit_pdb` / :func:`pdbjax.pub.fit_pub` on
+      ``lambda = s^2``), :func:`shrink_spikes`, keep the first :func:`keep_count` components and
+      rebuild ``W' = U diag(s') V^T``.
+    * ``"svd"``: naive truncated SVD to the same keep count, nothing shifted.
+    * ``"slr"`` (Swaminathan et al. 2020): truncated SVD to rank ``k`` = the keep count, then the
+      ``floor(slr_sr * a)`` rows of ``U_k`` with the smallest norm (least important inputs of a Flax
+      ``(in, out)`` kernel) and the ``floor(slr_sr * b)`` columns of ``V_k^T`` with the smallest norm
+      (outputs) keep only their first ``floor(slr_rr * k)`` components.
+
+    For ``"svd"``/``"slr"`` an ``int``/``float`` ``rank`` needs no fit; a rule string is evaluated with
+    ``fit`` if given (a PDB or PUB fit: e.g. truncation at BEMA's count), else with
+    :func:`pdbjax.estimate.fit_pdb`.
+
+    A fit that is not ok leaves its matrix unchanged: the dense output is ``W`` itself (bitwise),
+    ``info.ok`` is False, ``info.reason`` the fit's code, ``info.keep = p``. The estimator runs
+    eagerly (in float64, see its ``precision``) unless the caller traces this function; everything
+    after the fit is one ``jit``-compiled computation.
+
+    Args:
+      W: weights ``(..., a, b)``, any orientation and float dtype (bf16/f16 are upcast for the
+        computation; the outputs have the dtype of ``W``). NumPy inputs are not written to.
+      method: one of ``"pdb"``, ``"pub-bema"``, ``"pub-kernel"``, ``"svd"``, ``"slr"`` (static).
+      rank: ``int`` rank, ``float`` removed fraction in ``[0, 1]``, or ``"spikes"`` /
+        ``"upper-bulk"`` (static; see :func:`keep_count`).
+      fit: a precomputed fit with batch shape ``W.shape[:-2]`` (a :class:`~pdbjax.fits.PDBFit` for
+        ``"pdb"``, a :class:`~pdbjax.fits.PUBFit` for ``"pub-*"``, either for rule ranks of
+        ``"svd"``/``"slr"``; ignored by ``"svd"``/``"slr"`` with an ``int``/``float`` rank).
+      factored: return factors ``(A, B)`` with ``W' = A @ B`` instead of ``W'``.
+      slr_sr: SLR sparsity rate: fraction of rows (columns) that are sparsified.
+      slr_rr: SLR reduction rate: fraction of the ``k`` components those rows (columns) keep.
+
+    Returns:
+      ``(W_new, info)`` or ``((A, B), info)`` and a :class:`FilterInfo`. Factored output has the
+      static full width ``p``: ``A = U diag(s')`` ``(..., a, p)`` and ``B = V^T`` ``(..., p, b)``
+      with columns of ``A`` / rows of ``B`` from ``info.keep`` on exactly zero (for SLR also the
+      sparsified entries), so ``A[..., :r], B[..., :r, :]`` with ``r = int(info.keep.max())`` is the
+      compact form with the same product. A matrix whose fit is not ok gets its exact full SVD
+      factors (``A @ B = W`` up to rounding).
+    """
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}; got {method!r}")
+    rank = _check_rank(rank)
+    for name, value in (("slr_sr", slr_sr), ("slr_rr", slr_rr)):
+        if not 0.0 <= value <= 1.0:
+            raise ValueError(f"{name} must lie in [0, 1]; got {value}")
+    W = _as_matrices(W)
+    U, s, Vh = svd(W)
+    needs_fit = method in _SHRINKING or isinstance(rank, str)
+    if not needs_fit:
+        fit = None
+    elif fit is None:
+        fit = _estimate(s**2, max(W.shape[-2:]), method)
+    else:
+        _check_fit(fit, method, W.shape[:-2])
+    return _filter(W, U, s, Vh, fit, method, rank, bool(factored), float(slr_sr), float(slr_rr))
+
+
+def _estimate(lam: Array, N: int, method: str) -> Fit:
+    """Fit the bulk with the estimator that belongs to ``method`` (``fit_pdb`` for svd/slr rules)."""
+    if method.startswith("pub-"):
+        from pdbjax.pub import fit_pub  # imported on use: the estimators import nothing from here
+
+        return fit_pub(lam, N, method=method.removeprefix("pub-"))
+    from pdbjax.estimate import fit_pdb
+
+    return fit_pdb(lam, N)
+
+
+def _check_fit(fit: Fit, method: str, batch: tuple[int, ...]) -> None:
+    want = {"pdb": PDBFit, "pub-bema": PUBFit, "pub-kernel": PUBFit}.get(method, (PDBFit, PUBFit))
+    if not isinstance(fit, want):
+        raise TypeError(f"method {method!r} needs a {getattr(want, '__name__', 'PDBFit or PUBFit')}; got {type(fit).__name__}")
+    shape = jnp.shape(fit.lambda_plus)
+    if np.broadcast_shapes(shape, batch) != batch:
+        raise ValueError(f"fit has batch shape {shape}, which does not broadcast to the weights' {batch}")
+
+
+def _least_important(factor: Array, live: Array, n: int) -> Array:
+    """Mask of the ``n`` rows of ``factor`` ``(..., m, p)`` with the smallest norm over the live
+    components (ties: lower index first)."""
+    norms = jnp.linalg.norm(jnp.where(live[..., None, :], factor, 0.0), axis=-1)
+    order = jnp.argsort(jnp.argsort(norms, axis=-1, stable=True), axis=-1, stable=True)
+    return order < n
+
+
+def _slr_masks(U: Array, Vh: Array, keep: Array, sr: float, rr: float) -> tuple[Array, Array]:
+    """Structural masks of SLR's ``U_k`` ``(..., a, p)`` and ``V_k^T`` ``(..., p, b)``."""
+    a, b, p = U.shape[-2], Vh.shape[-1], U.shape[-1]
+    comp = jnp.arange(p)
+    live = comp < keep[..., None]
+    short = comp < jnp.floor(rr * keep).astype(keep.dtype)[..., None]
+
+    def side(factor: Array, n_rows: int) -> Array:
+        sparse = _least_important(factor, live, n_rows)
+        return live[..., None, :] & (~sparse[..., :, None] | short[..., None, :])
+
+    return side(U, math.floor(sr * a)), jnp.swapaxes(side(jnp.swapaxes(Vh, -1, -2), math.floor(sr * b)), -1, -2)
+
+
+@functools.partial(jax.jit, static_argnames=("method", "rank", "factored", "sr", "rr"))
+def _filter(
+    W: Array, U: Array, s: Array, Vh: Array, fit: Fit | None, method: str, rank: Rank, factored: bool, sr: float, rr: float
+):
+    a, b = W.shape[-2:]
+    p, batch = s.shape[-1], s.shape[:-1]
+    lam = s**2
+    if fit is None:
+        ok, reason = jnp.ones(batch, bool), jnp.full(batch, Reason.OK, jnp.int32)
+    else:
+        ok, reason = _ok(fit, batch), jnp.broadcast_to(jnp.asarray(fit.reason, jnp.int32), batch)
+    keep = jnp.where(ok, keep_count(lam, fit, rank), p)
+    if method in _SHRINKING:
+        outliers = outlier_mask(lam, fit)
+        s = jnp.where(outliers, jnp.sqrt(shrink_spikes(lam, fit)), s)
+        n_outliers = jnp.sum(outliers, axis=-1, dtype=jnp.int32)
+    else:
+        n_outliers = jnp.zeros(batch, jnp.int32)
+    live = jnp.arange(p) < keep[..., None]
+    mask_a, mask_b = live[..., None, :], live[..., :, None]
+    if method == "slr":
+        mask_a, mask_b = _slr_masks(U, Vh, keep, sr, rr)
+        mask_a, mask_b = mask_a | ~ok[..., None, None], mask_b | ~ok[..., None, None]
+    A = jnp.where(mask_a, U * s[..., None, :], 0.0)
+    B = jnp.where(mask_b, Vh, 0.0)
+    dims = jnp.asarray(a * b, jnp.int32)
+    if factored:
+        out = A.astype(W.dtype), B.astype(W.dtype)
+        W_hat = out[0].astype(A.dtype) @ out[1].astype(A.dtype)
+        if method == "slr":
+            params = jnp.sum(mask_a, axis=(-2, -1)) + keep + jnp.sum(mask_b, axis=(-2, -1))
+        else:
+            params = keep * (a + b)
+    else:
+        out = jnp.where(ok[..., None, None], (A @ B).astype(W.dtype), W)
+        W_hat = out.astype(A.dtype)
+        params = jnp.broadcast_to(dims, batch)
+    W_work = W.astype(A.dtype)
+    norm = jnp.linalg.norm(W_work, axis=(-2, -1))
+    change = jnp.linalg.norm(W_hat - W_work, axis=(-2, -1))
+    info = FilterInfo(
+        keep=keep.astype(jnp.int32),
+        n_outliers=jnp.where(ok, n_outliers, 0),
+        params_before=jnp.broadcast_to(dims, batch),
+        params_after=params.astype(jnp.int32),
+        rel_change=jnp.where(norm > 0, change / jnp.where(norm > 0, norm, 1.0), 0.0),
+        ok=ok,
+        reason=reason,
+    )
+    return out, info

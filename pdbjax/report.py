@@ -1,0 +1,127 @@
+"""Per-matrix reports returned by :func:`pdbjax.analyze` and :func:`pdbjax.compress`.
+
+A :class:`Report` is a list of rows, one per matrix, each a plain dict of JSON-able values (floats,
+ints, strings, lists, ``None`` for a value that was not computed). It converts to JSON, CSV and a
+pandas DataFrame (pandas optional), and writes files atomically.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from typing import Any, Iterator, Mapping, Sequence
+
+import numpy as np
+
+from pdbjax._atomic import atomic_write_text
+
+__all__ = ["Report", "to_jsonable"]
+
+
+def to_jsonable(value: Any) -> Any:
+    """Convert numpy/JAX scalars and arrays to Python floats/ints/lists; NaN/Inf become ``None``."""
+    if isinstance(value, Mapping):
+        return {str(k): to_jsonable(v) for k, v in value.items()}
+    if isinstance(value, (str, bool)) or value is None:
+        return value
+    if isinstance(value, (list, tuple)):
+        return [to_jsonable(v) for v in value]
+    arr = np.asarray(value)
+    if arr.ndim > 0:
+        return [to_jsonable(v) for v in arr.tolist()]
+    if arr.dtype == bool:
+        return bool(arr)
+    if np.issubdtype(arr.dtype, np.integer):
+        return int(arr)
+    x = float(arr)
+    return x if math.isfinite(x) else None
+
+
+@dataclass
+class Report:
+    """Rows of per-matrix results plus model-level totals.
+
+    Attributes:
+      rows: one dict per matrix (see the README for the columns).
+      totals: model-level figures (e.g. parameter counts and the compression ratio of
+        :func:`pdbjax.compress`).
+    """
+
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    totals: dict[str, Any] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        return iter(self.rows)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        return self.rows[i]
+
+    def column(self, key: str) -> list[Any]:
+        return [row.get(key) for row in self.rows]
+
+    def to_json(self, path: str | os.PathLike | None = None, *, indent: int = 2) -> str:
+        """JSON list with one object per matrix (``totals`` are not part of this contract)."""
+        text = json.dumps(to_jsonable(self.rows), indent=indent)
+        if path is not None:
+            atomic_write_text(path, text + "\n")
+        return text
+
+    def to_csv(self, path: str | os.PathLike | None = None) -> str:
+        """CSV with one line per matrix; list-valued columns are written as JSON strings."""
+        rows = to_jsonable(self.rows)
+        keys: list[str] = []
+        for row in rows:
+            keys.extend(k for k in row if k not in keys)
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=keys, lineterminator="\n")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: json.dumps(v) if isinstance(v, (list, dict)) else v for k, v in row.items()})
+        text = buf.getvalue()
+        if path is not None:
+            atomic_write_text(path, text)
+        return text
+
+    def to_dataframe(self):
+        """A pandas DataFrame (requires ``pip install pandas``)."""
+        try:
+            import pandas as pd
+        except ImportError as err:  # pragma: no cover - depends on the environment
+            raise ImportError("Report.to_dataframe needs pandas: pip install pandas") from err
+        return pd.DataFrame(to_jsonable(self.rows))
+
+    def summary(self, columns: Sequence[str] | None = None, digits: int = 4) -> str:
+        """A fixed-width text table of the chosen columns (for terminals and logs)."""
+        columns = list(columns or _DEFAULT_COLUMNS)
+        cells = [[_fmt(row.get(c), digits) for c in columns] for row in self.rows]
+        widths = [max([len(c)] + [len(r[i]) for r in cells]) for i, c in enumerate(columns)]
+        line = lambda vals: "  ".join(v.ljust(w) for v, w in zip(vals, widths))  # noqa: E731
+        out = [line(columns), line(["-" * w for w in widths])] + [line(r) for r in cells]
+        if self.totals:
+            out.append("")
+            out.extend(f"{k}: {_fmt(v, digits)}" for k, v in self.totals.items())
+        return "\n".join(out)
+
+    def __str__(self) -> str:
+        return self.summary()
+
+
+_DEFAULT_COLUMNS = ("name", "shape", "K", "t", "sigma1_sq", "sigma2_sq", "lambda_plus", "ks_pdb", "ks_bema", "status")
+
+
+def _fmt(value: Any, digits: int) -> str:
+    value = to_jsonable(value)
+    if isinstance(value, float):
+        return f"{value:.{digits}g}"
+    if isinstance(value, dict):
+        return ",".join(f"{k}={_fmt(v, digits)}" for k, v in value.items())
+    if isinstance(value, list):
+        return "[" + ",".join(_fmt(v, digits) for v in value) + "]"
+    return "-" if value is None else str(value)

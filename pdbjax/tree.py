@@ -1,0 +1,514 @@
+r"""Weight pytrees as stacks of matrices: selection, matrix views, batched mapping and rebuilding.
+
+This module is the pytree layer under :func:`pdbjax.analyze` / :func:`pdbjax.compress`. It does not
+know about the PDB model; it answers four questions about a tree of weights:
+
+1. **Which leaves are weight matrices?** :func:`select` walks the tree with
+   :func:`jax.tree_util.tree_flatten_with_path` and returns one :class:`Selected` per chosen leaf,
+   named by :func:`jax.tree_util.keystr` of its key path.
+2. **How does a leaf map to 2-D matrices?** :func:`to_matrices` gives a ``(L, a, b)`` stack and
+   :func:`from_matrices` is its exact inverse (same shape and dtype as the leaf).
+3. **How are many matrices of mixed shapes processed without a Python loop per matrix?**
+   :func:`map_groups` stacks equal shapes and makes one call per shape, optionally sharded over devices.
+4. **How is a new tree built?** :func:`replace` returns a new tree with some leaves swapped.
+
+Accepted trees
+--------------
+Any JAX pytree of arrays: nested dicts/lists/tuples, flat ``{name: array}`` dicts (e.g. from
+:func:`pdbjax.io.load` of a ``.safetensors`` file), Flax Linen variable dicts ``{"params": {...}}``
+(also ``FrozenDict``), a Flax NNX :class:`~flax.nnx.State` (from ``nnx.state(model)`` or
+``nnx.split(model)``) and an NNX :class:`~flax.nnx.Module` itself (read through ``nnx.state(model)``).
+NNX :class:`~flax.nnx.Variable` boxes are treated as leaves, so a kernel of an NNX model is named
+``"['layers'][0]['kernel']"`` (no trailing ``.value``) exactly like the same kernel in a Linen dict
+would be named ``"['params']['Dense_0']['kernel']"``; a flat safetensors key is named
+``"['encoder.layer.0.attention.self.query.weight']"``. Leaves without ``shape``/``dtype`` (Python
+scalars, strings, GraphDefs) are never selected.
+
+Default selection
+-----------------
+A leaf is selected by default (:func:`default_where`) when all of these hold:
+
+* its **last key** is ``kernel``, ``weight`` or ``w`` (case-insensitive). For a string key holding a
+  dotted or slashed name (``'encoder.layer.0.attention.self.query.weight'``,
+  ``'params/Dense_0/kernel'``) the last ``.``/``/`` component is used;
+* its full name does **not** contain ``embed`` (case-insensitive): embedding tables such as BERT's
+  ``embeddings.word_embeddings.weight`` are lookup tables, not linear maps, and are excluded; select
+  them explicitly with ``where``;
+* it is floating point (including ``bfloat16``/float8) with ``ndim >= 2``. Biases, norm scales
+  (``LayerNorm.weight`` is 1-D), BatchNorm statistics, RNG keys and integer leaves are never selected
+  by default.
+
+``where`` **replaces** this rule: a regex string (``re.search`` in the name) or a predicate
+``where(name, array) -> bool``. Every leaf that ``where`` accepts is then validated, so
+``where=r"encoder"`` also catches 1-D biases and reports them (or errors on them, see ``on_error``);
+combine with :func:`default_where` (``lambda n, x: default_where(n, x) or "embed" in n``) to extend
+the default rule instead.
+
+Matrix view
+-----------
+A 2-D leaf ``(a, b)`` (Flax ``Dense`` kernel ``(in, out)``, PyTorch ``Linear`` weight ``(out, in)``)
+is one matrix. A leaf with ``ndim > 2`` is a convolution kernel and is flattened to one matrix by
+``conv_reshape``:
+
+* ``"in"`` (default, Flax/TF ``HWIO`` layout ``(kh, kw, in, out)``): ``(kh * kw * in, out)``, i.e.
+  every axis but the last becomes a row index (``reshape(-1, out)``), the matrix a convolution
+  applies to im2col patches;
+* ``"out"`` (PyTorch ``OIHW`` layout ``(out, in, kh, kw)``): ``(out, in * kh * kw)``, every axis but
+  the first becomes a column index.
+
+Stacked (scanned, ``nnx.vmap``-created) layers hold ``L`` matrices in one leaf. ``layer_axis`` names
+the axis that indexes them: an ``int`` for every selected leaf, or a dict ``{regex: axis}`` where the
+first regex that ``re.search``-matches the name applies (leaves matching none are not stacked). The
+layer axis is moved to the front and the remaining axes are flattened by ``conv_reshape``, so both
+``[L, in, out]`` (``layer_axis=0``) and ``[in, L, out]`` (``layer_axis=1``) give ``L`` matrices
+``(in, out)``.
+
+The stack is a JAX array (``jnp`` reshapes and ``moveaxis``; they work under ``jit``); NumPy leaves are
+never modified.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Literal
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from pdbjax._validate import is_traced
+
+__all__ = [
+    "Selected",
+    "default_where",
+    "from_matrices",
+    "group_by_shape",
+    "map_groups",
+    "replace",
+    "select",
+    "to_matrices",
+]
+
+ConvReshape = Literal["in", "out"]
+OnError = Literal["raise", "skip"]
+Where = str | re.Pattern | Callable[[str, Any], bool] | None
+LayerAxis = int | Mapping[str, int] | None
+KeyPath = tuple[Any, ...]
+
+WEIGHT_NAME = re.compile(r"kernel|weight|w", re.IGNORECASE)
+EXCLUDE_NAME = re.compile(r"embed", re.IGNORECASE)
+OK = "ok"
+
+
+# --------------------------------------------------------------------------------------------------
+# Selection
+
+
+@dataclasses.dataclass(frozen=True)
+class Selected:
+    """One selected leaf and how it maps to a stack of 2-D matrices.
+
+    Attributes:
+      path: the :mod:`jax.tree_util` key path of the leaf (for NNX, the path of the ``Variable``).
+      name: ``jax.tree_util.keystr(path)``, used in reports, errors and :func:`replace`.
+      shape, dtype: of the leaf array.
+      layer_axis: the (non-negative) axis indexing stacked layers, or ``None``.
+      conv_reshape: ``"in"`` or ``"out"``, how axes beyond two are flattened (module docstring).
+      matrix_shape: ``(a, b)`` of each matrix; ``None`` when the leaf is not a valid matrix stack.
+      num_matrices: ``L``, the number of matrices (1 without ``layer_axis``; 0 when invalid).
+      status: ``"ok"``, or why the leaf was skipped (``on_error="skip"``).
+      value: the leaf array itself (unwrapped from an NNX ``Variable``); not compared, not printed.
+    """
+
+    path: KeyPath
+    name: str
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    layer_axis: int | None
+    conv_reshape: ConvReshape
+    matrix_shape: tuple[int, int] | None
+    num_matrices: int
+    status: str = OK
+    value: Any = dataclasses.field(default=None, compare=False, repr=False)
+
+    @property
+    def ok(self) -> bool:
+        """Whether the leaf was accepted (``status == "ok"``)."""
+        return self.status == OK
+
+    @property
+    def keys(self) -> tuple[str | int, ...]:
+        """The key path as plain keys, e.g. ``('layers', 0, 'kernel')`` (as in ``nnx.to_flat_state``)."""
+        return tuple(_key_of(k) for k in self.path)
+
+
+def default_where(name: str, array: Any) -> bool:
+    """The default selection rule (module docstring): a float leaf with ``ndim >= 2`` whose last key is
+    ``kernel``/``weight``/``w`` and whose name does not contain ``embed``.
+
+    ``name`` is a :func:`jax.tree_util.keystr` name; the last key is read from it.
+    """
+    return (
+        _is_floating(array.dtype)
+        and np.ndim(array) >= 2
+        and WEIGHT_NAME.fullmatch(_last_key(name)) is not None
+        and EXCLUDE_NAME.search(name) is None
+    )
+
+
+def select(
+    params: Any,
+    where: Where = None,
+    *,
+    conv_reshape: ConvReshape = "in",
+    layer_axis: LayerAxis = None,
+    on_error: OnError = "raise",
+) -> list[Selected]:
+    """Select the weight matrices of a pytree (module docstring for the rules and conventions).
+
+    Args:
+      params: a pytree of arrays, a Linen variable dict, an NNX ``State`` or an NNX ``Module``.
+      where: ``None`` for :func:`default_where`, a regex string/pattern searched in each leaf's name,
+        or a predicate ``where(name, array) -> bool`` (``array`` is unwrapped from NNX Variables).
+      conv_reshape: ``"in"`` (``(kh, kw, in, out) -> (kh*kw*in, out)``, Flax) or ``"out"``
+        (``(out, in, kh, kw) -> (out, in*kh*kw)``, PyTorch).
+      layer_axis: axis of stacked layers: an int for every selected leaf, or ``{regex: axis}``.
+      on_error: ``"raise"`` a ``ValueError`` naming the leaf when a selected leaf is not floating, has
+        too few axes, is empty or holds NaN/Inf; or ``"skip"`` it: it is returned with ``ok = False``
+        and the reason in ``status``.
+
+    Returns:
+      The selected leaves in tree-flattening order. ``params`` is not modified. The NaN/Inf check is
+      skipped for traced leaves (``select`` inside ``jit``).
+    """
+    if conv_reshape not in ("in", "out"):
+        raise ValueError(f"conv_reshape must be 'in' or 'out'; got {conv_reshape!r}")
+    if on_error not in ("raise", "skip"):
+        raise ValueError(f"on_error must be 'raise' or 'skip'; got {on_error!r}")
+    predicate = _predicate(where)
+    chosen = []
+    for path, leaf in _flatten(params)[0]:
+        value = _unwrap(leaf)
+        if not _is_array(value):
+            continue
+        name = jax.tree_util.keystr(path)
+        if predicate(name, value):
+            chosen.append(_describe(path, name, value, conv_reshape, _layer_axis_for(name, layer_axis)))
+    chosen = _check_finite(chosen)
+    for sel in chosen:
+        if not sel.ok and on_error == "raise":
+            raise ValueError(f"{sel.name}: {sel.status}")
+    return chosen
+
+
+def _predicate(where: Where) -> Callable[[str, Any], bool]:
+    if where is None:
+        return default_where
+    if isinstance(where, (str, re.Pattern)):
+        pattern = re.compile(where)
+        return lambda name, _: pattern.search(name) is not None
+    if callable(where):
+        return lambda name, array: bool(where(name, array))
+    raise TypeError(f"where must be None, a regex string or a predicate (name, array) -> bool; got {where!r}")
+
+
+def _layer_axis_for(name: str, layer_axis: LayerAxis) -> int | None:
+    if layer_axis is None or isinstance(layer_axis, (int, np.integer)):
+        return None if layer_axis is None else int(layer_axis)
+    if isinstance(layer_axis, Mapping):
+        for pattern, axis in layer_axis.items():
+            if re.search(pattern, name):
+                return int(axis)
+        return None
+    raise TypeError(f"layer_axis must be None, an int or a {{regex: axis}} dict; got {layer_axis!r}")
+
+
+def _describe(path: KeyPath, name: str, value: Any, conv_reshape: ConvReshape, axis: int | None) -> Selected:
+    shape, dtype = tuple(int(d) for d in value.shape), np.dtype(value.dtype)
+    base = dict(path=path, name=name, shape=shape, dtype=dtype, conv_reshape=conv_reshape, value=value)
+    status, mshape, count = OK, None, 0
+    ndim = len(shape)
+    if not _is_floating(dtype):
+        status = f"dtype {dtype} is not floating point; only float matrices are supported"
+    elif axis is not None and not -ndim <= axis < ndim:
+        status = f"layer_axis={axis} is out of range for shape {shape}"
+    elif ndim - (axis is not None) < 2:
+        extra = f" after taking layer_axis={axis}" if axis is not None else ""
+        status = f"shape {shape} is not a matrix{extra} (needs at least 2 matrix axes)"
+    if status == OK:
+        axis = None if axis is None else axis % ndim
+        count, mshape = _matrix_layout(shape, axis, conv_reshape)
+        if count == 0 or 0 in mshape:
+            status = f"shape {shape} holds no entries (empty matrix {mshape})"
+    if status != OK:
+        return Selected(**base, layer_axis=axis, matrix_shape=None, num_matrices=0, status=status)
+    return Selected(**base, layer_axis=axis, matrix_shape=mshape, num_matrices=count)
+
+
+def _matrix_layout(shape: tuple[int, ...], axis: int | None, conv_reshape: ConvReshape):
+    """``(L, (a, b))`` for a leaf of ``shape``."""
+    count = 1 if axis is None else shape[axis]
+    rest = shape if axis is None else shape[:axis] + shape[axis + 1 :]
+    if conv_reshape == "in":
+        return count, (math.prod(rest[:-1]), rest[-1])
+    return count, (rest[0], math.prod(rest[1:]))
+
+
+def _check_finite(chosen: list[Selected]) -> list[Selected]:
+    """Mark leaves holding NaN/Inf; one device round trip for all JAX leaves."""
+    flags: dict[int, Any] = {}
+    for i, sel in enumerate(chosen):
+        if not sel.ok or is_traced(sel.value):
+            continue
+        if isinstance(sel.value, np.ndarray):
+            flags[i] = np.isfinite(sel.value).all()
+        else:
+            flags[i] = jnp.isfinite(sel.value).all()
+    flags = jax.device_get(flags)
+    return [
+        dataclasses.replace(sel, status="contains NaN or Inf values", matrix_shape=None, num_matrices=0)
+        if i in flags and not bool(flags[i])
+        else sel
+        for i, sel in enumerate(chosen)
+    ]
+
+
+# --------------------------------------------------------------------------------------------------
+# Matrix views
+
+
+def to_matrices(leaf: Any, sel: Selected) -> jax.Array:
+    """The ``(L, a, b)`` matrix stack of ``leaf`` (a leaf shaped like ``sel``, or its NNX Variable).
+
+    Layer axis to the front, then the remaining axes flattened by ``sel.conv_reshape``. Works under
+    ``jit``; keeps the dtype.
+    """
+    x = jnp.asarray(_unwrap(leaf))
+    _check_ok(sel)
+    if tuple(x.shape) != sel.shape:
+        raise ValueError(f"{sel.name}: leaf has shape {tuple(x.shape)}, selection expects {sel.shape}")
+    if sel.layer_axis is not None:
+        x = jnp.moveaxis(x, sel.layer_axis, 0)
+    return x.reshape((sel.num_matrices, *sel.matrix_shape))
+
+
+def from_matrices(mats: Any, sel: Selected) -> jax.Array:
+    """Exact inverse of :func:`to_matrices`: a ``(L, a, b)`` stack back to a leaf of ``sel.shape`` and
+    ``sel.dtype`` (the stack is cast to ``sel.dtype``). Works under ``jit``."""
+    _check_ok(sel)
+    mats = jnp.asarray(mats)
+    want = (sel.num_matrices, *sel.matrix_shape)
+    if tuple(mats.shape) != want:
+        raise ValueError(f"{sel.name}: matrix stack has shape {tuple(mats.shape)}, expected {want}")
+    if sel.layer_axis is None:
+        return mats.reshape(sel.shape).astype(sel.dtype)
+    rest = sel.shape[: sel.layer_axis] + sel.shape[sel.layer_axis + 1 :]
+    return jnp.moveaxis(mats.reshape((sel.num_matrices, *rest)), 0, sel.layer_axis).astype(sel.dtype)
+
+
+def _check_ok(sel: Selected) -> None:
+    if not sel.ok:
+        raise ValueError(f"{sel.name}: was skipped ({sel.status}); it has no matrix view")
+
+
+# --------------------------------------------------------------------------------------------------
+# Grouping and batched mapping
+
+
+def group_by_shape(items: Sequence[Any]) -> dict[tuple[int, int], list[int]]:
+    """Indices of ``items`` grouped by matrix shape ``(a, b)``, groups in order of first appearance.
+
+    ``items`` are arrays (shape ``(..., a, b)``; the last two axes count) or :class:`Selected` (their
+    ``matrix_shape``; skipped ones are left out).
+    """
+    groups: dict[tuple[int, int], list[int]] = {}
+    for i, item in enumerate(items):
+        if isinstance(item, Selected):
+            if not item.ok:
+                continue
+            key = item.matrix_shape
+        else:
+            shape = np.shape(item)
+            if len(shape) < 2:
+                raise ValueError(f"item {i} has shape {shape}; expected a matrix (..., a, b)")
+            key = (int(shape[-2]), int(shape[-1]))
+        groups.setdefault(key, []).append(i)
+    return groups
+
+
+def map_groups(fn: Callable[[jax.Array], Any], matrices: Sequence[Any], *, shard: bool = True) -> list[Any]:
+    """Apply a batched ``fn`` to matrices of mixed shapes with one call per shape group.
+
+    Items of equal matrix shape ``(a, b)`` and equal working dtype (``float32`` for ``bfloat16``,
+    ``float16``, float8 and integers; ``float64`` when JAX's x64 mode is on; otherwise the input
+    dtype) are cast to that dtype and concatenated into one ``(B, a, b)`` stack, and ``fn(stack)`` is
+    called once per group, groups in order of first appearance. ``fn`` must return a pytree whose
+    leaves all have leading axis ``B``. Each item may be a matrix ``(a, b)`` or a stack ``(..., a, b)``
+    (e.g. from :func:`to_matrices`); its output has its leading shape in place of the batch axis (a
+    single matrix gets no batch axis).
+
+    With ``shard=True`` and more than one local device, each stack is padded to a multiple of the
+    device count (with copies of its first matrix) and placed with a
+    :class:`~jax.sharding.NamedSharding` over a 1-D ``Mesh`` with axis ``"batch"``, so a jitted ``fn``
+    runs data-parallel; the padding is dropped from the outputs.
+
+    Returns:
+      One output pytree per item, in the order of ``matrices``.
+    """
+    items = [_as_array(m) for m in matrices]
+    shapes = [tuple(int(d) for d in x.shape) for x in items]
+    for i, shape in enumerate(shapes):
+        if len(shape) < 2:
+            raise ValueError(f"item {i} has shape {shape}; expected a matrix (..., a, b)")
+    groups: dict[tuple, list[int]] = {}
+    for i, x in enumerate(items):
+        groups.setdefault((*shapes[i][-2:], _batch_dtype(x.dtype)), []).append(i)
+    devices = jax.local_devices()
+    sharding = _batch_sharding(devices) if shard and len(devices) > 1 else None
+    out: list[Any] = [None] * len(items)
+    for (a, b, dtype), members in groups.items():
+        stack = jnp.concatenate([jnp.asarray(items[i], dtype).reshape(-1, a, b) for i in members])
+        n = stack.shape[0]
+        if sharding is not None:
+            pad = -n % len(devices)
+            if pad:
+                stack = jnp.concatenate([stack, jnp.broadcast_to(stack[:1], (pad, a, b))])
+            stack = jax.device_put(stack, sharding)
+        result = fn(stack)
+        _check_batched(result, stack.shape[0], (a, b))
+        start = 0
+        for i in members:
+            lead = shapes[i][:-2]
+            size = math.prod(lead)
+            out[i] = jax.tree_util.tree_map(
+                lambda y, s=start, size=size, lead=lead: y[s : s + size].reshape(lead + y.shape[1:]), result
+            )
+            start += size
+    return out
+
+
+def _batch_sharding(devices: list) -> jax.sharding.NamedSharding:
+    mesh = jax.sharding.Mesh(np.array(devices), ("batch",))
+    return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("batch"))
+
+
+def _batch_dtype(dtype: Any) -> np.dtype:
+    dtype = np.dtype(dtype)
+    if not _is_floating(dtype) or dtype.itemsize < 4:
+        dtype = np.dtype(np.float32)
+    return np.dtype(jax.dtypes.canonicalize_dtype(dtype))
+
+
+def _check_batched(result: Any, size: int, shape: tuple[int, int]) -> None:
+    for path, leaf in jax.tree_util.tree_flatten_with_path(result)[0]:
+        if np.ndim(leaf) == 0 or np.shape(leaf)[0] != size:
+            raise ValueError(
+                f"fn must return arrays with leading batch axis {size} (group of {shape} matrices); "
+                f"output {jax.tree_util.keystr(path) or 'leaf'} has shape {np.shape(leaf)}"
+            )
+
+
+# --------------------------------------------------------------------------------------------------
+# Rebuilding
+
+
+def replace(params: Any, updates: Mapping[str, Any]) -> Any:
+    """A new tree like ``params`` with the leaves named in ``updates`` replaced.
+
+    Args:
+      params: any tree :func:`select` accepts.
+      updates: ``{name: new leaf}`` with names as in :attr:`Selected.name`. Each new leaf must have the
+        old leaf's shape; it is cast to the old leaf's dtype, and to a NumPy array when the old leaf
+        was one (so trees loaded by :func:`pdbjax.io.load` stay NumPy).
+
+    Returns:
+      A tree of the same structure. For an NNX ``State`` a new ``State`` whose Variables are new
+      objects (same metadata); for an NNX ``Module`` also a new ``State`` (of ``nnx.state(model)``):
+      apply it with ``nnx.update(model, state)`` or build a new model with
+      ``nnx.merge(graphdef, state)``. ``params`` (and the model) are never modified.
+
+    Raises:
+      KeyError: a name in ``updates`` is not a leaf of ``params``.
+      ValueError: a new leaf has the wrong shape.
+    """
+    flat, treedef = _flatten(params)
+    names = [jax.tree_util.keystr(path) for path, _ in flat]
+    unknown = sorted(set(updates) - set(names))
+    if unknown:
+        raise KeyError(f"not leaves of params: {unknown}")
+    leaves = []
+    for name, (_, leaf) in zip(names, flat):
+        if name in updates:
+            leaves.append(_new_leaf(leaf, updates[name], name))
+        else:
+            leaves.append(leaf.replace() if _is_variable(leaf) else leaf)
+    return jax.tree_util.tree_unflatten(treedef, leaves)
+
+
+def _new_leaf(old: Any, new: Any, name: str) -> Any:
+    old_value, new = _unwrap(old), _unwrap(new)
+    if not _is_array(old_value):
+        raise ValueError(f"{name}: is not an array leaf and cannot be replaced")
+    if tuple(np.shape(new)) != tuple(old_value.shape):
+        raise ValueError(f"{name}: new leaf has shape {tuple(np.shape(new))}, expected {tuple(old_value.shape)}")
+    if isinstance(old_value, np.ndarray) and not is_traced(new):
+        new = np.asarray(jax.device_get(new)).astype(old_value.dtype, copy=False)
+    else:
+        new = jnp.asarray(new).astype(old_value.dtype)
+    return old.replace(new) if _is_variable(old) else new
+
+
+# --------------------------------------------------------------------------------------------------
+# Helpers
+
+
+def _flatten(params: Any):
+    """``([(path, leaf)], treedef)`` with NNX Variables as leaves; a Module is read through nnx.state."""
+    if isinstance(params, nnx.Module):
+        params = nnx.state(params)
+    return jax.tree_util.tree_flatten_with_path(params, is_leaf=_is_variable)
+
+
+def _is_variable(x: Any) -> bool:
+    return isinstance(x, nnx.Variable)
+
+
+def _unwrap(leaf: Any) -> Any:
+    return leaf.get_value() if _is_variable(leaf) else leaf
+
+
+def _is_array(x: Any) -> bool:
+    return hasattr(x, "shape") and hasattr(x, "dtype") and not isinstance(x, (str, bytes))
+
+
+def _as_array(x: Any) -> Any:
+    return x if isinstance(x, (np.ndarray, jax.Array)) else np.asarray(x)
+
+
+def _is_floating(dtype: Any) -> bool:
+    try:
+        return bool(jnp.issubdtype(dtype, jnp.floating))
+    except TypeError:  # extended dtypes (PRNG keys) in some JAX versions
+        return False
+
+
+def _key_of(entry: Any) -> Any:
+    """Plain key of one key-path entry (DictKey, GetAttrKey, SequenceKey, FlattenedIndexKey)."""
+    for attr in ("key", "name", "idx"):
+        if hasattr(entry, attr):
+            return getattr(entry, attr)
+    return str(entry)
+
+
+_LAST_KEY = re.compile(r"""(?:\['((?:[^'\\]|\\.)*)'\]|\[\"((?:[^"\\]|\\.)*)\"\]|\.(\w+)|\[([^\]]*)\])$""")
+
+
+def _last_key(name: str) -> str:
+    """Last component of a keystr name: its last key, then the last ``.``/``/`` piece of that key."""
+    m = _LAST_KEY.search(name)
+    key = next((g for g in m.groups() if g is not None), "") if m else name
+    return re.split(r"[./]", key)[-1]
