@@ -43,8 +43,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from pdbjax.estimate import fit_pdb
 from pdbjax.fits import PDBFit, PUBFit, Reason
-from pdbjax.spectral import PDB, critical_points, edges, spike_inverse
+from pdbjax.pub import fit_pub
+from pdbjax.spectral import PDB, critical_points, spike_inverse
 
 __all__ = ["FilterInfo", "svd", "outlier_mask", "shrink_spikes", "keep_count", "filter_matrix"]
 
@@ -123,6 +125,7 @@ def _above_edge(lam: Array, fit: Fit) -> Array:
     return (lam > jnp.asarray(fit.lambda_plus)[..., None]) & _ok(fit, lam.shape[:-1])[..., None]
 
 
+@jax.jit
 def outlier_mask(lam: ArrayLike, fit: Fit) -> Array:
     r"""Outliers of Algorithm 2, step 1: a boolean mask of the shape of ``lam``.
 
@@ -137,7 +140,6 @@ def outlier_mask(lam: ArrayLike, fit: Fit) -> Array:
       lam: eigenvalues ``s^2``, shape ``(..., p)`` (descending order is not required).
       fit: fit whose fields have the batch shape ``lam.shape[:-1]`` (or broadcast to it).
     """
-    lam = jnp.asarray(lam)
     mask = _above_edge(lam, fit)
     if isinstance(fit, PDBFit):
         beta = jnp.asarray(fit.edges)
@@ -147,15 +149,7 @@ def outlier_mask(lam: ArrayLike, fit: Fit) -> Array:
     return mask
 
 
-def _population(fit: Fit) -> tuple[PDB, Array]:
-    """The fit's population and ``c``, with a harmless valid population where the fit is not ok
-    (its fields are NaN there, which :mod:`pdbjax.spectral` rejects outside ``jit``)."""
-    ok = jnp.asarray(fit.ok, bool)
-    pop = fit.population
-    t, s1, s2 = (jnp.where(ok, jnp.asarray(v), 1.0) for v in pop)
-    return PDB(t, s1, s2), jnp.where(ok, jnp.asarray(fit.c), 0.5)
-
-
+@jax.jit
 def shrink_spikes(lam: ArrayLike, fit: Fit) -> Array:
     r"""Algorithm 2, step 2: replace every outlier ``lambda_j`` by its population spike ``alpha_j``.
 
@@ -174,16 +168,23 @@ def shrink_spikes(lam: ArrayLike, fit: Fit) -> Array:
     Returns:
       Eigenvalues of the shape and dtype of ``lam``.
     """
-    lam = jnp.asarray(lam)
-    pop, c = _population(fit)
-    pop_p = PDB(*(v[..., None] for v in pop))
-    alpha = spike_inverse(lam, pop_p, c[..., None])
-    beta, crit = edges(pop_p, c[..., None]), critical_points(pop_p, c[..., None])
-    distance = jnp.abs(beta - lam[..., None])
-    nearest = jnp.nanargmin(distance, axis=-1)[..., None]
-    at_edge = jnp.take_along_axis(jnp.broadcast_to(crit, distance.shape), nearest, axis=-1)[..., 0]
-    alpha = jnp.where(jnp.isnan(alpha), at_edge, alpha)
+    pop = PDB(*(jnp.asarray(v)[..., None] for v in fit.population))
+    alpha = spike_inverse(lam, pop, jnp.asarray(fit.c)[..., None])
+    alpha = jnp.where(jnp.isnan(alpha), _edge_limit(lam, fit), alpha)
     return jnp.where(outlier_mask(lam, fit), alpha.astype(lam.dtype), lam)
+
+
+def _edge_limit(lam: Array, fit: Fit) -> Array:
+    """``g^{-1}`` at the support edge next to each outlier: ``alpha_max`` above ``lambda_+``, ``alpha_2``
+    or ``alpha_3`` (the nearer of ``beta_2``, ``beta_3``) in the gap; the limit of the spike map there."""
+    if isinstance(fit, PDBFit):
+        crit, beta = jnp.asarray(fit.critical), jnp.asarray(fit.edges)
+        nearer_low = jnp.abs(lam - beta[..., 1:2]) < jnp.abs(lam - beta[..., 2:3])
+        in_gap = jnp.where(nearer_low, crit[..., 1:2], crit[..., 2:3])
+    else:
+        crit = critical_points(fit.population, fit.c)
+        in_gap = jnp.full_like(lam, jnp.nan)
+    return jnp.where(_above_edge(lam, fit), jnp.nanmax(crit, axis=-1)[..., None], in_gap)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -209,6 +210,11 @@ def _check_rank(rank: Rank) -> Rank:
     raise TypeError(f"rank must be an int, a float removed fraction or one of {RULES}; got {rank!r}")
 
 
+def _fixed_keep(rank: int | float, p: int) -> int:
+    """Keep count of an ``int`` rank (``min(rank, p)``) or a ``float`` removed fraction."""
+    return min(rank, p) if isinstance(rank, int) else round((1.0 - rank) * p)
+
+
 def _upper_weight(fit: Fit) -> Array:
     """Bulk share of the larger-variance component: ``t`` if ``s1 > s2``, ``1 - t`` if ``s2 > s1``,
     0 for a single bulk (``s1 == s2`` or a PUB fit)."""
@@ -218,6 +224,7 @@ def _upper_weight(fit: Fit) -> Array:
     return jnp.where(s1 > s2, t, jnp.where(s2 > s1, 1 - t, 0.0))
 
 
+@functools.partial(jax.jit, static_argnames="rule")
 def keep_count(lam: ArrayLike, fit: Fit | None, rule: Rank) -> Array:
     r"""Number of singular values to keep per matrix (int32, shape ``lam.shape[:-1]``).
 
@@ -232,12 +239,10 @@ def keep_count(lam: ArrayLike, fit: Fit | None, rule: Rank) -> Array:
 
     Rules need a fit and give ``p`` (keep everything) where it is not ok; ``int``/``float`` ignore it.
     """
-    lam = jnp.asarray(lam)
     rule = _check_rank(rule)
     p, batch = lam.shape[-1], lam.shape[:-1]
     if not isinstance(rule, str):
-        keep = min(rule, p) if isinstance(rule, int) else round((1.0 - rule) * p)
-        return jnp.full(batch, keep, jnp.int32)
+        return jnp.full(batch, _fixed_keep(rule, p), jnp.int32)
     if fit is None:
         raise ValueError(f"rank rule {rule!r} needs a fit")
     if rule == "spikes":
@@ -291,7 +296,8 @@ def filter_matrix(
         computation; the outputs have the dtype of ``W``). NumPy inputs are not written to.
       method: one of ``"pdb"``, ``"pub-bema"``, ``"pub-kernel"``, ``"svd"``, ``"slr"`` (static).
       rank: ``int`` rank, ``float`` removed fraction in ``[0, 1]``, or ``"spikes"`` /
-        ``"upper-bulk"`` (static; see :func:`keep_count`).
+        ``"upper-bulk"`` (see :func:`keep_count`). A rule is compiled in; an ``int``/``float`` is
+        passed to the compiled computation as a number, so a sweep over ranks compiles once.
       fit: a precomputed fit with batch shape ``W.shape[:-2]`` (a :class:`~pdbjax.fits.PDBFit` for
         ``"pdb"``, a :class:`~pdbjax.fits.PUBFit` for ``"pub-*"``, either for rule ranks of
         ``"svd"``/``"slr"``; ignored by ``"svd"``/``"slr"`` with an ``int``/``float`` rank).
@@ -322,24 +328,26 @@ def filter_matrix(
         fit = _estimate(s**2, max(W.shape[-2:]), method)
     else:
         _check_fit(fit, method, W.shape[:-2])
-    return _filter(W, U, s, Vh, fit, method, rank, bool(factored), float(slr_sr), float(slr_rr))
+    # A fixed keep count is a traced argument (a sweep over ranks compiles once); rules are static.
+    rule = rank if isinstance(rank, str) else None
+    fixed = jnp.int32(0 if rule else _fixed_keep(rank, s.shape[-1]))
+    slr = (float(slr_sr), float(slr_rr)) if method == "slr" else None
+    shrink = method in _SHRINKING
+    return _filter(W, U, s, Vh, fit, fixed, shrink=shrink, rule=rule, factored=bool(factored), slr=slr)
 
 
 def _estimate(lam: Array, N: int, method: str) -> Fit:
     """Fit the bulk with the estimator that belongs to ``method`` (``fit_pdb`` for svd/slr rules)."""
     if method.startswith("pub-"):
-        from pdbjax.pub import fit_pub  # imported on use: the estimators import nothing from here
-
         return fit_pub(lam, N, method=method.removeprefix("pub-"))
-    from pdbjax.estimate import fit_pdb
-
     return fit_pdb(lam, N)
 
 
 def _check_fit(fit: Fit, method: str, batch: tuple[int, ...]) -> None:
     want = {"pdb": PDBFit, "pub-bema": PUBFit, "pub-kernel": PUBFit}.get(method, (PDBFit, PUBFit))
     if not isinstance(fit, want):
-        raise TypeError(f"method {method!r} needs a {getattr(want, '__name__', 'PDBFit or PUBFit')}; got {type(fit).__name__}")
+        name = getattr(want, "__name__", "PDBFit or PUBFit")
+        raise TypeError(f"method {method!r} needs a {name}; got {type(fit).__name__}")
     shape = jnp.shape(fit.lambda_plus)
     if np.broadcast_shapes(shape, batch) != batch:
         raise ValueError(f"fit has batch shape {shape}, which does not broadcast to the weights' {batch}")
@@ -364,13 +372,25 @@ def _slr_masks(U: Array, Vh: Array, keep: Array, sr: float, rr: float) -> tuple[
         sparse = _least_important(factor, live, n_rows)
         return live[..., None, :] & (~sparse[..., :, None] | short[..., None, :])
 
-    return side(U, math.floor(sr * a)), jnp.swapaxes(side(jnp.swapaxes(Vh, -1, -2), math.floor(sr * b)), -1, -2)
+    mask_v = side(jnp.swapaxes(Vh, -1, -2), math.floor(sr * b))
+    return side(U, math.floor(sr * a)), jnp.swapaxes(mask_v, -1, -2)
 
 
-@functools.partial(jax.jit, static_argnames=("method", "rank", "factored", "sr", "rr"))
+@functools.partial(jax.jit, static_argnames=("shrink", "rule", "factored", "slr"))
 def _filter(
-    W: Array, U: Array, s: Array, Vh: Array, fit: Fit | None, method: str, rank: Rank, factored: bool, sr: float, rr: float
-):
+    W: Array,
+    U: Array,
+    s: Array,
+    Vh: Array,
+    fit: Fit | None,
+    fixed: Array,
+    *,
+    shrink: bool,
+    rule: str | None,
+    factored: bool,
+    slr: tuple[float, float] | None,
+) -> tuple[Array | tuple[Array, Array], FilterInfo]:
+    """Steps 2-3 of Algorithm 2 (or the baselines) on a precomputed SVD, with static shapes."""
     a, b = W.shape[-2:]
     p, batch = s.shape[-1], s.shape[:-1]
     lam = s**2
@@ -378,8 +398,9 @@ def _filter(
         ok, reason = jnp.ones(batch, bool), jnp.full(batch, Reason.OK, jnp.int32)
     else:
         ok, reason = _ok(fit, batch), jnp.broadcast_to(jnp.asarray(fit.reason, jnp.int32), batch)
-    keep = jnp.where(ok, keep_count(lam, fit, rank), p)
-    if method in _SHRINKING:
+    keep = jnp.broadcast_to(fixed, batch) if rule is None else keep_count(lam, fit, rule)
+    keep = jnp.where(ok, keep, p)
+    if shrink:
         outliers = outlier_mask(lam, fit)
         s = jnp.where(outliers, jnp.sqrt(shrink_spikes(lam, fit)), s)
         n_outliers = jnp.sum(outliers, axis=-1, dtype=jnp.int32)
@@ -387,8 +408,8 @@ def _filter(
         n_outliers = jnp.zeros(batch, jnp.int32)
     live = jnp.arange(p) < keep[..., None]
     mask_a, mask_b = live[..., None, :], live[..., :, None]
-    if method == "slr":
-        mask_a, mask_b = _slr_masks(U, Vh, keep, sr, rr)
+    if slr is not None:
+        mask_a, mask_b = _slr_masks(U, Vh, keep, *slr)
         mask_a, mask_b = mask_a | ~ok[..., None, None], mask_b | ~ok[..., None, None]
     A = jnp.where(mask_a, U * s[..., None, :], 0.0)
     B = jnp.where(mask_b, Vh, 0.0)
@@ -396,7 +417,7 @@ def _filter(
     if factored:
         out = A.astype(W.dtype), B.astype(W.dtype)
         W_hat = out[0].astype(A.dtype) @ out[1].astype(A.dtype)
-        if method == "slr":
+        if slr is not None:
             params = jnp.sum(mask_a, axis=(-2, -1)) + keep + jnp.sum(mask_b, axis=(-2, -1))
         else:
             params = keep * (a + b)

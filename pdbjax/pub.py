@@ -18,20 +18,24 @@ separates noise from the ``K`` spikes. Both estimators take the input convention
   ``K`` counts the eigenvalues above the Tracy-Widom corrected edge
   ``sigma^2 [(1 + sqrt c)^2 + q_{TW1}(1 - beta) N^{-2/3} c^{-1/6} (1 + sqrt c)^{4/3}]``.
 * ``method="kernel"``: kernel density matching (as used for PUB filtering by Staats, Thamm & Rosenow
-  2023). The bulk is the spectrum below the BEMA threshold (``K0`` eigenvalues removed), with ratio
-  ``c0 = (p - K0) / N``. Its Gaussian kernel density estimate ``f_h`` (Silverman's bandwidth
-  ``h = 1.06 sd n^{-1/5}``, ``n = p - K0``) is compared, on 128 equispaced points spanning the bulk, with
-  the Marchenko-Pastur density *smoothed by the same kernel*,
-  ``(f_{MP}(sigma^2, c0) * phi_h)(x) ~= (1/M) sum_i phi_h(x - sigma^2 q_i)`` (``q_i`` the ``M = 256``
-  mid-point quantiles of ``MP(1, c0)``), and ``sigma^2`` minimises the squared distance. Smoothing the
-  model like the data removes the kernel's bias: near square layers (``c`` near 1) the density
-  diverges like ``x^{-1/2}`` at 0, which a kernel estimate cannot follow, and an unsmoothed match is
-  biased there. ``lambda_+ = sigma^2 (1 + sqrt c0)^2`` is the threshold: ``K`` counts eigenvalues above it.
+  2023). The bulk is the spectrum below the BEMA threshold (the top ``K0`` eigenvalues removed). Its
+  Gaussian kernel density estimate ``f_h`` (Silverman's bandwidth ``h = 1.06 sd n^{-1/5}`` with
+  ``n = p - K0`` and ``sd`` the standard deviation of the bulk) is compared, on 128 equispaced points
+  spanning the bulk, with the Marchenko-Pastur density (ratio ``c = p / N``) *smoothed by the same
+  kernel*, ``(f_{MP(sigma^2, c)} * phi_h)(x) = (1/M) sum_i phi_h(x - sigma^2 q_i)`` with ``q_i`` the
+  ``M = 256`` mid-point quantiles of ``MP(1, c)``; ``sigma^2`` minimises the sum of squared differences
+  (1-D box least squares in ``log sigma^2`` on ``[mean / 4, 4 mean]`` of the bulk, started at the bulk
+  mean, :func:`pdbjax.lsq.least_squares_box`, 40 iterations). Smoothing the model like the data
+  removes the kernel's bias, which matters most for square layers (``c`` near 1), whose density
+  diverges like ``x^{-1/2}`` at 0 where no kernel estimate can follow it. Then
+  ``lambda_+ = sigma^2 (1 + sqrt c)^2`` is the threshold and ``K`` counts the eigenvalues above it.
 
-Quantiles come from :func:`bulk_quantile`, the inverse of :func:`pdbjax.spectral.cdf`. Both fits are
-scale-equivariant: the eigenvalues are divided by their median before fitting and ``sigma^2`` is
-multiplied back, so scaling ``W`` by ``a`` multiplies ``sigma^2`` by ``a^2`` and leaves ``K`` unchanged.
-Unusable spectra (:func:`pdbjax.estimate.screen`: NaN/Inf, all zero, ``p < 8``, rank deficient) give
+The Marchenko-Pastur quantiles invert :func:`pdbjax.spectral.cdf`, tabulated once per ratio ``c``.
+Both fits are scale-equivariant: the eigenvalues are scaled by the power of 2 that brings their median
+into ``[1/2, 1)`` before fitting and ``sigma^2`` is scaled back, so scaling ``W`` by ``a`` multiplies ``sigma^2`` by ``a^2`` and leaves ``K``
+unchanged. Unusable spectra (:func:`pdbjax.estimate.screen`: NaN/Inf, all zero, ``p < 8``, rank
+deficient; also a bulk without spread, such as an orthogonal matrix, and for the kernel method fewer
+than 8 eigenvalues below the BEMA threshold) give
 ``ok = False`` with a :class:`~pdbjax.fits.Reason` and NaN fields, inside a batch and under ``jit``.
 
 References:
@@ -56,9 +60,9 @@ import numpy as np
 from pdbjax.estimate import _check_eigs, _median_scale, _placeholder, _work, screen
 from pdbjax.fits import PUBFit, Reason
 from pdbjax.lsq import least_squares_box
-from pdbjax.spectral import PDB, cdf, edges
+from pdbjax.spectral import PDB, cdf
 
-__all__ = ["fit_pub", "bulk_quantile", "TW1_QUANTILES"]
+__all__ = ["fit_pub", "TW1_QUANTILES"]
 
 Array = jax.Array
 ArrayLike = jax.typing.ArrayLike
@@ -67,6 +71,7 @@ Method = Literal["bema", "kernel"]
 TW1_QUANTILES = {0.10: 0.4501, 0.05: 0.9793, 0.01: 2.0234}
 """Upper ``beta`` quantiles ``q_TW1(1 - beta)`` of the Tracy-Widom law of order 1, keyed by ``beta``."""
 
+_TABLE_NODES = 1025  # Chebyshev nodes of the tabulated Marchenko-Pastur distribution function
 _MIN_BULK = 8  # fewest bulk eigenvalues the kernel fit accepts (the TOO_SMALL limit of screen)
 _KDE_POINTS = 128  # grid on which the kernel estimate and the smoothed model are compared
 _MODEL_QUANTILES = 256  # quantile nodes representing the Marchenko-Pastur law in the smoothed model
@@ -75,34 +80,42 @@ _LSQ_ITERS = 40
 
 
 # --------------------------------------------------------------------------------------------------
-# Quantiles of the bulk law
+# Marchenko-Pastur quantiles
 
 
-def bulk_quantile(level: ArrayLike, pop: PDB, c: ArrayLike, num: int = 1025) -> Array:
-    r"""Quantiles ``F^{-1}(level)`` of the bulk law, ``F`` = :func:`pdbjax.spectral.cdf`.
+@jax.jit
+def _mp_cdf_nodes(c: Array) -> tuple[Array, Array]:
+    """:func:`pdbjax.spectral.cdf` of ``MP(1, c)`` on Chebyshev nodes of its support (traced ``c``)."""
+    lo, hi = (1 - jnp.sqrt(c)) ** 2, (1 + jnp.sqrt(c)) ** 2
+    x = (lo + hi) / 2 - (hi - lo) / 2 * jnp.cos(jnp.linspace(0.0, jnp.pi, _TABLE_NODES, dtype=c.dtype))
+    return x, cdf(x, PDB.pub(jnp.ones_like(c)), c)
 
-    ``F`` is evaluated on ``num`` Chebyshev-spaced points of the support ``[beta_1, beta_max]``
-    (``lambda = mid - half cos u``, ``u`` equispaced in ``[0, pi]``: dense at the edges, where ``F``
-    has square-root (or, for ``c = 1``, ``x^{1/2}``-type) behaviour) and inverted by linear
-    interpolation. ``level`` carries the levels on its LAST axis; the population fields and ``c``
-    broadcast against ``level[..., 0]``. For PUB with ``sigma^2 = 1`` this is the Marchenko-Pastur
-    quantile function used by BEMA.
+
+@functools.lru_cache(maxsize=64)
+def _mp_table(c: float) -> tuple[np.ndarray, np.ndarray]:
+    r"""Tabulated distribution function ``(x, F(x))`` of ``MP(sigma^2 = 1, c)`` (float64 NumPy arrays).
+
+    ``F`` is :func:`pdbjax.spectral.cdf` on ``1025`` Chebyshev nodes ``x = mid - half cos u`` of the
+    support ``[(1 - sqrt c)^2, (1 + sqrt c)^2]`` (dense at the edges, where ``F`` has square-root
+    behaviour), computed once per ``c`` under a local ``jax.enable_x64`` and outside any trace.
     """
-    level = jnp.asarray(level)
-    beta = edges(pop, c)
-    lo, hi = jnp.nanmin(beta, axis=-1), jnp.nanmax(beta, axis=-1)
-    batch = jnp.broadcast_shapes(lo.shape, level.shape[:-1])
-    u = jnp.linspace(0.0, jnp.pi, num, dtype=beta.dtype)
-    x = jnp.broadcast_to(((lo + hi) / 2)[..., None] - ((hi - lo) / 2)[..., None] * jnp.cos(u), batch + (num,))
-    F = cdf(x, pop, c)
-    level = jnp.broadcast_to(level, batch + level.shape[-1:]).astype(beta.dtype)
-    flat = lambda a: a.reshape(-1, a.shape[-1])  # noqa: E731
-    q = jax.vmap(jnp.interp)(flat(level), flat(F), flat(x))
-    return q.reshape(level.shape)
+    with jax.ensure_compile_time_eval(), jax.enable_x64(True):
+        x, F = _mp_cdf_nodes(jnp.asarray(c, jnp.float64))
+        return np.asarray(x), np.asarray(F)
+
+
+def _mp_quantile(level: np.ndarray, c: float) -> np.ndarray:
+    """Quantiles ``F^{-1}(level)`` of ``MP(1, c)``, by linear interpolation in :func:`_mp_table`.
+
+    ``c = p / N`` and the levels are static, so the quantiles are constants of the compiled fit: no
+    Stieltjes solver and no interpolation is compiled into it.
+    """
+    x, F = _mp_table(c)
+    return np.interp(level, F, x)
 
 
 # --------------------------------------------------------------------------------------------------
-# The two estimators, on one descending vector divided by its median
+# The two estimators, on one descending vector with its median scaled into [1/2, 1)
 
 
 def _tw_quantile(beta: float) -> float:
@@ -112,39 +125,57 @@ def _tw_quantile(beta: float) -> float:
     raise ValueError(f"beta must be one of {sorted(TW1_QUANTILES)} (tabulated Tracy-Widom quantiles); got {beta!r}")
 
 
+def _spread_floor(lam: Array) -> float:
+    """Spread below which a (median-normalised) bulk counts as a single atom: ``100 eps``."""
+    return 100 * float(jnp.finfo(lam.dtype).eps)
+
+
+def _matched_ranks(p: int, alpha: float) -> np.ndarray:
+    """The 1-based ranks ``k`` with ``alpha p < k < (1 - alpha) p`` that BEMA matches."""
+    k = np.arange(1, p + 1)
+    return k[(k > alpha * p) & (k < (1 - alpha) * p)]
+
+
 def _bema(lam: Array, N: int, alpha: float, beta: float) -> tuple[Array, Array, Array]:
-    """BEMA on descending ``lam``: returns ``(sigma_sq, c, threshold)`` (``c = p / N``)."""
+    """BEMA on descending ``lam`` (median in [1/2, 1)): returns ``(sigma_sq, threshold, usable)``.
+
+    ``usable`` is False when the matched ranks have no spread (e.g. an orthogonal matrix): a single
+    atom is not a Marchenko-Pastur bulk.
+    """
     p = lam.shape[-1]
     c = p / N
-    k = np.arange(1, p + 1)
-    ranks = k[(k > alpha * p) & (k < (1 - alpha) * p)]
-    q = bulk_quantile(1 - (ranks - 0.5) / p, PDB.pub(jnp.ones((), lam.dtype)), c)
-    sigma_sq = jnp.sum(q * lam[ranks - 1]) / jnp.sum(q**2)
+    ranks = _matched_ranks(p, alpha)
+    matched = lam[ranks - 1]
+    q = jnp.asarray(_mp_quantile(1 - (ranks - 0.5) / p, c), lam.dtype)
+    sigma_sq = jnp.sum(q * matched) / jnp.sum(q**2)
     edge = (1 + math.sqrt(c)) ** 2 + _tw_quantile(beta) * N ** (-2 / 3) * c ** (-1 / 6) * (1 + math.sqrt(c)) ** (4 / 3)
-    return sigma_sq, jnp.asarray(c, lam.dtype), sigma_sq * edge
+    usable = jnp.max(matched, initial=-jnp.inf) - jnp.min(matched, initial=jnp.inf) > _spread_floor(lam)
+    return sigma_sq, sigma_sq * edge, usable
 
 
 def _gaussian(u: Array) -> Array:
     return jnp.exp(-0.5 * u**2) / math.sqrt(2 * math.pi)
 
 
-def _kernel(lam: Array, N: int, alpha: float, beta: float) -> tuple[Array, Array, Array, Array]:
-    """Kernel density matching on descending ``lam``: returns ``(sigma_sq, c0, threshold, usable)``."""
+def _kernel(lam: Array, N: int, alpha: float, beta: float) -> tuple[Array, Array]:
+    """Kernel density matching on descending ``lam`` (median in [1/2, 1)): returns ``(sigma_sq, usable)``.
+
+    ``usable`` is False when BEMA's is, when fewer than 8 eigenvalues remain below the BEMA threshold,
+    or when they have no spread.
+    """
     p = lam.shape[-1]
-    _, _, bema_threshold = _bema(lam, N, alpha, beta)
+    _, bema_threshold, bema_usable = _bema(lam, N, alpha, beta)
     K0 = jnp.sum(lam > bema_threshold)
     n = p - K0
     weight = jnp.where(jnp.arange(p) >= K0, 1.0, 0.0).astype(lam.dtype) / jnp.maximum(n, 1)
     mean = jnp.sum(weight * lam)
     sd = jnp.sqrt(jnp.sum(weight * (lam - mean) ** 2))
-    usable = (n >= _MIN_BULK) & (sd > 0)
+    usable = bema_usable & (n >= _MIN_BULK) & (sd > _spread_floor(lam) * mean)
     h = jnp.where(usable, 1.06 * sd * jnp.maximum(n, 1).astype(lam.dtype) ** -0.2, 1.0)
     lo, hi = lam[-1], jnp.take(lam, jnp.minimum(K0, p - 1))
     x = lo + (hi - lo) * (jnp.arange(_KDE_POINTS, dtype=lam.dtype) + 0.5) / _KDE_POINTS
     kde = jnp.sum(weight * _gaussian((x[:, None] - lam) / h), axis=-1) / h
-    c0 = jnp.maximum(n, 1).astype(lam.dtype) / N
-    levels = (jnp.arange(_MODEL_QUANTILES, dtype=lam.dtype) + 0.5) / _MODEL_QUANTILES
-    q = bulk_quantile(levels, PDB.pub(jnp.ones((), lam.dtype)), c0)
+    q = jnp.asarray(_mp_quantile((np.arange(_MODEL_QUANTILES) + 0.5) / _MODEL_QUANTILES, p / N), lam.dtype)
 
     def residual(log_s: Array) -> Array:
         model = jnp.mean(_gaussian((x[:, None] - jnp.exp(log_s[0]) * q) / h), axis=-1) / h
@@ -153,25 +184,25 @@ def _kernel(lam: Array, N: int, alpha: float, beta: float) -> tuple[Array, Array
     center = jnp.log(jnp.where(usable, mean, 1.0))
     width = math.log(_SEARCH_FACTOR)
     sol = least_squares_box(residual, center[None], (center - width)[None], (center + width)[None], _LSQ_ITERS)
-    sigma_sq = jnp.exp(sol.x[0])
-    return sigma_sq, c0, sigma_sq * (1 + jnp.sqrt(c0)) ** 2, usable
+    return jnp.exp(sol.x[0]), usable
 
 
 def _fit_pub_one(eigs: Array, N: int, method: str, alpha: float, beta: float) -> PUBFit:
     eigs = -jnp.sort(-eigs)
     code = screen(eigs)
     lam = _placeholder(eigs, code)
-    scale = _median_scale(lam)
-    lam = lam / scale
+    exponent = jnp.frexp(_median_scale(lam))[1]  # scale by a power of 2: exact, and no reciprocal
+    lam = jnp.ldexp(lam, -exponent)  # of a huge median flushed to zero (XLA CPU flushes subnormals)
+    c = eigs.shape[-1] / N
+    lam_plus_factor = (1 + math.sqrt(c)) ** 2
     if method == "bema":
-        sigma_sq, c, threshold = _bema(lam, N, alpha, beta)
-        lam_plus = sigma_sq * (1 + jnp.sqrt(c)) ** 2
+        sigma_sq, threshold, usable = _bema(lam, N, alpha, beta)
     else:
-        sigma_sq, c, threshold, usable = _kernel(lam, N, alpha, beta)
-        code = jnp.where((code == Reason.OK) & ~usable, Reason.NO_BULK, code)
-        lam_plus = threshold
+        sigma_sq, usable = _kernel(lam, N, alpha, beta)
+        threshold = sigma_sq * lam_plus_factor
+    code = jnp.where((code == Reason.OK) & ~usable, Reason.NO_BULK, code)
     K = jnp.sum(lam > threshold)
-    sigma_sq, lam_plus, threshold = sigma_sq * scale, lam_plus * scale, threshold * scale
+    sigma_sq, threshold = jnp.ldexp(sigma_sq, exponent), jnp.ldexp(threshold, exponent)
     solved = jnp.isfinite(threshold) & (sigma_sq > 0)
     code = jnp.where((code == Reason.OK) & ~solved, Reason.NOT_CONVERGED, code).astype(jnp.int32)
     ok = code == Reason.OK
@@ -179,8 +210,8 @@ def _fit_pub_one(eigs: Array, N: int, method: str, alpha: float, beta: float) ->
     return PUBFit(
         K=jnp.where(ok, K, 0).astype(jnp.int32),
         sigma_sq=nan(sigma_sq),
-        c=nan(c),
-        lambda_plus=nan(lam_plus),
+        c=nan(jnp.asarray(c, lam.dtype)),
+        lambda_plus=nan(sigma_sq * lam_plus_factor),
         threshold=nan(threshold),
         ok=ok,
         reason=code,
@@ -188,10 +219,9 @@ def _fit_pub_one(eigs: Array, N: int, method: str, alpha: float, beta: float) ->
 
 
 @functools.partial(jax.jit, static_argnames=("N", "method", "alpha", "beta"))
-def _fit_pub_batched(eigs: Array, N: int, method: str, alpha: float, beta: float) -> PUBFit:
-    batch, p = eigs.shape[:-1], eigs.shape[-1]
-    fit = jax.vmap(lambda v: _fit_pub_one(v, N, method, alpha, beta))(eigs.reshape(-1, p))
-    return jax.tree_util.tree_map(lambda v: v.reshape(batch + v.shape[1:]), fit)
+def _fit_pub_flat(eigs: Array, N: int, method: str, alpha: float, beta: float) -> PUBFit:
+    """:func:`_fit_pub_one` over the rows of ``eigs`` (shape ``(B, p)``): one compilation per ``B``."""
+    return jax.vmap(lambda v: _fit_pub_one(v, N, method, alpha, beta))(eigs)
 
 
 def fit_pub(
@@ -217,16 +247,19 @@ def fit_pub(
       beta: Tracy-Widom level of the BEMA threshold: ``0.1``, ``0.05`` or ``0.01``.
 
     Returns:
-      :class:`~pdbjax.fits.PUBFit` with the leading batch axes of ``eigs``. ``c`` is ``p / N`` for
-      BEMA and the bulk ratio ``(p - K0) / N`` for the kernel method; ``threshold`` is the
-      Tracy-Widom corrected edge for BEMA and ``lambda_plus`` for the kernel method. Rows with
-      ``ok = False`` have NaN fields, ``K = 0`` and a :class:`~pdbjax.fits.Reason`.
+      :class:`~pdbjax.fits.PUBFit` with the leading batch axes of ``eigs``; ``c = p / N``,
+      ``lambda_plus = sigma^2 (1 + sqrt c)^2``; ``threshold`` is the Tracy-Widom corrected edge for
+      BEMA and ``lambda_plus`` for the kernel method. Rows with ``ok = False`` have NaN fields,
+      ``K = 0`` and a :class:`~pdbjax.fits.Reason`.
     """
     eigs = jnp.asarray(eigs)
     _check_eigs(eigs, N)
     if method not in ("bema", "kernel"):
         raise ValueError(f"method must be 'bema' or 'kernel'; got {method!r}")
-    if not 0 <= alpha < 0.5:
-        raise ValueError(f"alpha must lie in [0, 0.5); got {alpha!r}")
+    p = eigs.shape[-1]
+    if not 0 <= alpha < 0.5 or (p >= 8 and _matched_ranks(p, alpha).size == 0):
+        raise ValueError(f"alpha must lie in [0, 0.5) and leave ranks alpha p < k < (1 - alpha) p; got {alpha!r} for p={p}")
     _tw_quantile(beta)
-    return _fit_pub_batched(_work(eigs), N, method, float(alpha), float(beta))
+    eigs = _work(eigs)
+    fit = _fit_pub_flat(eigs.reshape(-1, p), N, method, float(alpha), float(beta))
+    return jax.tree_util.tree_map(lambda v: v.reshape(eigs.shape[:-1]), fit)

@@ -101,7 +101,8 @@ def test_select_nnx_state_split_and_module_agree():
         sels = tree.select(params)
         assert _names(sels) == expected
         assert [s.matrix_shape for s in sels] == [(7, 6), (6, 5), (5, 3)]
-        assert [s.keys for s in sels] == [tuple(p) for p in model.hidden_kernel_paths()] + [("layers", 2, "kernel")]
+        hidden = [tuple(p) for p in model.hidden_kernel_paths()]
+        assert [s.keys for s in sels] == hidden + [("layers", 2, "kernel")]
         assert not isinstance(sels[0].value, nnx.Variable)
         np.testing.assert_array_equal(sels[0].value, model.layers[0].kernel.get_value())
 
@@ -134,7 +135,7 @@ def test_where_regex_and_predicate():
 )
 def test_bad_leaves_raise_naming_path_or_are_skipped(leaf, message):
     params = {"good": {"kernel": _rand(3, 3)}, "bad": {"layer": [leaf]}}
-    with pytest.raises(ValueError, match=re.escape("['bad']['layer'][0]: ") + message):
+    with pytest.raises(ValueError, match=re.escape("['bad']['layer'][0]: ") + ".*" + message):
         tree.select(params, where=lambda n, x: True)
     sels = tree.select(params, where=lambda n, x: True, on_error="skip")
     bad, good = sels  # flattening order: 'bad' < 'good'
@@ -208,13 +209,15 @@ def test_layer_axis_dict_bf16_and_jit():
     assert by["['head']['kernel']"].layer_axis is None and by["['head']['kernel']"].num_matrices == 1
     for sel in sels:
         leaf = params[sel.keys[0]]["kernel"]
-        back = jax.jit(lambda x, s=sel: tree.from_matrices(tree.to_matrices(x, s).astype(jnp.float32), s))(leaf)
+        round_trip = jax.jit(lambda x, s=sel: tree.from_matrices(tree.to_matrices(x, s).astype(jnp.float32), s))
+        back = round_trip(leaf)
         assert back.dtype == leaf.dtype
         np.testing.assert_array_equal(np.asarray(back), leaf)
 
 
 def test_layer_axis_on_a_2d_leaf_is_an_error():
-    with pytest.raises(ValueError, match=re.escape("['kernel']: shape (3, 4) is not a matrix after taking layer_axis=0")):
+    message = "['kernel']: shape (3, 4) is not a matrix after taking layer_axis=0"
+    with pytest.raises(ValueError, match=re.escape(message)):
         tree.select({"kernel": _rand(3, 4)}, layer_axis=0)
     with pytest.raises(ValueError, match="out of range"):
         tree.select({"kernel": _rand(3, 4, 2)}, layer_axis=3)
@@ -224,7 +227,8 @@ def test_view_shape_mismatch_errors():
     (sel,) = tree.select({"kernel": _rand(3, 4)})
     with pytest.raises(ValueError, match=re.escape("['kernel']: leaf has shape (4, 3)")):
         tree.to_matrices(_rand(4, 3), sel)
-    with pytest.raises(ValueError, match=re.escape("['kernel']: matrix stack has shape (1, 4, 3), expected (1, 3, 4)")):
+    message = "['kernel']: matrix stack has shape (1, 4, 3), expected (1, 3, 4)"
+    with pytest.raises(ValueError, match=re.escape(message)):
         tree.from_matrices(jnp.zeros((1, 4, 3)), sel)
 
 
@@ -318,7 +322,8 @@ def test_map_groups_sharded_equals_unsharded_on_4_devices():
 def test_replace_plain_dict_keeps_structure_dtype_and_numpy():
     params = {"a": {"kernel": _rand(3, 4).astype(BF16), "bias": _rand(4)}, "b": [_rand(2, 2)]}
     before = copy.deepcopy(params)
-    new = tree.replace(params, {"['a']['kernel']": jnp.ones((3, 4), jnp.float32), "['b'][0]": jnp.zeros((2, 2))})
+    updates = {"['a']['kernel']": jnp.ones((3, 4), jnp.float32), "['b'][0]": jnp.zeros((2, 2))}
+    new = tree.replace(params, updates)
     _assert_trees_equal(params, before)
     assert jax.tree_util.tree_structure(new) == jax.tree_util.tree_structure(params)
     assert isinstance(new["a"]["kernel"], np.ndarray) and new["a"]["kernel"].dtype == BF16
@@ -337,7 +342,8 @@ def test_replace_linen_dict_with_jax_leaves():
     new = tree.replace(params, {sel.name: tree.from_matrices(-tree.to_matrices(sel.value, sel), sel)})
     _assert_trees_equal(params, before)
     assert isinstance(new["params"]["Dense_0"]["kernel"], jax.Array)
-    np.testing.assert_array_equal(np.asarray(new["params"]["Dense_0"]["kernel"]), -np.asarray(before["params"]["Dense_0"]["kernel"]))
+    kernel = new["params"]["Dense_0"]["kernel"]
+    np.testing.assert_array_equal(np.asarray(kernel), -np.asarray(before["params"]["Dense_0"]["kernel"]))
 
 
 @pytest.mark.parametrize("as_module", [False, True])
@@ -360,7 +366,8 @@ def test_replace_nnx_state_and_module(as_module):
     merged = nnx.merge(graphdef, new_state)
     x = jnp.ones((2, 7))
     np.testing.assert_array_equal(np.asarray(merged.layers[0].kernel.get_value()), 0.0)
-    np.testing.assert_array_equal(np.asarray(merged.layers[2].kernel.get_value()), before["layers"][2]["kernel"])
+    kept = merged.layers[2].kernel.get_value()
+    np.testing.assert_array_equal(np.asarray(kept), before["layers"][2]["kernel"])
     nnx.update(model, new_state)
     np.testing.assert_array_equal(np.asarray(model(x)), np.asarray(merged(x)))
     np.testing.assert_array_equal(np.asarray(model.layers[1].kernel.get_value()), 0.0)

@@ -1,0 +1,322 @@
+r"""Model-level API: :func:`analyze` and :func:`compress` every weight matrix of a param pytree.
+
+Both take any tree :func:`pdbjax.tree.select` accepts (plain dicts, a flat ``{name: array}`` dict from
+:func:`pdbjax.io.load`, Flax Linen ``{"params": ...}``, an NNX ``State`` or an NNX ``Module``), view each
+selected leaf as a stack of matrices, group equal shapes and make one batched call per group
+(:func:`pdbjax.tree.map_groups`), and return a :class:`~pdbjax.report.Report` with one row per matrix.
+The caller's params are never modified.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from pdbjax.estimate import Mode, eigenvalues, fit_pdb
+from pdbjax.filter import METHODS, FilterInfo, Rank, filter_matrix, keep_count, outlier_mask
+from pdbjax.fits import Reason, reason_text
+from pdbjax.pub import fit_pub
+from pdbjax.quality import fit_quality
+from pdbjax.report import Report
+from pdbjax.tree import LayerAxis, Selected, Where, from_matrices, map_groups, replace, select, to_matrices
+
+__all__ = ["analyze", "compress", "LowRank", "densify", "DEFAULT_RANK", "RULES"]
+
+#: Default rank rule of :func:`compress` (chosen by measurement; see the README, "Choosing the rank").
+DEFAULT_RANK: Rank = "upper-bulk"
+#: Rules reported in ``rank_kept`` by :func:`analyze`.
+RULES = ("spikes", "upper-bulk")
+
+
+# --------------------------------------------------------------------------------------------------
+# analyze
+
+
+def _analyze_stack(mats: jax.Array, mode: Mode, baselines: bool) -> dict[str, Any]:
+    """All per-matrix figures of one equal-shape stack ``(B, a, b)``, batched."""
+    N = max(mats.shape[-2:])
+    lam = eigenvalues(mats, dtype=jnp.float64)
+    with jax.enable_x64(True):
+        lam = jnp.asarray(lam, jnp.float64)
+        pdb = fit_pdb(lam, N, mode=mode)
+        out = {"lam": lam, "pdb": pdb, "q_pdb": fit_quality(lam, N, pdb)}
+        out["keep"] = {rule: keep_count(lam, pdb, rule) for rule in RULES}
+        out["n_outliers"] = jnp.sum(outlier_mask(lam, pdb), axis=-1)
+        if baselines:
+            for method in ("bema", "kernel"):
+                pub = fit_pub(lam, N, method)
+                out[method] = pub
+                out[f"q_{method}"] = fit_quality(lam, N, pub)
+                out["keep"][f"pub-{method}"] = keep_count(lam, pub, "spikes")
+        return jax.tree_util.tree_map(np.asarray, out)
+
+
+def analyze(
+    params: Any,
+    where: Where | None = None,
+    *,
+    mode: Mode = "scaled",
+    baselines: bool = True,
+    conv_reshape: str = "in",
+    layer_axis: LayerAxis = None,
+    on_error: str = "raise",
+    shard: bool = True,
+) -> Report:
+    r"""Fit the PDB model (and the PUB baselines) to every selected weight matrix.
+
+    Args:
+      params: a param pytree, NNX ``State`` or ``Module`` (see :func:`pdbjax.tree.select`).
+      where: which leaves: a regex searched in the leaf name or a predicate ``(name, array) -> bool``;
+        default: float leaves with ``ndim >= 2`` named ``kernel``/``weight``/``w``, no embeddings.
+      mode: PDBLS mode (``"scaled"`` or ``"reference"``, see :func:`pdbjax.fit_pdb`).
+      baselines: also fit PUB-BEMA and PUB-Kernel.
+      conv_reshape, layer_axis: how leaves map to matrices (:func:`pdbjax.tree.select`).
+      on_error: ``"raise"`` (a clear error naming the leaf) or ``"skip"`` (a row with the status).
+      shard: shard each batch over the local devices when there are several.
+
+    Returns:
+      A :class:`~pdbjax.report.Report`; columns are listed in the README ("Report columns").
+    """
+    sels = select(params, where, conv_reshape=conv_reshape, layer_axis=layer_axis, on_error=on_error)
+    good = [s for s in sels if s.ok]
+    results = map_groups(lambda m: _analyze_stack(m, mode, baselines), _matrices(good), shard=shard)
+    by_name = dict(zip((s.name for s in good), results))
+    rows: list[dict[str, Any]] = []
+    for sel in sels:
+        if not sel.ok:
+            rows.append(_skipped_row(sel))
+            continue
+        res = by_name[sel.name]
+        rows.extend(_analysis_row(sel, i, jax.tree_util.tree_map(lambda x: x[i], res), baselines) for i in range(sel.num_matrices))
+    return Report(rows)
+
+
+def _matrices(sels: Sequence[Selected]) -> list[jax.Array]:
+    return [to_matrices(s.value, s) for s in sels]
+
+
+def _base_row(sel: Selected, index: int | None) -> dict[str, Any]:
+    a, b = sel.matrix_shape or (None, None)
+    return {
+        "name": sel.name if index is None or sel.layer_axis is None else f"{sel.name}[{index}]",
+        "leaf": sel.name,
+        "layer": None if sel.layer_axis is None else index,
+        "shape": list(sel.shape),
+        "matrix_shape": None if a is None else [a, b],
+        "dtype": str(sel.dtype),
+        "N": None if a is None else max(a, b),
+        "p": None if a is None else min(a, b),
+    }
+
+
+def _skipped_row(sel: Selected) -> dict[str, Any]:
+    return {**_base_row(sel, None), "status": f"skipped: {sel.status}"}
+
+
+def _analysis_row(sel: Selected, index: int, res: dict[str, Any], baselines: bool) -> dict[str, Any]:
+    pdb, q = res["pdb"], res["q_pdb"]
+    row = _base_row(sel, index)
+    row.update(
+        K=pdb.K,
+        t=pdb.t,
+        sigma1_sq=pdb.sigma1_sq,
+        sigma2_sq=pdb.sigma2_sq,
+        c=pdb.c,
+        lambda_plus=pdb.lambda_plus,
+        edges=[e for e in np.asarray(pdb.edges) if np.isfinite(e)],
+        residual=pdb.residual,
+        n_outliers=res["n_outliers"],
+        moments_empirical=q.moments,
+        moments_pdb=q.model_moments,
+        ks_pdb=q.ks,
+        l2_pdb=q.l2,
+    )
+    if baselines:
+        for method in ("bema", "kernel"):
+            pub, qp = res[method], res[f"q_{method}"]
+            row.update(
+                {
+                    f"K_{method}": pub.K,
+                    f"sigma_sq_{method}": pub.sigma_sq,
+                    f"lambda_plus_{method}": pub.lambda_plus,
+                    f"threshold_{method}": pub.threshold,
+                    f"moments_{method}": qp.model_moments,
+                    f"ks_{method}": qp.ks,
+                    f"l2_{method}": qp.l2,
+                    f"status_{method}": reason_text(pub.reason),
+                }
+            )
+    row["rank_kept"] = dict(res["keep"])
+    row["status"] = reason_text(pdb.reason)
+    return row
+
+
+# --------------------------------------------------------------------------------------------------
+# compress
+
+
+class LowRank(NamedTuple):
+    """A compressed matrix stored as two factors: ``W' = a @ b`` (a pytree node with two leaves).
+
+    ``a`` is ``(..., m, r)`` and ``b`` is ``(..., r, n)`` where ``(m, n)`` is the matrix view of the
+    original leaf (:func:`pdbjax.tree.select`), ``...`` the layer axis of stacked leaves, and ``r`` the
+    largest kept rank in the leaf. :func:`densify` turns it back into an array of the original shape.
+    """
+
+    a: jax.Array
+    b: jax.Array
+
+
+def densify(params: Any, like: Any) -> Any:
+    """Replace every :class:`LowRank` node of ``params`` by the dense leaf of the same name in ``like``'s layout.
+
+    ``like`` is the original (uncompressed) tree, used for the leaf shapes and the matrix view.
+    """
+    sels = {s.name: s for s in select(like, lambda n, x: True, on_error="skip") if s.ok}
+    is_low = lambda x: isinstance(x, LowRank)  # noqa: E731
+    flat, _ = jax.tree_util.tree_flatten_with_path(params, is_leaf=is_low)
+    updates = {
+        jax.tree_util.keystr(path): from_matrices(_product(node), sels[jax.tree_util.keystr(path)])
+        for path, node in flat
+        if is_low(node)
+    }
+    return jax.tree_util.tree_map_with_path(lambda path, x: updates.get(jax.tree_util.keystr(path), x), params, is_leaf=is_low)
+
+
+def _product(node: LowRank) -> jax.Array:
+    return jnp.asarray(node.a) @ jnp.asarray(node.b)
+
+
+def _compress_stack(mats: jax.Array, method: str, rank: Rank, factored: bool, mode: Mode, slr: tuple[float, float]):
+    N = max(mats.shape[-2:])
+    lam = eigenvalues(mats, dtype=jnp.float64)
+    fit = None
+    if method == "pdb" or isinstance(rank, str) and method in ("svd", "slr"):
+        fit = fit_pdb(lam, N, mode=mode)
+    elif method.startswith("pub-"):
+        fit = fit_pub(lam, N, method.removeprefix("pub-"))
+    if fit is not None:  # the fit is computed in float64; the filter works in the matrices' precision
+        work = jnp.promote_types(mats.dtype, jnp.float32)
+        fit = jax.tree_util.tree_map(lambda x: x.astype(work) if jnp.issubdtype(x.dtype, jnp.floating) else x, fit)
+    out, info = filter_matrix(mats, method, rank, fit=fit, factored=factored, slr_sr=slr[0], slr_rr=slr[1])
+    return {"out": out, "info": info, "fit": fit}
+
+
+def compress(
+    params: Any,
+    method: str = "pdb",
+    where: Where | None = None,
+    *,
+    rank: Rank = DEFAULT_RANK,
+    factored: bool = False,
+    mode: Mode = "scaled",
+    slr_sr: float = 0.5,
+    slr_rr: float = 0.5,
+    conv_reshape: str = "in",
+    layer_axis: LayerAxis = None,
+    on_error: str = "raise",
+    shard: bool = True,
+) -> tuple[Any, Report]:
+    r"""Compress every selected matrix with :func:`pdbjax.filter_matrix` and return new params.
+
+    Args:
+      params: a param pytree, NNX ``State`` or ``Module`` (never modified).
+      method: ``"pdb"`` (Algorithm 2), ``"pub-bema"``, ``"pub-kernel"``, ``"svd"`` or ``"slr"``.
+      where: leaf selection as in :func:`analyze`.
+      rank: ``int`` rank, ``float`` removed fraction, or a rule ``"spikes"`` / ``"upper-bulk"``
+        (default :data:`DEFAULT_RANK`).
+      factored: store each compressed matrix as a :class:`LowRank` node ``(a, b)`` instead of a dense
+        array (plain pytrees only: for NNX use ``nnx.state(model).to_pure_dict()``).
+      mode: PDBLS mode for the fits.
+      slr_sr, slr_rr: SLR sparsity and reduction rates.
+      conv_reshape, layer_axis, on_error, shard: as in :func:`analyze`.
+
+    Returns:
+      ``(new_params, report)``. ``new_params`` has the structure and dtypes of ``params`` (a new
+      ``nnx.State`` for NNX input; with ``factored=True`` compressed leaves become :class:`LowRank`).
+      A matrix whose fit is not ok is left unchanged and its row says why. ``report.totals`` holds
+      ``params_before`` (entries of the selected matrices), ``params_after`` (entries stored for them
+      after compression: ``keep (m + n)`` per factored matrix, ``m n`` per dense one, SLR's sparse
+      count for ``"slr"``) and ``compression_ratio = params_after / params_before``, plus the same for
+      a low-rank storage of the dense output (``lowrank_*``).
+    """
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}; got {method!r}")
+    if factored and _is_nnx(params):
+        raise ValueError("factored=True needs a plain pytree; pass nnx.state(model).to_pure_dict() instead")
+    sels = select(params, where, conv_reshape=conv_reshape, layer_axis=layer_axis, on_error=on_error)
+    good = [s for s in sels if s.ok]
+    fn = lambda m: _compress_stack(m, method, rank, factored, mode, (slr_sr, slr_rr))  # noqa: E731
+    results = map_groups(fn, _matrices(good), shard=shard)
+    rows: list[dict[str, Any]] = [_skipped_row(s) for s in sels if not s.ok]
+    updates = {}
+    for sel, res in zip(good, results):
+        updates[sel.name] = _new_leaf(sel, res["out"], res["info"], factored)
+        for i in range(sel.num_matrices):
+            item = jax.tree_util.tree_map(lambda x: np.asarray(x[i]), {k: v for k, v in res.items() if k != "out"})
+            rows.append(_compress_row(sel, i, item, method))
+    if factored:
+        new_params = jax.tree_util.tree_map_with_path(lambda path, x: updates.get(jax.tree_util.keystr(path), x), params)
+    else:
+        new_params = replace(params, updates)
+    return new_params, Report(rows, _totals(rows))
+
+
+def _is_nnx(params: Any) -> bool:
+    from flax import nnx
+
+    return isinstance(params, (nnx.Module, nnx.State))
+
+
+def _new_leaf(sel: Selected, out: Any, info: FilterInfo, factored: bool) -> Any:
+    if not factored:
+        return from_matrices(out, sel)
+    a, b = out
+    r = max(int(np.max(np.asarray(info.keep))), 1)
+    a, b = a[..., :r], b[..., :r, :]
+    if sel.layer_axis is None:
+        a, b = a[0], b[0]
+    return LowRank(a, b)
+
+
+def _compress_row(sel: Selected, index: int, item: dict[str, Any], method: str) -> dict[str, Any]:
+    info: FilterInfo = item["info"]
+    row = _base_row(sel, index)
+    fit = item["fit"]
+    if fit is not None and hasattr(fit, "t"):
+        row.update(K=fit.K, t=fit.t, sigma1_sq=fit.sigma1_sq, sigma2_sq=fit.sigma2_sq, lambda_plus=fit.lambda_plus)
+    elif fit is not None:
+        row.update(K=fit.K, sigma_sq=fit.sigma_sq, lambda_plus=fit.lambda_plus)
+    a, b = sel.matrix_shape
+    row.update(
+        method=method,
+        keep=info.keep,
+        n_outliers=info.n_outliers,
+        params_before=info.params_before,
+        params_after=info.params_after,
+        params_lowrank=int(info.keep) * (a + b),
+        rel_change=info.rel_change,
+        status="ok" if bool(info.ok) else f"unchanged: {reason_text(info.reason)}",
+    )
+    return row
+
+
+def _totals(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    done = [r for r in rows if "params_before" in r]
+    before = sum(int(r["params_before"]) for r in done)
+    after = sum(int(r["params_after"]) for r in done)
+    lowrank = sum(min(int(r["params_lowrank"]), int(r["params_before"])) for r in done)
+    ratio = lambda x: x / before if before else None  # noqa: E731
+    return {
+        "matrices": len(done),
+        "unchanged": sum(1 for r in done if r["status"] != "ok"),
+        "skipped": len(rows) - len(done),
+        "params_before": before,
+        "params_after": after,
+        "compression_ratio": ratio(after),
+        "lowrank_params_after": lowrank,
+        "lowrank_compression_ratio": ratio(lowrank),
+    }
