@@ -20,7 +20,7 @@ from pdbjax.filter import METHODS, FilterInfo, Rank, filter_matrix, keep_count, 
 from pdbjax.fits import Reason, reason_text
 from pdbjax.pub import fit_pub
 from pdbjax.quality import fit_quality
-from pdbjax.report import Report
+from pdbjax.report import Report, to_jsonable
 from pdbjax.tree import LayerAxis, Selected, Where, from_matrices, map_groups, replace, select, to_matrices
 
 __all__ = ["analyze", "compress", "LowRank", "densify", "DEFAULT_RANK", "RULES"]
@@ -91,7 +91,7 @@ def analyze(
             continue
         res = by_name[sel.name]
         rows.extend(_analysis_row(sel, i, jax.tree_util.tree_map(lambda x: x[i], res), baselines) for i in range(sel.num_matrices))
-    return Report(rows)
+    return Report([to_jsonable(r) for r in rows])
 
 
 def _matrices(sels: Sequence[Selected]) -> list[jax.Array]:
@@ -178,16 +178,13 @@ def densify(params: Any, like: Any) -> Any:
     sels = {s.name: s for s in select(like, lambda n, x: True, on_error="skip") if s.ok}
     is_low = lambda x: isinstance(x, LowRank)  # noqa: E731
     flat, _ = jax.tree_util.tree_flatten_with_path(params, is_leaf=is_low)
-    updates = {
-        jax.tree_util.keystr(path): from_matrices(_product(node), sels[jax.tree_util.keystr(path)])
-        for path, node in flat
-        if is_low(node)
-    }
+    updates = {}
+    for path, node in flat:
+        if is_low(node):
+            sel = sels[jax.tree_util.keystr(path)]
+            product = jnp.asarray(node.a) @ jnp.asarray(node.b)
+            updates[sel.name] = from_matrices(product.reshape(sel.num_matrices, *sel.matrix_shape), sel)
     return jax.tree_util.tree_map_with_path(lambda path, x: updates.get(jax.tree_util.keystr(path), x), params, is_leaf=is_low)
-
-
-def _product(node: LowRank) -> jax.Array:
-    return jnp.asarray(node.a) @ jnp.asarray(node.b)
 
 
 def _compress_stack(mats: jax.Array, method: str, rank: Rank, factored: bool, mode: Mode, slr: tuple[float, float]):
@@ -262,6 +259,7 @@ def compress(
         new_params = jax.tree_util.tree_map_with_path(lambda path, x: updates.get(jax.tree_util.keystr(path), x), params)
     else:
         new_params = replace(params, updates)
+    rows = [to_jsonable(r) for r in rows]
     return new_params, Report(rows, _totals(rows))
 
 

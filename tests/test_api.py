@@ -1,0 +1,199 @@
+"""analyze / compress over whole param pytrees: plain dicts, Linen, NNX, conv and scanned kernels."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import linen, nnx
+
+import pdbjax
+from pdbjax.models import FCNN
+
+A, B = 96, 48  # one matrix shape shared by most tests, so the estimators compile once
+
+
+def _pdb_matrix(seed: int, spikes=(60.0, 40.0)) -> np.ndarray:
+    W = pdbjax.simulate(jax.random.PRNGKey(seed), A, B, pdbjax.PDB(0.7, 1.0, 4.0), spikes=spikes)
+    return np.asarray(W)
+
+
+@pytest.fixture(scope="module")
+def params() -> dict:
+    return {
+        "dense1": {"kernel": _pdb_matrix(0), "bias": np.zeros(B, np.float32)},
+        "dense2": {"kernel": _pdb_matrix(1)},
+        "norm": {"scale": np.ones(B, np.float32)},
+    }
+
+
+@pytest.fixture(scope="module")
+def report(params) -> pdbjax.Report:
+    return pdbjax.analyze(params)
+
+
+JSON_KEYS = {
+    "name", "shape", "N", "p", "K", "t", "sigma1_sq", "sigma2_sq", "lambda_plus", "edges",
+    "moments_empirical", "moments_pdb", "moments_bema", "moments_kernel", "ks_pdb", "ks_bema",
+    "ks_kernel", "rank_kept", "status",
+}
+
+
+def test_analyze_rows_and_json_contract(params, report, tmp_path):
+    assert [r["name"] for r in report] == ["['dense1']['kernel']", "['dense2']['kernel']"]
+    for row in report:
+        assert row["status"] == "ok"
+        assert (row["N"], row["p"]) == (A, B)
+        assert 0.5 <= row["t"] <= 1
+        assert row["lambda_plus"] == pytest.approx(max(row["edges"]))
+        assert set(row["rank_kept"]) >= {"spikes", "upper-bulk", "pub-bema", "pub-kernel"}
+        assert row["rank_kept"]["spikes"] <= row["rank_kept"]["upper-bulk"] <= B
+    data = json.loads(report.to_json(tmp_path / "r.json"))
+    assert JSON_KEYS <= set(data[0])
+    assert json.loads((tmp_path / "r.json").read_text()) == data
+    csv_text = report.to_csv(tmp_path / "r.csv")
+    assert csv_text.splitlines()[0].startswith("name,")
+    assert len(csv_text.splitlines()) == 3
+
+
+def test_analyze_matches_direct_fit(params, report):
+    """The pytree API gives the same numbers as the matrix-level estimator."""
+    lam = pdbjax.eigenvalues(params["dense2"]["kernel"], dtype=jnp.float64)
+    fit = pdbjax.fit_pdb(lam, A)
+    row = report[1]
+    assert row["K"] == int(fit.K)
+    np.testing.assert_allclose([row["t"], row["sigma1_sq"], row["sigma2_sq"]], [fit.t, fit.sigma1_sq, fit.sigma2_sq], rtol=1e-6)
+
+
+def test_compress_dense_keeps_structure_and_dtypes(params):
+    before = copy.deepcopy(params)
+    new, rep = pdbjax.compress(params, rank="spikes")
+    assert jax.tree_util.tree_structure(new) == jax.tree_util.tree_structure(params)
+    for old_leaf, new_leaf in zip(jax.tree_util.tree_leaves(params), jax.tree_util.tree_leaves(new)):
+        assert old_leaf.shape == new_leaf.shape and old_leaf.dtype == new_leaf.dtype
+    # params untouched
+    jax.tree_util.tree_map(np.testing.assert_array_equal, params, before)
+    # kernels have rank = keep, biases untouched
+    for row, leaf in zip(rep, (new["dense1"]["kernel"], new["dense2"]["kernel"])):
+        assert np.linalg.matrix_rank(np.asarray(leaf, np.float64), tol=1e-4) == row["keep"]
+    np.testing.assert_array_equal(new["dense1"]["bias"], params["dense1"]["bias"])
+    assert rep.totals["compression_ratio"] == pytest.approx(1.0)  # dense storage
+    keeps = [row["keep"] for row in rep]
+    assert rep.totals["lowrank_compression_ratio"] == pytest.approx(sum(k * (A + B) for k in keeps) / (2 * A * B))
+    assert all(2 <= k < B // 4 for k in keeps)  # the two spikes and little of the bulk
+
+
+def test_compress_factored_round_trip(params):
+    new, rep = pdbjax.compress(params, method="svd", rank=0.75, factored=True)
+    low = new["dense1"]["kernel"]
+    assert isinstance(low, pdbjax.LowRank)
+    r = round(0.25 * B)
+    assert low.a.shape == (A, r) and low.b.shape == (r, B)
+    dense = pdbjax.densify(new, params)
+    U, s, Vh = np.linalg.svd(params["dense1"]["kernel"].astype(np.float64), full_matrices=False)
+    expected = (U[:, :r] * s[:r]) @ Vh[:r]
+    np.testing.assert_allclose(dense["dense1"]["kernel"], expected, atol=2e-4 * np.abs(expected).max())
+    assert rep.totals["params_after"] == 2 * r * (A + B)
+    assert rep.totals["compression_ratio"] == pytest.approx(2 * r * (A + B) / (2 * A * B))
+
+
+def test_nnx_model_and_state():
+    model = FCNN(nnx.Rngs(0), sizes=(A, B, A))  # kernels (96, 48) and (48, 96): one compiled fit
+    state_before = jax.tree_util.tree_map(np.asarray, nnx.state(model))
+    rep = pdbjax.analyze(model, baselines=False)
+    assert [r["name"] for r in rep] == ["['layers'][0]['kernel']", "['layers'][1]['kernel']"]
+    assert [(r["N"], r["p"]) for r in rep] == [(A, B), (A, B)]
+    # Glorot-uniform init is an unspiked Marchenko-Pastur matrix: one bulk, nothing beyond the edge
+    for row in rep:
+        assert row["status"] == "ok" and row["ks_pdb"] < 0.1
+    new_state, crep = pdbjax.compress(nnx.state(model), method="svd", rank=5, on_error="skip")
+    assert isinstance(new_state, nnx.State)
+    merged = nnx.merge(nnx.graphdef(model), new_state)
+    k0 = np.asarray(merged.layers[0].kernel[...])
+    assert np.linalg.matrix_rank(k0, tol=1e-5) == 5
+    # the model itself is untouched
+    jax.tree_util.tree_map(np.testing.assert_array_equal, jax.tree_util.tree_map(np.asarray, nnx.state(model)), state_before)
+
+
+def test_linen_params_with_conv_and_where():
+    class Net(linen.Module):
+        @linen.compact
+        def __call__(self, x):
+            x = linen.Conv(16, (3, 3))(x)
+            return linen.Dense(B)(x.reshape(x.shape[0], -1))
+
+    variables = Net().init(jax.random.PRNGKey(0), jnp.ones((1, 2, 3, 8)))  # Dense kernel (96, 48)
+    rep = pdbjax.analyze(variables, baselines=False)
+    conv = next(r for r in rep if "Conv_0" in r["name"])
+    assert conv["shape"] == [3, 3, 8, 16] and conv["matrix_shape"] == [72, 16]
+    only_dense = pdbjax.analyze(variables, where=r"Dense_0.*kernel", baselines=False)
+    assert [r["name"] for r in only_dense] == ["['params']['Dense_0']['kernel']"]
+
+
+def test_scanned_kernels_give_one_row_per_layer():
+    stack = np.stack([_pdb_matrix(s) for s in range(3)])  # [L, in, out]
+    params = {"blocks": {"kernel": stack}}
+    rep = pdbjax.analyze(params, layer_axis=0, baselines=False)
+    assert [r["layer"] for r in rep] == [0, 1, 2]
+    new, crep = pdbjax.compress(params, rank=10, method="svd", layer_axis=0)
+    assert new["blocks"]["kernel"].shape == stack.shape
+    for i in range(3):
+        assert np.linalg.matrix_rank(new["blocks"]["kernel"][i].astype(np.float64), tol=1e-4) == 10
+    moved = {"blocks": {"kernel": np.moveaxis(stack, 0, 1)}}  # [in, L, out]
+    rep2 = pdbjax.analyze(moved, layer_axis=1, baselines=False)
+    np.testing.assert_allclose([r["t"] for r in rep2], [r["t"] for r in rep], rtol=1e-6)
+
+
+def test_bad_leaves_named_or_skipped(params):
+    bad = {"good": {"kernel": params["dense1"]["kernel"]}, "broken": {"kernel": params["dense2"]["kernel"].copy()}}
+    bad["broken"]["kernel"][3, 4] = np.nan
+    with pytest.raises(ValueError, match=r"\['broken'\]\['kernel'\]"):
+        pdbjax.analyze(bad)
+    new, rep = pdbjax.compress(bad, on_error="skip", rank="spikes")
+    status = {r["name"]: r["status"] for r in rep}
+    assert status["['good']['kernel']"] == "ok"
+    assert status["['broken']['kernel']"].startswith("skipped")
+    np.testing.assert_array_equal(new["broken"]["kernel"], bad["broken"]["kernel"])
+    with pytest.raises(ValueError, match="int"):
+        pdbjax.analyze({"w": np.ones((20, 10), np.int32)}, where="w")
+
+
+def test_degenerate_matrix_left_unchanged():
+    zero = {"layer": {"kernel": np.zeros((A, B), np.float32)}, "ok": {"kernel": _pdb_matrix(3)}}
+    new, rep = pdbjax.compress(zero, rank="spikes")
+    row = next(r for r in rep if "layer" in r["name"])
+    assert row["status"].startswith("unchanged")
+    np.testing.assert_array_equal(new["layer"]["kernel"], zero["layer"]["kernel"])
+
+
+def test_bfloat16_kernels_are_upcast_and_cast_back():
+    params = {"d": {"kernel": jnp.asarray(_pdb_matrix(4), jnp.bfloat16)}}
+    new, rep = pdbjax.compress(params, rank="upper-bulk")
+    assert new["d"]["kernel"].dtype == jnp.bfloat16
+    assert rep[0]["status"] == "ok"
+
+
+def test_sharded_over_four_devices_equals_single_device(tmp_path):
+    script = textwrap.dedent(
+        f"""
+        import json, jax, numpy as np, pdbjax
+        assert jax.device_count() == 4
+        mats = {{f"l{{i}}": {{"kernel": np.asarray(pdbjax.simulate(jax.random.PRNGKey(i), {A}, {B}, pdbjax.PDB(0.7, 1.0, 4.0)))}} for i in range(3)}}
+        rep = pdbjax.analyze(mats, baselines=False)
+        json.dump([[r["K"], r["t"], r["sigma1_sq"], r["sigma2_sq"]] for r in rep], open({str(tmp_path / "out.json")!r}, "w"))
+        """
+    )
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4")
+    subprocess.run([sys.executable, "-c", script], env=env, check=True, timeout=600)
+    sharded = json.loads((tmp_path / "out.json").read_text())
+    mats = {f"l{i}": {"kernel": np.asarray(pdbjax.simulate(jax.random.PRNGKey(i), A, B, pdbjax.PDB(0.7, 1.0, 4.0)))} for i in range(3)}
+    single = [[r["K"], r["t"], r["sigma1_sq"], r["sigma2_sq"]] for r in pdbjax.analyze(mats, baselines=False)]
+    np.testing.assert_allclose(np.asarray(sharded, float), np.asarray(single, float), rtol=1e-5)
