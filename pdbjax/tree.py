@@ -296,18 +296,22 @@ def to_matrices(leaf: Any, sel: Selected) -> jax.Array:
     return x.reshape((sel.num_matrices, *sel.matrix_shape))
 
 
-def from_matrices(mats: Any, sel: Selected) -> jax.Array:
+def from_matrices(mats: Any, sel: Selected) -> Any:
     """Exact inverse of :func:`to_matrices`: a ``(L, a, b)`` stack back to a leaf of ``sel.shape`` and
-    ``sel.dtype`` (the stack is cast to ``sel.dtype``). Works under ``jit``."""
+    ``sel.dtype`` (the stack is cast to ``sel.dtype``). A NumPy array for concrete input, a JAX array
+    under ``jit``."""
     _check_ok(sel)
-    mats = jnp.asarray(mats)
+    # Concrete stacks are rebuilt on the host, so a dtype JAX cannot hold (float64 with x64 off) is
+    # kept exactly; traced stacks stay in JAX.
+    xp = jnp if is_traced(mats) else np
+    mats = xp.asarray(mats)
     want = (sel.num_matrices, *sel.matrix_shape)
     if tuple(mats.shape) != want:
         raise ValueError(f"{sel.name}: matrix stack has shape {tuple(mats.shape)}, expected {want}")
     if sel.layer_axis is None:
         return mats.reshape(sel.shape).astype(sel.dtype)
     rest = sel.shape[: sel.layer_axis] + sel.shape[sel.layer_axis + 1 :]
-    return jnp.moveaxis(mats.reshape((sel.num_matrices, *rest)), 0, sel.layer_axis).astype(sel.dtype)
+    return xp.moveaxis(mats.reshape((sel.num_matrices, *rest)), 0, sel.layer_axis).astype(sel.dtype)
 
 
 def _check_ok(sel: Selected) -> None:

