@@ -55,6 +55,7 @@ _BISECT_ITERS = 96
 _FIXED_ITERS = 32
 _CONT_STAGES = 32
 _NEWTON_ITERS = 3
+_POLISH_ITERS = 4
 
 
 class PDB(NamedTuple):
@@ -302,7 +303,10 @@ def _stieltjes(z, t, s1, s2, c):
         zk = x + 1j * (y_start * jnp.exp(log_ratio * (k + 1) / _CONT_STAGES))
         return lax.fori_loop(0, _NEWTON_ITERS, lambda _, m: newton_step(m, zk), m)
 
-    return lax.fori_loop(0, _CONT_STAGES, stage, m)
+    m = lax.fori_loop(0, _CONT_STAGES, stage, m)
+    # Polish at the target point: near z = 0 the last stage alone leaves m under-converged.
+    z_target = x + 1j * y_target
+    return lax.fori_loop(0, _POLISH_ITERS, lambda _, m: newton_step(m, z_target), m)
 
 
 def _default_eta(s1, s2):

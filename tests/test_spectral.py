@@ -1,0 +1,779 @@
+"""Tests for pdbjax.spectral (and pdbjax.simulate) against independent oracles.
+
+Nothing here re-derives a result the way the library does. The oracles are:
+
+* Marchenko-Pastur closed forms (``t = 1``, spec section 4);
+* the Herglotz root of the cubic of spec section 3, from numpy companion-matrix eigenvalues
+  (the library uses a fixed point + continuation + Newton instead);
+* the discriminant of that cubic, which changes sign exactly at the support edges, and numpy roots of
+  the critical-point quartic (the library bisects ``g'``);
+* Gauss-Jacobi quadrature of the density (mass, moments, cdf; the library's cdf uses a cumulative
+  trapezoid rule in the Chebyshev angle);
+* the closed-form moments of spec section 5;
+* Monte Carlo: eigenvalues of matrices drawn with :func:`pdbjax.simulate.simulate`.
+
+float64 is enabled locally (``with x64():``) wherever it is needed. To keep the file fast, the numerical
+tests evaluate the ``jax.jit`` versions of the public functions through :func:`pointwise`,
+:func:`per_population` and :func:`cdf_rows`, which flatten and pad the inputs to a few fixed shapes so
+that each function compiles only a couple of times; the broadcasting of the public signatures, the eager
+path, ``vmap`` and float32 have their own tests below.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scipy.special import roots_jacobi
+
+from pdbjax import spectral
+from pdbjax.simulate import simulate
+from pdbjax.spectral import PDB
+
+x64 = functools.partial(jax.enable_x64, True)
+
+NAMES = (
+    "stieltjes", "density", "cdf", "critical_points", "edges", "lambda_plus", "spike_map", "spike_inverse", "moments",
+)
+JITTED = {
+    name: jax.jit(getattr(spectral, name), static_argnames={"cdf": ("num",), "moments": ("k",)}.get(name, ()))
+    for name in NAMES
+}
+
+_POINT_BUCKETS = (4096,)
+_POP_BUCKET = 128
+_CDF_ROWS, _CDF_POINTS = 8, 1024
+
+
+def _bucket(n: int, buckets) -> int:
+    for size in buckets:
+        if n <= size:
+            return size
+    raise ValueError(f"{n} exceeds the largest bucket {buckets[-1]}")
+
+
+def _padded(a: np.ndarray, size: int, axis: int = 0) -> np.ndarray:
+    """Pad ``a`` to ``size`` along ``axis`` by repeating its last entry (so padding stays valid input)."""
+    extra = np.repeat(np.take(a, [-1], axis), size - a.shape[axis], axis)
+    return np.concatenate([a, extra], axis)
+
+
+def pointwise(name: str, points, t, s1, s2, c, *extra) -> np.ndarray:
+    """``spectral.<name>(points, PDB(t, s1, s2), c, *extra)`` element by element on the broadcast arrays."""
+    arrays = np.broadcast_arrays(*(np.asarray(v) for v in (points, t, s1, s2, c, *extra)))
+    shape, n = arrays[0].shape, arrays[0].size
+    chunk = _bucket(min(n, _POINT_BUCKETS[-1]), _POINT_BUCKETS)
+    outs = []
+    for start in range(0, n, chunk):
+        flat = [_padded(a.reshape(-1)[start : start + chunk], chunk) for a in arrays]
+        outs.append(np.asarray(JITTED[name](flat[0], PDB(*flat[1:4]), flat[4], *flat[5:])))
+    return np.concatenate(outs)[:n].reshape(shape)
+
+
+def per_population(name: str, t, s1, s2, c, **kwargs) -> np.ndarray:
+    """``spectral.<name>(PDB(t, s1, s2), c)`` for broadcast population arrays; trailing output axes kept."""
+    arrays = np.broadcast_arrays(*(np.asarray(v) for v in (t, s1, s2, c)))
+    shape, n = arrays[0].shape, arrays[0].size
+    flat = [_padded(a.reshape(-1), _bucket(n, (_POP_BUCKET,))) for a in arrays]
+    out = np.asarray(JITTED[name](PDB(*flat[:3]), flat[3], **kwargs))
+    return out[:n].reshape(shape + out.shape[1:])
+
+
+def cdf_rows(x, t, s1, s2, c) -> np.ndarray:
+    """``spectral.cdf`` with one population per row of ``x`` (shape ``(P, n)``, n <= 1024), 8 rows a call."""
+    x = np.asarray(x)
+    rows, n = x.shape
+    fields = [np.broadcast_to(np.asarray(v), (rows,)) for v in (t, s1, s2, c)]
+    outs = []
+    for start in range(0, rows, _CDF_ROWS):
+        xs = _padded(_padded(x[start : start + _CDF_ROWS], _CDF_POINTS, axis=1), _CDF_ROWS, axis=0)
+        fs = [_padded(f[start : start + _CDF_ROWS], _CDF_ROWS) for f in fields]
+        outs.append(np.asarray(JITTED["cdf"](xs, PDB(*fs[:3]), fs[3])))
+    return np.concatenate(outs)[:rows, :n]
+
+
+def _col(v) -> np.ndarray:
+    return np.asarray(v, np.float64)[:, None]
+
+
+def _random_pops(seed: int, n: int, n_square: int = 0):
+    """Random ``(t, s1, s2, c)``: scales 1e-3..1e3, variance ratios 1e-2..1e2; the first ``n_square`` have c = 1."""
+    rng = np.random.default_rng(seed)
+    t = rng.uniform(0.05, 0.95, n)
+    s1 = 10.0 ** rng.uniform(-3, 3, n)
+    s2 = s1 * 10.0 ** rng.uniform(-2, 2, n)
+    c = rng.uniform(0.02, 1.0, n)
+    c[:n_square] = 1.0
+    return t, s1, s2, c
+
+
+def _assert_close(got, want, rtol, atol=0.0):
+    """``|got - want| <= atol + rtol |want|`` elementwise, with an array ``atol`` allowed."""
+    got, want = np.asarray(got), np.asarray(want)
+    bad = ~(np.abs(got - want) <= atol + rtol * np.abs(want))
+    assert not bad.any(), f"{bad.sum()} mismatches, e.g. got {got[bad][:4]} want {want[bad][:4]}"
+
+
+def _n_edges(e: np.ndarray) -> np.ndarray:
+    return np.isfinite(e).sum(-1)
+
+
+def _split_critical(crit: np.ndarray):
+    """``(a1, a2, a3, a4, separated)`` columns from ``critical_points`` (ascending, NaN last)."""
+    sep = np.isfinite(crit[:, 2:3])
+    return crit[:, 0:1], crit[:, 1:2], crit[:, 2:3], np.nanmax(crit, 1, keepdims=True), sep
+
+
+# ------------------------------------------------------------------------ independent oracles
+
+
+def _cubic_coefficients(z, t, a, b, c):
+    """Coefficients (highest first) of the cubic in m of spec section 3, all arrays broadcast."""
+    return (
+        z * a * b,
+        z * (a + b) + a * b * (1 - c),
+        z + a + b - c * (t * a + (1 - t) * b),
+        np.ones_like(z),
+    )
+
+
+def _herglotz_root(z, t, a, b, c):
+    """Root of the cubic with the largest imaginary part, from companion-matrix eigenvalues."""
+    z, t, a, b, c = np.broadcast_arrays(np.asarray(z, complex), t, a, b, c)
+    k3, k2, k1, k0 = _cubic_coefficients(z, t, a, b, c)
+    companion = np.zeros(z.shape + (3, 3), complex)
+    companion[..., 0, 0], companion[..., 0, 1], companion[..., 0, 2] = -k2 / k3, -k1 / k3, -k0 / k3
+    companion[..., 1, 0] = companion[..., 2, 1] = 1.0
+    roots = np.linalg.eigvals(companion)
+    return np.take_along_axis(roots, np.argmax(roots.imag, -1)[..., None], -1)[..., 0]
+
+
+def _cubic_discriminant(x, t, s1, s2, c):
+    """Discriminant of the cubic at real ``x``, in units where max(s1, s2) = 1 (scale-free).
+
+    Negative: a complex pair of roots, i.e. ``x`` is inside the support; positive: outside.
+    """
+    scale = np.maximum(s1, s2)
+    a3, a2, a1, a0 = _cubic_coefficients(x / scale, t, s1 / scale, s2 / scale, c)
+    return 18 * a3 * a2 * a1 * a0 - 4 * a2**3 * a0 + a2**2 * a1**2 - 4 * a3 * a1**3 - 27 * a3**2 * a0**2
+
+
+def _quartic_real_roots(t, s1, s2, c):
+    """Real roots of ``(a-s1)^2 (a-s2)^2 - c t s1^2 (a-s2)^2 - c (1-t) s2^2 (a-s1)^2`` (numpy), ascending."""
+    P = np.polynomial.Polynomial
+    q1, q2 = P([-s1, 1.0]) ** 2, P([-s2, 1.0]) ** 2
+    roots = (q1 * q2 - c * t * s1**2 * q2 - c * (1 - t) * s2**2 * q1).roots()
+    return np.sort(roots[np.abs(roots.imag) <= 1e-7 * max(s1, s2)].real)
+
+
+def _jacobi_rule(lo, hi, exp_hi, exp_lo, n=256):
+    """Nodes and weights for ``int_lo^hi f`` when ``f ~ (hi - x)^exp_hi (x - lo)^exp_lo`` at the ends.
+
+    Gauss-Jacobi with weight ``(1 - xi)^exp_hi (1 + xi)^exp_lo``; the weights are divided by that
+    factor so that they apply to ``f`` itself.
+    """
+    xi, w = roots_jacobi(n, exp_hi, exp_lo)
+    half = (hi - lo) / 2
+    return (lo + hi) / 2 + half * xi, w * half / ((1 - xi) ** exp_hi * (1 + xi) ** exp_lo)
+
+
+def _bulk_intervals(edges_row: np.ndarray, c: float):
+    """``[(lo, hi, exponent at hi, exponent at lo)]``: square-root edges, ``x^{-1/2}`` at 0 when c = 1."""
+    e = edges_row[np.isfinite(edges_row)]
+    pairs = [(e[0], e[1])] if len(e) == 2 else [(e[0], e[1]), (e[2], e[3])]
+    return [
+        (max(lo, 0.0) if c == 1 else lo, hi, 0.5, -0.5 if (c == 1 and i == 0) else 0.5)
+        for i, (lo, hi) in enumerate(pairs)
+    ]
+
+
+def _quadrature(edges: np.ndarray, c: np.ndarray, n=256):
+    """Per population: nodes ``(P, 2n)`` and weights (second interval zero-weighted when merged)."""
+    nodes, weights = [], []
+    for row, ci in zip(edges, c):
+        xs, ws = zip(*(_jacobi_rule(lo, hi, eh, el, n) for lo, hi, eh, el in _bulk_intervals(row, ci)))
+        if len(xs) == 1:
+            xs, ws = (xs[0], xs[0]), (ws[0], np.zeros_like(ws[0]))
+        nodes.append(np.concatenate(xs))
+        weights.append(np.concatenate(ws))
+    return np.array(nodes), np.array(weights)
+
+
+
+# ------------------------------------------------------------------------ t = 1: Marchenko-Pastur
+
+MP_C = np.array([0.01, 0.3, 0.5, 0.9, 0.99, 1.0])
+MP_S = np.array([1e-3, 1.0, 1e3])
+
+
+def test_pub_matches_marchenko_pastur_closed_forms():
+    c, s = (v.ravel() for v in np.meshgrid(MP_C, MP_S))
+    lo, hi = s * (1 - np.sqrt(c)) ** 2, s * (1 + np.sqrt(c)) ** 2
+    # Chebyshev grid on each support, down to ~6e-6 of the width from the edges.
+    u = np.linspace(0, np.pi, 401)[1:-1]
+    x = (lo + hi)[:, None] / 2 - (hi - lo)[:, None] / 2 * np.cos(u)
+    mp = np.sqrt((hi[:, None] - x) * (x - lo[:, None])) / (2 * np.pi * c[:, None] * s[:, None] * x)
+    with x64():
+        e = per_population("edges", 1.0, s, s, c)
+        crit = per_population("critical_points", 1.0, s, s, c)
+        lp = per_population("lambda_plus", 1.0, s, s, c)
+        f_limit = pointwise("density", x, 1.0, _col(s), _col(s), _col(c), 1e-12 * _col(s))
+        f_default = pointwise("density", x, 1.0, _col(s), _col(s), _col(c))
+    _assert_close(e[:, :2], np.stack([lo, hi], 1), 1e-6, 1e-12 * _col(s))
+    assert np.all(np.isnan(e[:, 2:])) and np.all(np.isnan(crit[:, 2:]))
+    _assert_close(crit[:, :2], np.stack([s * (1 - np.sqrt(c)), s * (1 + np.sqrt(c))], 1), 1e-6, 1e-12 * _col(s))
+    _assert_close(lp, hi, 1e-6)
+    # eta -> 0: the closed form everywhere on the grid.
+    _assert_close(f_limit, mp, 1e-6)
+    # The default eta (1e-8 max(s1, s2)) smooths the edges: the closed form away from them.
+    away = np.minimum(x - lo[:, None], hi[:, None] - x) >= 0.05 * (hi - lo)[:, None]
+    _assert_close(f_default[away], mp[away], 1e-6)
+
+
+def test_pub_spike_map_and_inverse_closed_forms():
+    c, s = (_col(v.ravel()) for v in np.meshgrid(MP_C, MP_S))
+    factors = np.array([1.001, 1.1, 2.0, 10.0, 1e3])
+    lam = s * (1 + np.sqrt(c)) ** 2 * factors  # above lambda_+
+    alpha = (lam + s * (1 - c) + np.sqrt((lam + s * (1 - c)) ** 2 - 4 * lam * s)) / 2
+    a = s * (1 + np.sqrt(c)) * factors  # above the critical point s (1 + sqrt c)
+    with x64():
+        inverse = pointwise("spike_inverse", lam, 1.0, s, s, c)
+        forward = pointwise("spike_map", a, 1.0, s, s, c)
+    _assert_close(inverse, alpha, 1e-9)
+    _assert_close(forward, a + c * s * a / (a - s), 1e-12)
+
+
+def test_degenerate_pdb_populations_are_pub():
+    """``s1 == s2`` (any t), ``t = 1`` (any s2) and ``t = 0`` (any s1) are all the MP law of ratio c."""
+    pops = np.array([[1.0, 1.0, 1.0], [0.3, 1.0, 1.0], [1.0, 1.0, 7.0], [0.0, 7.0, 1.0]])
+    x = np.linspace(0.01, 3.0, 50)
+    with x64():
+        f = pointwise("density", x, *(_col(v) for v in pops.T), 0.4)
+        e = per_population("edges", *pops.T, 0.4)
+    assert f[0].max() > 0.1
+    np.testing.assert_allclose(f, np.broadcast_to(f[0], f.shape), rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(e, np.broadcast_to(e[0], e.shape), rtol=1e-12)
+
+
+# ------------------------------------------------------------------------ Stieltjes transform vs the cubic
+
+
+def _stieltjes_grid(seed: int = 0, n: int = 96):
+    """Random populations and a grid of z near every edge, inside the bulks and outside them."""
+    t, s1, s2, c = _random_pops(seed, n, n_square=8)
+    with x64():
+        e = per_population("edges", t, s1, s2, c)
+    scale = np.maximum(s1, s2)
+    filled = np.where(np.isfinite(e), e, e[:, [1]])  # merged: repeat the upper edge
+    near_edges = (filled[:, :, None] * (1 + np.array([-1e-2, -1e-4, 1e-4, 1e-2]))).reshape(n, -1)
+    middles = np.stack([(filled[:, 0] + filled[:, 1]) / 2, (filled[:, 2] + filled[:, 3]) / 2], 1)
+    others = scale[:, None] * np.array([0.05, 0.3, 1.0, 3.0, 10.0])
+    x = np.concatenate([near_edges, middles, others], 1)
+    heights = np.array([1e-9, 1e-2, 1.0])
+    z = (x[:, None, :] + 1j * heights[None, :, None] * scale[:, None, None]).reshape(n, -1)
+    with x64():
+        m = pointwise("stieltjes", z, _col(t), _col(s1), _col(s2), _col(c))
+    ref = _herglotz_root(z, _col(t), _col(s1), _col(s2), _col(c))
+    return e, z, scale, m, ref
+
+
+def test_stieltjes_is_the_herglotz_root_of_the_cubic():
+    e, z, scale, m, ref = _stieltjes_grid()
+    counts = _n_edges(e)
+    assert set(counts) == {2, 4} and min(np.sum(counts == 2), np.sum(counts == 4)) >= 20
+    assert np.all(m.imag > 0) and np.all(ref.imag > 0)
+    # Away from the origin (|z| >= 1e-2 max(s1, s2)); closer to it, see the test below.
+    far = np.abs(z) >= 1e-2 * scale[:, None]
+    assert far.mean() > 0.9
+    err = np.abs(m - ref) / np.abs(ref)
+    assert err[far].max() <= 1e-6, err[far].max()
+
+
+def test_stieltjes_near_the_origin_is_the_herglotz_root():
+    _, z, scale, m, ref = _stieltjes_grid()
+    near = np.abs(z) < 1e-2 * scale[:, None]
+    assert near.sum() > 10
+    err = np.abs(m - ref) / np.abs(ref)
+    assert err[near].max() <= 1e-6, err[near].max()
+
+
+def test_real_z_is_the_limit_from_above():
+    t, s1, s2, c = 0.3, 1.0, 8.0, 0.2
+    x = np.array([0.05, 0.5, 1.0, 3.0, 20.0, 50.0])  # outside, inside, in the gap, ...
+    with x64():
+        m = pointwise("stieltjes", x + 0j, t, s1, s2, c)
+        assert np.all(np.isfinite(per_population("edges", t, s1, s2, c)))
+    np.testing.assert_allclose(m, _herglotz_root(x + 1e-11j, t, s1, s2, c), rtol=1e-7)
+
+
+# ------------------------------------------------------------------------ support: edges and critical points
+
+
+def test_edges_are_where_the_cubic_discriminant_changes_sign():
+    t, s1, s2, c = _random_pops(1, 96, n_square=8)
+    with x64():
+        e = per_population("edges", t, s1, s2, c)
+        lp = per_population("lambda_plus", t, s1, s2, c)
+    counts = _n_edges(e)
+    assert min(np.sum(counts == 2), np.sum(counts == 4)) >= 20
+    np.testing.assert_array_equal(lp, np.nanmax(e, 1))
+    delta = 1e-6
+    for i in range(len(t)):
+        row = e[i][np.isfinite(e[i])]
+        assert np.all(np.diff(row) > 0)
+        for j, beta in enumerate(row):
+            if j == 0 and c[i] == 1:
+                assert abs(beta) <= 1e-12 * max(s1[i], s2[i])  # hard edge at 0
+                continue
+            below, above = (_cubic_discriminant(beta * (1 + d), t[i], s1[i], s2[i], c[i]) for d in (-delta, delta))
+            inside, outside = (above, below) if j % 2 == 0 else (below, above)
+            assert inside < 0 < outside, (i, j, row, inside, outside)
+
+
+def test_critical_points_are_the_real_roots_of_the_quartic():
+    t, s1, s2, c = _random_pops(2, 64)
+    with x64():
+        crit = per_population("critical_points", t, s1, s2, c)
+    assert set(_n_edges(crit)) == {2, 4}
+    for i in range(len(t)):
+        got = crit[i][np.isfinite(crit[i])]
+        want = _quartic_real_roots(t[i], s1[i], s2[i], c[i])
+        assert len(got) == len(want), (got, want)
+        np.testing.assert_allclose(got, want, rtol=1e-6)
+
+
+def test_density_is_positive_inside_and_vanishes_outside_the_support():
+    """Outside the support only the smoothing by ``eta`` remains: small, and ~1e4 times smaller at eta / 1e4."""
+    t, s1, s2, c = _random_pops(3, 48)
+    scale = np.maximum(s1, s2)[:, None]
+    frac = np.linspace(1e-3, 1 - 1e-3, 20)
+    with x64():
+        e = per_population("edges", t, s1, s2, c)
+    sep = np.isfinite(e[:, 2:3])
+    b1, b2, top = e[:, :1], e[:, 1:2], np.nanmax(e, 1, keepdims=True)
+    b3, b4 = np.where(sep, e[:, 2:3], b1), np.where(sep, e[:, 3:4], b2)
+    above = top * (1.001 + 2 * frac)
+    # Below the lower edge only where that edge is not within 1e-3 scale of 0 (see the origin test).
+    below = np.where(b1 >= 1e-3 * scale, b1 * np.geomspace(1e-3, 1 - 1e-3, 20), above)
+    in_gap = np.where(sep, b2 + (b3 - b2) * frac, above)
+    inside = np.concatenate([b1 + (b2 - b1) * frac, b3 + (b4 - b3) * frac], 1)
+    outside = np.concatenate([below, in_gap, above], 1)
+    pop = (_col(t), _col(s1), _col(s2), _col(c))
+    with x64():
+        f = pointwise("density", np.concatenate([inside, outside, -outside], 1), *pop)
+        f_in, f_out, f_neg = np.split(f, [40, 100], 1)
+        f_out_sharp = pointwise("density", outside, *pop, 1e-12 * scale)
+    assert sep.sum() >= 10 and (~sep).sum() >= 10 and (b1 >= 1e-3 * scale).sum() >= 30
+    peak = f_in.max(1, keepdims=True)
+    assert np.all(f_in > 0)
+    assert np.all(f_out <= 1e-3 * peak)
+    assert np.all(f_out_sharp <= 1e-6 * peak)
+    assert np.all(f_neg == 0.0)
+
+
+
+def test_density_vanishes_close_to_the_origin():
+    x = 10.0 ** np.arange(-10.0, -3.0, 0.5)
+    with x64():
+        f = pointwise("density", x, 1.0, 1.0, 1.0, 0.5)  # MP law on [0.086, 2.91]
+    assert np.all(f <= 1e-6), f
+
+
+# ------------------------------------------------------------------------ mass, moments, cdf
+
+
+def _quadrature_pops():
+    t, s1, s2, c = _random_pops(4, 40, n_square=4)
+    extra = np.array([[1.0, 1.0, 1.0, 1.0], [1.0, 2.0, 2.0, 0.3], [0.5, 1.0, 12.0, 0.4]])
+    return tuple(np.concatenate([v, extra[:, k]]) for k, v in enumerate((t, s1, s2, c)))
+
+
+def test_density_integrates_to_one_and_its_moments_are_moments():
+    t, s1, s2, c = _quadrature_pops()
+    with x64():
+        e = per_population("edges", t, s1, s2, c)
+        nodes, weights = _quadrature(e, c)
+        f = pointwise("density", nodes, _col(t), _col(s1), _col(s2), _col(c))
+        gamma = per_population("moments", t, s1, s2, c, k=5)
+    assert set(_n_edges(e)) == {2, 4}
+    np.testing.assert_allclose(np.sum(weights * f, 1), 1.0, atol=1e-3)
+    for k in range(1, 6):
+        np.testing.assert_allclose(np.sum(weights * f * nodes**k, 1), gamma[:, k - 1], rtol=1e-3)
+
+
+def test_moments_closed_forms():
+    t, s1, s2, c = _random_pops(5, 64, n_square=4)
+    with x64():
+        gamma = per_population("moments", t, s1, s2, c, k=5)
+        pub = per_population("moments", 1.0, s1, s1, c, k=5)
+        first = np.asarray(spectral.moments(PDB(*(jnp.asarray(v) for v in (t, s1, s2))), jnp.asarray(c), k=1))
+    h1, h2, h3 = (t * s1**k + (1 - t) * s2**k for k in (1, 2, 3))
+    want = np.stack([h1, h2 + c * h1**2, h3 + 3 * c * h1 * h2 + c**2 * h1**3], 1)
+    np.testing.assert_allclose(gamma[:, :3], want, rtol=1e-12)
+    np.testing.assert_allclose(pub[:, :3], np.stack([s1, s1**2 * (1 + c), s1**3 * (1 + 3 * c + c**2)], 1), rtol=1e-12)
+    # Higher MP moments (Narayana polynomials): gamma_4 = s^4 (1 + 6c + 6c^2 + c^3),
+    # gamma_5 = s^5 (1 + 10c + 20c^2 + 10c^3 + c^4).
+    np.testing.assert_allclose(pub[:, 3], s1**4 * (1 + 6 * c + 6 * c**2 + c**3), rtol=1e-12)
+    np.testing.assert_allclose(pub[:, 4], s1**5 * (1 + 10 * c + 20 * c**2 + 10 * c**3 + c**4), rtol=1e-12)
+    np.testing.assert_allclose(first, gamma[:, :1], rtol=1e-12)
+    with pytest.raises(ValueError):
+        spectral.moments(PDB(1.0, 1.0, 1.0), 0.5, k=0)
+
+
+def test_cdf_is_the_integrated_density():
+    t, s1, s2, c = _quadrature_pops()
+    P = len(t)
+    col3 = lambda v: np.asarray(v, np.float64)[:, None, None]  # noqa: E731
+    with x64():
+        e = per_population("edges", t, s1, s2, c)
+        sep = np.isfinite(e[:, 2])
+        top = np.nanmax(e, 1)
+        bulk_nodes, bulk_weights = _quadrature(e, c)
+        fb = pointwise("density", bulk_nodes, _col(t), _col(s1), _col(s2), _col(c))
+        first_mass = np.sum((bulk_weights * fb)[:, : bulk_nodes.shape[1] // 2], 1)
+
+        # Six interior points per population; F there = (mass of the bulk below) + int_lo^x f,
+        # the partial integral by Gauss-Jacobi from the lower edge of the point's bulk.
+        pts, nodes, weights, below = [], [], [], []
+        for i in range(P):
+            pieces = _bulk_intervals(e[i], c[i])
+            fracs = [[0.05, 0.2, 0.4, 0.6, 0.8, 0.95]] if len(pieces) == 1 else [[0.1, 0.5, 0.9]] * 2
+            for k, (lo, hi, _, exp_lo) in enumerate(pieces):
+                for fr in fracs[k]:
+                    xn, wn = _jacobi_rule(lo, lo + fr * (hi - lo), 0.0, exp_lo)
+                    pts.append(lo + fr * (hi - lo)), nodes.append(xn), weights.append(wn)
+                    below.append(first_mass[i] if k == 1 else 0.0)
+        pts, below = np.reshape(pts, (P, 6)), np.reshape(below, (P, 6))
+        nodes, weights = np.reshape(nodes, (P, 6, -1)), np.reshape(weights, (P, 6, -1))
+        f = pointwise("density", nodes, col3(t), col3(s1), col3(s2), col3(c))
+        want = below + np.sum(weights * f, -1)
+
+        # One cdf call: a grid across the support, the six points, and three points in the gap.
+        grid = top[:, None] * np.linspace(-0.1, 1.3, 701)
+        in_gap = e[:, 1:2] + (e[:, 2:3] - e[:, 1:2]) * np.array([1e-3, 0.5, 1 - 1e-3])
+        gap = np.where(sep[:, None], in_gap, top[:, None])
+        F, got, gap_F = np.split(cdf_rows(np.concatenate([grid, pts, gap], 1), t, s1, s2, c), [701, 707], 1)
+
+    assert np.all(np.diff(F, axis=1) >= -1e-12)
+    lo = np.maximum(e[:, :1], 0.0)
+    assert np.all(F[grid <= lo] == 0.0) and np.all(F[grid >= top[:, None]] == 1.0)
+    assert np.all(((F > 0) & (F < 1)) == ((grid > lo) & (grid < top[:, None])))
+    np.testing.assert_allclose(got, want, atol=1e-3)
+    assert sep.sum() >= 5
+    np.testing.assert_allclose(gap_F[sep], np.repeat(first_mass[sep, None], 3, 1), atol=1e-3)
+
+
+# ------------------------------------------------------------------------ Monte Carlo (pdbjax.simulate)
+
+N_MC, P_MC = 2000, 800
+MC_POPS = {"pub": (1.0, 1.0, 1.0), "merged": (0.5, 1.0, 3.0), "separated": (0.5, 1.0, 12.0)}
+
+
+@functools.lru_cache(maxsize=None)
+def _eigenvalues(pop: tuple, spikes: tuple, seed: int) -> np.ndarray:
+    """Ascending eigenvalues ``s_j^2`` of one simulated ``N_MC x P_MC`` matrix (float64)."""
+    with x64():
+        w = np.asarray(simulate(jax.random.key(seed), N_MC, P_MC, PDB(*pop), spikes, dtype=jnp.float64))
+    return np.linalg.eigvalsh(w.T @ w)
+
+
+@pytest.mark.parametrize("name", list(MC_POPS))
+def test_simulated_bulk_matches_cdf_edges_and_moments(name):
+    pop, c, seeds = MC_POPS[name], P_MC / N_MC, range(4)
+    lam = np.stack([_eigenvalues(pop, (), s) for s in seeds])
+    with x64():
+        F = cdf_rows(lam, *pop, c)
+        e = per_population("edges", *pop, c)
+        gamma = per_population("moments", *pop, c, k=5)[:3]
+    n = lam.shape[1]
+    ks = np.maximum(np.arange(1, n + 1) / n - F, F - np.arange(n) / n).max(1)
+    assert ks.max() <= 0.02, ks
+    beta = e[np.isfinite(e)]
+    assert len(beta) == (4 if name == "separated" else 2)
+    # Extremes (and the two ends of the widest spacing, for separated bulks), averaged over seeds:
+    # at this size the largest eigenvalue sits ~1% below lambda_+ (Tracy-Widom scale N^{-2/3}).
+    j = np.argmax(np.diff(lam, axis=1), 1)
+    rows = np.arange(len(lam))
+    ends = [lam[:, 0], lam[rows, j], lam[rows, j + 1], lam[:, -1]] if len(beta) == 4 else [lam[:, 0], lam[:, -1]]
+    mean_ends = np.array([v.mean() for v in ends])
+    assert np.all(np.abs(mean_ends - beta) <= 0.02 * beta.max()), (mean_ends, beta)
+    empirical = np.stack([np.mean(lam**k, 1) for k in (1, 2, 3)], 1)
+    np.testing.assert_allclose(empirical, np.broadcast_to(gamma, empirical.shape), rtol=0.02)
+
+
+SPIKE_CASES = {  # name: (population, spikes); None: 5 lambda_+ and a gap spike at sqrt(alpha_2 alpha_3)
+    "pub-above": ((1.0, 1.0, 1.0), (10.0, 5.0)),
+    "pdb-above-and-gap": ((0.5, 1.0, 50.0), None),
+}
+
+
+@pytest.mark.parametrize("name", list(SPIKE_CASES))
+def test_simulated_spikes_are_recovered(name):
+    """spike_inverse of the sample outliers, with c_K = (p - K) / N, gives back the population spikes.
+
+    One matrix has sampling noise ~sqrt(2 / N) = 3% on an outlier (more in the gap), so recovery is
+    checked on the mean over 8 matrices.
+    """
+    pop, spikes = SPIKE_CASES[name]
+    K = 2
+    c_k = (P_MC - K) / N_MC
+    with x64():
+        crit = per_population("critical_points", *pop, c_k)
+        e = per_population("edges", *pop, c_k)
+    if spikes is None:
+        assert np.all(np.isfinite(e))
+        spikes = (5.0 * float(e[3]), float(np.sqrt(crit[1] * crit[2])))
+    outliers = []
+    for seed in range(100, 108):
+        lam = _eigenvalues(pop, spikes, seed)[::-1]
+        if np.isfinite(e[2]):
+            width = e[2] - e[1]
+            in_gap = lam[(lam > e[1] + 0.05 * width) & (lam < e[2] - 0.05 * width)]
+            assert len(in_gap) == 1, in_gap
+            outliers.append([lam[0], in_gap[0]])
+        else:
+            outliers.append(lam[:K])
+    outliers = np.array(outliers)
+    with x64():
+        alpha = pointwise("spike_inverse", outliers, *pop, c_k)
+    rel = alpha / np.array(spikes) - 1
+    assert np.all(np.isfinite(rel))
+    assert np.all(np.abs(rel.mean(0)) <= 0.05), rel.mean(0)
+    naive = np.abs((outliers / np.array(spikes) - 1).mean(0))
+    assert naive.max() > 0.08  # the correction matters: a raw outlier is off by more than 8%
+
+
+def test_spike_inverse_inverts_spike_map_on_admissible_values():
+    t, s1, s2, c = _random_pops(6, 64)
+    u = np.random.default_rng(7).uniform(0.02, 0.98, (64, 4))
+    pop = (_col(t), _col(s1), _col(s2), _col(c))
+    with x64():
+        a1, a2, a3, a4, sep = _split_critical(per_population("critical_points", t, s1, s2, c))
+        e = per_population("edges", t, s1, s2, c)
+        above = a4 * (1 + 3 * u)
+        gap = np.where(sep, a2 + (a3 - a2) * u, above)
+        below = a1 * u
+        alpha = np.concatenate([above, gap, below], 1)
+        lam = pointwise("spike_map", alpha, *pop)
+        back = pointwise("spike_inverse", lam, *pop)
+        # Absorbed spikes (g' < 0) and sample values inside the support have no counterpart.
+        a2_or_a4, a3_or_a1 = np.where(sep, a2, a4), np.where(sep, a3, a1)
+        absorbed = np.concatenate([a1 + (a2_or_a4 - a1) * u, a3_or_a1 + (a4 - a3_or_a1) * u], 1)
+        b1, b2 = e[:, :1], e[:, 1:2]
+        b3, b4 = np.where(sep, e[:, 2:3], b1), np.where(sep, e[:, 3:4], b2)
+        in_support = np.concatenate([b1 + (b2 - b1) * u, b3 + (b4 - b3) * u], 1)
+        absorbed_map = pointwise("spike_map", absorbed, *pop)
+        in_support_inverse = pointwise("spike_inverse", in_support, *pop)
+    assert sep.sum() >= 10 and (~sep).sum() >= 10
+    assert np.all(np.isfinite(lam))
+    assert np.all(lam[:, :4] > np.nanmax(e, 1, keepdims=True))
+    assert np.all(np.where(sep, (lam[:, 4:8] > b2) & (lam[:, 4:8] < b3), True))
+    assert np.all((lam[:, 8:] > 0) & (lam[:, 8:] < b1))
+    np.testing.assert_allclose(back, alpha, rtol=1e-8)
+    assert np.all(np.isnan(absorbed_map)) and np.all(np.isnan(in_support_inverse))
+
+
+# ------------------------------------------------------------------------ batching, jit, vmap, float32
+
+LOOP_POPS = np.array([  # t, s1, s2, c: PUB, merged, separated, separated with s1 > s2 and c = 1
+    [1.0, 2.0, 2.0, 0.3],
+    [0.5, 1.0, 3.0, 0.5],
+    [0.5, 1.0, 12.0, 0.4],
+    [0.2, 5.0, 0.3, 1.0],
+])
+LOOP_X = np.linspace(0.05, 30.0, 9)
+
+
+def _all_outputs(pop_col: PDB, c_col, pop_row: PDB, c_row) -> dict:
+    """Every public function, with ``pop_col, c_col`` broadcast against the points ``LOOP_X`` (shape
+    ``(B, 1)`` or scalar) and ``pop_row, c_row`` (``(B,)`` or scalar) for ``cdf`` and the functions
+    without evaluation points."""
+    return {
+        "stieltjes": spectral.stieltjes(LOOP_X + 0.1j, pop_col, c_col),
+        "density": spectral.density(LOOP_X, pop_col, c_col),
+        "spike_map": spectral.spike_map(3 * LOOP_X, pop_col, c_col),
+        "spike_inverse": spectral.spike_inverse(3 * LOOP_X, pop_col, c_col),
+        "cdf": spectral.cdf(LOOP_X, pop_row, c_row),
+        "critical_points": spectral.critical_points(pop_row, c_row),
+        "edges": spectral.edges(pop_row, c_row),
+        "lambda_plus": spectral.lambda_plus(pop_row, c_row),
+        "moments": spectral.moments(pop_row, c_row, k=4),
+    }
+
+
+_all_outputs_jit = jax.jit(_all_outputs)
+
+
+def _jnp_pop(*fields) -> PDB:
+    return PDB(*(jnp.asarray(f) for f in fields))
+
+
+def _batched_and_scalar(rows: np.ndarray):
+    """``_all_outputs`` under jit for the batch of ``rows`` (t, s1, s2, c) and for each row alone."""
+    t, s1, s2, c = rows.T
+    col, row = (_jnp_pop(_col(t), _col(s1), _col(s2)), jnp.asarray(_col(c))), (_jnp_pop(t, s1, s2), jnp.asarray(c))
+    batched = _all_outputs_jit(*col, *row)
+    scalar = [_all_outputs_jit(_jnp_pop(*r[:3]), jnp.asarray(r[3]), _jnp_pop(*r[:3]), jnp.asarray(r[3])) for r in rows]
+    batched = {k: np.asarray(v) for k, v in batched.items()}
+    return batched, {k: np.stack([np.asarray(out[k]) for out in scalar]) for k in batched}
+
+
+def test_batched_calls_equal_a_loop_of_scalar_calls():
+    t, s1, s2, c = LOOP_POPS.T
+    with x64():
+        batched, loop = _batched_and_scalar(LOOP_POPS)
+        for name in loop:
+            assert batched[name].shape == loop[name].shape, name
+            np.testing.assert_allclose(batched[name], loop[name], rtol=1e-12, atol=1e-300, err_msg=name)
+        # vmap over the population pytree and c (under jit).
+        one = lambda pop, cc: (spectral.density(LOOP_X, pop, cc), spectral.edges(pop, cc))  # noqa: E731
+        vmapped = jax.jit(jax.vmap(one))(_jnp_pop(t, s1, s2), jnp.asarray(c))
+        np.testing.assert_allclose(np.asarray(vmapped[0]), loop["density"], rtol=1e-12, atol=1e-300)
+        np.testing.assert_allclose(np.asarray(vmapped[1]), loop["edges"], rtol=1e-12)
+    assert loop["stieltjes"].shape == loop["density"].shape == loop["cdf"].shape == (4, 9)
+    assert loop["edges"].shape == loop["moments"].shape == (4, 4) and loop["lambda_plus"].shape == (4,)
+    # The batch covers what it claims: merged and separated bulks, and c = 1.
+    assert list(_n_edges(loop["edges"])) == [2, 2, 4, 4]
+    for name in ("stieltjes", "density", "cdf", "lambda_plus", "moments"):
+        assert np.all(np.isfinite(loop[name])), name
+    assert np.all(np.isfinite(loop["spike_inverse"][:, -1]))  # 90 is above every lambda_+
+
+
+def test_eager_calls_equal_jit():
+    """Concrete (validated, not traced) inputs give the same numbers; boundary values t, c in {0, 1} are valid."""
+    t = np.array([0.0, 1.0, 0.0, 1.0, 0.5, 0.5])
+    c = np.array([1.0, 1.0, 0.5, 1e-6, 1.0, 0.4])
+    s1, s2 = np.ones(6), np.array([2.0, 2.0, 2.0, 2.0, 2.0, 12.0])
+    with x64():
+        eager = np.asarray(spectral.edges(_jnp_pop(t, s1, s2), jnp.asarray(c)))
+        jitted = per_population("edges", t, s1, s2, c)
+    assert np.all(np.isfinite(eager[:, :2])) and np.isfinite(eager[-1, 3])
+    np.testing.assert_allclose(eager, jitted, rtol=1e-12)
+
+
+def test_float32_runs_and_is_close_to_float64():
+    t, s1, s2, c = _random_pops(8, 16)
+    frac = np.linspace(0.02, 0.98, 25)
+    with x64():
+        e = per_population("edges", t, s1, s2, c)
+    top = np.nanmax(e, 1)
+    x = e[:, :1] + (top - e[:, 0])[:, None] * frac  # across the support (and any gap)
+    lam = top[:, None] * np.array([1.2, 2.0, 5.0])
+
+    def run(dtype):
+        pop = tuple(np.asarray(v, dtype) for v in (t, s1, s2, c))
+        col = tuple(v[:, None] for v in pop)
+        return {
+            "density": pointwise("density", np.asarray(x, dtype), *col),
+            "spike_inverse": pointwise("spike_inverse", np.asarray(lam, dtype), *col),
+            "edges": per_population("edges", *pop),
+            "moments": per_population("moments", *pop, k=5),
+        }
+
+    with x64():
+        ref = run(np.float64)
+    got = run(np.float32)
+    for name, value in got.items():
+        assert value.dtype == np.float32, (name, value.dtype)
+    assert set(_n_edges(ref["edges"])) == {2, 4}
+    peak = ref["density"].max(1, keepdims=True)
+    assert np.all(np.abs(got["density"] - ref["density"]) <= 1e-3 * peak)
+    for name in ("edges", "spike_inverse", "moments"):
+        np.testing.assert_allclose(got[name], ref[name], rtol=1e-4, err_msg=name)
+
+
+# ------------------------------------------------------------------------ invalid input
+
+BAD = {
+    "c=0": (0.5, 1.0, 2.0, 0.0),
+    "c>1": (0.5, 1.0, 2.0, 1.5),
+    "c<0": (0.5, 1.0, 2.0, -0.3),
+    "c=nan": (0.5, 1.0, 2.0, np.nan),
+    "s1=0": (0.5, 0.0, 2.0, 0.5),
+    "s1<0": (0.5, -1.0, 2.0, 0.5),
+    "s2=0": (0.5, 1.0, 0.0, 0.5),
+    "s2<0": (0.5, 1.0, -2.0, 0.5),
+    "s2=inf": (0.5, 1.0, np.inf, 0.5),
+    "t<0": (-0.1, 1.0, 2.0, 0.5),
+    "t>1": (1.1, 1.0, 2.0, 0.5),
+    "t=nan": (np.nan, 1.0, 2.0, 0.5),
+    "t=1,s2<0": (1.0, 1.0, -2.0, 0.5),  # an unused atom is still validated
+}
+
+
+def _eager_calls(pop: PDB, c) -> dict:
+    """One concrete (non-jit) call of each public function."""
+    return {
+        "stieltjes": lambda: spectral.stieltjes(1.0 + 0.5j, pop, c),
+        "density": lambda: spectral.density(1.0, pop, c),
+        "cdf": lambda: spectral.cdf(jnp.asarray([1.0]), pop, c),
+        "critical_points": lambda: spectral.critical_points(pop, c),
+        "edges": lambda: spectral.edges(pop, c),
+        "lambda_plus": lambda: spectral.lambda_plus(pop, c),
+        "spike_map": lambda: spectral.spike_map(5.0, pop, c),
+        "spike_inverse": lambda: spectral.spike_inverse(20.0, pop, c),
+        "moments": lambda: spectral.moments(pop, c),
+    }
+
+
+def _check_invalid(t, s1, s2, c):
+    """Concrete input raises ValueError in every public function; under jit every output is NaN."""
+    with x64():
+        pop, cc = _jnp_pop(*(np.float64(v) for v in (t, s1, s2))), jnp.asarray(np.float64(c))
+        calls = _eager_calls(pop, cc)
+        assert set(calls) == set(NAMES)
+        for call in calls.values():
+            with pytest.raises(ValueError):
+                call()
+        outputs = _all_outputs_jit(pop, cc, pop, cc)
+    assert set(outputs) == set(NAMES)
+    for name, value in outputs.items():
+        value = np.asarray(value)
+        assert np.all(np.isnan(value.real if np.iscomplexobj(value) else value)), (name, value)
+
+
+@pytest.mark.parametrize("case", list(BAD))
+def test_invalid_input_raises_or_gives_nan_under_jit(case):
+    _check_invalid(*BAD[case])
+
+
+_valid = {"t": st.floats(0.0, 1.0), "s": st.floats(1e-6, 1e6), "c": st.floats(1e-6, 1.0)}
+_bad = {
+    "t": st.one_of(st.floats(max_value=-1e-300), st.floats(min_value=1.0, exclude_min=True), st.just(np.nan)),
+    "s": st.one_of(st.floats(max_value=0.0), st.just(np.inf), st.just(np.nan)),
+    "c": st.one_of(st.floats(max_value=0.0), st.floats(min_value=1.0, exclude_min=True), st.just(np.nan)),
+}
+
+
+@st.composite
+def _invalid_populations(draw):
+    """(t, s1, s2, c) with at least one field drawn from its invalid set, the others valid."""
+    kinds = {"t": "t", "s1": "s", "s2": "s", "c": "c"}
+    bad = draw(st.sets(st.sampled_from(list(kinds)), min_size=1))
+    return tuple(draw((_bad if k in bad else _valid)[kind]) for k, kind in kinds.items())
+
+
+@settings(max_examples=40, deadline=None)
+@given(_invalid_populations())
+def test_invalid_input_property(tsc):
+    _check_invalid(*tsc)
+
+
+def test_invalid_rows_of_a_batch_are_nan_under_jit_and_the_rest_is_unaffected():
+    rows = LOOP_POPS.copy()
+    rows[1, 3], rows[2, 0] = 1.5, 1.1  # c > 1, t > 1
+    with x64():
+        batched, scalar = _batched_and_scalar(rows)
+        good, _ = _batched_and_scalar(LOOP_POPS)
+        with pytest.raises(ValueError):
+            spectral.edges(_jnp_pop(*rows.T[:3]), jnp.asarray(rows[:, 3]))
+    for name, value in batched.items():
+        flat = value.real if np.iscomplexobj(value) else value
+        assert np.all(np.isnan(flat[[1, 2]])), name
+        np.testing.assert_array_equal(value[[0, 3]], good[name][[0, 3]], err_msg=name)
+        np.testing.assert_array_equal(value, scalar[name], err_msg=name)
