@@ -29,6 +29,7 @@ class Reason:
     NO_BULK = 4
     NOT_CONVERGED = 5
     NO_SUPPORT = 6
+    POOR_FIT = 7
 
     TEXT = {
         OK: "ok",
@@ -38,6 +39,7 @@ class Reason:
         NO_BULK: "no bulk: too few non-zero eigenvalues left after removing spikes (rank deficient or heavy-tailed)",
         NOT_CONVERGED: "least squares did not converge to a valid population",
         NO_SUPPORT: "fitted population has no valid support edges",
+        POOR_FIT: "no PDB population satisfies the Silverstein equation on the bulk (heavy-tailed or otherwise non-PDB spectrum)",
     }
 
 
