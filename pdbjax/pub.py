@@ -8,7 +8,8 @@ separates noise from the ``K`` spikes. Both estimators take the input convention
 ``1/N``) on the last axis of a ``(..., p)`` array, ``N`` the larger matrix dimension (a Python int),
 ``c = p / N``.
 
-* ``method="bema"``: bulk eigenvalue matching analysis (Ke, Ma & Lin 2023, Algorithm "BEMA0"). The
+* ``method="bema"``: bulk eigenvalue matching analysis (Ke, Ma & Lin 2023) in its equal-variance
+  (Marchenko-Pastur) form, the PUB-BEMA baseline of Wu, Zhu & Li (2025). The
   ``k``-th largest eigenvalue is matched with the Marchenko-Pastur quantile (``sigma^2 = 1``, ratio
   ``c = p / N``) at CDF level ``1 - (k - 1/2) / p`` (the mid-point plotting position), for the trimmed
   ranks ``alpha p < k < (1 - alpha) p``, and ``sigma^2`` is the least-squares slope through the origin,
@@ -17,32 +18,40 @@ separates noise from the ``K`` spikes. Both estimators take the input convention
 
   ``K`` counts the eigenvalues above the Tracy-Widom corrected edge
   ``sigma^2 [(1 + sqrt c)^2 + q_{TW1}(1 - beta) N^{-2/3} c^{-1/6} (1 + sqrt c)^{4/3}]``.
-* ``method="kernel"``: kernel density matching (as used for PUB filtering by Staats, Thamm & Rosenow
-  2023). The bulk is the spectrum below the BEMA threshold (the top ``K0`` eigenvalues removed). Its
-  Gaussian kernel density estimate ``f_h`` (Silverman's bandwidth ``h = 1.06 sd n^{-1/5}`` with
-  ``n = p - K0`` and ``sd`` the standard deviation of the bulk) is compared, on 128 equispaced points
-  spanning the bulk, with the Marchenko-Pastur density (ratio ``c = p / N``) *smoothed by the same
-  kernel*, ``(f_{MP(sigma^2, c)} * phi_h)(x) = (1/M) sum_i phi_h(x - sigma^2 q_i)`` with ``q_i`` the
-  ``M = 256`` mid-point quantiles of ``MP(1, c)``; ``sigma^2`` minimises the sum of squared differences
-  (1-D box least squares in ``log sigma^2`` on ``[mean / 4, 4 mean]`` of the bulk, started at the bulk
-  mean, :func:`pdbjax.lsq.least_squares_box`, 40 iterations). Smoothing the model like the data
-  removes the kernel's bias, which matters most for square layers (``c`` near 1), whose density
-  diverges like ``x^{-1/2}`` at 0 where no kernel estimate can follow it. Then
-  ``lambda_+ = sigma^2 (1 + sqrt c)^2`` is the threshold and ``K`` counts the eigenvalues above it.
+* ``method="kernel"``: kernel density matching, the PUB-Kernel baseline of Wu, Zhu & Li (2025). The
+  bulk is the spectrum below the BEMA threshold: ``n = p - K0`` eigenvalues, ratio ``c0 = n / N``. Its
+  Gaussian kernel density estimate ``f_h`` (Silverman's bandwidth ``h = 1.06 sd n^{-1/5}``, ``sd`` the
+  standard deviation of the bulk) is compared, on 128 equispaced points spanning the bulk, with the
+  Marchenko-Pastur density ``MP(sigma^2, c0)`` *smoothed by the same kernel*,
 
-The Marchenko-Pastur quantiles invert :func:`pdbjax.spectral.cdf`, tabulated once per ratio ``c``.
-Both fits are scale-equivariant: the eigenvalues are scaled by the power of 2 that brings their median
-into ``[1/2, 1)`` before fitting and ``sigma^2`` is scaled back, so scaling ``W`` by ``a`` multiplies ``sigma^2`` by ``a^2`` and leaves ``K``
-unchanged. Unusable spectra (:func:`pdbjax.estimate.screen`: NaN/Inf, all zero, ``p < 8``, rank
-deficient; also a bulk without spread, such as an orthogonal matrix, and for the kernel method fewer
-than 8 eigenvalues below the BEMA threshold) give
-``ok = False`` with a :class:`~pdbjax.fits.Reason` and NaN fields, inside a batch and under ``jit``.
+  .. math::  (f_{MP} * \phi_h)(x) = \int \phi_h(x - \sigma^2 y)\, dF_{MP(1, c_0)}(y)
+             \approx \sum_i w_i\, \phi_h(x - \sigma^2 y_i),
+
+  with ``y_i = 1 + c0 - 2 sqrt(c0) cos u_i`` at the 256 mid-points ``u_i`` of ``[0, pi]`` and weights
+  ``w_i`` proportional to :func:`pdbjax.spectral.density` times ``sin u_i`` (the integrand is smooth in
+  ``u``, even for ``c0 = 1``). ``sigma^2`` minimises the sum of squared differences: a 1-D box least
+  squares in ``log sigma^2`` on ``[mean / 4, 4 mean]`` of the bulk, started at the bulk mean
+  (:func:`pdbjax.lsq.least_squares_box`, 40 iterations). Smoothing the model like the data removes the
+  kernel's bias, which matters most for square layers (``c`` near 1): their density diverges like
+  ``x^{-1/2}`` at 0, where no kernel estimate can follow it, and an unsmoothed match overestimates
+  ``sigma^2`` about threefold there. ``lambda_+ = sigma^2 (1 + sqrt c0)^2`` is the threshold: ``K``
+  counts the eigenvalues above it.
+
+BEMA's quantiles invert :func:`pdbjax.spectral.cdf`, tabulated once per ratio ``c``. Both fits are
+scale-equivariant: the eigenvalues are scaled by the power of 2 that brings their median into
+``[1/2, 1)`` before fitting and ``sigma^2`` is scaled back, so scaling ``W`` by ``a`` multiplies
+``sigma^2`` by ``a^2`` and leaves ``K`` unchanged. Unusable spectra (:func:`pdbjax.estimate.screen`:
+NaN/Inf, all zero, ``p < 8``, rank deficient; also a bulk without spread, such as an orthogonal matrix,
+and for the kernel method fewer than 8 eigenvalues below the BEMA threshold) give ``ok = False`` with a
+:class:`~pdbjax.fits.Reason` and NaN fields, inside a batch and under ``jit``.
 
 References:
   Ke, Ma & Lin (2023), "Estimation of the number of spiked eigenvalues in a covariance matrix by bulk
-  eigenvalue matching analysis", J. Amer. Statist. Assoc. 118(541), 374-392 (Algorithm 1, BEMA0).
+  eigenvalue matching analysis", J. Amer. Statist. Assoc. (arXiv:2006.00436).
+  Wu, Zhu & Li (2025), "Weight matrices compression based on PDB model in deep neural networks",
+  ICML (PUB-BEMA and PUB-Kernel baselines).
   Staats, Thamm & Rosenow (2023), "Boundary between noise and information applied to filtering neural
-  network weight matrices", Phys. Rev. E 108, L022302.
+  network weight matrices", Phys. Rev. E 108, L022302 (PUB filtering).
   Johnstone (2001), "On the distribution of the largest eigenvalue in principal components analysis",
   Ann. Statist. 29 (Tracy-Widom scaling ``N^{-2/3} c^{-1/6} (1 + sqrt c)^{4/3}``).
 """
@@ -56,11 +65,11 @@ from typing import Literal
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax import lax
 
 from pdbjax.estimate import _check_eigs, _median_scale, _placeholder, _work, screen
 from pdbjax.fits import PUBFit, Reason
-from pdbjax.lsq import least_squares_box
-from pdbjax.spectral import PDB, cdf
+from pdbjax.spectral import PDB, cdf, density
 
 __all__ = ["fit_pub", "TW1_QUANTILES"]
 
@@ -74,9 +83,9 @@ TW1_QUANTILES = {0.10: 0.4501, 0.05: 0.9793, 0.01: 2.0234}
 _TABLE_NODES = 1025  # Chebyshev nodes of the tabulated Marchenko-Pastur distribution function
 _MIN_BULK = 8  # fewest bulk eigenvalues the kernel fit accepts (the TOO_SMALL limit of screen)
 _KDE_POINTS = 128  # grid on which the kernel estimate and the smoothed model are compared
-_MODEL_QUANTILES = 256  # quantile nodes representing the Marchenko-Pastur law in the smoothed model
+_MODEL_NODES = 256  # quadrature nodes representing the Marchenko-Pastur law in the smoothed model
 _SEARCH_FACTOR = 4.0  # sigma^2 is searched in [mean / 4, 4 mean] of the bulk
-_LSQ_ITERS = 40
+_GOLDEN_ITERS = 48
 
 
 # --------------------------------------------------------------------------------------------------
@@ -97,7 +106,8 @@ def _mp_table(c: float) -> tuple[np.ndarray, np.ndarray]:
 
     ``F`` is :func:`pdbjax.spectral.cdf` on ``1025`` Chebyshev nodes ``x = mid - half cos u`` of the
     support ``[(1 - sqrt c)^2, (1 + sqrt c)^2]`` (dense at the edges, where ``F`` has square-root
-    behaviour), computed once per ``c`` under a local ``jax.enable_x64`` and outside any trace.
+    behaviour), computed once per ``c`` under a local ``jax.enable_x64``, eagerly even when called
+    while tracing.
     """
     with jax.ensure_compile_time_eval(), jax.enable_x64(True):
         x, F = _mp_cdf_nodes(jnp.asarray(c, jnp.float64))
@@ -119,6 +129,7 @@ def _mp_quantile(level: np.ndarray, c: float) -> np.ndarray:
 
 
 def _tw_quantile(beta: float) -> float:
+    """``q_TW1(1 - beta)`` from :data:`TW1_QUANTILES`; ``ValueError`` for an untabulated ``beta``."""
     for key, value in TW1_QUANTILES.items():
         if math.isclose(beta, key):
             return value
@@ -157,8 +168,8 @@ def _gaussian(u: Array) -> Array:
     return jnp.exp(-0.5 * u**2) / math.sqrt(2 * math.pi)
 
 
-def _kernel(lam: Array, N: int, alpha: float, beta: float) -> tuple[Array, Array]:
-    """Kernel density matching on descending ``lam`` (median in [1/2, 1)): returns ``(sigma_sq, usable)``.
+def _kernel(lam: Array, N: int, alpha: float, beta: float) -> tuple[Array, Array, Array]:
+    """Kernel density matching on descending ``lam`` (median in [1/2, 1)): returns ``(sigma_sq, c0, usable)``.
 
     ``usable`` is False when BEMA's is, when fewer than 8 eigenvalues remain below the BEMA threshold,
     or when they have no spread.
@@ -166,43 +177,68 @@ def _kernel(lam: Array, N: int, alpha: float, beta: float) -> tuple[Array, Array
     p = lam.shape[-1]
     _, bema_threshold, bema_usable = _bema(lam, N, alpha, beta)
     K0 = jnp.sum(lam > bema_threshold)
-    n = p - K0
-    weight = jnp.where(jnp.arange(p) >= K0, 1.0, 0.0).astype(lam.dtype) / jnp.maximum(n, 1)
+    n = jnp.maximum(p - K0, 1).astype(lam.dtype)
+    weight = jnp.where(jnp.arange(p) >= K0, 1 / n, 0.0)
     mean = jnp.sum(weight * lam)
     sd = jnp.sqrt(jnp.sum(weight * (lam - mean) ** 2))
-    usable = bema_usable & (n >= _MIN_BULK) & (sd > _spread_floor(lam) * mean)
-    h = jnp.where(usable, 1.06 * sd * jnp.maximum(n, 1).astype(lam.dtype) ** -0.2, 1.0)
+    usable = bema_usable & (p - K0 >= _MIN_BULK) & (sd > _spread_floor(lam) * mean)
+    h = jnp.where(usable, 1.06 * sd * n**-0.2, 1.0)
     lo, hi = lam[-1], jnp.take(lam, jnp.minimum(K0, p - 1))
     x = lo + (hi - lo) * (jnp.arange(_KDE_POINTS, dtype=lam.dtype) + 0.5) / _KDE_POINTS
     kde = jnp.sum(weight * _gaussian((x[:, None] - lam) / h), axis=-1) / h
-    q = jnp.asarray(_mp_quantile((np.arange(_MODEL_QUANTILES) + 0.5) / _MODEL_QUANTILES, p / N), lam.dtype)
+    # MP(1, c0) as weighted nodes: mid-point rule in u on its support, lambda = mid - half cos u.
+    c0 = n / N
+    u = (jnp.arange(_MODEL_NODES, dtype=lam.dtype) + 0.5) * (jnp.pi / _MODEL_NODES)
+    node = 1 + c0 - 2 * jnp.sqrt(c0) * jnp.cos(u)
+    mass = density(node, PDB.pub(jnp.ones_like(c0)), c0) * jnp.sin(u)
+    mass = mass / jnp.sum(mass)
 
     def residual(log_s: Array) -> Array:
-        model = jnp.mean(_gaussian((x[:, None] - jnp.exp(log_s[0]) * q) / h), axis=-1) / h
+        model = jnp.sum(mass * _gaussian((x[:, None] - jnp.exp(log_s[0]) * node) / h), axis=-1) / h
         return kde - model
 
     center = jnp.log(jnp.where(usable, mean, 1.0))
     width = math.log(_SEARCH_FACTOR)
-    sol = least_squares_box(residual, center[None], (center - width)[None], (center + width)[None], _LSQ_ITERS)
-    return jnp.exp(sol.x[0]), usable
+    log_s = _golden_section(lambda v: jnp.sum(residual(v[None]) ** 2), center - width, center + width)
+    return jnp.exp(log_s), c0, usable
+
+
+def _golden_section(f, lo: Array, hi: Array) -> Array:
+    r"""Minimiser of a unimodal ``f`` on ``[lo, hi]`` by golden-section search, ``_GOLDEN_ITERS`` steps."""
+    r = (math.sqrt(5) - 1) / 2
+
+    def step(_, state):
+        a, b, x1, x2, f1, f2 = state
+        left = f1 < f2  # the minimum lies in [a, x2]: x1 becomes the new upper probe
+        a, b = jnp.where(left, a, x1), jnp.where(left, x2, b)
+        new = jnp.where(left, b - r * (b - a), a + r * (b - a))
+        f_new = f(new)
+        x1, x2 = jnp.where(left, new, x2), jnp.where(left, x1, new)
+        f1, f2 = jnp.where(left, f_new, f2), jnp.where(left, f1, f_new)
+        return a, b, x1, x2, f1, f2
+
+    x1, x2 = hi - r * (hi - lo), lo + r * (hi - lo)
+    a, b, x1, x2, f1, f2 = lax.fori_loop(0, _GOLDEN_ITERS, step, (lo, hi, x1, x2, f(x1), f(x2)))
+    return jnp.where(f1 < f2, x1, x2)
 
 
 def _fit_pub_one(eigs: Array, N: int, method: str, alpha: float, beta: float) -> PUBFit:
+    """One spectrum: screen, sort, scale the median into [1/2, 1), fit, count, scale back, flag."""
     eigs = -jnp.sort(-eigs)
     code = screen(eigs)
     lam = _placeholder(eigs, code)
     exponent = jnp.frexp(_median_scale(lam))[1]  # scale by a power of 2: exact, and no reciprocal
     lam = jnp.ldexp(lam, -exponent)  # of a huge median flushed to zero (XLA CPU flushes subnormals)
-    c = eigs.shape[-1] / N
-    lam_plus_factor = (1 + math.sqrt(c)) ** 2
     if method == "bema":
         sigma_sq, threshold, usable = _bema(lam, N, alpha, beta)
+        c = jnp.asarray(eigs.shape[-1] / N, lam.dtype)
+        lam_plus = sigma_sq * (1 + jnp.sqrt(c)) ** 2
     else:
-        sigma_sq, usable = _kernel(lam, N, alpha, beta)
-        threshold = sigma_sq * lam_plus_factor
+        sigma_sq, c, usable = _kernel(lam, N, alpha, beta)
+        lam_plus = threshold = sigma_sq * (1 + jnp.sqrt(c)) ** 2
     code = jnp.where((code == Reason.OK) & ~usable, Reason.NO_BULK, code)
     K = jnp.sum(lam > threshold)
-    sigma_sq, threshold = jnp.ldexp(sigma_sq, exponent), jnp.ldexp(threshold, exponent)
+    sigma_sq, lam_plus, threshold = (jnp.ldexp(v, exponent) for v in (sigma_sq, lam_plus, threshold))
     solved = jnp.isfinite(threshold) & (sigma_sq > 0)
     code = jnp.where((code == Reason.OK) & ~solved, Reason.NOT_CONVERGED, code).astype(jnp.int32)
     ok = code == Reason.OK
@@ -210,8 +246,8 @@ def _fit_pub_one(eigs: Array, N: int, method: str, alpha: float, beta: float) ->
     return PUBFit(
         K=jnp.where(ok, K, 0).astype(jnp.int32),
         sigma_sq=nan(sigma_sq),
-        c=nan(jnp.asarray(c, lam.dtype)),
-        lambda_plus=nan(sigma_sq * lam_plus_factor),
+        c=nan(c),
+        lambda_plus=nan(lam_plus),
         threshold=nan(threshold),
         ok=ok,
         reason=code,
@@ -219,9 +255,10 @@ def _fit_pub_one(eigs: Array, N: int, method: str, alpha: float, beta: float) ->
 
 
 @functools.partial(jax.jit, static_argnames=("N", "method", "alpha", "beta"))
-def _fit_pub_flat(eigs: Array, N: int, method: str, alpha: float, beta: float) -> PUBFit:
-    """:func:`_fit_pub_one` over the rows of ``eigs`` (shape ``(B, p)``): one compilation per ``B``."""
-    return jax.vmap(lambda v: _fit_pub_one(v, N, method, alpha, beta))(eigs)
+def _fit_pub_batched(eigs: Array, N: int, method: str, alpha: float, beta: float) -> PUBFit:
+    batch, p = eigs.shape[:-1], eigs.shape[-1]
+    fit = jax.vmap(lambda v: _fit_pub_one(v, N, method, alpha, beta))(eigs.reshape(-1, p))
+    return jax.tree_util.tree_map(lambda v: v.reshape(batch), fit)
 
 
 def fit_pub(
@@ -247,8 +284,9 @@ def fit_pub(
       beta: Tracy-Widom level of the BEMA threshold: ``0.1``, ``0.05`` or ``0.01``.
 
     Returns:
-      :class:`~pdbjax.fits.PUBFit` with the leading batch axes of ``eigs``; ``c = p / N``,
-      ``lambda_plus = sigma^2 (1 + sqrt c)^2``; ``threshold`` is the Tracy-Widom corrected edge for
+      :class:`~pdbjax.fits.PUBFit` with the leading batch axes of ``eigs``;
+      ``lambda_plus = sigma^2 (1 + sqrt c)^2`` with ``c = p / N`` for BEMA and the bulk ratio
+      ``c = (p - K0) / N`` for the kernel method; ``threshold`` is the Tracy-Widom corrected edge for
       BEMA and ``lambda_plus`` for the kernel method. Rows with ``ok = False`` have NaN fields,
       ``K = 0`` and a :class:`~pdbjax.fits.Reason`.
     """
@@ -257,9 +295,10 @@ def fit_pub(
     if method not in ("bema", "kernel"):
         raise ValueError(f"method must be 'bema' or 'kernel'; got {method!r}")
     p = eigs.shape[-1]
-    if not 0 <= alpha < 0.5 or (p >= 8 and _matched_ranks(p, alpha).size == 0):
-        raise ValueError(f"alpha must lie in [0, 0.5) and leave ranks alpha p < k < (1 - alpha) p; got {alpha!r} for p={p}")
+    if not 0 <= alpha < 0.5 or (p >= _MIN_BULK and _matched_ranks(p, alpha).size == 0):
+        raise ValueError(
+            f"alpha must lie in [0, 0.5) and leave ranks alpha p < k < (1 - alpha) p; got {alpha} for p={p}"
+        )
     _tw_quantile(beta)
-    eigs = _work(eigs)
-    fit = _fit_pub_flat(eigs.reshape(-1, p), N, method, float(alpha), float(beta))
-    return jax.tree_util.tree_map(lambda v: v.reshape(eigs.shape[:-1]), fit)
+    _mp_table(p / N)  # tabulate outside the trace below (cached), so the fit compiles no solver
+    return _fit_pub_batched(_work(eigs), N, method, float(alpha), float(beta))

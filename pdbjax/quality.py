@@ -109,9 +109,13 @@ def _quality_one(eigs: Array, K: Array, pop: PDB, ok: Array, N: int) -> Quality:
 
 
 @functools.partial(jax.jit, static_argnames="N")
-def _quality_flat(eigs: Array, K: Array, pop: PDB, ok: Array, N: int) -> Quality:
-    """:func:`_quality_one` over the rows of ``eigs`` (shape ``(B, p)``; the rest of shape ``(B,)``)."""
-    return jax.vmap(lambda e, k, t, s1, s2, o: _quality_one(e, k, PDB(t, s1, s2), o, N))(eigs, K, *pop, ok)
+def _quality_batched(eigs: Array, K: Array, pop: PDB, ok: Array, N: int) -> Quality:
+    batch, p = eigs.shape[:-1], eigs.shape[-1]
+    flat = lambda v: jnp.broadcast_to(v, batch).reshape(-1)  # noqa: E731
+    out = jax.vmap(lambda e, k, t, s1, s2, o: _quality_one(e, k, PDB(t, s1, s2), o, N))(
+        eigs.reshape(-1, p), flat(K), *(flat(v) for v in pop), flat(ok)
+    )
+    return jax.tree_util.tree_map(lambda v: v.reshape(batch + v.shape[1:]), out)
 
 
 def fit_quality(eigs: jax.typing.ArrayLike, N: int, fit: Fit) -> Quality:
@@ -131,8 +135,5 @@ def fit_quality(eigs: jax.typing.ArrayLike, N: int, fit: Fit) -> Quality:
     eigs = jnp.asarray(eigs)
     _check_eigs(eigs, N)
     eigs = _work(eigs)
-    batch, p = eigs.shape[:-1], eigs.shape[-1]
-    flat = lambda v, dtype: jnp.broadcast_to(jnp.asarray(v, dtype), batch).reshape(-1)  # noqa: E731
-    pop = PDB(*(flat(v, eigs.dtype) for v in fit.population))
-    out = _quality_flat(eigs.reshape(-1, p), flat(fit.K, jnp.int32), pop, flat(fit.ok, bool), N)
-    return jax.tree_util.tree_map(lambda v: v.reshape(batch + v.shape[1:]), out)
+    pop = PDB(*(jnp.asarray(v, eigs.dtype) for v in fit.population))
+    return _quality_batched(eigs, jnp.asarray(fit.K, jnp.int32), pop, jnp.asarray(fit.ok, bool), N)
