@@ -297,7 +297,7 @@ def fit_pdb(
        (no bulk the model can describe, e.g. power-law singular values).
 
     Args:
-      eigs: descending eigenvalues, shape ``(..., p)``.
+      eigs: eigenvalues, shape ``(..., p)`` (sorted descending here if they are not).
       N: larger matrix dimension (static).
       mode: ``"scaled"`` (scale-invariant, multi-start; default) or ``"reference"`` (the official
         code's algorithm, see the module docstring).
@@ -324,7 +324,7 @@ def fit_pdb(
 @functools.partial(jax.jit, static_argnames=("N", "mode", "n_iter", "rtol"))
 def _fit_pdb_batched(eigs: Array, N: int, mode: str, n_iter: int, rtol: float) -> PDBFit:
     batch, p = eigs.shape[:-1], eigs.shape[-1]
-    flat = eigs.reshape(-1, p)
+    flat = -jnp.sort(-eigs.reshape(-1, p), axis=-1)  # descending, whatever order the caller used
     fit = jax.vmap(lambda v: _fit_pdb_one(v, N, mode, n_iter, rtol))(flat)
     return jax.tree_util.tree_map(lambda x: x.reshape(batch + x.shape[1:]), fit)
 

@@ -65,10 +65,10 @@ from typing import Literal
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax import lax
 
 from pdbjax.estimate import _check_eigs, _median_scale, _placeholder, _work, screen
 from pdbjax.fits import PUBFit, Reason
+from pdbjax.lsq import least_squares_box
 from pdbjax.spectral import PDB, cdf, density
 
 __all__ = ["fit_pub", "TW1_QUANTILES"]
@@ -81,11 +81,11 @@ TW1_QUANTILES = {0.10: 0.4501, 0.05: 0.9793, 0.01: 2.0234}
 """Upper ``beta`` quantiles ``q_TW1(1 - beta)`` of the Tracy-Widom law of order 1, keyed by ``beta``."""
 
 _TABLE_NODES = 1025  # Chebyshev nodes of the tabulated Marchenko-Pastur distribution function
-_MIN_BULK = 8  # fewest bulk eigenvalues the kernel fit accepts (the TOO_SMALL limit of screen)
+_MIN_BULK = 8  # fewest eigenvalues a fit accepts (the TOO_SMALL limit of screen)
 _KDE_POINTS = 128  # grid on which the kernel estimate and the smoothed model are compared
 _MODEL_NODES = 256  # quadrature nodes representing the Marchenko-Pastur law in the smoothed model
 _SEARCH_FACTOR = 4.0  # sigma^2 is searched in [mean / 4, 4 mean] of the bulk
-_GOLDEN_ITERS = 48
+_LSQ_ITERS = 40
 
 
 # --------------------------------------------------------------------------------------------------
@@ -160,7 +160,7 @@ def _bema(lam: Array, N: int, alpha: float, beta: float) -> tuple[Array, Array, 
     q = jnp.asarray(_mp_quantile(1 - (ranks - 0.5) / p, c), lam.dtype)
     sigma_sq = jnp.sum(q * matched) / jnp.sum(q**2)
     edge = (1 + math.sqrt(c)) ** 2 + _tw_quantile(beta) * N ** (-2 / 3) * c ** (-1 / 6) * (1 + math.sqrt(c)) ** (4 / 3)
-    usable = jnp.max(matched, initial=-jnp.inf) - jnp.min(matched, initial=jnp.inf) > _spread_floor(lam)
+    usable = matched[0] - matched[-1] > _spread_floor(lam)
     return sigma_sq, sigma_sq * edge, usable
 
 
@@ -199,27 +199,8 @@ def _kernel(lam: Array, N: int, alpha: float, beta: float) -> tuple[Array, Array
 
     center = jnp.log(jnp.where(usable, mean, 1.0))
     width = math.log(_SEARCH_FACTOR)
-    log_s = _golden_section(lambda v: jnp.sum(residual(v[None]) ** 2), center - width, center + width)
-    return jnp.exp(log_s), c0, usable
-
-
-def _golden_section(f, lo: Array, hi: Array) -> Array:
-    r"""Minimiser of a unimodal ``f`` on ``[lo, hi]`` by golden-section search, ``_GOLDEN_ITERS`` steps."""
-    r = (math.sqrt(5) - 1) / 2
-
-    def step(_, state):
-        a, b, x1, x2, f1, f2 = state
-        left = f1 < f2  # the minimum lies in [a, x2]: x1 becomes the new upper probe
-        a, b = jnp.where(left, a, x1), jnp.where(left, x2, b)
-        new = jnp.where(left, b - r * (b - a), a + r * (b - a))
-        f_new = f(new)
-        x1, x2 = jnp.where(left, new, x2), jnp.where(left, x1, new)
-        f1, f2 = jnp.where(left, f_new, f2), jnp.where(left, f1, f_new)
-        return a, b, x1, x2, f1, f2
-
-    x1, x2 = hi - r * (hi - lo), lo + r * (hi - lo)
-    a, b, x1, x2, f1, f2 = lax.fori_loop(0, _GOLDEN_ITERS, step, (lo, hi, x1, x2, f(x1), f(x2)))
-    return jnp.where(f1 < f2, x1, x2)
+    sol = least_squares_box(residual, center[None], (center - width)[None], (center + width)[None], _LSQ_ITERS)
+    return jnp.exp(sol.x[0]), c0, usable
 
 
 def _fit_pub_one(eigs: Array, N: int, method: str, alpha: float, beta: float) -> PUBFit:
@@ -229,7 +210,10 @@ def _fit_pub_one(eigs: Array, N: int, method: str, alpha: float, beta: float) ->
     lam = _placeholder(eigs, code)
     exponent = jnp.frexp(_median_scale(lam))[1]  # scale by a power of 2: exact, and no reciprocal
     lam = jnp.ldexp(lam, -exponent)  # of a huge median flushed to zero (XLA CPU flushes subnormals)
-    if method == "bema":
+    if eigs.shape[-1] < _MIN_BULK:  # screen reports TOO_SMALL: there is nothing to fit (or to compile)
+        sigma_sq = c = lam_plus = threshold = jnp.full((), jnp.nan, lam.dtype)
+        usable = jnp.zeros((), bool)
+    elif method == "bema":
         sigma_sq, threshold, usable = _bema(lam, N, alpha, beta)
         c = jnp.asarray(eigs.shape[-1] / N, lam.dtype)
         lam_plus = sigma_sq * (1 + jnp.sqrt(c)) ** 2
