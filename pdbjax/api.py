@@ -195,9 +195,6 @@ def _compress_stack(mats: jax.Array, method: str, rank: Rank, factored: bool, mo
         fit = fit_pdb(lam, N, mode=mode)
     elif method.startswith("pub-"):
         fit = fit_pub(lam, N, method.removeprefix("pub-"))
-    if fit is not None:  # the fit is computed in float64; the filter works in the matrices' precision
-        work = jnp.promote_types(mats.dtype, jnp.float32)
-        fit = jax.tree_util.tree_map(lambda x: x.astype(work) if jnp.issubdtype(x.dtype, jnp.floating) else x, fit)
     out, info = filter_matrix(mats, method, rank, fit=fit, factored=factored, slr_sr=slr[0], slr_rr=slr[1])
     return {"out": out, "info": info, "fit": fit}
 

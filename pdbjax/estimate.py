@@ -51,6 +51,8 @@ _GRID_POINTS = 20
 #: simulated PDB matrices, <= 4e-5 on trained FCNN and MiniLM layers, 1.4e-4 and 4e-3 on matrices with
 #: power-law singular values s_j = j^-0.75 and j^-0.5 (benchmarks and tests/test_estimate.py).
 POOR_FIT_RESIDUAL = 1e-3
+#: Fewest bulk eigenvalues (p - K0) a fit needs; fewer (e.g. a 350 x 10 output layer) is NO_BULK.
+_MIN_BULK = 8
 # Starting points in unit-box coordinates (t, s1, s2): the reference midpoint first, then asymmetric
 # pairs s1 < s2 of fractions of [l_min, l_max] with a majority and a minority weight on s1.
 _PAIRS = ((0.05, 0.15), (0.05, 0.3), (0.15, 0.3), (0.15, 0.5), (0.3, 0.5), (0.05, 0.5))
@@ -344,7 +346,8 @@ def _fit_pdb_one(eigs: Array, N: int, mode: str, n_iter: int, rtol: float) -> PD
     lam_plus = jnp.nanmax(beta)
     solved = jnp.all(jnp.isfinite(theta)) & jnp.isfinite(lam_plus) & (s1 > 0) & (s2 > 0)
     code = jnp.where((code == Reason.OK) & ~solved, Reason.NOT_CONVERGED, code)
-    code = jnp.where((code == Reason.OK) & (rms > POOR_FIT_RESIDUAL), Reason.POOR_FIT, code).astype(jnp.int32)
+    code = jnp.where((code == Reason.OK) & (rms > POOR_FIT_RESIDUAL), Reason.POOR_FIT, code)
+    code = jnp.where((code == Reason.OK) & (eigs.shape[-1] - K < _MIN_BULK), Reason.NO_BULK, code).astype(jnp.int32)
     ok = code == Reason.OK
     nan = lambda x: jnp.where(ok, x, jnp.nan)  # noqa: E731
     return PDBFit(

@@ -328,6 +328,8 @@ def filter_matrix(
         fit = _estimate(s**2, max(W.shape[-2:]), method)
     else:
         _check_fit(fit, method, W.shape[:-2])
+    if fit is not None:  # a float64 fit (estimators run in float64) works in the SVD's precision
+        fit = jax.tree_util.tree_map(lambda x: x.astype(s.dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, fit)
     # A fixed keep count is a traced argument (a sweep over ranks compiles once); rules are static.
     rule = rank if isinstance(rank, str) else None
     fixed = jnp.int32(0 if rule else _fixed_keep(rank, s.shape[-1]))

@@ -36,7 +36,7 @@ class Reason:
         NON_FINITE: "matrix has NaN or Inf entries",
         ALL_ZERO: "matrix is all zeros",
         TOO_SMALL: "fewer than 8 eigenvalues (p < 8)",
-        NO_BULK: "no bulk: too few non-zero eigenvalues left after removing spikes (rank deficient or heavy-tailed)",
+        NO_BULK: "no bulk: rank deficient, no spread, or fewer than 8 eigenvalues left after removing the spikes",
         NOT_CONVERGED: "least squares did not converge to a valid population",
         NO_SUPPORT: "fitted population has no valid support edges",
         POOR_FIT: "no PDB population satisfies the Silverstein equation on the bulk (heavy-tailed or otherwise non-PDB spectrum)",
