@@ -400,7 +400,8 @@ def notes(results: list[dict[str, Any]], n_loop: int) -> list[str]:
             continue
         shapes = ", ".join(f"{n} x {s}" for s, n in r["shapes"].items())
         loop = r["loop"]
-        out.append(f"* **{r['workload']}**: {r['description']} ({shapes}); repeat {r['repeat']}. analyze ok {r['analyze']['ok']}/{r['matrices']}; "
+        out.append(f"* **{r['workload']}**: {r['description']} ({shapes}); repeat {r['repeat']}. "
+                   f"analyze ok {r['analyze']['ok']}/{r['matrices']}; "
                    f"compress unchanged {r['compress']['totals'].get('unchanged')}, low-rank storage ratio "
                    f"{r['compress']['totals'].get('lowrank_compression_ratio', float('nan')):.3f}; "
                    f"the loop's keep counts equal compress's on {loop['keep_agree']}/{loop['timed']} looped matrices, "
