@@ -17,6 +17,7 @@ import numpy as np
 
 from pdbjax.estimate import Mode, eigenvalues, fit_pdb
 from pdbjax.filter import METHODS, FilterInfo, Rank, filter_matrix, keep_count, outlier_mask
+from pdbjax.filter import svd as filter_svd
 from pdbjax.fits import Reason, reason_text
 from pdbjax.pub import fit_pub
 from pdbjax.quality import fit_quality
@@ -189,13 +190,16 @@ def densify(params: Any, like: Any) -> Any:
 
 def _compress_stack(mats: jax.Array, method: str, rank: Rank, factored: bool, mode: Mode, slr: tuple[float, float]):
     N = max(mats.shape[-2:])
-    lam = eigenvalues(mats, dtype=jnp.float64)
+    factors = filter_svd(mats)  # one decomposition serves the fit (s^2, fitted in float64) and the filter
+    lam = np.asarray(factors[1], np.float64) ** 2
     fit = None
     if method == "pdb" or isinstance(rank, str) and method in ("svd", "slr"):
         fit = fit_pdb(lam, N, mode=mode)
     elif method.startswith("pub-"):
         fit = fit_pub(lam, N, method.removeprefix("pub-"))
-    out, info = filter_matrix(mats, method, rank, fit=fit, factored=factored, slr_sr=slr[0], slr_rr=slr[1])
+    out, info = filter_matrix(
+        mats, method, rank, fit=fit, factored=factored, slr_sr=slr[0], slr_rr=slr[1], svd_factors=factors
+    )
     return {"out": out, "info": info, "fit": fit}
 
 

@@ -266,6 +266,7 @@ def filter_matrix(
     factored: bool = False,
     slr_sr: float = 0.5,
     slr_rr: float = 0.5,
+    svd_factors: tuple[ArrayLike, ArrayLike, ArrayLike] | None = None,
 ) -> tuple[Array | tuple[Array, Array], FilterInfo]:
     r"""Filter (compress) a stack of weight matrices ``W`` of shape ``(..., a, b)``.
 
@@ -304,6 +305,8 @@ def filter_matrix(
       factored: return factors ``(A, B)`` with ``W' = A @ B`` instead of ``W'``.
       slr_sr: SLR sparsity rate: fraction of rows (columns) that are sparsified.
       slr_rr: SLR reduction rate: fraction of the ``k`` components those rows (columns) keep.
+      svd_factors: the thin SVD ``(U, s, Vh)`` of ``W`` as :func:`svd` returns it, when the caller has
+        it already (e.g. to fit the bulk on ``s**2``): saves the second decomposition.
 
     Returns:
       ``(W_new, info)`` or ``((A, B), info)`` and a :class:`FilterInfo`. Factored output has the
@@ -320,7 +323,7 @@ def filter_matrix(
         if not 0.0 <= value <= 1.0:
             raise ValueError(f"{name} must lie in [0, 1]; got {value}")
     W = _as_matrices(W)
-    U, s, Vh = svd(W)
+    U, s, Vh = svd(W) if svd_factors is None else _checked_factors(W, svd_factors)
     needs_fit = method in _SHRINKING or isinstance(rank, str)
     if not needs_fit:
         fit = None
@@ -336,6 +339,16 @@ def filter_matrix(
     slr = (float(slr_sr), float(slr_rr)) if method == "slr" else None
     shrink = method in _SHRINKING
     return _filter(W, U, s, Vh, fit, fixed, shrink=shrink, rule=rule, factored=bool(factored), slr=slr)
+
+
+def _checked_factors(W: Array, factors) -> tuple[Array, Array, Array]:
+    U, s, Vh = (jnp.asarray(x) for x in factors)
+    a, b = W.shape[-2:]
+    p = min(a, b)
+    want = (W.shape[:-2] + (a, p), W.shape[:-2] + (p,), W.shape[:-2] + (p, b))
+    if (U.shape, s.shape, Vh.shape) != want:
+        raise ValueError(f"svd_factors have shapes {(U.shape, s.shape, Vh.shape)}; expected {want} for W {W.shape}")
+    return U, s, Vh
 
 
 def _estimate(lam: Array, N: int, method: str) -> Fit:
