@@ -9,7 +9,7 @@ The caller's params are never modified.
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple, Sequence
+from typing import Any, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -18,7 +18,7 @@ import numpy as np
 from pdbjax.estimate import Mode, eigenvalues, fit_pdb
 from pdbjax.filter import METHODS, FilterInfo, Rank, filter_matrix, keep_count, outlier_mask
 from pdbjax.filter import svd as filter_svd
-from pdbjax.fits import Reason, reason_text
+from pdbjax.fits import reason_text
 from pdbjax.pub import fit_pub
 from pdbjax.quality import fit_quality
 from pdbjax.report import Report, to_jsonable

@@ -259,7 +259,7 @@ def _fit_one(lam: Array, K: Array, N: int, mode: str, n_iter: int):
 
 def _check_eigs(eigs: Array, N: int) -> None:
     if eigs.ndim < 1:
-        raise ValueError(f"eigs must have shape (..., p); got a scalar")
+        raise ValueError("eigs must have shape (..., p); got a scalar")
     p = eigs.shape[-1]
     if p < 1:
         raise ValueError("eigs must hold at least one eigenvalue per matrix; got p = 0")

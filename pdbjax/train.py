@@ -40,6 +40,7 @@ import optax
 from flax import nnx
 
 from pdbjax import io as pdbio
+from pdbjax import tree
 
 Path = tuple[str | int, ...]
 History = dict[str, list[float]]
@@ -206,20 +207,11 @@ def evaluate(model: nnx.Module, x: np.ndarray, y: np.ndarray, batch_size: int = 
 def replace_arrays(state: nnx.State, replacements: Mapping[Path, jax.Array | np.ndarray]) -> nnx.State:
     """A copy of ``state`` with the arrays at the given paths replaced (shapes must match).
 
-    Paths are those of ``nnx.to_flat_state``, e.g. ``('layers', 0, 'kernel')``;
-    ``state`` itself is left untouched.
+    Paths are those of ``nnx.to_flat_state``, e.g. ``('layers', 0, 'kernel')``; ``state`` itself is
+    left untouched. A thin wrapper over :func:`pdbjax.tree.replace`, which names leaves by key path.
     """
-    flat = dict(nnx.to_flat_state(state))
-    missing = [p for p in replacements if p not in flat]
-    if missing:
-        raise KeyError(f"paths not in state: {missing}")
-    for path, array in replacements.items():
-        old = flat[path]
-        new = jnp.asarray(array, dtype=old.dtype)
-        if new.shape != old.shape:
-            raise ValueError(f"{path}: shape {new.shape} does not match {old.shape}")
-        flat[path] = old.replace(new)
-    return nnx.from_flat_state(flat)
+    named = {jax.tree_util.keystr(tuple(jax.tree_util.DictKey(k) for k in path)): a for path, a in replacements.items()}
+    return tree.replace(state, named)
 
 
 def _key(path: Path) -> str:
