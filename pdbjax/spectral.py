@@ -9,9 +9,46 @@ law is the two-atom measure
 
 and PUB (Marchenko-Pastur) is ``t = 1``. Everything here is a pure function of arrays: the population
 fields, ``c`` and the evaluation points broadcast against each other with NumPy rules, so one call
-evaluates many populations at once; all functions run under ``jit``/``vmap``/``grad`` on CPU, GPU and
-TPU (fixed iteration counts, no ``roots``/non-symmetric ``eig``). The dtype follows the inputs: call
+evaluates many populations at once; all functions run under ``jit``/``vmap`` on CPU, GPU and TPU
+(fixed iteration counts, no ``roots``/non-symmetric ``eig``). The dtype follows the inputs: call
 with float64 arrays inside ``jax.enable_x64(True)`` for double precision.
+
+Derivatives. Every public function is differentiable (``grad``, ``jacrev``, ``jvp``, ``jacfwd``, also
+under ``jit``/``vmap``, in float32 and float64, and to second order) with respect to ``c``, ``t``,
+``sigma1_sq``, ``sigma2_sq`` and its evaluation point (``z``, ``x``, ``alpha`` or ``lam``). The result
+is the derivative of the function that the iterations converge to, not of the iterations:
+
+* the roots found by bisection (critical points, the zero of ``g''`` that splits the gap between the
+  atoms, the solution of ``g(alpha) = lam``) carry the implicit-function derivative
+  ``d root = -(df/dtheta . d theta) / (df/dx)`` (:func:`_root`); the bracket only selects the root;
+* :func:`stieltjes` carries the implicit derivative of the Silverstein equation,
+  ``dm = -(dF/dtheta . d theta) / (dF/dm)`` (:func:`_silverstein_root`);
+* :func:`moments` is a polynomial; :func:`density` follows from :func:`stieltjes`, and :func:`cdf`
+  from its edges, quadrature nodes and density (it is the derivative of the quadrature).
+
+Where a derivative does not exist the result is NaN, not a wrong number (``grad`` traces its
+arguments, so it cannot raise):
+
+* ``t`` at ``t = 0`` or ``t = 1`` when ``sigma1_sq != sigma2_sq``: moving ``t`` off the bound gives the
+  other atom a small weight, which splits off a bulk of its own, so the support jumps. The
+  ``t``-derivative of :func:`critical_points`, :func:`edges`, :func:`lambda_plus`, :func:`spike_map`,
+  :func:`spike_inverse` and :func:`cdf` is NaN there, and it spreads as a NaN in a Jacobian does: in
+  reverse mode (``grad``, ``jacrev``) to the whole ``t`` column, i.e. to every output differentiated
+  in the same call; in forward mode (``jvp``, ``jacfwd``) to every derivative computed in the same
+  call, unless ``t`` is not differentiated at all (a symbolic zero tangent, e.g. ``t`` closed over
+  or not in ``argnums``). :func:`stieltjes`, :func:`density` and :func:`moments` are analytic in ``t``
+  and give the one-sided derivative. With ``sigma1_sq == sigma2_sq`` (e.g. :meth:`PDB.pub`) ``H`` does
+  not depend on ``t`` and its derivative is 0.
+* At ``c = 1`` and ``t in {0, 1}`` (otherwise) the parameters cannot cross the bound: the derivative
+  is the one-sided one (that of the analytic continuation).
+* NaN outputs (padding, inadmissible points, invalid parameters) have zero derivative, and they
+  contribute exactly zero to the derivative with respect to inputs shared with valid entries once
+  masked out of a loss (``jnp.where(jnp.isfinite(y), y, 0)`` or ``jnp.nansum``).
+* Some derivatives grow without bound: the middle critical points as two bulks merge
+  (``g'' -> 0`` there), :func:`spike_inverse` next to an edge, :func:`density` within a few ``eta`` of an
+  edge. At a double root itself (two bulks exactly touching) the gap roots are NaN outputs anyway and
+  the root derivative is set to 0 there. :func:`density` has a kink at ``x = 0`` and :func:`cdf` in
+  ``x`` at its quadrature nodes (linear interpolation).
 
 Invalid input (``c`` outside ``(0, 1]``, a variance ``<= 0``, ``t`` outside ``[0, 1]``, non-finite values)
 raises ``ValueError`` when the arguments are concrete; under ``jit`` (traced arguments) the affected
@@ -26,12 +63,14 @@ References:
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
+from jax.custom_derivatives import SymbolicZero
 
 from pdbjax._validate import is_traced
 
@@ -94,9 +133,11 @@ def _float_dtype(*xs: ArrayLike) -> jnp.dtype:
 def _prepare(pop: PDB, c: ArrayLike, *points: ArrayLike):
     """Cast population, ratio and evaluation points to one float dtype and validate them.
 
-    Returns ``(t, s1, s2, c, valid, *points)``: the population with degenerate atoms merged
-    (``t = 1`` uses ``sigma1_sq`` for both atoms, ``t = 0`` uses ``sigma2_sq``), and a boolean mask of
-    valid parameters, used to put NaN in the outputs under ``jit``.
+    Returns ``(t, s1, s2, c, valid, *points)`` with ``valid`` a boolean mask of valid parameters, used
+    to put NaN in the outputs under ``jit``. Invalid parameters are replaced by a harmless valid
+    population (``t = 1/2``, ``s1 = s2 = 1``, ``c = 1/2``) before any computation, so that their
+    masked outputs contribute exact zeros, not ``0 * NaN``, to the gradient of shared inputs. The
+    atoms are not merged here: see :func:`_merge_atoms`.
     """
     real_points = [p for p in points if not jnp.iscomplexobj(p)]
     dtype = _float_dtype(*pop, c, *real_points)
@@ -107,7 +148,7 @@ def _prepare(pop: PDB, c: ArrayLike, *points: ArrayLike):
     )
     if not is_traced(t, s1, s2, c):
         _raise_if_invalid(np.asarray(t), np.asarray(s1), np.asarray(s2), np.asarray(c))
-    s1, s2 = jnp.where(t <= 0, s2, s1), jnp.where(t >= 1, s1, s2)
+    t, s1, s2, c = (jnp.where(valid, v, safe) for v, safe in ((t, 0.5), (s1, 1.0), (s2, 1.0), (c, 0.5)))
     cast = [jnp.asarray(p, jnp.result_type(dtype, 1j) if jnp.iscomplexobj(p) else dtype) for p in points]
     return (t, s1, s2, c, valid, *cast)
 
@@ -126,11 +167,41 @@ def _raise_if_invalid(t: np.ndarray, s1: np.ndarray, s2: np.ndarray, c: np.ndarr
 
 
 def _nan_where_invalid(valid: Array, x: Array) -> Array:
-    return jnp.where(valid, x, jnp.nan)
+    return jnp.where(valid, x, complex(jnp.nan, jnp.nan) if jnp.iscomplexobj(x) else jnp.nan)
+
+
+def _merged_plain(t, s1, s2):
+    """Degenerate atoms merged: ``t = 1`` uses ``sigma1_sq`` for both atoms, ``t = 0`` uses ``sigma2_sq``."""
+    return jnp.where(t <= 0, s2, s1), jnp.where(t >= 1, s1, s2)
+
+
+@jax.custom_jvp
+def _merge_atoms(t, s1, s2):
+    """:func:`_merged_plain` for the functions whose root brackets need distinct atoms or one atom.
+
+    Its derivative with respect to ``t`` is NaN at ``t in {0, 1}`` when ``s1 != s2``: there an atom of
+    weight ``0`` (or ``1 - t -> 0``) would split off a bulk of its own, so the support, critical points
+    and spike maps jump and have no ``t``-derivative. A symbolic-zero ``t`` tangent (``t`` not being
+    differentiated) leaves the other derivatives finite.
+    """
+    return _merged_plain(t, s1, s2)
+
+
+@functools.partial(_merge_atoms.defjvp, symbolic_zeros=True)
+def _merge_atoms_jvp(primals, tangents):
+    t, s1, s2 = primals
+    dt, ds1, ds2 = (jnp.zeros(jnp.shape(p), jnp.result_type(p)) if isinstance(d, SymbolicZero) else d
+                    for p, d in zip(primals, tangents))
+    d1, d2 = jnp.where(t <= 0, ds2, ds1), jnp.where(t >= 1, ds1, ds2)
+    if not isinstance(tangents[0], SymbolicZero):
+        jump = jnp.where(((t <= 0) | (t >= 1)) & (s1 != s2), jnp.nan, 0.0).astype(d1.dtype)
+        d1, d2 = d1 + jump * dt, d2 + jump * dt
+    out = _merge_atoms(t, s1, s2)
+    return out, tuple(jnp.broadcast_to(d, o.shape).astype(o.dtype) for d, o in zip((d1, d2), out))
 
 
 # --------------------------------------------------------------------------------------------------
-# The map g (z as a function of alpha = -1/m) and its derivatives
+# The map g (z as a function of alpha = -1/m) and its derivatives; roots with implicit derivatives
 
 
 def _g(alpha, t, s1, s2, c):
@@ -147,6 +218,11 @@ def _d2g(alpha, t, s1, s2, c):
     return 2 * c * t * s1**2 / (alpha - s1) ** 3 + 2 * c * (1 - t) * s2**2 / (alpha - s2) ** 3
 
 
+def _g_minus(alpha, t, s1, s2, c, lam):
+    """``g(alpha) - lam``: its zero is the population spike of a sample outlier ``lam``."""
+    return _g(alpha, t, s1, s2, c) - lam
+
+
 def _bisect(f, lo: Array, hi: Array, increasing: bool | Array) -> Array:
     """Root of ``f`` in ``(lo, hi)`` by a fixed number of bisection steps (f changes sign once)."""
 
@@ -160,25 +236,55 @@ def _bisect(f, lo: Array, hi: Array, increasing: bool | Array) -> Array:
     return 0.5 * (lo + hi)
 
 
+@functools.partial(jax.custom_jvp, nondiff_argnums=(0, 1))
+def _root(f, increasing: bool, lo: Array, hi: Array, *params: Array) -> Array:
+    r"""Zero ``x`` of ``f(x, *params)`` in ``(lo, hi)`` by bisection, differentiable in ``params``.
+
+    ``f`` is elementwise in ``x`` and changes sign once in the bracket (from negative to positive when
+    ``increasing``). The bracket only selects the root and carries no derivative; the derivative is
+    the implicit-function one, ``dx = -(df/dparams . dparams) / (df/dx)`` at the root (it is set to 0
+    where ``df/dx`` is 0 or not finite, which happens only at roots whose output is masked, e.g. the
+    gap roots of a merged bulk, or at a double root). ``f`` must be smooth at the returned ``x``
+    (callers keep brackets away from the poles of ``g``). Works under ``jit``/``vmap`` and to any
+    order (the rule calls :func:`_root` again).
+    """
+    shape = jnp.broadcast_shapes(jnp.shape(lo), jnp.shape(hi), *(jnp.shape(p) for p in params))
+    lo, hi = jnp.broadcast_to(lo, shape), jnp.broadcast_to(hi, shape)
+    return _bisect(lambda x: f(x, *params), lo, hi, increasing)
+
+
+@_root.defjvp
+def _root_jvp(f, increasing, primals, tangents):
+    lo, hi, *params = primals
+    x = _root(f, increasing, lo, hi, *params)
+    dfdx = jax.jvp(lambda y: f(y, *params), (x,), (jnp.ones_like(x),))[1]
+    dfdp = jax.jvp(lambda *p: f(x, *p), tuple(params), tuple(tangents[2:]))[1]
+    ok = jnp.isfinite(dfdx) & (dfdx != 0)
+    return x, jnp.where(ok, -1 / jnp.where(ok, dfdx, 1), 0) * dfdp
+
+
 def _critical(t, s1, s2, c):
-    """The real zeros of ``g'`` as ``(a1, a2, a3, a4, separated)``.
+    """The real zeros of ``g'`` as ``(a1, a2, a3, a4, separated)`` (merged atoms, see :func:`_merge_atoms`).
 
     ``g'`` is decreasing on ``(0, s_lo)`` (from ``1 - c`` to ``-inf``), increasing on ``(s_hi, inf)`` and
     concave on ``(s_lo, s_hi)``, so there is one zero ``a1`` below ``s_lo``, one zero ``a4`` above
     ``s_hi`` (at most ``s_hi (1 + sqrt c)``), and two zeros ``a2 < a3`` between the atoms exactly when
-    the maximum of ``g'`` there is positive (two separated bulks). ``a2, a3`` are NaN otherwise.
+    the maximum of ``g'`` there (at the zero ``a_max`` of ``g''``) is positive (two separated bulks).
+    ``a2, a3`` are finite placeholders otherwise (mask them with ``separated``); with a single atom
+    (``s1 == s2``) their bracket is moved off the pole to ``(3 s, 4 s)`` so that every root, and its
+    derivative, stays finite.
     """
     s_lo, s_hi = jnp.minimum(s1, s2), jnp.maximum(s1, s2)
-    dg = lambda a: _dg(a, t, s1, s2, c)  # noqa: E731
-    zero = jnp.zeros_like(s_lo)
-    a1 = _bisect(dg, zero, s_lo, increasing=False)
-    a4 = _bisect(dg, s_hi, s_hi * (1 + jnp.sqrt(c)), increasing=True)
-    a_max = _bisect(lambda a: _d2g(a, t, s1, s2, c), s_lo, s_hi, increasing=False)
-    separated = (s_hi > s_lo) & (dg(a_max) > 0)
-    a2 = _bisect(dg, s_lo, a_max, increasing=True)
-    a3 = _bisect(dg, a_max, s_hi, increasing=False)
-    nan = jnp.full_like(a2, jnp.nan)
-    return a1, jnp.where(separated, a2, nan), jnp.where(separated, a3, nan), a4, separated
+    params = (t, s1, s2, c)
+    one_atom = s_hi <= s_lo
+    gap_lo, gap_hi = jnp.where(one_atom, 3 * s_hi, s_lo), jnp.where(one_atom, 4 * s_hi, s_hi)
+    a1 = _root(_dg, False, jnp.zeros_like(s_lo), s_lo, *params)
+    a4 = _root(_dg, True, s_hi, s_hi * (1 + jnp.sqrt(c)), *params)
+    a_max = _root(_d2g, False, gap_lo, gap_hi, *params)
+    separated = ~one_atom & (_dg(a_max, *params) > 0)
+    a2 = _root(_dg, True, gap_lo, a_max, *params)
+    a3 = _root(_dg, False, a_max, gap_hi, *params)
+    return a1, a2, a3, a4, separated
 
 
 def _stack_sorted(values) -> Array:
@@ -197,12 +303,27 @@ def critical_points(pop: PDB, c: ArrayLike) -> Array:
     ``(a - s1)^2 (a - s2)^2 - c t s1^2 (a - s2)^2 - c (1 - t) s2^2 (a - s1)^2 = 0``
     (spec section 4). Two values for a merged bulk, four for two separated bulks.
 
+    Differentiable with respect to ``c``, ``t``, ``sigma1_sq`` and ``sigma2_sq``: each ``alpha_i`` is a
+    simple zero of ``g'``, so ``d alpha_i = -(d g' / d theta . d theta) / g''(alpha_i)``. NaN-padded
+    entries carry no derivative. ``d alpha_2``, ``d alpha_3`` grow without bound as two separated bulks
+    approach merging (``g''(alpha_{2,3}) -> 0``). The ``t``-derivative is NaN at ``t in {0, 1}`` when
+    ``sigma1_sq != sigma2_sq``.
+
     Returns:
       Array of shape ``broadcast(pop, c).shape + (4,)``.
     """
     t, s1, s2, c, valid = _prepare(pop, c)
-    a1, a2, a3, a4, _ = _critical(t, s1, s2, c)
-    return _nan_where_invalid(valid[..., None], _stack_sorted([a1, a2, a3, a4]))
+    s1, s2 = _merge_atoms(t, s1, s2)
+    a1, a2, a3, a4, separated = _critical(t, s1, s2, c)
+    gap = [jnp.where(separated, a, jnp.nan) for a in (a2, a3)]
+    return _nan_where_invalid(valid[..., None], _stack_sorted([a1, *gap, a4]))
+
+
+def _edge_values(t, s1, s2, c):
+    """``(beta_1, beta_2, beta_3, beta_4, separated)`` with finite placeholders for a merged bulk."""
+    a1, a2, a3, a4, separated = _critical(t, s1, s2, c)
+    b1, b2, b3, b4 = (_g(a, t, s1, s2, c) for a in (a1, a2, a3, a4))
+    return b1, b2, b3, b4, separated
 
 
 def edges(pop: PDB, c: ArrayLike) -> Array:
@@ -211,16 +332,27 @@ def edges(pop: PDB, c: ArrayLike) -> Array:
     ``[beta_1, beta_2]`` is a merged bulk; ``[beta_1, beta_2] U [beta_3, beta_4]`` two separated bulks
     (Silverstein-Choi). For ``t = 1`` this is the Marchenko-Pastur support
     ``sigma^2 (1 -+ sqrt c)^2``.
+
+    Differentiable with respect to ``c``, ``t``, ``sigma1_sq`` and ``sigma2_sq``; since
+    ``g'(alpha_i) = 0``, ``d beta_i = dg/dtheta (alpha_i) . d theta``. NaN-padded entries carry no
+    derivative; the ``t``-derivative is NaN at ``t in {0, 1}`` when ``sigma1_sq != sigma2_sq``.
     """
     t, s1, s2, c, valid = _prepare(pop, c)
-    alphas = _critical(t, s1, s2, c)[:4]
-    betas = [_g(a, t, s1, s2, c) for a in alphas]
-    return _nan_where_invalid(valid[..., None], _stack_sorted(betas))
+    s1, s2 = _merge_atoms(t, s1, s2)
+    b1, b2, b3, b4, separated = _edge_values(t, s1, s2, c)
+    gap = [jnp.where(separated, b, jnp.nan) for b in (b2, b3)]
+    return _nan_where_invalid(valid[..., None], _stack_sorted([b1, *gap, b4]))
 
 
 def lambda_plus(pop: PDB, c: ArrayLike) -> Array:
-    r"""The noise boundary ``lambda_+ = max_i beta_i = g(alpha_max)`` (upper edge of the bulk)."""
+    r"""The noise boundary ``lambda_+ = max_i beta_i = g(alpha_max)`` (upper edge of the bulk).
+
+    Differentiable with respect to ``c``, ``t``, ``sigma1_sq`` and ``sigma2_sq``
+    (``d lambda_+ = dg/dtheta (alpha_max) . d theta``); the ``t``-derivative is NaN at ``t in {0, 1}``
+    when ``sigma1_sq != sigma2_sq``.
+    """
     t, s1, s2, c, valid = _prepare(pop, c)
+    s1, s2 = _merge_atoms(t, s1, s2)
     a4 = _critical(t, s1, s2, c)[3]
     return _nan_where_invalid(valid, _g(a4, t, s1, s2, c))
 
@@ -232,10 +364,18 @@ def spike_map(alpha: ArrayLike, pop: PDB, c: ArrayLike) -> Array:
     (outlier above ``lambda_+``), between the two middle critical points of separated bulks (outlier
     in the gap), or below the smallest one when ``c < 1`` (outlier below the bulk). Elsewhere the spike
     is absorbed by the bulk and the result is NaN.
+
+    Differentiable with respect to ``alpha``, ``c``, ``t``, ``sigma1_sq`` and ``sigma2_sq`` at admissible
+    ``alpha`` (the admissible set only selects; ``d lambda = g'(alpha) d alpha + dg/dtheta . d theta``).
+    NaN entries carry no derivative; the ``t``-derivative is NaN at ``t in {0, 1}`` when
+    ``sigma1_sq != sigma2_sq``.
     """
     t, s1, s2, c, valid, alpha = _prepare(pop, c, alpha)
+    s1, s2 = _merge_atoms(t, s1, s2)
     a1, a2, a3, a4, separated = _critical(t, s1, s2, c)
     admissible = (alpha > a4) | (separated & (alpha > a2) & (alpha < a3)) | ((alpha > 0) & (alpha < a1))
+    # Inadmissible alpha may sit on a pole of g: evaluate a finite stand-in there (double where).
+    alpha = jnp.where(admissible, alpha, 2 * jnp.maximum(s1, s2))
     return _nan_where_invalid(valid & admissible, _g(alpha, t, s1, s2, c))
 
 
@@ -247,8 +387,15 @@ def spike_inverse(lam: ArrayLike, pop: PDB, c: ArrayLike) -> Array:
     ``(0, alpha_1)``. ``g`` is increasing on each interval, so the root is found by bisection. NaN where
     ``lam`` lies inside the support. PUB closed form:
     ``alpha = (lam + s (1 - c) + sqrt((lam + s (1 - c))^2 - 4 lam s)) / 2``.
+
+    Differentiable with respect to ``lam``, ``c``, ``t``, ``sigma1_sq`` and ``sigma2_sq`` outside the
+    support: ``d alpha = (d lam - dg/dtheta . d theta) / g'(alpha)`` (implicit function theorem; the
+    interval only selects the root). It grows like ``1 / sqrt(lam - beta)`` next to an edge ``beta``.
+    NaN entries carry no derivative; the ``t``-derivative is NaN at ``t in {0, 1}`` when
+    ``sigma1_sq != sigma2_sq``.
     """
     t, s1, s2, c, valid, lam = _prepare(pop, c, lam)
+    s1, s2 = _merge_atoms(t, s1, s2)
     a1, a2, a3, a4, separated = _critical(t, s1, s2, c)
     g = lambda a: _g(a, t, s1, s2, c)  # noqa: E731
     above = lam > g(a4)
@@ -256,7 +403,7 @@ def spike_inverse(lam: ArrayLike, pop: PDB, c: ArrayLike) -> Array:
     below = (lam > 0) & (lam < g(a1))
     lo = jnp.where(above, a4, jnp.where(in_gap, a2, 0.0))
     hi = jnp.where(above, jnp.maximum(lam, a4), jnp.where(in_gap, a3, a1))
-    root = _bisect(lambda a: g(a) - lam, lo, hi, increasing=True)
+    root = _root(_g_minus, True, lo, hi, t, s1, s2, c, lam)
     return _nan_where_invalid(valid & (above | in_gap | below), root)
 
 
@@ -272,27 +419,45 @@ def stieltjes(z: ArrayLike, pop: PDB, c: ArrayLike) -> Array:
     geometric path with Newton steps on the same equation (a Newton step that leaves the upper half
     plane or does not reduce the residual is replaced by a fixed-point step, which stays Herglotz).
     A real ``z`` is treated as ``z + i 0^+`` (``Im z`` raised to ``1e-12 max(s1, s2)``).
+
+    Differentiable with respect to ``z`` (holomorphic; for a real-valued loss differentiate
+    ``m.real``/``m.imag``), ``c``, ``t``, ``sigma1_sq`` and ``sigma2_sq``, including ``t`` at ``0`` and
+    ``1`` (the equation is polynomial in ``t``): ``dm = -(dF/dtheta . d theta) / (dF/dm)`` with ``F``
+    the Silverstein equation at the computed root; the iteration is not differentiated.
     """
     t, s1, s2, c, valid, z = _prepare(pop, c, jnp.asarray(z) + 0j)
     return _nan_where_invalid(valid, _stieltjes(z, t, s1, s2, c))
 
 
-def _stieltjes(z, t, s1, s2, c):
-    scale = jnp.maximum(s1, s2)
-    x, y_target = jnp.real(z), jnp.maximum(jnp.imag(z), 1e-12 * scale)
-    y_start = jnp.maximum(y_target, scale)
+def _silverstein(m, z, t, s1, s2, c):
+    """``F(m) = z + 1/m - c int tau dH / (1 + tau m)``; zero at ``m = m(z)`` (holomorphic in ``m``, ``z``)."""
+    return z + 1 / m - c * (t * s1 / (1 + s1 * m) + (1 - t) * s2 / (1 + s2 * m))
 
-    def residual(m, zz):
-        return zz + 1 / m - c * (t * s1 / (1 + s1 * m) + (1 - t) * s2 / (1 + s2 * m))
+
+def _stieltjes(z, t, s1, s2, c):
+    """``m(z)`` with unmerged atoms (a weight-0 atom drops out exactly); the scale uses the merged ones."""
+    scale = jnp.maximum(*_merged_plain(t, s1, s2))
+    z = jnp.real(z) + 1j * jnp.maximum(jnp.imag(z), 1e-12 * scale)
+    return _silverstein_root(z, t, s1, s2, c, scale)
+
+
+@jax.custom_jvp
+def _silverstein_root(z, t, s1, s2, c, scale):
+    """Herglotz zero of :func:`_silverstein` at ``Im z > 0``; ``scale`` (no derivative) sets the path."""
+    x, y_target = jnp.real(z), jnp.imag(z)
+    y_start = jnp.maximum(y_target, scale)
 
     def fixed_step(m, zz):
         return -1 / (zz - c * (t * s1 / (1 + s1 * m) + (1 - t) * s2 / (1 + s2 * m)))
 
     def newton_step(m, zz):
-        f = residual(m, zz)
+        f = _silverstein(m, zz, t, s1, s2, c)
         df = -1 / m**2 + c * (t * s1**2 / (1 + s1 * m) ** 2 + (1 - t) * s2**2 / (1 + s2 * m) ** 2)
         m_new = m - f / df
-        ok = jnp.isfinite(m_new) & (jnp.imag(m_new) >= 0) & (jnp.abs(residual(m_new, zz)) <= jnp.abs(f))
+        ok = (
+            jnp.isfinite(m_new) & (jnp.imag(m_new) >= 0)
+            & (jnp.abs(_silverstein(m_new, zz, t, s1, s2, c)) <= jnp.abs(f))
+        )
         return jnp.where(ok, m_new, fixed_step(m, zz))
 
     z0 = x + 1j * y_start
@@ -305,8 +470,17 @@ def _stieltjes(z, t, s1, s2, c):
 
     m = lax.fori_loop(0, _CONT_STAGES, stage, m)
     # Polish at the target point: near z = 0 the last stage alone leaves m under-converged.
-    z_target = x + 1j * y_target
-    return lax.fori_loop(0, _POLISH_ITERS, lambda _, m: newton_step(m, z_target), m)
+    return lax.fori_loop(0, _POLISH_ITERS, lambda _, m: newton_step(m, z), m)
+
+
+@_silverstein_root.defjvp
+def _silverstein_root_jvp(primals, tangents):
+    z, t, s1, s2, c, scale = primals
+    m = _silverstein_root(z, t, s1, s2, c, scale)
+    dfdm = jax.jvp(lambda mm: _silverstein(mm, z, t, s1, s2, c), (m,), (jnp.ones_like(m),))[1]
+    dfdp = jax.jvp(lambda *p: _silverstein(m, *p), (z, t, s1, s2, c), tuple(tangents[:5]))[1]
+    ok = jnp.isfinite(dfdm) & (dfdm != 0)
+    return m, jnp.where(ok, -1 / jnp.where(ok, dfdm, 1), 0) * dfdp
 
 
 def _default_eta(s1, s2):
@@ -317,11 +491,17 @@ def density(x: ArrayLike, pop: PDB, c: ArrayLike, eta: ArrayLike | None = None) 
     r"""Density of the bulk eigenvalues of ``W^T W`` (the ``p``-side law), at real ``x``.
 
     ``f(x) = Im s(x + i eta) / pi`` with ``s(z) = (m(z) + (1 - c) / z) / c``, which removes the atom of
-    mass ``1 - c`` that the companion ``m`` carries at 0. ``eta`` defaults to ``1e-8 max(s1, s2)``.
+    mass ``1 - c`` that the companion ``m`` carries at 0. ``eta`` defaults to ``1e-8 max(s1, s2)``
+    (of the atoms in use: ``sigma1_sq`` alone when ``t = 1``, ``sigma2_sq`` alone when ``t = 0``).
     Zero for ``x <= 0``. Integrates to 1.
+
+    Differentiable with respect to ``x``, ``c``, ``t`` (also at ``t in {0, 1}``: one-sided, with the
+    default ``eta`` held fixed), ``sigma1_sq``, ``sigma2_sq`` and ``eta``, through :func:`stieltjes`. It
+    is the derivative of the ``eta``-smoothed density: within a few ``eta`` of an edge the slope is
+    ``O(eta^{-1/2})``, and ``f`` is not differentiable at ``x = 0``.
     """
     t, s1, s2, c, valid, x = _prepare(pop, c, x)
-    eta = _default_eta(s1, s2) if eta is None else jnp.asarray(eta, x.dtype)
+    eta = _default_eta(*_merged_plain(t, s1, s2)) if eta is None else jnp.asarray(eta, x.dtype)
     z = x + 1j * eta
     s = (_stieltjes(z, t, s1, s2, c) + (1 - c) / z) / c
     f = jnp.where(x > 0, jnp.maximum(jnp.imag(s) / jnp.pi, 0.0), 0.0)
@@ -336,15 +516,18 @@ def cdf(x: ArrayLike, pop: PDB, c: ArrayLike, num: int = 2049) -> Array:
     (the density has square-root zeros at the edges, so the integrand is smooth in ``u``), then
     interpolates linearly in ``u``. ``x`` must carry the evaluation points on its LAST axis; population
     fields broadcast against ``x[..., 0]``. Exact ``0`` below the support and ``1`` above it.
+
+    Differentiable with respect to ``x``, ``c``, ``t``, ``sigma1_sq`` and ``sigma2_sq``: the derivative
+    of this quadrature (edges, nodes and density all move with the parameters). In ``x`` it is the
+    slope of the linear interpolant, i.e. ``f(x)`` up to the ``O(1/num)`` interpolation error, and it
+    is not differentiable at the nodes and edges. The ``t``-derivative is NaN at ``t in {0, 1}`` when
+    ``sigma1_sq != sigma2_sq``.
     """
     t, s1, s2, c, valid, x = _prepare(pop, c, x)
     batch = jnp.broadcast_shapes(t.shape, s1.shape, s2.shape, c.shape, x.shape[:-1])
-    pop_b = [jnp.broadcast_to(v, batch)[..., None] for v in (t, s1, s2, c)]
-    t_, s1_, s2_, c_ = pop_b
-    a1, a2, a3, a4, separated = _critical(t_, s1_, s2_, c_)
-    g = lambda a: _g(a, t_, s1_, s2_, c_)  # noqa: E731
-    b1, b4 = g(a1), g(a4)
-    b2, b3 = jnp.where(separated, g(a2), b4), jnp.where(separated, g(a3), b4)
+    t_, s1_, s2_, c_ = (jnp.broadcast_to(v, batch)[..., None] for v in (t, s1, s2, c))
+    b1, b2, b3, b4, separated = _edge_values(t_, *_merge_atoms(t_, s1_, s2_), c_)
+    b2, b3 = jnp.where(separated, b2, b4), jnp.where(separated, b3, b4)
     u = jnp.linspace(0.0, jnp.pi, num, dtype=x.dtype)
 
     def interval_mass(lo, hi, points):
@@ -354,7 +537,13 @@ def cdf(x: ArrayLike, pop: PDB, c: ArrayLike, num: int = 2049) -> Array:
         w = f * half * jnp.sin(u)
         du = u[1] - u[0]
         cum = jnp.concatenate([jnp.zeros_like(w[..., :1]), jnp.cumsum((w[..., 1:] + w[..., :-1]) * du / 2, -1)], -1)
-        arg = jnp.arccos(jnp.clip((mid - points) / jnp.where(half > 0, half, 1.0), -1.0, 1.0))
+        q = (mid - points) / jnp.where(half > 0, half, 1.0)
+        inside = (q > -1) & (q < 1)  # arccos' is infinite at +-1: keep it out of the gradient
+        arg = jnp.where(
+            inside,
+            jnp.arccos(jnp.where(inside, q, 0.0)),
+            jnp.where(q >= 1, 0.0, jnp.where(q <= -1, jnp.pi, jnp.nan)),
+        )
         return jax.vmap(jnp.interp)(
             arg.reshape(-1, arg.shape[-1]),
             jnp.broadcast_to(u, cum.shape).reshape(-1, num),
@@ -377,6 +566,9 @@ def moments(pop: PDB, c: ArrayLike, k: int = 3) -> Array:
     ``M = 1 / (1 - c sum_{j >= 0} h_{j+1} w^{j+1} M^j)``; ``k`` iterations of this map on truncated power
     series give the exact coefficients. In particular ``gamma_1 = h_1``,
     ``gamma_2 = h_2 + c h_1^2``, ``gamma_3 = h_3 + 3 c h_1 h_2 + c^2 h_1^3`` (spec section 5).
+
+    A polynomial in ``t``, ``sigma1_sq``, ``sigma2_sq`` and ``c``: differentiable everywhere, including
+    ``t in {0, 1}`` and ``c = 1`` (one-sided there).
 
     Returns:
       Array of shape ``broadcast(pop, c).shape + (k,)``.

@@ -10,7 +10,9 @@ Nothing here re-derives a result the way the library does. The oracles are:
 * Gauss-Jacobi quadrature of the density (mass, moments, cdf; the library's cdf uses a cumulative
   trapezoid rule in the Chebyshev angle);
 * the closed-form moments of spec section 5;
-* Monte Carlo: eigenvalues of matrices drawn with :func:`pdbjax.simulate.simulate`.
+* Monte Carlo: eigenvalues of matrices drawn with :func:`pdbjax.simulate.simulate`;
+* central (and, at a bound, one-sided) finite differences of the public functions for their
+  derivatives (the library uses implicit-function rules instead of differentiating its iterations).
 
 float64 is enabled locally (``with x64():``) wherever it is needed. To keep the file fast, the numerical
 tests evaluate the ``jax.jit`` versions of the public functions through :func:`pointwise`,
@@ -777,3 +779,241 @@ def test_invalid_rows_of_a_batch_are_nan_under_jit_and_the_rest_is_unaffected():
         assert np.all(np.isnan(flat[[1, 2]])), name
         np.testing.assert_array_equal(value[[0, 3]], good[name][[0, 3]], err_msg=name)
         np.testing.assert_array_equal(value, scalar[name], err_msg=name)
+
+
+# ------------------------------------------------------------------------ derivatives vs finite differences
+#
+# Oracle: central finite differences of the public functions themselves, in float64, with the step
+# FD_STEP = 1e-6 relative to each input. Error budget of the difference quotient: truncation
+# h^2 |f'''| / 6 ~ 1e-12 of the derivative scale |f| / |v|, rounding eps_f |f| / h ~ 1e-8 |f| / |v|
+# (eps_f <= 1e-14: the relative noise of a bisection to full precision or of a Newton-polished
+# Stieltjes root). Hence GRAD_RTOL = 1e-6 on |ad - fd| / (|fd| + |f| / |v|): 100x above that budget,
+# while differentiating the bare bisection was off by O(1) (d alpha_1 / dc = 0 instead of -0.82).
+
+GRAD_POPS = {  # t, sigma1_sq, sigma2_sq, c
+    "pub": (1.0, 2.0, 2.0, 0.3),
+    "merged": (0.5, 1.0, 3.0, 0.5),
+    "separated": (0.5, 1.0, 12.0, 0.4),
+    "separated-s1>s2": (0.3, 8.0, 0.5, 0.2),
+}
+# Evaluation points, differentiated too: z = z_re + i z_im (the second z on the real axis), density
+# and cdf abscissae, spikes alpha (above, in the gap or above again, below) and outliers lam (same).
+GRAD_POINTS = {"z_re": 2, "z_im": 1, "x_density": 2, "x_cdf": 4, "alpha": 3, "lam": 3}
+GRAD_VARIABLES = ["t", "sigma1_sq", "sigma2_sq", "c"] + [f"{k}[{i}]" for k, n in GRAD_POINTS.items() for i in range(n)]
+GRAD_OUTPUTS = (
+    "stieltjes.real", "stieltjes.imag", "density", "cdf", "critical_points", "edges", "lambda_plus",
+    "spike_map", "spike_inverse", "moments",
+)
+FD_STEP = 1e-6
+GRAD_RTOL = 1e-6
+
+
+def _grad_outputs(v):
+    """Every public function at the flat input ``v = (t, s1, s2, c, *points)`` of one case."""
+    pop, c, i, pts = PDB(v[0], v[1], v[2]), v[3], 4, {}
+    for key, n in GRAD_POINTS.items():
+        pts[key], i = v[i : i + n], i + n
+    m = spectral.stieltjes(pts["z_re"] + 1j * jnp.concatenate([pts["z_im"], jnp.zeros(1, v.dtype)]), pop, c)
+    return {
+        "stieltjes.real": m.real,
+        "stieltjes.imag": m.imag,
+        "density": spectral.density(pts["x_density"], pop, c),
+        "cdf": spectral.cdf(pts["x_cdf"], pop, c),
+        "critical_points": spectral.critical_points(pop, c),
+        "edges": spectral.edges(pop, c),
+        "lambda_plus": spectral.lambda_plus(pop, c),
+        "spike_map": spectral.spike_map(pts["alpha"], pop, c),
+        "spike_inverse": spectral.spike_inverse(pts["lam"], pop, c),
+        "moments": spectral.moments(pop, c, k=3),
+    }
+
+
+def _grad_points(e: np.ndarray, crit: np.ndarray, scale: float) -> np.ndarray:
+    """Points inside bulks, in gaps, above and below the support, away from edges and cdf nodes."""
+    sep = np.isfinite(e[2])
+    b1, b2, top = e[0], e[1], np.nanmax(e)
+    b3 = e[2] if sep else b1
+    a1, a4 = crit[0], np.nanmax(crit)
+    gap_or = lambda v, other: v if sep else other  # noqa: E731
+    return np.array([
+        b1 + 0.37 * (b2 - b1), 1.5 * top,  # z_re
+        0.01 * scale,  # z_im
+        b1 + 0.3 * (b2 - b1), b3 + 0.6 * (top - b3),  # x_density
+        b1 + 0.41 * (b2 - b1), gap_or((b2 + b3) / 2, b1 + 0.83 * (b2 - b1)), b3 + 0.57 * (top - b3), 1.2 * top,
+        1.5 * a4, gap_or(np.sqrt(crit[1] * crit[2]), 2 * a4), 0.5 * a1,  # alpha
+        1.5 * top, gap_or((b2 + b3) / 2, 2 * top), 0.5 * b1,  # lam
+    ])
+
+
+@functools.lru_cache(maxsize=None)
+def _grad_vs_fd():
+    """``v`` (case, input) and ``{output: (value, jacrev, jacfwd, fd)}``, derivatives on the last axis."""
+    pops = np.array(list(GRAD_POPS.values()))
+    with x64():
+        e = per_population("edges", *pops.T)
+        crit = per_population("critical_points", *pops.T)
+        v = np.stack([np.concatenate([p, _grad_points(ei, ci, max(p[1], p[2]))]) for p, ei, ci in zip(pops, e, crit)])
+        jac = jax.jit(jax.vmap(lambda x: (jax.jacrev(_grad_outputs)(x), jax.jacfwd(_grad_outputs)(x))))
+        rev, fwd = jac(jnp.asarray(v))
+        steps = FD_STEP * np.abs(v)[:, :, None] * np.eye(v.shape[1])  # (case, input, input)
+        shifted = np.concatenate([v[:, None] + steps, v[:, None] - steps, v[:, None]], 1)
+        values = jax.jit(jax.vmap(jax.vmap(_grad_outputs)))(jnp.asarray(shifted))
+    nv = v.shape[1]
+    out = {}
+    for name in GRAD_OUTPUTS:
+        f = np.asarray(values[name])  # (case, 2 nv + 1, *out)
+        fd = (f[:, :nv] - f[:, nv : 2 * nv]) / (2 * FD_STEP * np.abs(v).reshape(v.shape + (1,) * (f.ndim - 2)))
+        out[name] = (f[:, -1], np.asarray(rev[name]), np.asarray(fwd[name]), np.moveaxis(fd, 1, -1))
+    return v, out
+
+
+@pytest.mark.parametrize("name", GRAD_OUTPUTS)
+def test_grad_matches_central_finite_differences(name):
+    """d/d(c, t, sigma1_sq, sigma2_sq, evaluation point) of every public function, reverse and forward mode."""
+    v, out = _grad_vs_fd()
+    value, rev, fwd, fd = out[name]
+    finite = np.isfinite(value)[..., None] & np.ones(v.shape[1], bool)
+    # PUB has t = 1: t + h is invalid (NaN), and H = delta(s) does not depend on t at all.
+    pub = list(GRAD_POPS).index("pub")
+    assert np.all(np.isnan(fd[pub][..., 0][finite[pub][..., 0]]))
+    assert np.all(np.abs(rev[pub][..., 0]) <= 1e-12 * np.nanmax(np.abs(value[pub])) / v[pub, 0])
+    finite[pub][..., 0] = False
+    # NaN outputs (padding, inadmissible points) carry a zero derivative, never NaN.
+    assert np.all(rev[~np.isfinite(value)] == 0) and np.all(fwd[~np.isfinite(value)] == 0)
+    assert np.all(np.isfinite(fd[finite])) and np.all(np.isfinite(rev[finite]))
+    # Derivative scale |f| / |v| (largest |f| of this function in the case), see the error budget above.
+    size = np.nanmax(np.abs(value.reshape(len(v), -1)), 1).reshape((-1,) + (1,) * (value.ndim - 1) + (1,))
+    scale = size / np.abs(v).reshape((len(v),) + (1,) * (value.ndim - 1) + (-1,))
+    err = np.where(finite, np.abs(rev - fd) / (np.abs(fd) + scale), 0.0)
+    worst = np.unravel_index(np.argmax(err), err.shape)
+    assert err.max() <= GRAD_RTOL, (list(GRAD_POPS)[worst[0]], GRAD_VARIABLES[worst[-1]], rev[worst], fd[worst])
+    np.testing.assert_allclose(fwd[finite], rev[finite], rtol=1e-9, atol=1e-12 * scale.max())
+    if name in ("critical_points", "edges"):  # the padding is exercised
+        assert set(np.isfinite(value).sum(1)) == {2, 4}
+
+
+def test_grad_under_jit_and_vmap_in_float32_and_float64():
+    """jit(vmap(grad)) of a loss through every root and transform equals per-row grads; float32 runs."""
+    pops = np.array(list(GRAD_POPS.values()))
+
+    def loss(p):
+        pop, c = PDB(p[0], p[1], p[2]), p[3]
+        crit, lp = spectral.critical_points(pop, c), spectral.lambda_plus(pop, c)
+        return (
+            jnp.sum(jnp.where(jnp.isfinite(crit), crit, 0.0)) + lp + spectral.spike_inverse(1.5 * lp, pop, c)
+            + spectral.density(0.3 * lp, pop, c) + spectral.cdf(0.37 * lp[None], pop, c)[0]
+            + spectral.stieltjes(0.5 * lp + 0.1j, pop, c).imag + spectral.moments(pop, c)[2] / lp**3
+        )
+
+    grad = jax.grad(loss)
+    with x64():
+        g64 = np.asarray(jax.jit(jax.vmap(grad))(jnp.asarray(pops)))
+        one = jax.jit(grad)
+        rows = np.stack([np.asarray(one(jnp.asarray(p))) for p in pops])
+    g32 = jax.jit(jax.vmap(grad))(jnp.asarray(pops, jnp.float32))
+    assert g32.dtype == jnp.float32 and np.all(np.isfinite(g64))
+    np.testing.assert_allclose(g64, rows, rtol=1e-12, atol=1e-15)
+    # float32: ~1e-7 relative noise in each root, amplified by the conditioning of the loss.
+    np.testing.assert_allclose(np.asarray(g32), g64, rtol=1e-3, atol=1e-5 * np.abs(g64).max())
+
+
+def test_nan_outputs_and_invalid_rows_leave_the_gradient_of_shared_inputs_finite():
+    """Padding, inadmissible points (one exactly on a pole of g) and an invalid row: zero contribution."""
+    rows = np.concatenate([LOOP_POPS, [[1.1, 1.0, 2.0, 0.5]]])  # last row: t > 1, invalid
+    points = np.concatenate([LOOP_X, [1.0, 2.0, 3.0, 5.0, 0.3, -1.0]])  # s1 or s2 of every row, x < 0
+
+    def loss(scale, rows):
+        t, s1, s2, c = (rows[:, k] for k in range(4))
+        pop, col = PDB(t, s1 * scale, s2 * scale), PDB(t[:, None], s1[:, None] * scale, s2[:, None] * scale)
+        outs = (
+            spectral.stieltjes(points + 0.1j, col, c[:, None]).real, spectral.density(points, col, c[:, None]),
+            spectral.spike_map(points, col, c[:, None]), spectral.spike_inverse(points, col, c[:, None]),
+            spectral.cdf(points, pop, c), spectral.critical_points(pop, c), spectral.edges(pop, c),
+            spectral.lambda_plus(pop, c), spectral.moments(pop, c),
+        )
+        return sum(jnp.sum(jnp.where(jnp.isfinite(y), y, 0.0)) for y in outs)
+
+    with x64():
+        g = jax.jit(jax.grad(loss, argnums=(0, 1)))
+        g_scale, g_rows = (np.asarray(a) for a in g(1.0, jnp.asarray(rows)))
+        want_scale, want_rows = (np.asarray(a) for a in g(1.0, jnp.asarray(rows[:-1])))
+    assert np.isfinite(g_scale) and np.all(np.isfinite(g_rows))
+    np.testing.assert_allclose(g_scale, want_scale, rtol=1e-12)
+    np.testing.assert_allclose(g_rows[:-1], want_rows, rtol=1e-12, atol=1e-300)
+    assert np.all(g_rows[-1] == 0)
+
+
+def test_t_derivative_where_an_atom_vanishes():
+    """t = 1 (or 0) with sigma1_sq != sigma2_sq: a bulk splits off as t leaves the bound, so the
+    root-based functions have no t-derivative (NaN) while the other derivatives stay finite; the
+    Stieltjes transform, density (fixed eta) and moments are analytic in t and give the one-sided
+    derivative, checked against a second-order one-sided difference."""
+    h = 1e-5
+
+    def roots(t, s1, s2, c):
+        pop = PDB(t, s1, s2)
+        return {
+            "critical_points": spectral.critical_points(pop, c)[:2], "edges": spectral.edges(pop, c)[:2],
+            "lambda_plus": spectral.lambda_plus(pop, c), "spike_map": spectral.spike_map(6.0, pop, c),
+            "spike_inverse": spectral.spike_inverse(6.0, pop, c),
+        }
+
+    def analytic(t, s1, s2, c):
+        pop = PDB(t, s1, s2)
+        return {
+            "stieltjes": spectral.stieltjes(jnp.array([1.0, 8.0]) + 0.1j, pop, c).imag,
+            "density": spectral.density(1.0, pop, c, eta=1e-8), "moments": spectral.moments(pop, c),
+        }
+
+    def with_cdf(t, s1, s2, c):
+        return {**roots(t, s1, s2, c), "cdf": spectral.cdf(jnp.array([1.0]), PDB(t, s1, s2), c)}
+
+    rows = np.array([[1.0, 1.0, 7.0, 0.3], [0.0, 7.0, 1.0, 0.3], [1.0, 1.0, 1.0, 0.3]])  # the last: PUB
+    inward = np.array([-1.0, 1.0, -1.0])[:, None] * np.array([0.0, h, 2 * h])  # t, t -+ h, t -+ 2h
+    shifted = np.repeat(rows[:, None], 3, 1)
+    shifted[..., 0] += inward
+    with x64():
+        # Separate Jacobians: a NaN entry spreads to every row of a jacrev (NaN * 0 = NaN).
+        jac = {
+            name: value
+            for fn in (with_cdf, analytic)
+            for name, value in jax.jit(jax.vmap(jax.jacrev(fn, argnums=(0, 1, 2, 3))))(*jnp.asarray(rows.T)).items()
+        }
+        values = jax.jit(jax.vmap(jax.vmap(analytic)))(*jnp.asarray(np.moveaxis(shifted, -1, 0)))
+        # Forward mode with t not perturbed at all (a symbolic zero tangent): finite.
+        s1_only = jax.jit(lambda s: jax.jvp(lambda x: roots(1.0, x, 7.0, 0.3), (s,), (1.0,))[1])(1.0)
+        # A forward-mode Jacobian that includes t is NaN in every column there (documented).
+        fwd_all = jax.jit(jax.jacfwd(lambda p: roots(*p)["lambda_plus"]))(jnp.asarray(rows[0]))
+    assert np.all(np.isnan(np.asarray(fwd_all)))
+    assert all(np.all(np.isfinite(np.asarray(v))) for v in s1_only.values())
+    for name, j in jac.items():
+        j = np.stack([np.asarray(a) for a in j], -1)  # (row, *out, 4)
+        assert np.all(np.isfinite(j[..., 1:])), name
+        np.testing.assert_allclose(j[0, ..., 1:], j[2, ..., 1:] * [1, 0, 1], rtol=1e-12, err_msg=name)  # = PUB
+        assert np.all(np.abs(j[2, ..., 0]) <= 1e-12), name  # PUB: H does not depend on t
+        if name in values:
+            f = np.asarray(values[name])  # (row, 3, *out)
+            sign = np.array([-1.0, 1.0]).reshape((2,) + (1,) * (f.ndim - 2))  # inward: t = 1 - h, t = 0 + h
+            one_sided = (-3 * f[:2, 0] + 4 * f[:2, 1] - f[:2, 2]) / (2 * h) * sign
+            np.testing.assert_allclose(j[:2, ..., 0], one_sided, rtol=1e-5, err_msg=name)
+        else:
+            assert np.all(np.isnan(j[:2, ..., 0])), name
+
+
+def test_second_derivatives_match_finite_differences():
+    """The implicit-derivative rules are themselves differentiable (the rule calls the root again)."""
+    c0, step = 0.4, 1e-6
+
+    def fns(c):
+        pop = PDB(0.5, 1.0, 12.0)
+        return jnp.concatenate([
+            spectral.critical_points(pop, c), spectral.spike_inverse(jnp.array([60.0, 3.0]), pop, c),
+            spectral.stieltjes(3.0 + 0.1j, pop, c).imag[None],
+        ])
+
+    with x64():
+        first = jax.jit(jax.vmap(jax.jacfwd(fns)))(jnp.array([c0, c0 + step * c0, c0 - step * c0]))
+        second = jax.jit(jax.jacfwd(jax.jacrev(fns)))(c0)
+    fd = (np.asarray(first[1]) - np.asarray(first[2])) / (2 * step * c0)
+    assert np.all(np.isfinite(fd))
+    np.testing.assert_allclose(np.asarray(second), fd, rtol=1e-6, atol=1e-8 * np.abs(fd).max())
