@@ -20,9 +20,24 @@ All three are scale-invariant (relative moment errors, distances between distrib
 ``lambda / scale``). Everything is batched over leading axes; ``p - K`` differs between the matrices
 of a batch, so the bulk is a mask, not a slice.
 
+Heavy tails. :func:`tail_slope` is a robust Hill-type estimate of how steeply the top quarter of a
+spectrum falls in rank (``zeta ~ 2 / alpha`` for i.i.d. entries with tail index ``alpha``);
+:func:`heavy_tailed` flags a spectrum whose top is steeper than any real layer we measured
+(:data:`HEAVY_TAIL_SLOPE`) *and* whose bulk the fit does not describe (:data:`HEAVY_TAIL_KS`). The
+thresholds and their margins come from ``benchmarks/heavy_tails.py``
+(``benchmarks/results/heavy_tails.md``).
+
 References:
   Wu, Zhu & Li (2025), "Weight matrices compression based on PDB model in deep neural networks",
   ICML (moment alignment, Tables 3 and 5).
+  Hill (1975), "A simple general approach to inference about the tail of a distribution",
+  Ann. Statist. 3(5).
+  Renyi (1953), "On the theory of order statistics", Acta Math. Acad. Sci. Hungar. 4 (the spacings
+  of exponential order statistics are independent).
+  Auffinger, Ben Arous & Peche (2009), "Poisson convergence for the largest eigenvalues of heavy
+  tailed random matrices", Ann. Inst. H. Poincare Probab. Statist. 45(3).
+  Martin & Mahoney (2021), "Implicit self-regularization in deep neural networks: evidence from
+  random matrix theory and implications for learning", JMLR 22(165).
 """
 
 from __future__ import annotations
@@ -38,7 +53,7 @@ from pdbjax.estimate import _check_eigs, _median_scale, _work
 from pdbjax.fits import PDBFit, PUBFit
 from pdbjax.spectral import PDB, cdf, edges, moments
 
-__all__ = ["Quality", "fit_quality"]
+__all__ = ["HEAVY_TAIL_KS", "HEAVY_TAIL_SLOPE", "Quality", "fit_quality", "heavy_tailed", "tail_slope"]
 
 Array = jax.Array
 Fit = Union[PDBFit, PUBFit]
@@ -137,3 +152,116 @@ def fit_quality(eigs: jax.typing.ArrayLike, N: int, fit: Fit) -> Quality:
     eigs = _work(eigs)
     pop = PDB(*(jnp.asarray(v, eigs.dtype) for v in fit.population))
     return _quality_batched(eigs, jnp.asarray(fit.K, jnp.int32), pop, jnp.asarray(fit.ok, bool), N)
+
+
+# --------------------------------------------------------------------------------------------------
+# Heavy tails
+
+#: :func:`tail_slope` above which the top of a spectrum is steeper than in every real layer measured
+#: (``benchmarks/heavy_tails.py``, ``benchmarks/results/heavy_tails.md``). Real layers: <= 1.08 (25 trained
+#: kernels: FCNN on MNIST-5k and Fashion-MNIST at label noise 0/0.2/0.4, VGG16; 36 MiniLM-L6 encoder
+#: matrices <= 1.03; Glorot initialisation <= 0.50). Heavy-tailed: i.i.d. Cauchy entries >= 1.80;
+#: Student-t(1.5) 1.06-1.78 (median 1.38, 16 of 20 above 1.2); Student-t(2) 0.66-1.01, the range of the
+#: trained layers, so df = 2 is not separable by a threshold that spares them; s_j = j^-a: 1.42, 2.13,
+#: 2.84 for a = 0.5, 0.75, 1. PDB: i.i.d. finite-variance noise <= 0.59; simulated populations up to 1.36
+#: when a high-variance minority bulk merges into the majority under spikes (1.50 with more spikes than
+#: fit_pdb's window), which is why :func:`heavy_tailed` also asks for a poor fit. In Martin & Mahoney's
+#: terms ``alpha_MM = 1 + 1 / zeta``: 1.2 is ``alpha_MM ~ 1.83``, past their "very heavy-tailed" boundary 2.
+HEAVY_TAIL_SLOPE = 1.2
+#: KS distance of the bulk fit (:attr:`Quality.ks`) above which the fit does not describe the bulk.
+#: Measured: PDB spectra with ``tail_slope > HEAVY_TAIL_SLOPE`` and at most ``floor(6 N^0.1)`` spikes
+#: fit with KS <= 0.013 (their exact law gives 0.020-0.024 at p = 256, tests/test_quality.py); every
+#: heavy-tailed spectrum above the slope threshold whose fit is ok has KS >= 0.058 (Student-t(1.5);
+#: Cauchy >= 0.25). Real layers reach 0.11 (MiniLM) but are kept by the slope. With more spikes than
+#: the window, the spikes left in the bulk raise KS to 0.03-0.06.
+HEAVY_TAIL_KS = 0.03
+
+
+def _tail_slope_one(lam: Array) -> Array:
+    p = lam.shape[-1]
+    m = p // 4
+    if p < 8:
+        return jnp.full((), jnp.nan, lam.dtype)
+    lam = -jnp.sort(-lam)
+    j = jnp.arange(1, m + 1, dtype=lam.dtype)
+    spacing = j * (jnp.log(lam[:m]) - jnp.log(lam[1 : m + 1]))
+    zeta = jnp.median(spacing) / math.log(2)
+    usable = jnp.all(jnp.isfinite(lam)) & (lam[m] > 0)
+    return jnp.where(usable, zeta, jnp.nan)
+
+
+@jax.jit
+def _tail_slope_batched(eigs: Array) -> Array:
+    return jnp.vectorize(_tail_slope_one, signature="(p)->()")(eigs)
+
+
+def tail_slope(eigs: jax.typing.ArrayLike) -> Array:
+    r"""Robust rank-slope of the top quarter of a spectrum, ``zeta`` (a heavy-tail statistic), batched.
+
+    With ``lambda_1 >= ... >= lambda_p`` and ``m = floor(p / 4)``,
+
+    .. math::
+
+        \zeta = \frac{1}{\log 2}\, \operatorname{median}_{1 \le j \le m}
+                \; j \log\frac{\lambda_j}{\lambda_{j+1}} .
+
+    Why: if the top eigenvalues follow a power law in rank, ``lambda_j ~ C j^{-s}``, every term
+    ``j log(lambda_j / lambda_{j+1})`` is about ``s``; their *mean* over ``j <= k`` is exactly Hill's
+    (1975) estimator ``(1/k) sum_{j<=k} log(lambda_j / lambda_{k+1})`` of ``s``. For a matrix with
+    i.i.d. entries of tail index ``alpha < 4`` the top eigenvalues are close to the squared largest
+    entries, a Poisson process (Auffinger, Ben Arous & Peche 2009), and by Renyi's representation the
+    terms are then about i.i.d. exponential with mean ``s = 2 / alpha``; the median of an exponential is its mean times
+    ``log 2``, hence the normalisation: ``zeta ~ 2 / alpha`` (Cauchy: 2; Student-t(1.5): 1.33;
+    Student-t(2): 1). The median instead of the mean ignores the few huge terms of spikes and of the
+    gap between two separated bulks. Marchenko-Pastur noise gives ``zeta ~ 0.2-0.6``; a
+    deterministic power law ``s_j = j^{-a}`` (no Poisson spread) gives ``2 a / log 2``.
+
+    ``zeta`` is scale-invariant (``W -> a W`` leaves it unchanged) and does not depend on ``N``. For
+    exponential terms the sample median has a relative standard error of ``1 / (log 2 sqrt(p / 4))``:
+    13% at ``p = 512``, 18% at ``p = 256``; so Student-t(1.5) entries (``zeta ~ 1.33``) fall below
+    :data:`HEAVY_TAIL_SLOPE` now and then. A PDB spectrum can also have a steep top quarter (a minority
+    high-variance bulk merging into the majority, plus spikes); :func:`heavy_tailed` therefore also asks
+    that the fit be poor.
+
+    Args:
+      eigs: eigenvalues of ``W^T W``, shape ``(..., p)``, any order (sorted descending here).
+
+    Returns:
+      ``zeta`` with the batch shape ``eigs.shape[:-1]``; NaN where ``p < 8``, an eigenvalue is not
+      finite, or ``lambda_{m+1} <= 0`` (rank below ``p / 4``).
+
+    References:
+      Hill (1975), Ann. Statist. 3(5); Renyi (1953); Auffinger, Ben Arous & Peche (2009);
+      Martin & Mahoney (2021), JMLR 22(165), whose power-law exponent of the eigenvalue density is
+      ``alpha_MM = 1 + 1 / zeta`` (well-trained layers: ``2 <= alpha_MM <= 6``).
+    """
+    eigs = jnp.asarray(eigs)
+    _check_eigs(eigs, eigs.shape[-1] if eigs.ndim else 0)
+    return _tail_slope_batched(_work(eigs))
+
+
+def heavy_tailed(eigs: jax.typing.ArrayLike, N: int, fit: Fit, quality: Quality | None = None) -> Array:
+    r"""Whether a spectrum is heavy-tailed beyond what the bulk model and real layers show, batched.
+
+    ``tail_slope(eigs) > HEAVY_TAIL_SLOPE`` and ``fit_quality(eigs, N, fit).ks > HEAVY_TAIL_KS``: the
+    top quarter falls faster in rank than in any real layer measured, and the fitted bulk law does not
+    describe the bulk. Measured (``benchmarks/results/heavy_tails.md``): every ok fit of i.i.d. Cauchy
+    entries and of power-law singular values ``s_j = j^{-a}``, ``a`` in {0.5, 0.75, 1}, is flagged;
+    Student-t(1.5) entries 16 of 20 (the other four have ``zeta`` 1.06-1.20); Student-t(2) entries
+    never (not separable from trained layers); no real layer and no PDB matrix with at most
+    ``floor(6 N^0.1)`` spikes is flagged. With more spikes than that window, a PDB matrix whose top
+    quarter is steep can be (5 of 20 with 14 spikes): its fit leaves spikes in the bulk.
+
+    Args:
+      eigs: eigenvalues, shape ``(..., p)``.
+      N: larger matrix dimension (static).
+      fit: the :class:`~pdbjax.fits.PDBFit` (or :class:`~pdbjax.fits.PUBFit`) of ``eigs``.
+      quality: ``fit_quality(eigs, N, fit)`` if already computed.
+
+    Returns:
+      Boolean array with the batch shape of ``eigs``; False where the fit is not ok (its ``reason``
+      already says why).
+    """
+    quality = fit_quality(eigs, N, fit) if quality is None else quality
+    zeta = tail_slope(eigs)
+    return (zeta > HEAVY_TAIL_SLOPE) & (quality.ks > HEAVY_TAIL_KS)

@@ -12,7 +12,7 @@ from scipy import stats
 
 from pdbjax.fits import PDBFit, PUBFit, Reason
 from pdbjax.pub import fit_pub
-from pdbjax.quality import fit_quality
+from pdbjax.quality import HEAVY_TAIL_KS, HEAVY_TAIL_SLOPE, fit_quality, heavy_tailed, tail_slope
 from pdbjax.spectral import PDB
 
 N, P = 400, 256
@@ -47,23 +47,22 @@ def _pub_fit(sigma_sq, K=0, ok=True) -> PUBFit:
     )
 
 
-def _pdb_fit(pop: PDB) -> PDBFit:
-    """An exact PDB fit (K = 0); fit_quality reads only K, the population and ok."""
+def _pdb_fit(pop: PDB, K: int = 0) -> PDBFit:
+    """An exact PDB fit with ``K`` spikes; fit_quality reads only K, the population and ok (every other
+    field, whatever PDBFit holds, is NaN)."""
     shape = (len(SEEDS),)
-    nan = np.full(shape, np.nan)
-    return PDBFit(
-        K=np.zeros(shape, np.int32),
+    fields = dict(
+        K=np.full(shape, K, np.int32),
         t=np.full(shape, pop.t),
         sigma1_sq=np.full(shape, pop.sigma1_sq),
         sigma2_sq=np.full(shape, pop.sigma2_sq),
-        c=np.full(shape, P / N),
+        c=np.full(shape, (P - K) / N),
         edges=np.full(shape + (4,), np.nan),
         critical=np.full(shape + (4,), np.nan),
-        lambda_plus=nan,
-        residual=nan,
         ok=np.ones(shape, bool),
         reason=np.zeros(shape, np.int32),
     )
+    return PDBFit(**{name: fields.get(name, np.full(shape, np.nan)) for name in PDBFit._fields})
 
 
 def _quality(eigs, fit):
@@ -179,3 +178,110 @@ def test_shape_and_argument_errors():
     assert q.moments.shape == (3, 3) and q.ks.shape == (3,) and q.ok.dtype == bool
     with pytest.raises(ValueError, match="N must be"):
         fit_quality(eigs, P - 1, _pub_fit(SIGMA_SQ))
+
+
+
+# --------------------------------------------------------------------------- heavy tails
+
+# p = 512 for the Monte-Carlo checks. Student-t(1.5) entries (zeta ~ 1.33, relative spread ~13% at p = 512)
+# clear the threshold 1.2 in 16 of 20 draws of benchmarks/results/heavy_tails.md (misses at 1.06-1.20,
+# mostly at p = 256); the seeds here are the file's SEEDS, not chosen.
+HEAVY_SHAPES = ((512, 512), (1024, 512))
+HEAVY_SPIKES = (40.0, 20.0, 10.0)
+
+
+@functools.lru_cache(maxsize=None)
+def _iid_eigs(kind: str, n: int, p: int) -> np.ndarray:
+    """Descending float64 eigenvalues of ``W^T W`` for three seeds of an ``n x p`` matrix of ``kind``."""
+    out = []
+    for seed in SEEDS:
+        rng = np.random.default_rng([seed, n, p])
+        if kind == "pdb":  # two bulks (variances 1 and 6) plus three spikes
+            k = len(HEAVY_SPIKES)
+            p1 = round(0.6 * (p - k))
+            diag = np.concatenate([HEAVY_SPIKES, np.ones(p1), np.full(p - k - p1, 6.0)])
+            W = rng.standard_normal((n, p)) * np.sqrt(diag / n)
+        else:
+            df = {"cauchy": 1.0, "t1.5": 1.5, "t5": 5.0}.get(kind)
+            W = rng.standard_normal((n, p)) if kind == "gaussian" else rng.standard_t(df, (n, p))
+        out.append(np.linalg.eigvalsh(W.T @ W)[::-1])
+    eigs = np.stack(out)
+    eigs.flags.writeable = False
+    return eigs
+
+
+def _zeta(eigs) -> np.ndarray:
+    with jax.enable_x64(True):
+        return np.asarray(tail_slope(jnp.asarray(eigs)))
+
+
+@pytest.mark.parametrize("shape", HEAVY_SHAPES, ids=lambda s: f"{s[0]}x{s[1]}")
+def test_tail_slope_flags_infinite_variance_and_not_pdb(shape):
+    zeta = {kind: _zeta(_iid_eigs(kind, *shape)) for kind in ("cauchy", "t1.5", "gaussian", "t5", "pdb")}
+    # i.i.d. entries with tail index alpha: zeta ~ 2 / alpha (Cauchy 2, Student-t(1.5) 1.33).
+    assert (zeta["cauchy"] > 1.5).all() and (zeta["cauchy"] < 3.0).all(), zeta
+    assert (zeta["t1.5"] > HEAVY_TAIL_SLOPE).all() and (zeta["t1.5"] < 1.8).all(), zeta
+    # Finite variance (Marchenko-Pastur / PDB in the limit): far below the threshold.
+    for kind in ("gaussian", "t5", "pdb"):
+        assert (zeta[kind] < 0.75 * HEAVY_TAIL_SLOPE).all(), (kind, zeta[kind])
+
+
+@pytest.mark.parametrize("a", [0.5, 1.0])
+def test_tail_slope_of_an_exact_power_law(a):
+    # s_j = j^-a: lambda_j = j^-2a and every j log(lambda_j / lambda_{j+1}) is 2a (1 - 1/(2j) + ...);
+    # there is no Poisson spread, so zeta log 2 is the rank slope 2a itself.
+    lam = np.arange(1, 513, dtype=np.float64) ** (-2 * a)
+    np.testing.assert_allclose(_zeta(lam) * np.log(2), 2 * a, rtol=0.01)
+
+
+def test_tail_slope_definitions():
+    eigs = _iid_eigs("t1.5", 512, 512)[0]
+    base = _zeta(eigs)
+    # Scale-invariant, order-free, batched over leading axes, float32 close to float64.
+    np.testing.assert_allclose(_zeta(eigs[None, :] * np.array([[1e-6], [1.0], [1e6]])), base, rtol=1e-12)
+    np.testing.assert_allclose(_zeta(np.random.default_rng(0).permutation(eigs)), base, rtol=1e-12)
+    assert _zeta(np.broadcast_to(eigs, (2, 3, 512))).shape == (2, 3)
+    np.testing.assert_allclose(np.asarray(tail_slope(eigs.astype(np.float32))), base, rtol=1e-3)
+    # Unusable: p < 8, non-finite, rank below p / 4 (the window would divide by zero).
+    assert np.isnan(_zeta(np.ones(7))).all()
+    bad = np.array(eigs)
+    bad[5] = np.inf
+    assert np.isnan(_zeta(bad))
+    low_rank = np.array(eigs)
+    low_rank[100:] = 0.0
+    assert np.isnan(_zeta(low_rank)) and np.isfinite(_zeta(np.sort(eigs)))
+    with pytest.raises(ValueError, match="scalar"):
+        tail_slope(1.0)
+
+
+def _heavy(eigs, fit) -> np.ndarray:
+    with jax.enable_x64(True):
+        return np.asarray(heavy_tailed(jnp.asarray(eigs), N, fit))
+
+
+def test_heavy_tailed_needs_a_steep_top_and_a_poor_fit():
+    # Cauchy entries, with a Marchenko-Pastur law at the median's scale: steep top, bulk not described.
+    cauchy = np.stack([np.linalg.eigvalsh(w.T @ w)[::-1] for w in
+                       (np.random.default_rng(s).standard_cauchy((N, P)) for s in SEEDS)])
+    median = cauchy[:, P // 2]
+    assert (_zeta(cauchy) > HEAVY_TAIL_SLOPE).all()
+    assert (_quality(cauchy, _pub_fit(median)).ks > HEAVY_TAIL_KS).all()
+    np.testing.assert_array_equal(_heavy(cauchy, _pub_fit(median)), True)
+    # A fit that is not ok is never flagged: its reason already says why.
+    np.testing.assert_array_equal(_heavy(cauchy, _pub_fit(median, ok=False)), False)
+    # Gaussian noise under its exact law: neither.
+    np.testing.assert_array_equal(_heavy(_eigs(PUB), _pub_fit(SIGMA_SQ)), False)
+    # A PDB matrix whose top quarter is as steep as Student-t(1.5): a minority bulk 20x the majority
+    # merging into it, plus 10 spikes. Its exact law describes the bulk (KS 0.020-0.024 here: a minority
+    # of 37 eigenvalues), so the KS gate spares it.
+    spikes = tuple(np.geomspace(60_000.0, 60.0, 10))
+    steep = PDB(0.85, 1.0, 20.0)
+    eigs = _eigs(steep, spikes)
+    assert (_zeta(eigs) > HEAVY_TAIL_SLOPE).all(), _zeta(eigs)
+    assert (_quality(eigs, _pdb_fit(steep, K=10)).ks < HEAVY_TAIL_KS).all()
+    np.testing.assert_array_equal(_heavy(eigs, _pdb_fit(steep, K=10)), False)
+    # A precomputed quality is used as given.
+    quality = _quality(cauchy, _pub_fit(median))
+    with jax.enable_x64(True):
+        flagged = heavy_tailed(jnp.asarray(cauchy), N, _pub_fit(median), quality._replace(ks=np.zeros(3)))
+    np.testing.assert_array_equal(np.asarray(flagged), False)
