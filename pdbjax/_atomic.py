@@ -58,7 +58,9 @@ def _commit(tmp: Path, dest: Path, aside: Path, overwrite: bool) -> None:
         return
     if not overwrite:
         raise FileExistsError(f"{dest} already exists (pass overwrite=True to replace it)")
-    if tmp.is_file() and not dest.is_dir():
+    if tmp.is_file() and dest.is_dir():
+        raise IsADirectoryError(f"{dest} is a directory; refusing to replace it with a file")
+    if tmp.is_file():
         os.replace(tmp, dest)
         return
     os.replace(dest, aside)

@@ -4,10 +4,11 @@ Run ``pdbjax --help`` or ``pdbjax COMMAND --help`` for the options. :func:`main`
 list and returns the exit status, so the CLI can be called in-process (tests, notebooks):
 ``main(["analyze", "model.safetensors", "--json", "report.json"])``.
 
-Exit status: 0 on success, 2 for a usage or input error (missing file, unknown suffix, bad rank,
-refused overwrite, no matrix selected, ...), reported as one ``pdbjax: error: ...`` line on stderr
-without a traceback (``--debug`` shows it), 130 when interrupted. Results go to stdout; progress
-messages go to stderr.
+Exit status: 0 on success; 2 for a usage or input error (missing or unreadable file, unknown
+suffix, bad rank, refused overwrite, no matrix selected, a bad matrix, ...), reported as one
+``pdbjax: error: ...`` line on stderr; 1 for an unexpected error, reported as one line that says
+``rerun with --debug``; 130 when interrupted. No error prints a traceback unless ``--debug`` is given
+(before or after the command). Results go to stdout; progress messages go to stderr.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import os
 import re
 import sys
 import time
+import traceback
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -120,10 +122,18 @@ examples:
   pdbjax compress ckpt.npz -o ckpt-svd.npz --method svd --rank 64 --factored
   pdbjax demo --quick
 
-exit status: 0 ok, 2 usage or input error (one line on stderr), 130 interrupted."""
+exit status: 0 ok, 2 usage or input error (one line on stderr), 1 unexpected error (one line;
+rerun with --debug for the traceback), 130 interrupted."""
+
+
+def _add_debug_option(p: argparse.ArgumentParser) -> None:
+    # SUPPRESS: a subcommand's default must not reset ``pdbjax --debug COMMAND``.
+    p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                   help="show the full traceback of an error (also accepted before the command)")
 
 
 def _add_input_options(p: argparse.ArgumentParser) -> None:
+    _add_debug_option(p)
     p.add_argument("path", metavar="PATH",
                    help="weights to read: a .safetensors file, a .npz file, or a Flax/Orbax checkpoint directory")
     g = p.add_argument_group("matrix selection")
@@ -145,6 +155,9 @@ def _add_input_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--mode", choices=("scaled", "reference"), default="scaled",
                    help="PDBLS estimator: 'scaled' (scale-invariant, multi-start; default) or 'reference' "
                         "(the official code's algorithm on raw eigenvalues)")
+    g.add_argument("--precision", choices=("float32", "float64"), default="float32",
+                   help="working precision of the SVD: float32 (default, any device) or float64 (CPU); the "
+                        "fits run in float64 either way")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -172,6 +185,8 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--plots", metavar="DIR", help="write PNG figures to DIR (created if needed): one per matrix "
                    "(eigenvalue histogram, fitted densities, edges, spikes) and summary.png; needs matplotlib")
     o.add_argument("--log-x", action="store_true", help="logarithmic eigenvalue axis in the per-matrix figures")
+    o.add_argument("--overwrite", action="store_true",
+                   help="replace existing --json/--csv reports (PATH itself is never replaced)")
     a.add_argument("--no-baselines", action="store_true", help="fit the PDB model only (skip PUB-BEMA and PUB-Kernel)")
     a.set_defaults(run=_cmd_analyze)
 
@@ -202,7 +217,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="SLR reduction rate: fraction of the components those rows/columns keep (default 0.5)")
     c.add_argument("--json", metavar="REPORT", help="write the per-matrix compression report as JSON")
     c.add_argument("--csv", metavar="REPORT", help="write the per-matrix compression report as CSV")
-    c.add_argument("--overwrite", action="store_true", help="replace OUT if it exists (PATH itself is never replaced)")
+    c.add_argument("--overwrite", action="store_true",
+                   help="replace OUT and the --json/--csv reports if they exist (PATH itself is never replaced)")
     c.set_defaults(run=_cmd_compress)
 
     d = sub.add_parser(
@@ -212,6 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "network on 4,000 digits, analyze its hidden kernels, compress them with PDB and with "
                     "truncated SVD at the same ranks, and compare test accuracies; (c) write reports and figures.",
     )
+    _add_debug_option(d)
     d.add_argument("--out", metavar="DIR", default="out/demo", help="output directory (default: out/demo)")
     d.add_argument("--quick", action="store_true", help="a shorter run: 1 training epoch, no PUB baselines, summary figures only (about 60%% of "
                         "the full demo's time, most of it one-off XLA compilation)")
@@ -238,33 +255,63 @@ def _load(path: str) -> tuple[Any, dict[str, str]]:
     return pdbio.load_with_metadata(path)
 
 
-def _check_output_file(path: str | None, inputs: Sequence[str], what: str) -> None:
-    """Refuse an output that would replace an input, or whose directory does not exist."""
-    if path is None:
-        return
+def _inside(path: str | os.PathLike[str], directory: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` is ``directory`` or lies under it (links resolved)."""
+    path, directory = Path(path).resolve(), Path(directory).resolve()
+    return path == directory or directory in path.parents
+
+
+def _check_input_not_replaced(path: str, what: str, src: str) -> None:
+    """Refuse an output that is the input file (also through links) or lies in the input directory."""
     from pdbjax.io import same_file
 
-    for src in inputs:
-        if same_file(path, src):
-            raise CLIError(f"{what} {path} is the input {src}; choose another file name")
-    parent = Path(path).resolve().parent
-    if not parent.is_dir():
-        raise CLIError(f"{what} {path}: directory {parent} does not exist")
-    if Path(path).is_dir():
-        raise CLIError(f"{what} {path} is a directory; expected a file name")
+    if same_file(path, src):
+        raise CLIError(f"{what} {path} is the input {src}; choose another file name")
+    if Path(src).is_dir() and _inside(path, src):
+        raise CLIError(f"{what} {path} is inside the input checkpoint {src}; choose a path outside it")
+
+
+def _check_reports(reports: Sequence[tuple[str | None, str]], args: argparse.Namespace,
+                   others: Sequence[tuple[str, str]] = ()) -> None:
+    """Check every report path before any work is done: the rules of ``-o`` apply to reports too.
+
+    A report may not be the input (nor lie in an input directory), another output of the run, or a
+    directory; its directory must exist; an existing report needs ``--overwrite``.
+    """
+    from pdbjax.io import same_file
+
+    taken = list(others)
+    for path, what in reports:
+        if path is None:
+            continue
+        _check_input_not_replaced(path, what, args.path)
+        for other, other_what in taken:
+            if same_file(path, other):
+                raise CLIError(f"{what} {path} is the same file as {other_what}; choose another file name")
+        taken.append((path, what))
+        if Path(path).is_dir():
+            raise CLIError(f"{what} {path} is a directory; expected a file name")
+        parent = Path(path).resolve().parent
+        if not parent.is_dir():
+            raise CLIError(f"{what} {path}: directory {parent} does not exist")
+        if os.path.lexists(path) and not args.overwrite:
+            raise CLIError(f"{what} {path} already exists; pass --overwrite to replace it")
+
+
+def _write_reports(report: Any, args: argparse.Namespace) -> None:
+    for path, write in ((args.json, report.to_json), (args.csv, report.to_csv)):
+        if path:
+            write(path, overwrite=args.overwrite)
+            _progress(f"wrote {path}")
 
 
 def _selection(args: argparse.Namespace) -> dict[str, Any]:
-    return dict(where=args.where, conv_reshape=args.conv_reshape, layer_axis=args.layer_axis)
+    return dict(where=args.where, conv_reshape=args.conv_reshape, layer_axis=args.layer_axis, precision=args.precision)
 
 
-def _no_match(params: Any, args: argparse.Namespace) -> CLIError:
-    import jax
-
-    names = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
-    shown = ", ".join(names[:8]) + (f", ... ({len(names)} in all)" if len(names) > 8 else "")
-    rule = f"--where {args.where!r}" if args.where else "the default selection (leaves named kernel/weight/w, >= 2 axes)"
-    return CLIError(f"no weight matrix matched {rule}; leaves in {args.path}: {shown or 'none'}")
+def _input_error(args: argparse.Namespace, err: ValueError) -> CLIError:
+    """An API error about the loaded weights (a bad leaf, nothing selected), prefixed with the file."""
+    return CLIError(f"{args.path}: {err}")
 
 
 def _contract_rows(report: Any) -> None:
@@ -277,31 +324,27 @@ def _contract_rows(report: Any) -> None:
 def _cmd_analyze(args: argparse.Namespace) -> int:
     from pdbjax.api import analyze
 
-    for out, what in ((args.json, "--json"), (args.csv, "--csv")):
-        _check_output_file(out, [args.path], what)
+    _check_reports(((args.json, "--json"), (args.csv, "--csv")), args)
     if args.plots:
         from pdbjax.plot import require_matplotlib
 
         require_matplotlib()
         if os.path.exists(args.plots) and not os.path.isdir(args.plots):
             raise CLIError(f"--plots {args.plots} exists and is not a directory")
+        _check_input_not_replaced(args.plots, "--plots", args.path)
     params, _ = _load(args.path)
     start = time.perf_counter()
     _progress("fitting the PDB model" + ("" if args.no_baselines else " and the PUB baselines") + " ...")
-    report = analyze(params, mode=args.mode, baselines=not args.no_baselines, on_error=args.on_error,
-                     **_selection(args))
-    if not report.rows:
-        raise _no_match(params, args)
+    try:
+        report = analyze(params, mode=args.mode, baselines=not args.no_baselines, on_error=args.on_error,
+                         **_selection(args))
+    except ValueError as err:
+        raise _input_error(args, err) from err
     _progress(f"analyzed {len(report.rows)} matrices in {time.perf_counter() - start:.1f} s")
     _contract_rows(report)
     columns = _ANALYZE_COLUMNS + (() if args.no_baselines else _BASELINE_COLUMNS) + ("status",)
     print(report.summary(columns))
-    if args.json:
-        report.to_json(args.json)
-        _progress(f"wrote {args.json}")
-    if args.csv:
-        report.to_csv(args.csv)
-        _progress(f"wrote {args.csv}")
+    _write_reports(report, args)
     if args.plots:
         from pdbjax.plot import save_figures, spectra
 
@@ -332,8 +375,7 @@ def _cmd_compress(args: argparse.Namespace) -> int:
     from pdbjax.api import DEFAULT_RANK, compress
 
     out = Path(args.output)
-    if os.path.exists(args.path) and pdbio.same_file(args.path, out):
-        raise CLIError(f"refusing to overwrite the input {args.path}; choose another output")
+    _check_input_not_replaced(args.output, "-o", args.path)
     if not _output_format_ok(out):
         raise CLIError(f"{out}: unknown output suffix {out.suffix!r}; use .safetensors, .npz, or a "
                        "directory name without suffix for an Orbax checkpoint")
@@ -341,17 +383,17 @@ def _cmd_compress(args: argparse.Namespace) -> int:
         raise CLIError(f"{out} already exists; pass --overwrite to replace it")
     if not out.resolve().parent.is_dir():
         raise CLIError(f"{out}: directory {out.resolve().parent} does not exist")
-    for report_path, what in ((args.json, "--json"), (args.csv, "--csv")):
-        _check_output_file(report_path, [args.path, args.output], what)
+    _check_reports(((args.json, "--json"), (args.csv, "--csv")), args, others=[(args.output, "-o")])
     rank = DEFAULT_RANK if args.rank is None else args.rank
     params, metadata = _load(args.path)
     start = time.perf_counter()
     _progress(f"compressing with method={args.method}, rank={rank} ...")
-    new_params, report = compress(params, args.method, rank=rank, factored=args.factored, mode=args.mode,
-                                  slr_sr=args.slr_sr, slr_rr=args.slr_rr, on_error=args.on_error,
-                                  **_selection(args))
-    if not report.rows:
-        raise _no_match(params, args)
+    try:
+        new_params, report = compress(params, args.method, rank=rank, factored=args.factored, mode=args.mode,
+                                      slr_sr=args.slr_sr, slr_rr=args.slr_rr, on_error=args.on_error,
+                                      **_selection(args))
+    except ValueError as err:
+        raise _input_error(args, err) from err
     _progress(f"compressed {len(report.rows)} matrices in {time.perf_counter() - start:.1f} s")
     fmt_metadata = None
     if out.suffix != ".npz":
@@ -362,12 +404,7 @@ def _cmd_compress(args: argparse.Namespace) -> int:
     print(type(report)(report.rows).summary(_COMPRESS_COLUMNS))  # the rows; totals in words below
     print(_totals_line(report.totals, args.factored))
     print(f"wrote {out}")
-    if args.json:
-        report.to_json(args.json)
-        _progress(f"wrote {args.json}")
-    if args.csv:
-        report.to_csv(args.csv)
-        _progress(f"wrote {args.csv}")
+    _write_reports(report, args)
     return 0
 
 
@@ -415,8 +452,29 @@ def _enable_compilation_cache() -> None:
     jax.config.update("jax_compilation_cache_dir", path)
 
 
+#: Errors that are the user's (bad input, refused paths, a missing optional package): exit status 2.
+_USER_ERRORS = (CLIError, OSError, ValueError, ImportError)
+_MAX_MESSAGE = 500
+
+
+def _one_line(text: str) -> str:
+    """``text`` on one line (JAX and NumPy messages can span several), shortened to a readable length."""
+    line = " ".join(text.split())
+    return line if len(line) <= _MAX_MESSAGE else line[: _MAX_MESSAGE - 3] + "..."
+
+
+def _user_message(err: BaseException) -> str:
+    if isinstance(err, OSError) and err.filename and err.strerror:
+        return f"{err.filename}: {err.strerror}"
+    return str(err) or type(err).__name__
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the ``pdbjax`` command line with ``argv`` (default ``sys.argv[1:]``); return the exit status."""
+    """Run the ``pdbjax`` command line with ``argv`` (default ``sys.argv[1:]``); return the exit status.
+
+    Errors do not propagate: each becomes one line on stderr and a status, 2 for the user's errors, 1
+    for anything unexpected (``--debug`` prints the traceback before the line).
+    """
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
     try:
@@ -434,12 +492,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("pdbjax: interrupted", file=sys.stderr)
         return 130
-    except (CLIError, OSError, ValueError, ImportError) as err:
+    except _USER_ERRORS as err:
         if debug:
-            raise
-        message = str(err) if not isinstance(err, FileNotFoundError) or not err.filename else f"{err.filename}: {err.strerror}"
-        print(f"{getattr(err, 'usage', '')}pdbjax: error: {message}", file=sys.stderr)
+            traceback.print_exc()
+        print(f"{getattr(err, 'usage', '')}pdbjax: error: {_one_line(_user_message(err))}", file=sys.stderr)
         return 2
+    except Exception as err:  # noqa: BLE001 - the last line of defence: one line, never a traceback
+        if debug:
+            traceback.print_exc()
+        detail = _one_line(f"{type(err).__name__}: {err}")
+        hint = "the traceback is above" if debug else "rerun with --debug to see the traceback"
+        print(f"pdbjax: error: unexpected {detail}; {hint}, and please report it", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -354,15 +354,32 @@ def _write_safetensors(
 # --------------------------------------------------------------------------- npz
 
 
+_ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")  # a zip archive: its first entry, or an empty archive
+_NPY_MAGIC = b"\x93NUMPY"
+
+
 def _load_npz(path: Path) -> dict[str, np.ndarray]:
+    """Read a ``.npz`` archive; anything else behind the suffix is a ``ValueError`` saying what it is.
+
+    The magic bytes are checked before ``np.load``, which would otherwise try to unpickle an unknown
+    file and report a text file as "pickled data".
+    """
+    with open(path, "rb") as f:
+        head = f.read(len(_NPY_MAGIC))
+    if head.startswith(_NPY_MAGIC):
+        raise ValueError(f"{path}: not a valid .npz file (a single .npy array, not an archive; use np.load)")
+    if not head.startswith(_ZIP_MAGIC):
+        what = "the file is empty" if not head else f"not a zip archive: it starts with {head!r}"
+        raise ValueError(f"{path}: not a valid .npz file ({what})")
     try:
-        npz = np.load(path, allow_pickle=False)
-        if not isinstance(npz, np.lib.npyio.NpzFile):
-            raise ValueError("a single .npy array, not an archive")
-        with npz:
-            return {name: npz[name] for name in npz.files}
+        with np.load(path, allow_pickle=False) as npz:
+            arrays = {name: npz[name] for name in npz.files}
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
         raise ValueError(f"{path}: not a valid .npz file ({e})") from e
+    for name, value in arrays.items():
+        if not isinstance(value, np.ndarray):  # NpzFile returns raw bytes for members that are not .npy
+            raise ValueError(f"{path}: not a valid .npz file (member {name!r} is not a .npy array)")
+    return arrays
 
 
 def _write_npz(tmp: Path, flat: dict[str, np.ndarray]) -> None:

@@ -13,6 +13,7 @@ import json
 import math
 import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
@@ -66,15 +67,23 @@ class Report:
     def column(self, key: str) -> list[Any]:
         return [row.get(key) for row in self.rows]
 
-    def to_json(self, path: str | os.PathLike | None = None, *, indent: int = 2) -> str:
-        """JSON list with one object per matrix (``totals`` are not part of this contract)."""
+    def to_json(self, path: str | os.PathLike | None = None, *, indent: int = 2, overwrite: bool = True) -> str:
+        """JSON list with one object per matrix (``totals`` are not part of this contract).
+
+        With a ``path`` the text is also written there atomically; an existing file is replaced only
+        with ``overwrite=True`` (the default; else ``FileExistsError``) and a directory never
+        (``IsADirectoryError``). The text is returned either way.
+        """
         text = json.dumps(to_jsonable(self.rows), indent=indent)
         if path is not None:
-            atomic_write_text(path, text + "\n")
+            _write(path, text + "\n", overwrite)
         return text
 
-    def to_csv(self, path: str | os.PathLike | None = None) -> str:
-        """CSV with one line per matrix; list-valued columns are written as JSON strings."""
+    def to_csv(self, path: str | os.PathLike | None = None, *, overwrite: bool = True) -> str:
+        """CSV with one line per matrix; list-valued columns are written as JSON strings.
+
+        With a ``path`` the text is also written there atomically, as in :meth:`to_json`.
+        """
         rows = to_jsonable(self.rows)
         keys: list[str] = []
         for row in rows:
@@ -86,7 +95,7 @@ class Report:
             writer.writerow({k: json.dumps(v) if isinstance(v, (list, dict)) else v for k, v in row.items()})
         text = buf.getvalue()
         if path is not None:
-            atomic_write_text(path, text)
+            _write(path, text, overwrite)
         return text
 
     def to_dataframe(self):
@@ -111,6 +120,24 @@ class Report:
 
     def __str__(self) -> str:
         return self.summary()
+
+
+def _write(path: str | os.PathLike, text: str, overwrite: bool) -> None:
+    """Write a report file atomically.
+
+    Raises:
+      IsADirectoryError: ``path`` is a directory (it is never replaced by a report).
+      FileExistsError: ``path`` exists and ``overwrite`` is False.
+      FileNotFoundError: the parent directory of ``path`` does not exist.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"{path} is a directory; a report needs a file name")
+    if os.path.lexists(path) and not overwrite:
+        raise FileExistsError(f"{path} already exists (pass overwrite=True to replace it)")
+    if not path.parent.is_dir():
+        raise FileNotFoundError(f"parent directory of {path} does not exist")
+    atomic_write_text(path, text, overwrite=overwrite)
 
 
 _DEFAULT_COLUMNS = ("name", "shape", "K", "t", "sigma1_sq", "sigma2_sq", "lambda_plus", "ks_pdb", "ks_bema", "status")

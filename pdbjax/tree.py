@@ -167,6 +167,7 @@ def select(
     conv_reshape: ConvReshape = "in",
     layer_axis: LayerAxis = None,
     on_error: OnError = "raise",
+    allow_empty: bool = True,
 ) -> list[Selected]:
     """Select the weight matrices of a pytree (module docstring for the rules and conventions).
 
@@ -180,29 +181,72 @@ def select(
       on_error: ``"raise"`` a ``ValueError`` naming the leaf when a selected leaf is not floating, has
         too few axes, is empty or holds NaN/Inf; or ``"skip"`` it: it is returned with ``ok = False``
         and the reason in ``status``.
+      allow_empty: when False, selecting nothing raises a ``ValueError`` that names the rule and lists
+        the leaves the tree holds (with dtypes and shapes), instead of returning ``[]``.
 
     Returns:
       The selected leaves in tree-flattening order. ``params`` is not modified. The NaN/Inf check is
       skipped for traced leaves (``select`` inside ``jit``).
+
+    Raises:
+      ValueError: ``params`` is a bare array (a single matrix has no name to select it by: wrap it,
+        e.g. ``{"kernel": W}``, or call :func:`pdbjax.eigenvalues` / :func:`pdbjax.filter_matrix` on
+        it); a selected leaf is bad and ``on_error="raise"``; nothing is selected and
+        ``allow_empty=False``; an option is invalid.
     """
     if conv_reshape not in ("in", "out"):
         raise ValueError(f"conv_reshape must be 'in' or 'out'; got {conv_reshape!r}")
     if on_error not in ("raise", "skip"):
         raise ValueError(f"on_error must be 'raise' or 'skip'; got {on_error!r}")
     predicate = _predicate(where)
+    flat = _flatten(params)[0]
+    if len(flat) == 1 and not flat[0][0] and _is_array(_unwrap(flat[0][1])):
+        value = _unwrap(flat[0][1])
+        raise ValueError(
+            f"params is a bare {value.dtype} array of shape {tuple(value.shape)}, not a tree of named "
+            "weights; wrap it (e.g. {'kernel': W}) or pass the matrix to eigenvalues / fit_pdb / filter_matrix"
+        )
     chosen = []
-    for path, leaf in _flatten(params)[0]:
+    for path, leaf in flat:
         value = _unwrap(leaf)
         if not _is_array(value):
             continue
         name = jax.tree_util.keystr(path)
         if predicate(name, value):
             chosen.append(_describe(path, name, value, conv_reshape, _layer_axis_for(name, layer_axis)))
+    if not chosen and not allow_empty:
+        raise ValueError(_nothing_selected(params, flat, where))
     chosen = _check_finite(chosen)
     for sel in chosen:
         if not sel.ok and on_error == "raise":
             raise ValueError(f"{sel.name}: {sel.status}")
     return chosen
+
+
+def _nothing_selected(params: Any, flat: list[tuple[KeyPath, Any]], where: Where, shown: int = 8) -> str:
+    """The message of an empty selection: the rule, and what the tree holds instead."""
+    if where is None:
+        rule = ("the default rule (floating leaves with >= 2 axes whose last key is kernel, weight or w, "
+                "no 'embed' in the name; choose other leaves with where)")
+    elif isinstance(where, (str, re.Pattern)):
+        pattern = where.pattern if isinstance(where, re.Pattern) else where
+        rule = f"where={pattern!r} (a regex searched in the leaf names)"
+    else:
+        rule = f"the where predicate {getattr(where, '__name__', type(where).__name__)}"
+    if not flat:
+        structure = str(jax.tree_util.tree_structure(params))
+        structure = structure if len(structure) <= 120 else structure[:117] + "..."
+        return f"no weight matrix selected by {rule}: the tree holds no leaves ({structure})"
+    leaves = [f"{jax.tree_util.keystr(path)} {_describe_leaf(_unwrap(leaf))}" for path, leaf in flat[:shown]]
+    more = f", ... ({len(flat) - shown} more)" if len(flat) > shown else ""
+    holds = f"{len(flat)} leaf" if len(flat) == 1 else f"{len(flat)} leaves"
+    return f"no weight matrix selected by {rule}; the tree holds {holds}: {', '.join(leaves)}{more}"
+
+
+def _describe_leaf(value: Any) -> str:
+    if _is_array(value):
+        return f"{value.dtype} {tuple(int(d) for d in value.shape)}"
+    return type(value).__name__
 
 
 def _predicate(where: Where) -> Callable[[str, Any], bool]:
@@ -259,22 +303,26 @@ def _matrix_layout(shape: tuple[int, ...], axis: int | None, conv_reshape: ConvR
 
 
 def _check_finite(chosen: list[Selected]) -> list[Selected]:
-    """Mark leaves holding NaN/Inf; one device round trip for all JAX leaves."""
+    """Mark leaves holding NaN/Inf (naming the bad layers of a stacked leaf); one device round trip for
+    all JAX leaves."""
     flags: dict[int, Any] = {}
     for i, sel in enumerate(chosen):
         if not sel.ok or is_traced(sel.value):
             continue
-        if isinstance(sel.value, np.ndarray):
-            flags[i] = np.isfinite(sel.value).all()
-        else:
-            flags[i] = jnp.isfinite(sel.value).all()
+        xp = np if isinstance(sel.value, np.ndarray) else jnp
+        matrix_axes = tuple(a for a in range(len(sel.shape)) if a != sel.layer_axis)
+        flags[i] = xp.isfinite(sel.value).all(axis=matrix_axes)  # one flag per layer (a scalar if unstacked)
     flags = jax.device_get(flags)
-    return [
-        dataclasses.replace(sel, status="contains NaN or Inf values", matrix_shape=None, num_matrices=0)
-        if i in flags and not bool(flags[i])
-        else sel
-        for i, sel in enumerate(chosen)
-    ]
+    out = []
+    for i, sel in enumerate(chosen):
+        finite = np.asarray(flags.get(i, True))
+        if finite.all():
+            out.append(sel)
+            continue
+        bad = np.flatnonzero(~finite).tolist()
+        where = "" if sel.layer_axis is None else f" in layer{'s' * (len(bad) > 1)} {bad} of axis {sel.layer_axis}"
+        out.append(dataclasses.replace(sel, status=f"contains NaN or Inf values{where}", matrix_shape=None, num_matrices=0))
+    return out
 
 
 # --------------------------------------------------------------------------------------------------

@@ -233,7 +233,10 @@ def test_report_may_not_replace_input(files, tmp_path):
     [
         (["analyze", "{d}/missing.npz"], "no such file"),
         (["analyze", "{d}/weights.txt"], "unknown suffix"),
-        (["analyze", "{npz}", "--where", "nothing-matches"], "no weight matrix matched"),
+        (["analyze", "{npz}", "--where", "nothing-matches"], "no weight matrix selected by where='nothing-matches'"),
+        (["analyze", "{npz}", "--json", "{d}/existing.json"], "already exists; pass --overwrite"),
+        (["compress", "{npz}", "-o", "{d}/out.npz", "--csv", "{d}/existing.json"], "already exists; pass --overwrite"),
+        (["analyze", "{npz}", "--json", "{d}/r.json", "--csv", "{d}/r.json"], "is the same file as --json"),
         (["analyze", "{npz}", "--where", "(unclosed"], "invalid regular expression"),
         (["analyze", "{npz}", "--json", "{d}/no/such/dir/r.json"], "does not exist"),
         (["analyze", "{npz}", "--layer-axis", "x"], "invalid int value"),
@@ -248,12 +251,44 @@ def test_report_may_not_replace_input(files, tmp_path):
 )
 def test_user_errors(files, argv, message):
     (files["dir"] / "weights.txt").write_text("not weights")
+    (files["dir"] / "existing.json").write_text("keep me")
     argv = [a.format(d=files["dir"], npz=files["npz"]) for a in argv]
     rc, out, err = _run(argv)
     assert rc == 2
     last = err.splitlines()[-1]
     assert last.startswith("pdbjax: error:") and message in last, err
     assert "Traceback" not in err and out == ""
+    assert (files["dir"] / "existing.json").read_text() == "keep me"
+    assert not (files["dir"] / "out.npz").exists()
+
+
+def test_reports_are_replaced_only_with_overwrite(files, tmp_path):
+    report = tmp_path / "r.json"
+    report.write_text("old")
+    rc, _, err = _run(["analyze", str(files["npz"]), "--no-baselines", "--json", str(report), "--overwrite"])
+    assert rc == 0, err
+    assert len(json.loads(report.read_text())) == 2
+
+
+def test_unexpected_errors_are_one_line_and_debug_shows_the_traceback(files, monkeypatch):
+    import pdbjax.api
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("something broke\non two lines")
+
+    monkeypatch.setattr(pdbjax.api, "analyze", broken)
+    npz = str(files["npz"])
+    rc, out, err = _run(["analyze", npz])
+    assert rc == 1 and out == "" and "Traceback" not in err
+    assert err.splitlines()[-1] == ("pdbjax: error: unexpected RuntimeError: something broke on two lines; "
+                                    "rerun with --debug to see the traceback, and please report it")
+    for argv in (["--debug", "analyze", npz], ["analyze", npz, "--debug"]):
+        rc, _, err = _run(argv)
+        assert rc == 1 and "Traceback" in err and "in broken" in err
+        assert "the traceback is above" in err.splitlines()[-1]
+    # a user error: one line, and its traceback with --debug
+    rc, _, err = _run(["analyze", str(files["dir"] / "missing.npz"), "--debug"])
+    assert rc == 2 and "Traceback" in err and err.splitlines()[-1].startswith("pdbjax: error:")
 
 
 def test_no_command_prints_help():

@@ -189,11 +189,12 @@ def test_overwrite_name_does_not_clash_with_temporary_names(tmp_path):
     assert _leftovers(tmp_path, {"replaced"}) == []
 
 
-def test_overwrite_directory_with_file(tmp_path):
+def test_overwrite_never_replaces_a_directory_with_a_file(tmp_path):
     path = tmp_path / "w.npz"
     (path / "sub").mkdir(parents=True)
-    io.save(path, {"a": np.ones(2)}, overwrite=True)
-    assert path.is_file() and _leftovers(tmp_path, {"w.npz"}) == []
+    with pytest.raises(IsADirectoryError, match="w.npz"):
+        io.save(path, {"a": np.ones(2)}, overwrite=True)
+    assert (path / "sub").is_dir() and _leftovers(tmp_path, {"w.npz"}) == []
 
 
 def test_failure_mid_write_leaves_nothing_behind(tmp_path, monkeypatch):
@@ -253,18 +254,60 @@ def test_missing_file_and_parent(tmp_path):
 
 
 @pytest.mark.parametrize(
-    ("name", "content"),
+    ("name", "content", "reason"),
     [
-        ("w.safetensors", b"garbage"),
-        ("w.safetensors", b"\x10\x00\x00\x00\x00\x00\x00\x00{}"),
-        ("w.npz", b"garbage"),
+        ("w.safetensors", b"garbage", "not a valid safetensors file"),
+        ("w.safetensors", b"\x10\x00\x00\x00\x00\x00\x00\x00{}", "not a valid safetensors file"),
+        ("w.safetensors", b"", "not a valid safetensors file"),
+        ("w.npz", b"garbage", r"not a zip archive: it starts with b'garbag'"),
+        ("w.npz", b"a text file\nnamed .npz\n", "not a zip archive"),
+        ("w.npz", b"", "the file is empty"),
+        ("w.npz", b"PK\x03\x04 truncated", "not a valid .npz file"),
     ],
 )
-def test_corrupt_files_raise_value_error_naming_path(tmp_path, name, content):
+def test_corrupt_files_raise_value_error_naming_path(tmp_path, name, content, reason):
     path = tmp_path / name
     path.write_bytes(content)
-    with pytest.raises(ValueError, match=name.replace(".", r"\.")):
+    with pytest.raises(ValueError, match=name.replace(".", r"\.") + ": .*" + reason) as info:
         io.load(path)
+    assert "pickle" not in str(info.value)  # np.load's guess for an unknown file, which misleads
+
+
+def test_npz_member_that_is_not_an_array(tmp_path):
+    import zipfile
+
+    path = tmp_path / "w.npz"
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("kernel.npy", np.lib.format.magic(1, 0) + b"broken header")
+        z.writestr("notes.txt", "not an array")
+    with pytest.raises(ValueError, match=r"w\.npz: not a valid \.npz file"):
+        io.load(path)
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("notes.txt", "not an array")
+    with pytest.raises(ValueError, match=r"member 'notes\.txt' is not a \.npy array"):
+        io.load(path)
+
+
+def test_report_writers_refuse_directories_and_existing_files(tmp_path):
+    from pdbjax.report import Report
+
+    report = Report([{"name": "a", "K": 1, "lambdas": [1.0, float("nan")]}])
+    path = tmp_path / "r.json"
+    path.write_text("old")
+    with pytest.raises(FileExistsError, match=r"r\.json already exists"):
+        report.to_json(path, overwrite=False)
+    assert path.read_text() == "old"
+    report.to_json(path)  # overwrite=True, the default
+    assert path.read_text().startswith("[")
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "keep").write_text("x")
+    for write in (report.to_json, report.to_csv):
+        with pytest.raises(IsADirectoryError, match="is a directory"):
+            write(tmp_path / "d")
+        with pytest.raises(FileNotFoundError, match="parent directory"):
+            write(tmp_path / "missing" / "r.csv")
+    assert (tmp_path / "d" / "keep").read_text() == "x"  # the directory survived
+    assert _leftovers(tmp_path, {"r.json", "d"}) == []
 
 
 def test_truncated_safetensors_raw_reader(tmp_path):
@@ -343,3 +386,15 @@ def test_minilm_weights():
     assert float_dtypes == {np.dtype(np.float32)}
     assert np.isfinite(tree["encoder.layer.0.output.dense.weight"]).all()
 
+
+
+def test_atomic_writer_never_replaces_a_directory_with_a_file(tmp_path):
+    from pdbjax._atomic import atomic_write_text
+
+    target = tmp_path / "report.json"
+    target.mkdir()
+    (target / "keep.txt").write_text("mine")
+    with pytest.raises(IsADirectoryError, match="report.json"):
+        atomic_write_text(target, "{}", overwrite=True)
+    assert (target / "keep.txt").read_text() == "mine"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["report.json"]  # no temporary left behind

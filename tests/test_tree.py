@@ -153,6 +153,46 @@ def test_nan_in_default_selected_leaf_raises():
         tree.select(params)
 
 
+def test_nan_in_a_stacked_leaf_names_the_layers():
+    leaf = np.stack([_rand(4, 3), _rand(4, 3, seed=1), _rand(4, 3, seed=2)])
+    leaf[1, 0, 0], leaf[2, 3, 2] = np.nan, -np.inf
+    for value in (leaf, jnp.asarray(leaf)):
+        with pytest.raises(ValueError, match=re.escape("['s']['kernel']: contains NaN or Inf values in layers [1, 2] of axis 0")):
+            tree.select({"s": {"kernel": value}}, layer_axis=0)
+        (sel,) = tree.select({"s": {"kernel": value}}, layer_axis=0, on_error="skip")
+        assert not sel.ok and sel.num_matrices == 0
+    with pytest.raises(ValueError, match=re.escape("['s']['kernel']: contains NaN or Inf values in layer [0] of axis 2")):
+        tree.select({"s": {"kernel": leaf[..., :1]}}, layer_axis=2)
+    with pytest.raises(ValueError, match=re.escape("['s']['kernel']: contains NaN or Inf values") + "$"):
+        tree.select({"s": {"kernel": leaf}})
+
+
+def test_bare_array_is_an_error():
+    for value in (_rand(4, 3), jnp.ones((2, 4, 3), jnp.bfloat16)):
+        with pytest.raises(ValueError, match=r"params is a bare \w+ array of shape .*not a tree of named weights"):
+            tree.select(value)
+        with pytest.raises(ValueError, match="bare"):
+            tree.select(value, where=lambda n, x: True)
+
+
+@pytest.mark.parametrize(
+    "params, where, message",
+    [
+        ({"a": {}, "b": [{}], "c": None}, None, r"by the default rule .*: the tree holds no leaves \(PyTreeDef"),
+        ({"dense": {"kernel": np.ones((3, 3), np.int32), "bias": _rand(3)}, "name": "mlp"}, None,
+         r"the tree holds 3 leaves: \['dense'\]\['bias'\] float32 \(3,\), \['dense'\]\['kernel'\] int32 \(3, 3\), \['name'\] str$"),
+        ({"kernel": _rand(3, 3)}, "encoder", r"by where='encoder' \(a regex searched in the leaf names\); the tree holds 1 leaf: \['kernel'\] float32 \(3, 3\)$"),
+        ({"kernel": _rand(3, 3)}, re.compile("enc"), r"by where='enc'"),
+        ({"kernel": _rand(3, 3)}, lambda n, x: False, r"by the where predicate <lambda>"),
+        ({f"k{i:02d}": {"kernel": _rand(2)} for i in range(12)}, None, r"the tree holds 12 leaves: .*\['k07'\]\['kernel'\] float32 \(2,\), \.\.\. \(4 more\)$"),
+    ],
+)
+def test_empty_selection_error_says_what_the_tree_holds(params, where, message):
+    assert tree.select(params, where) == []  # allow_empty=True (the default) returns nothing
+    with pytest.raises(ValueError, match="^no weight matrix selected " + ".*" + message):
+        tree.select(params, where, allow_empty=False)
+
+
 def test_option_validation():
     params = {"kernel": _rand(2, 2)}
     with pytest.raises(ValueError, match="conv_reshape"):
