@@ -127,7 +127,7 @@ class Layer:
     shape: tuple[int, ...]  # the kernel's own shape (4-D for convs)
     matrix: np.ndarray  # (prod(shape[:-1]), shape[-1]) float32
     lam: Any  # float64 eigenvalues, descending
-    fits: dict[str, Any]  # "pdb" / "bema" / "kernel", float32 for filter_matrix
+    fits: dict[str, Any]  # "pdb" / "bema" / "kernel", float64 in the units of the eigenvalues
     summary: dict[str, Any]
 
     @property
@@ -139,42 +139,29 @@ class Layer:
         return min(self.matrix.shape)
 
 
-def _to_work_dtype(fit):
-    """A float64 fit (from float64 eigenvalues) in the float32 of the weights, as ``compress`` does."""
-    import jax
-    import jax.numpy as jnp
-
-    def cast(x):
-        x = jnp.asarray(x)
-        if jnp.issubdtype(x.dtype, jnp.floating):
-            return x.astype(jnp.float32)
-        return x.astype(jnp.int32) if jnp.issubdtype(x.dtype, jnp.integer) else x
-
-    return jax.tree_util.tree_map(cast, fit)
-
-
 def fit_layer(path: tuple[Any, ...], kernel: np.ndarray) -> Layer:
     """Eigenvalues, PDB / PUB-BEMA / PUB-Kernel fits and the model-derived ranks of one kernel."""
-    import jax
     import jax.numpy as jnp
 
     import pdbjax
+    from pdbjax.filter import estimate_fit, keep_counts, normalised_fit
+    from pdbjax.linalg import raw_eigenvalues, spectrum
 
     kernel = np.asarray(kernel, np.float32)
     matrix = kernel.reshape(-1, kernel.shape[-1])
     N = max(matrix.shape)
-    lam = pdbjax.eigenvalues(matrix, dtype=jnp.float64)
-    with jax.enable_x64(True):
-        pdb = pdbjax.fit_pdb(lam, N)
-        bema = pdbjax.fit_pub(lam, N, "bema")
-        kern = pdbjax.fit_pub(lam, N, "kernel")
-        keep = {
-            "pdb-spikes": pdbjax.keep_count(lam, pdb, "spikes"),
-            "pdb-upper-bulk": pdbjax.keep_count(lam, pdb, "upper-bulk"),
-            "pub-bema": pdbjax.keep_count(lam, bema, "spikes"),
-            "pub-kernel": pdbjax.keep_count(lam, kern, "spikes"),
-        }
-        n_outliers = int(jnp.sum(pdbjax.outlier_mask(lam, pdb)))
+    # The library's own path (as pdbjax.analyze): values-only SVD of the normalised matrix, float64 fits,
+    # keep counts evaluated exactly as filter_matrix evaluates them.
+    spec = spectrum(matrix)
+    lam = raw_eigenvalues(spec)
+    pdb, bema, kern = (estimate_fit(lam, N, m) for m in ("pdb", "pub-bema", "pub-kernel"))
+    keep = {
+        "pdb-spikes": keep_counts(spec, pdb, "spikes"),
+        "pdb-upper-bulk": keep_counts(spec, pdb, "upper-bulk"),
+        "pub-bema": keep_counts(spec, bema, "spikes"),
+        "pub-kernel": keep_counts(spec, kern, "spikes"),
+    }
+    n_outliers = int(jnp.sum(pdbjax.outlier_mask(spec.s**2, normalised_fit(pdb, spec))))
     summary = {
         "name": layer_name(path),
         "shape": list(kernel.shape),
@@ -184,7 +171,7 @@ def fit_layer(path: tuple[Any, ...], kernel: np.ndarray) -> Layer:
         "pdb": {
             "ok": bool(pdb.ok), "status": pdbjax.reason_text(pdb.reason), "K": int(pdb.K), "t": float(pdb.t),
             "sigma1_sq": float(pdb.sigma1_sq), "sigma2_sq": float(pdb.sigma2_sq),
-            "lambda_plus": float(pdb.lambda_plus),
+            "lambda_plus": float(pdb.lambda_plus), "bulks": int(pdb.bulks), "sphericity": float(pdb.sphericity),
             "edges": [float(e) for e in np.asarray(pdb.edges) if np.isfinite(e)],
             "n_outliers": n_outliers,
         },
@@ -197,7 +184,7 @@ def fit_layer(path: tuple[Any, ...], kernel: np.ndarray) -> Layer:
         "keep": {k: int(v) for k, v in keep.items()},
         "lambda_max": float(lam[0]),
     }
-    fits = {k: _to_work_dtype(v) for k, v in (("pdb", pdb), ("bema", bema), ("kernel", kern))}
+    fits = {"pdb": pdb, "bema": bema, "kernel": kern}  # in W's units: filter_matrix normalises them itself
     return Layer(tuple(path), tuple(kernel.shape), matrix, lam, fits, summary)
 
 
@@ -775,6 +762,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cache", type=Path, default=None,
                     help="directory of per-run JSON files: finished runs are reused, new ones added")
     ap.add_argument("--from-json", type=Path, default=None, help="re-write tables and PNGs from this JSON, no measurement")
+    ap.add_argument("--defaults-only", action="store_true",
+                    help="re-measure only the accuracy table at the default ranks (no curves) and compare it with "
+                         "the stored compression.json in compression_defaults.md")
     ap.add_argument("--verify-fits", action="store_true",
                     help="with --from-json: re-fit every matrix with the installed pdbjax and record the comparison")
     args = ap.parse_args(argv)
@@ -804,6 +794,8 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit("no runs selected")
     log(f"runs: {', '.join(f'{e}@{n:g}' for e, n in runs)}; {machine_line()}")
     t0 = time.perf_counter()
+    if args.defaults_only:
+        return defaults_only(runs, out, argv, log)
     results = []
     for name, noise in runs:
         fractions = QUICK if args.quick else GRIDS[name]
@@ -846,6 +838,40 @@ def main(argv: list[str] | None = None) -> int:
     rec = recommend(data)
     log(f"measured choice of the default rank rule: {rec['rule']}")
     log(f"total {time.perf_counter() - t0:.0f} s")
+    return 0
+
+
+def defaults_only(runs: list[tuple[str, float]], out: Path, argv: list[str] | None, log) -> int:
+    """Re-measure the accuracy table at the default ranks with the installed pdbjax and write it beside the
+    stored one (``compression.json``): ``compression_defaults.md`` / ``.json``."""
+    from pdbjax._atomic import atomic_write_text
+
+    stored = {r["run"]: r for r in json.loads((RESULTS_DIR / "compression.json").read_text())["runs"]}
+    t0 = time.perf_counter()
+    now = []
+    for name, noise in runs:
+        log(f"{name} at noise {noise:g}:")
+        now.append(measure_run(name, noise, (), (), log))
+    command = "python benchmarks/compression_curves.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    rows = []
+    for run in now:
+        old = stored.get(run["run"])
+        for label in ("PDB upper-bulk", "PDB spikes", "PUB-BEMA spikes", "SVD @ PDB upper-bulk"):
+            new_row = default_row(run, label)
+            old_row = default_row(old, label) if old else None
+            rows.append([run["run"], label, f"{run['base_acc']:.4f}",
+                         f"{old_row['acc']['all']:.4f}" if old_row else "-", f"{new_row['acc']['all']:.4f}",
+                         _ranks(old_row) if old_row else "-", _ranks(new_row),
+                         "/".join(str(l["pdb"]["bulks"]) for l in run["layers"])])
+    text = (f"# Accuracy at the default ranks: stored table vs the installed pdbjax\n\nCommand: `{command.strip()}`  \n"
+            f"Machine: {machine_line()}  \nStored: `benchmarks/results/compression.json` (before); now: this run. "
+            f"All hidden layers compressed at once.\n\n"
+            + _table(["run", "method @ rule", "Base", "acc before", "acc now", "ranks before", "ranks now", "bulks now"], rows)
+            + f"\n\nTotal {time.perf_counter() - t0:.0f} s.\n")
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "compression_defaults.md", text)
+    atomic_write_text(out / "compression_defaults.json", json.dumps({"command": command.strip(), "runs": now}, indent=1) + "\n")
+    log(text)
     return 0
 
 

@@ -15,12 +15,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from pdbjax.estimate import Mode, eigenvalues, fit_pdb
-from pdbjax.filter import METHODS, FilterInfo, Rank, filter_matrix, keep_count, outlier_mask
-from pdbjax.filter import svd as filter_svd
+from pdbjax.estimate import Mode
+from pdbjax.filter import METHODS, FilterInfo, Rank, estimate_fit, filter_with_fit, keep_counts, normalised_fit, outlier_mask
+from pdbjax.linalg import Precision, check_precision, raw_eigenvalues, scope, spectrum
 from pdbjax.fits import reason_text
-from pdbjax.pub import fit_pub
-from pdbjax.quality import fit_quality
+from pdbjax.quality import fit_quality, heavy_tailed, tail_slope
 from pdbjax.report import Report, to_jsonable
 from pdbjax.tree import LayerAxis, Selected, Where, from_matrices, map_groups, replace, select, to_matrices
 
@@ -36,23 +35,33 @@ RULES = ("spikes", "upper-bulk")
 # analyze
 
 
-def _analyze_stack(mats: jax.Array, mode: Mode, baselines: bool) -> dict[str, Any]:
-    """All per-matrix figures of one equal-shape stack ``(B, a, b)``, batched."""
+def _analyze_stack(mats: jax.Array, mode: Mode, baselines: bool, precision: Precision) -> dict[str, Any]:
+    """All per-matrix figures of one equal-shape stack ``(B, a, b)``, batched.
+
+    The eigenvalues come from :func:`pdbjax.linalg.spectrum`, the decomposition ``compress`` takes its
+    decisions from, and the keep counts from :func:`pdbjax.filter.keep_counts`, which evaluates the
+    rules exactly as :func:`pdbjax.filter_matrix` does.
+    """
     N = max(mats.shape[-2:])
-    lam = eigenvalues(mats, dtype=jnp.float64)
+    spec = spectrum(mats, precision=precision)
+    lam = raw_eigenvalues(spec)
+    pdb = estimate_fit(lam, N, "pdb", mode)  # the fit compress makes of the same numbers
+    fits = {rule: pdb for rule in RULES}
+    out = {"pdb": pdb}
+    if baselines:
+        for method in ("bema", "kernel"):
+            out[method] = fits[f"pub-{method}"] = estimate_fit(lam, N, f"pub-{method}")
     with jax.enable_x64(True):
-        lam = jnp.asarray(lam, jnp.float64)
-        pdb = fit_pdb(lam, N, mode=mode)
-        out = {"lam": lam, "pdb": pdb, "q_pdb": fit_quality(lam, N, pdb)}
-        out["keep"] = {rule: keep_count(lam, pdb, rule) for rule in RULES}
-        out["n_outliers"] = jnp.sum(outlier_mask(lam, pdb), axis=-1)
-        if baselines:
-            for method in ("bema", "kernel"):
-                pub = fit_pub(lam, N, method)
-                out[method] = pub
-                out[f"q_{method}"] = fit_quality(lam, N, pub)
-                out["keep"][f"pub-{method}"] = keep_count(lam, pub, "spikes")
-        return jax.tree_util.tree_map(np.asarray, out)
+        lam64 = jnp.asarray(lam, jnp.float64)
+        for name in ("pdb", "bema", "kernel") if baselines else ("pdb",):
+            out[f"q_{name}"] = jax.tree_util.tree_map(np.asarray, fit_quality(lam64, N, out[name]))
+        out["tail_slope"] = np.asarray(tail_slope(lam64))
+        out["heavy_tailed"] = np.asarray(heavy_tailed(lam64, N, pdb, out["q_pdb"]))
+    rules = {name: "spikes" if name.startswith("pub-") else name for name in fits}
+    out["keep"] = {name: np.asarray(keep_counts(spec, fit, rules[name])) for name, fit in fits.items()}
+    with scope(spec):
+        out["n_outliers"] = np.asarray(jnp.sum(outlier_mask(spec.s**2, normalised_fit(pdb, spec)), axis=-1))
+    return out
 
 
 def analyze(
@@ -65,6 +74,7 @@ def analyze(
     layer_axis: LayerAxis = None,
     on_error: str = "raise",
     shard: bool = True,
+    precision: Precision | None = None,
 ) -> Report:
     r"""Fit the PDB model (and the PUB baselines) to every selected weight matrix.
 
@@ -77,13 +87,17 @@ def analyze(
       conv_reshape, layer_axis: how leaves map to matrices (:func:`pdbjax.tree.select`).
       on_error: ``"raise"`` (a clear error naming the leaf) or ``"skip"`` (a row with the status).
       shard: shard each batch over the local devices when there are several.
+      precision: working precision of the decomposition (:mod:`pdbjax.linalg`): ``"float32"`` (every
+        backend), ``"float64"`` (CPU users who ask for it), or ``None`` (default: float64 only inside
+        ``jax.enable_x64``). The fits run in float64 on the host either way.
 
     Returns:
       A :class:`~pdbjax.report.Report`; columns are listed in the README ("Report columns").
     """
-    sels = select(params, where, conv_reshape=conv_reshape, layer_axis=layer_axis, on_error=on_error)
+    precision = check_precision(precision)
+    sels = select(params, where, conv_reshape=conv_reshape, layer_axis=layer_axis, on_error=on_error, allow_empty=False)
     good = [s for s in sels if s.ok]
-    results = map_groups(lambda m: _analyze_stack(m, mode, baselines), _matrices(good), shard=shard)
+    results = map_groups(lambda m: _analyze_stack(m, mode, baselines, precision), _matrices(good), shard=shard)
     by_name = dict(zip((s.name for s in good), results))
     rows: list[dict[str, Any]] = []
     for sel in sels:
@@ -129,11 +143,15 @@ def _analysis_row(sel: Selected, index: int, res: dict[str, Any], baselines: boo
         lambda_plus=pdb.lambda_plus,
         edges=[e for e in np.asarray(pdb.edges) if np.isfinite(e)],
         residual=pdb.residual,
+        bulks=pdb.bulks,
+        sphericity=pdb.sphericity,
         n_outliers=res["n_outliers"],
         moments_empirical=q.moments,
         moments_pdb=q.model_moments,
         ks_pdb=q.ks,
         l2_pdb=q.l2,
+        tail_slope=res["tail_slope"],
+        heavy_tailed=res["heavy_tailed"],
     )
     if baselines:
         for method in ("bema", "kernel"):
@@ -188,17 +206,9 @@ def densify(params: Any, like: Any) -> Any:
     return jax.tree_util.tree_map_with_path(lambda path, x: updates.get(jax.tree_util.keystr(path), x), params, is_leaf=is_low)
 
 
-def _compress_stack(mats: jax.Array, method: str, rank: Rank, factored: bool, mode: Mode, slr: tuple[float, float]):
-    N = max(mats.shape[-2:])
-    factors = filter_svd(mats)  # one decomposition serves the fit (s^2, fitted in float64) and the filter
-    lam = np.asarray(factors[1], np.float64) ** 2
-    fit = None
-    if method == "pdb" or isinstance(rank, str) and method in ("svd", "slr"):
-        fit = fit_pdb(lam, N, mode=mode)
-    elif method.startswith("pub-"):
-        fit = fit_pub(lam, N, method.removeprefix("pub-"))
-    out, info = filter_matrix(
-        mats, method, rank, fit=fit, factored=factored, slr_sr=slr[0], slr_rr=slr[1], svd_factors=factors
+def _compress_stack(mats: jax.Array, method: str, rank: Rank, factored: bool, mode: Mode, slr: tuple[float, float], precision: Precision):
+    out, info, fit = filter_with_fit(
+        mats, method, rank, factored=factored, slr_sr=slr[0], slr_rr=slr[1], mode=mode, precision=precision
     )
     return {"out": out, "info": info, "fit": fit}
 
@@ -217,6 +227,7 @@ def compress(
     layer_axis: LayerAxis = None,
     on_error: str = "raise",
     shard: bool = True,
+    precision: Precision | None = None,
 ) -> tuple[Any, Report]:
     r"""Compress every selected matrix with :func:`pdbjax.filter_matrix` and return new params.
 
@@ -230,7 +241,7 @@ def compress(
         array (plain pytrees only: for NNX use ``nnx.state(model).to_pure_dict()``).
       mode: PDBLS mode for the fits.
       slr_sr, slr_rr: SLR sparsity and reduction rates.
-      conv_reshape, layer_axis, on_error, shard: as in :func:`analyze`.
+      conv_reshape, layer_axis, on_error, shard, precision: as in :func:`analyze`.
 
     Returns:
       ``(new_params, report)``. ``new_params`` has the structure and dtypes of ``params`` (a new
@@ -243,11 +254,12 @@ def compress(
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}; got {method!r}")
+    precision = check_precision(precision)
     if factored and _is_nnx(params):
         raise ValueError("factored=True needs a plain pytree; pass nnx.state(model).to_pure_dict() instead")
-    sels = select(params, where, conv_reshape=conv_reshape, layer_axis=layer_axis, on_error=on_error)
+    sels = select(params, where, conv_reshape=conv_reshape, layer_axis=layer_axis, on_error=on_error, allow_empty=False)
     good = [s for s in sels if s.ok]
-    fn = lambda m: _compress_stack(m, method, rank, factored, mode, (slr_sr, slr_rr))  # noqa: E731
+    fn = lambda m: _compress_stack(m, method, rank, factored, mode, (slr_sr, slr_rr), precision)  # noqa: E731
     results = map_groups(fn, _matrices(good), shard=shard)
     rows: list[dict[str, Any]] = [_skipped_row(s) for s in sels if not s.ok]
     updates = {}
@@ -286,7 +298,7 @@ def _compress_row(sel: Selected, index: int, item: dict[str, Any], method: str) 
     row = _base_row(sel, index)
     fit = item["fit"]
     if fit is not None and hasattr(fit, "t"):
-        row.update(K=fit.K, t=fit.t, sigma1_sq=fit.sigma1_sq, sigma2_sq=fit.sigma2_sq, lambda_plus=fit.lambda_plus)
+        row.update(K=fit.K, t=fit.t, sigma1_sq=fit.sigma1_sq, sigma2_sq=fit.sigma2_sq, lambda_plus=fit.lambda_plus, bulks=fit.bulks)
     elif fit is not None:
         row.update(K=fit.K, sigma_sq=fit.sigma_sq, lambda_plus=fit.lambda_plus)
     a, b = sel.matrix_shape

@@ -43,8 +43,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from pdbjax.estimate import fit_pdb
+from pdbjax._validate import is_traced
+from pdbjax.estimate import Mode, fit_pdb
 from pdbjax.fits import PDBFit, PUBFit, Reason
+from pdbjax.linalg import Precision, Spectrum, factors, raw_eigenvalues, scope, spectrum
 from pdbjax.pub import fit_pub
 from pdbjax.spectral import PDB, critical_points, spike_inverse
 
@@ -90,17 +92,17 @@ class FilterInfo(NamedTuple):
 # SVD convention
 
 
-def svd(W: ArrayLike) -> tuple[Array, Array, Array]:
+def svd(W: ArrayLike, *, precision: Precision | None = None) -> tuple[Array, Array, Array]:
     r"""Thin SVD ``W = U diag(s) V^T`` of a stack of matrices ``(..., a, b)``, any orientation.
 
     Returns ``(U, s, Vh)`` with shapes ``(..., a, p)``, ``(..., p)`` (descending) and ``(..., p, b)``,
-    ``p = min(a, b)``; the eigenvalues of the spec are ``s**2``. Computed in float32 at least: in
-    float64 when ``jax.enable_x64`` is on (bf16/f16/f32 inputs are upcast), in float32 otherwise.
+    ``p = min(a, b)``; the eigenvalues of the spec are ``s**2``. Computed by the one decomposition path
+    (:mod:`pdbjax.linalg`: normalised by a power of two; ``precision`` ``"float32"``, ``"float64"``
+    or ``None``, JAX's default float). Singular values of a non-finite matrix are NaN.
     """
-    W = _as_matrices(W)
-    work = jnp.promote_types(W.dtype, jnp.result_type(float))
-    U, s, Vh = jnp.linalg.svd(W.astype(work), full_matrices=False)
-    return U, s, Vh
+    f = factors(_as_matrices(W), precision=precision)
+    s = jnp.where(f.finite[..., None], f.s * f.scale[..., None], jnp.nan)
+    return f.U, s, f.Vh
 
 
 def _as_matrices(W: ArrayLike) -> Array:
@@ -266,7 +268,8 @@ def filter_matrix(
     factored: bool = False,
     slr_sr: float = 0.5,
     slr_rr: float = 0.5,
-    svd_factors: tuple[ArrayLike, ArrayLike, ArrayLike] | None = None,
+    mode: Mode = "scaled",
+    precision: Precision | None = None,
 ) -> tuple[Array | tuple[Array, Array], FilterInfo]:
     r"""Filter (compress) a stack of weight matrices ``W`` of shape ``(..., a, b)``.
 
@@ -287,26 +290,34 @@ def filter_matrix(
     ``fit`` if given (a PDB or PUB fit: e.g. truncation at BEMA's count), else with
     :func:`pdbjax.estimate.fit_pdb`.
 
-    A fit that is not ok leaves its matrix unchanged: the dense output is ``W`` itself (bitwise),
-    ``info.ok`` is False, ``info.reason`` the fit's code, ``info.keep = p``. The estimator runs
-    eagerly (in float64, see its ``precision``) unless the caller traces this function; everything
-    after the fit is one ``jit``-compiled computation.
+    Decompositions follow :mod:`pdbjax.linalg`: each matrix is divided by a power of two, the fit and
+    every keep decision use the values-only SVD (the same numbers :func:`pdbjax.analyze` sees, so a
+    rule keeps the same count in both), the rebuild uses the SVD with vectors; ``W`` and ``2^k W``
+    are filtered identically and no scale from ``1e-30`` to ``1e30`` overflows.
+
+    A matrix that is not filtered is returned unchanged: the dense output is ``W`` itself (bitwise),
+    ``info.ok`` is False, ``info.reason`` says why (the fit's code, or ``NON_FINITE`` for a matrix with
+    NaN/Inf entries, for every method), ``info.keep = p``. The estimator runs eagerly (in float64, see
+    its ``precision``) unless the caller traces this function; everything after the fit is one
+    ``jit``-compiled computation.
 
     Args:
-      W: weights ``(..., a, b)``, any orientation and float dtype (bf16/f16 are upcast for the
-        computation; the outputs have the dtype of ``W``). NumPy inputs are not written to.
+      W: weights ``(..., a, b)``, any orientation and float dtype (the outputs have the dtype of
+        ``W``). NumPy inputs are not written to.
       method: one of ``"pdb"``, ``"pub-bema"``, ``"pub-kernel"``, ``"svd"``, ``"slr"`` (static).
       rank: ``int`` rank, ``float`` removed fraction in ``[0, 1]``, or ``"spikes"`` /
         ``"upper-bulk"`` (see :func:`keep_count`). A rule is compiled in; an ``int``/``float`` is
         passed to the compiled computation as a number, so a sweep over ranks compiles once.
-      fit: a precomputed fit with batch shape ``W.shape[:-2]`` (a :class:`~pdbjax.fits.PDBFit` for
-        ``"pdb"``, a :class:`~pdbjax.fits.PUBFit` for ``"pub-*"``, either for rule ranks of
-        ``"svd"``/``"slr"``; ignored by ``"svd"``/``"slr"`` with an ``int``/``float`` rank).
+      fit: a precomputed fit of the eigenvalues ``s**2`` of ``W`` (in ``W``'s units) with batch shape
+        ``W.shape[:-2]`` (a :class:`~pdbjax.fits.PDBFit` for ``"pdb"``, a :class:`~pdbjax.fits.PUBFit`
+        for ``"pub-*"``, either for rule ranks of ``"svd"``/``"slr"``; ignored by ``"svd"``/``"slr"``
+        with an ``int``/``float`` rank).
       factored: return factors ``(A, B)`` with ``W' = A @ B`` instead of ``W'``.
       slr_sr: SLR sparsity rate: fraction of rows (columns) that are sparsified.
       slr_rr: SLR reduction rate: fraction of the ``k`` components those rows (columns) keep.
-      svd_factors: the thin SVD ``(U, s, Vh)`` of ``W`` as :func:`svd` returns it, when the caller has
-        it already (e.g. to fit the bulk on ``s**2``): saves the second decomposition.
+      mode: PDBLS mode when the fit is estimated here (:func:`pdbjax.fit_pdb`).
+      precision: working precision of the decomposition, ``"float32"``, ``"float64"`` or ``None``
+        (JAX's default float: float64 only inside ``jax.enable_x64``).
 
     Returns:
       ``(W_new, info)`` or ``((A, B), info)`` and a :class:`FilterInfo`. Factored output has the
@@ -314,8 +325,27 @@ def filter_matrix(
       with columns of ``A`` / rows of ``B`` from ``info.keep`` on exactly zero (for SLR also the
       sparsified entries), so ``A[..., :r], B[..., :r, :]`` with ``r = int(info.keep.max())`` is the
       compact form with the same product. A matrix whose fit is not ok gets its exact full SVD
-      factors (``A @ B = W`` up to rounding).
+      factors (``A @ B = W`` up to rounding; zeros for a non-finite matrix).
     """
+    out, info, _ = filter_with_fit(
+        W, method, rank, fit=fit, factored=factored, slr_sr=slr_sr, slr_rr=slr_rr, mode=mode, precision=precision
+    )
+    return out, info
+
+
+def filter_with_fit(
+    W: ArrayLike,
+    method: Method,
+    rank: Rank,
+    *,
+    fit: Fit | None = None,
+    factored: bool = False,
+    slr_sr: float = 0.5,
+    slr_rr: float = 0.5,
+    mode: Mode = "scaled",
+    precision: Precision | None = None,
+) -> tuple[Array | tuple[Array, Array], FilterInfo, Fit | None]:
+    """:func:`filter_matrix`, also returning the fit it used (in ``W``'s units; None without one)."""
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}; got {method!r}")
     rank = _check_rank(rank)
@@ -323,39 +353,61 @@ def filter_matrix(
         if not 0.0 <= value <= 1.0:
             raise ValueError(f"{name} must lie in [0, 1]; got {value}")
     W = _as_matrices(W)
-    U, s, Vh = svd(W) if svd_factors is None else _checked_factors(W, svd_factors)
+    spec = spectrum(W, precision=precision)
     needs_fit = method in _SHRINKING or isinstance(rank, str)
     if not needs_fit:
         fit = None
     elif fit is None:
-        fit = _estimate(s**2, max(W.shape[-2:]), method)
+        fit = estimate_fit(raw_eigenvalues(spec), max(W.shape[-2:]), method, mode)
     else:
         _check_fit(fit, method, W.shape[:-2])
-    if fit is not None:  # a float64 fit (estimators run in float64) works in the SVD's precision
-        fit = jax.tree_util.tree_map(lambda x: x.astype(s.dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, fit)
     # A fixed keep count is a traced argument (a sweep over ranks compiles once); rules are static.
     rule = rank if isinstance(rank, str) else None
-    fixed = jnp.int32(0 if rule else _fixed_keep(rank, s.shape[-1]))
+    fixed = jnp.int32(0 if rule else _fixed_keep(rank, spec.s.shape[-1]))
     slr = (float(slr_sr), float(slr_rr)) if method == "slr" else None
     shrink = method in _SHRINKING
-    return _filter(W, U, s, Vh, fit, fixed, shrink=shrink, rule=rule, factored=bool(factored), slr=slr)
+    f = factors(W, precision=precision)
+    with scope(spec):
+        fit_n = None if fit is None else normalised_fit(fit, spec)
+        out, info = _filter(W, f, spec.s, fit_n, fixed, shrink=shrink, rule=rule, factored=bool(factored), slr=slr)
+    return out, info, fit
 
 
-def _checked_factors(W: Array, factors) -> tuple[Array, Array, Array]:
-    U, s, Vh = (jnp.asarray(x) for x in factors)
-    a, b = W.shape[-2:]
-    p = min(a, b)
-    want = (W.shape[:-2] + (a, p), W.shape[:-2] + (p,), W.shape[:-2] + (p, b))
-    if (U.shape, s.shape, Vh.shape) != want:
-        raise ValueError(f"svd_factors have shapes {(U.shape, s.shape, Vh.shape)}; expected {want} for W {W.shape}")
-    return U, s, Vh
+def normalised_fit(fit: Fit, spec: Spectrum) -> Fit:
+    """A fit of the eigenvalues of ``W`` expressed in the units of ``spec.s**2`` (``W / scale``), in
+    ``spec.s``'s dtype: the rescaling by ``scale^-2`` is exact (a power of four) and done in float64
+    on concrete inputs, so no intermediate overflows or underflows."""
+    if is_traced(fit, spec):
+        factor = spec.scale.astype(spec.s.dtype) ** -2
+    else:
+        factor = np.asarray(spec.scale, np.float64) ** -2
+        fit = jax.tree_util.tree_map(np.asarray, fit)
+    fit = fit.rescale(factor)
+    return jax.tree_util.tree_map(lambda x: jnp.asarray(x).astype(spec.s.dtype) if jnp.issubdtype(jnp.asarray(x).dtype, jnp.floating) else jnp.asarray(x), fit)
 
 
-def _estimate(lam: Array, N: int, method: str) -> Fit:
-    """Fit the bulk with the estimator that belongs to ``method`` (``fit_pdb`` for svd/slr rules)."""
-    if method.startswith("pub-"):
-        return fit_pub(lam, N, method=method.removeprefix("pub-"))
-    return fit_pdb(lam, N)
+def keep_counts(spec: Spectrum, fit: Fit, rule: Rank) -> Array:
+    """:func:`keep_count` as :func:`filter_matrix` evaluates it: on the normalised values ``spec.s**2``
+    with :func:`normalised_fit`, so :func:`pdbjax.analyze` reports exactly what ``compress`` keeps."""
+    with scope(spec):
+        return keep_count(spec.s**2, normalised_fit(fit, spec), rule)
+
+
+def estimate_fit(lam: Array, N: int, method: str, mode: Mode = "scaled") -> Fit:
+    """Fit the bulk with the estimator that belongs to ``method`` (``fit_pdb`` for svd/slr rules).
+
+    Concrete eigenvalues are fitted in float64 (they may span 1e-60..1e60: see :mod:`pdbjax.linalg`),
+    exactly as :func:`pdbjax.analyze` fits them; traced ones in the caller's precision.
+    """
+    def fit(x):
+        if method.startswith("pub-"):
+            return fit_pub(x, N, method=method.removeprefix("pub-"))
+        return fit_pdb(x, N, mode=mode)
+
+    if is_traced(lam):
+        return fit(lam)
+    with jax.enable_x64(True):
+        return jax.tree_util.tree_map(np.asarray, fit(jnp.asarray(lam, jnp.float64)))
 
 
 def _check_fit(fit: Fit, method: str, batch: tuple[int, ...]) -> None:
@@ -394,9 +446,8 @@ def _slr_masks(U: Array, Vh: Array, keep: Array, sr: float, rr: float) -> tuple[
 @functools.partial(jax.jit, static_argnames=("shrink", "rule", "factored", "slr"))
 def _filter(
     W: Array,
-    U: Array,
-    s: Array,
-    Vh: Array,
+    f,
+    s_val: Array,
     fit: Fit | None,
     fixed: Array,
     *,
@@ -405,14 +456,21 @@ def _filter(
     factored: bool,
     slr: tuple[float, float] | None,
 ) -> tuple[Array | tuple[Array, Array], FilterInfo]:
-    """Steps 2-3 of Algorithm 2 (or the baselines) on a precomputed SVD, with static shapes."""
+    """Steps 2-3 of Algorithm 2 (or the baselines) on the normalised decomposition, static shapes.
+
+    Keep counts, outliers and spike targets come from the values-only ``s_val`` (as in ``analyze``);
+    the rebuild uses ``f`` (:class:`pdbjax.linalg.Factors`) and multiplies the scale back.
+    """
     a, b = W.shape[-2:]
+    U, s, Vh, scale = f.U, f.s, f.Vh, f.scale
     p, batch = s.shape[-1], s.shape[:-1]
-    lam = s**2
+    lam = s_val**2
     if fit is None:
         ok, reason = jnp.ones(batch, bool), jnp.full(batch, Reason.OK, jnp.int32)
     else:
         ok, reason = _ok(fit, batch), jnp.broadcast_to(jnp.asarray(fit.reason, jnp.int32), batch)
+    reason = jnp.where(f.finite, reason, Reason.NON_FINITE)
+    ok = ok & f.finite
     keep = jnp.broadcast_to(fixed, batch) if rule is None else keep_count(lam, fit, rule)
     keep = jnp.where(ok, keep, p)
     if shrink:
@@ -426,29 +484,31 @@ def _filter(
     if slr is not None:
         mask_a, mask_b = _slr_masks(U, Vh, keep, *slr)
         mask_a, mask_b = mask_a | ~ok[..., None, None], mask_b | ~ok[..., None, None]
-    A = jnp.where(mask_a, U * s[..., None, :], 0.0)
+    A = jnp.where(mask_a, U * s[..., None, :], 0.0)  # in units of W / scale
     B = jnp.where(mask_b, Vh, 0.0)
     dims = jnp.asarray(a * b, jnp.int32)
+    up = scale[..., None, None]
     if factored:
-        out = A.astype(W.dtype), B.astype(W.dtype)
-        W_hat = out[0].astype(A.dtype) @ out[1].astype(A.dtype)
+        out = (A * up).astype(W.dtype), B.astype(W.dtype)
+        W_hat = (out[0].astype(A.dtype) / up) @ out[1].astype(A.dtype)
         if slr is not None:
             params = jnp.sum(mask_a, axis=(-2, -1)) + keep + jnp.sum(mask_b, axis=(-2, -1))
         else:
             params = keep * (a + b)
     else:
-        out = jnp.where(ok[..., None, None], (A @ B).astype(W.dtype), W)
-        W_hat = out.astype(A.dtype)
+        out = jnp.where(ok[..., None, None], ((A @ B) * up).astype(W.dtype), W)
+        W_hat = out.astype(A.dtype) / up
         params = jnp.broadcast_to(dims, batch)
-    W_work = W.astype(A.dtype)
-    norm = jnp.linalg.norm(W_work, axis=(-2, -1))
-    change = jnp.linalg.norm(W_hat - W_work, axis=(-2, -1))
+    W_n = jnp.where(f.finite[..., None, None], W.astype(A.dtype), 0.0) / up  # change measured at unit scale
+    W_hat = jnp.where(f.finite[..., None, None], W_hat, 0.0)
+    norm = jnp.linalg.norm(W_n, axis=(-2, -1))
+    change = jnp.linalg.norm(W_hat - W_n, axis=(-2, -1))
     info = FilterInfo(
         keep=keep.astype(jnp.int32),
         n_outliers=jnp.where(ok, n_outliers, 0),
         params_before=jnp.broadcast_to(dims, batch),
         params_after=params.astype(jnp.int32),
-        rel_change=jnp.where(norm > 0, change / jnp.where(norm > 0, norm, 1.0), 0.0),
+        rel_change=jnp.where(ok & (norm > 0), change / jnp.where(norm > 0, norm, 1.0), 0.0),
         ok=ok,
         reason=reason,
     )

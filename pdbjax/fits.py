@@ -30,6 +30,7 @@ class Reason:
     NOT_CONVERGED = 5
     NO_SUPPORT = 6
     POOR_FIT = 7
+    NEGATIVE = 8
 
     TEXT = {
         OK: "ok",
@@ -40,6 +41,7 @@ class Reason:
         NOT_CONVERGED: "least squares did not converge to a valid population",
         NO_SUPPORT: "fitted population has no valid support edges",
         POOR_FIT: "no PDB population satisfies the Silverstein equation on the bulk (heavy-tailed or otherwise non-PDB spectrum)",
+        NEGATIVE: "negative eigenvalues: not the squared singular values of a real matrix",
     }
 
 
@@ -58,9 +60,18 @@ class PDBFit(NamedTuple):
       edges: support edges ``beta_1..beta_4`` ascending, NaN-padded (shape ``(..., 4)``).
       critical: critical points ``alpha_1..alpha_4`` of ``g`` ascending, NaN-padded.
       lambda_plus: noise boundary ``max(edges)``.
-      residual: root-mean-square residual of the Silverstein equation on the fitting grid,
-        relative to the spread of the grid (dimensionless).
-      ok: whether the fit is usable; when False the numeric fields are NaN.
+      residual: root-mean-square residual ``u_i - z(s_i)`` of the Silverstein equation on the fitting
+        grid, each grid segment (``(-10, 0)``, ``(0, l_min / 2)``, ``(5 l_max, 10 l_max)``) relative to
+        its own RMS ``u`` (dimensionless; above ``estimate.POOR_FIT_RESIDUAL`` the row is ``POOR_FIT``),
+        of the two-atom least-squares fit (before the one-bulk decision).
+      bulks: 2 when the two-atom population is identified, 1 when the bulk is one Marchenko-Pastur
+        bulk (spec section 10; then ``t = 1`` and ``sigma1_sq = sigma2_sq = sigma^2``, the fitted
+        population mean); 0 where the fit is not ok.
+      sphericity: John's sphericity statistic of the bulk eigenvalues, standardised so that it is
+        approximately ``N(0, 1)`` for one bulk (see :func:`pdbjax.estimate.fit_pdb`); computed even when
+        the fit is not ok (NaN only for unusable spectra).
+      ok: whether the fit is usable; when False the population fields are NaN (``K`` and
+        ``sphericity`` still describe the spectrum where it could be screened).
       reason: :class:`Reason` code.
     """
 
@@ -73,12 +84,19 @@ class PDBFit(NamedTuple):
     critical: Array
     lambda_plus: Array
     residual: Array
+    bulks: Array
+    sphericity: Array
     ok: Array
     reason: Array
 
     @property
     def population(self) -> PDB:
         return PDB(self.t, self.sigma1_sq, self.sigma2_sq)
+
+    def rescale(self, factor) -> "PDBFit":
+        """The same fit for eigenvalues multiplied by ``factor`` (batch-shaped): every field in
+        eigenvalue units (variances, edges, critical points, ``lambda_plus``) is multiplied by it."""
+        return _rescale(self, factor, ("sigma1_sq", "sigma2_sq", "edges", "critical", "lambda_plus"))
 
 
 class PUBFit(NamedTuple):
@@ -105,3 +123,17 @@ class PUBFit(NamedTuple):
     @property
     def population(self) -> PDB:
         return PDB.pub(self.sigma_sq)
+
+    def rescale(self, factor) -> "PUBFit":
+        """The same fit for eigenvalues multiplied by ``factor`` (see :meth:`PDBFit.rescale`)."""
+        return _rescale(self, factor, ("sigma_sq", "lambda_plus", "threshold"))
+
+
+def _rescale(fit, factor, fields: tuple[str, ...]):
+    """Multiply the named fields of ``fit`` by ``factor``, broadcasting it over their trailing axes."""
+    batch = np.ndim(factor)
+
+    def mul(x):
+        return x * np.reshape(factor, np.shape(factor) + (1,) * (np.ndim(x) - batch))
+
+    return fit._replace(**{name: mul(getattr(fit, name)) for name in fields})

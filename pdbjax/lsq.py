@@ -1,39 +1,119 @@
-r"""Box-constrained nonlinear least squares with a fixed iteration budget (projected Levenberg-Marquardt).
+r"""Box-constrained nonlinear least squares to a tolerance (projected Levenberg-Marquardt).
 
-Minimises ``0.5 ||r(x)||^2`` subject to ``lb <= x <= ub``. Each iteration solves the damped normal
-equations on the free variables,
+Minimises ``0.5 ||r(x)||^2`` subject to ``lb <= x <= ub``. Variables are rescaled to the unit box
+``y = (x - lb) / (ub - lb)``, so parameters of different units are treated alike. Each step solves the
+damped linear least-squares subproblem on the free variables ``F`` for the velocity ``v``,
 
-.. math::  (J_F^T J_F + \mu\,\mathrm{diag}(J_F^T J_F))\,\delta_F = -J_F^T r,
+.. math::  \begin{bmatrix} J_F \\ \sqrt{\mu}\, I \end{bmatrix} v_F \simeq
+           -\begin{bmatrix} r \\ 0 \end{bmatrix},
+           \qquad \mu = \lambda \max_j \|J_j\|^2,
 
-where a variable sitting on a bound with the gradient pushing outwards is held fixed (the
-projected-gradient active set), projects ``x + delta`` back onto the box, and accepts the step only if
-the cost decreases (``mu`` is divided by 3 on success and multiplied by 4 on failure). The budget is
-fixed, so the solver runs under ``jit`` and ``vmap`` (many problems and many starting points in one
-call). Variables are rescaled to the unit box internally, so parameters of different units are
-treated alike. This is the bounded problem that scipy's ``curve_fit(..., bounds=...)`` solves with
-its trust-region-reflective method; both converge to the same local minimum from the same start.
+by a QR factorisation of the stacked matrix (never the normal equations ``J^T J + mu I``, whose
+condition number is the square of ``J``'s: the Jacobian is rank deficient at the symmetric starting
+point of PDBLS), and, with the same factors, the geodesic acceleration ``a`` from the right-hand side
+``-[r_vv; 0]``, where ``r_vv = d^2/ds^2 r(y + s v)`` at ``s = 0`` (one forward-over-forward ``jvp``).
+The trial point is ``y+ = clip(y + v + a / 2, 0, 1)``; it is accepted when the cost decreases and
+``2 ||a|| <= 0.75 ||v||``. The acceleration follows curved valleys of the cost, where plain
+Levenberg-Marquardt crawls (PDBLS on eigenvalues of order ``1e-3``). A variable on a bound whose
+gradient ``g = J^T r`` points out of the box is held fixed (the projected-gradient active set). The
+damping follows the gain ratio ``rho = (cost - cost+) / (cost - 0.5 ||r + J v'||^2)`` with
+``v' = clip(y + v) - y`` (Nielsen's rule: ``lambda`` times ``max(1/3, 1 - (2 rho - 1)^3)`` after a
+success, times ``nu = 2, 4, 8, ...`` after successive failures).
+
+Convergence, with the tolerances of scipy's ``least_squares`` (``ftol = xtol = gtol = 1e-8``):
+
+* ``GTOL``: ``max_{j in F} |J_j^T r| / (||J_j|| ||r||) <= gtol``: the residual is orthogonal to every
+  free Jacobian column to ``gtol`` (MINPACK's scale-free form of the test, where scipy bounds the
+  gradient's absolute size; an exact fit ``r = 0`` passes);
+* ``FTOL``: an accepted step with ``rho > 1/4`` lowered the cost by less than ``ftol * cost``;
+* ``XTOL``: a trial step (accepted or not) shorter than ``xtol (xtol + ||y||)``; this is how a problem
+  whose cost is flat to rounding ends (e.g. in float32, where ``1e-8`` is below the cost's resolution).
+
+Each test certifies a first-order point only, and a least-squares cost can be stationary at a saddle:
+PDBLS started at ``t = 1/2, sigma1_sq = sigma2_sq`` descends along the single-bulk manifold
+``sigma1_sq = sigma2_sq``, which every Gauss-Newton step leaves invariant, to a point that is a saddle
+of the two-bulk problem. So a point that passes a test is also checked at second order: when the exact
+Hessian ``H = J^T J + sum_i r_i nabla^2 r_i`` on the free variables has an eigenvalue below
+``-sqrt(eps) max_j ||J_j||^2``, the solver moves to the lowest of the points ``y +- 2^-k w``
+(``k = 0..15``, clipped to the box) along its eigenvector ``w`` if that lowers the cost, and resumes.
+A point that passes a test and has no such descent direction ends the solve with ``converged = True``;
+otherwise the solve ends after ``max_steps`` steps (an escape counts as one) with ``converged = False``
+(status ``MAX_STEPS``).
+
+Two nested ``lax.while_loop``: Levenberg-Marquardt steps to a first-order point inside, the
+second-order check (a Hessian and its ``eigh``) once per such point outside. Both run under ``jit`` and
+``vmap`` (a batch of problems or starting points runs until its slowest member stops; finished members
+are frozen). This is the bounded problem
+that scipy's ``curve_fit(..., bounds=...)`` solves with its trust-region-reflective method, with the
+same stopping rules.
 
 References:
-  Moré (1978), "The Levenberg-Marquardt algorithm: implementation and theory".
+  Moré (1978), "The Levenberg-Marquardt algorithm: implementation and theory" (QR of the augmented
+  system, MINPACK's ``gtol``).
+  Nielsen (1999), "Damping parameter in Marquardt's method", IMM-REP-1999-05, DTU.
+  Transtrum & Sethna (2012), "Improvements to the Levenberg-Marquardt algorithm for nonlinear
+  least-squares minimization", arXiv:1201.5885 (geodesic acceleration, ``2 ||a|| / ||v|| <= 0.75``).
   Kanzow, Yamashita & Fukushima (2004), "Levenberg-Marquardt methods with strong local convergence
-  properties for solving nonlinear equations with convex constraints", JCAM 172.
+  properties for solving nonlinear equations with convex constraints", JCAM 172 (projected LM).
+  Nocedal & Wright (2006), "Numerical Optimization", 2nd ed., section 4.3 (negative curvature).
 """
 
 from __future__ import annotations
 
+import enum
 from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 from jax import lax
 
-__all__ = ["BoxLSQResult", "least_squares_box"]
+__all__ = ["BoxLSQResult", "Status", "least_squares_box"]
+
+_LAMBDA_RANGE = (1e-12, 1e12)  # bounds of the relative damping lambda
+_GEODESIC_RATIO = 0.75  # largest accepted 2 ||a|| / ||v||
+_ESCAPE_STEPS = 16  # trial lengths 2^-k, k = 0..15, along a direction of negative curvature
+_RUNNING = -1
+
+
+class Status(enum.IntEnum):
+    """Why :func:`least_squares_box` stopped (scipy ``least_squares`` numbering for 0-3)."""
+
+    MAX_STEPS = 0  # the step budget ran out: not converged
+    GTOL = 1  # the residual is orthogonal to the free Jacobian columns
+    FTOL = 2  # relative cost reduction below ftol
+    XTOL = 3  # step below xtol
+    NON_FINITE = 4  # the residual at the starting point is not finite: not converged
 
 
 class BoxLSQResult(NamedTuple):
+    """Solution of :func:`least_squares_box` (a pytree; every field gains the ``vmap`` axes).
+
+    Attributes:
+      x: the last accepted point, inside ``[lb, ub]``.
+      cost: ``0.5 ||r(x)||^2``.
+      grad_norm: infinity norm of the projected gradient at ``x``, in unit-box coordinates.
+      steps: iterations taken (int32), at most ``max_steps``.
+      converged: ``status`` is ``GTOL``, ``FTOL`` or ``XTOL`` (a local minimum: no descent direction of
+        negative curvature was left).
+      status: :class:`Status` code (int32).
+    """
+
     x: jax.Array
-    cost: jax.Array  # 0.5 * sum r^2 at x
-    grad_norm: jax.Array  # infinity norm of the projected gradient in unit-box coordinates
+    cost: jax.Array
+    grad_norm: jax.Array
+    steps: jax.Array
+    converged: jax.Array
+    status: jax.Array
+
+
+class _State(NamedTuple):
+    y: jax.Array  # point in unit-box coordinates
+    r: jax.Array  # residual at y
+    cost: jax.Array
+    lam: jax.Array  # relative damping
+    nu: jax.Array  # growth factor of lam after a failure
+    steps: jax.Array
+    status: jax.Array  # _RUNNING or a Status
 
 
 def least_squares_box(
@@ -41,15 +121,23 @@ def least_squares_box(
     x0: jax.Array,
     lb: jax.Array,
     ub: jax.Array,
-    n_iter: int = 100,
-    mu0: float = 1e-3,
+    max_steps: int = 100,
+    damping0: float = 1e-3,
+    *,
+    ftol: float = 1e-8,
+    xtol: float = 1e-8,
+    gtol: float = 1e-8,
 ) -> BoxLSQResult:
     """Solve ``min 0.5 ||residual(x)||^2`` on the box ``[lb, ub]`` from ``x0`` (one problem).
 
     ``residual`` maps a parameter vector of shape ``(n,)`` to residuals of shape ``(m,)``; non-finite
-    residuals count as an infinite cost (the step is rejected). ``vmap`` over problems or starts.
+    residuals count as an infinite cost (the step is rejected). ``damping0`` is the initial relative
+    damping ``lambda``; ``max_steps`` caps the iterations. ``vmap`` over problems or starts.
     """
+    dtype = jnp.result_type(x0, lb, ub, float)
+    x0, lb, ub = (jnp.asarray(v, dtype) for v in (x0, lb, ub))
     width = jnp.where(ub > lb, ub - lb, 1.0)
+    eps = jnp.finfo(dtype).eps
 
     def unit_residual(y):
         return residual(lb + y * width)
@@ -58,35 +146,102 @@ def least_squares_box(
         c = 0.5 * jnp.sum(r**2)
         return jnp.where(jnp.isfinite(c), c, jnp.inf)
 
-    def projected_gradient(y, g):
-        at_lo = (y <= 0) & (g > 0)
-        at_hi = (y >= 1) & (g < 0)
-        return jnp.where(at_lo | at_hi, 0.0, g)
+    def unit_cost(y):
+        return cost_of(unit_residual(y))
 
-    def step(_, state):
-        y, r, cost, mu = state
+    def fixed_set(y, g):
+        return ((y <= 0) & (g > 0)) | ((y >= 1) & (g < 0))
+
+    def velocity_acceleration(y, jac, r, free, mu):
+        """``v`` and ``a`` from one QR of ``[J_F; sqrt(mu) I]`` (fixed variables get 0)."""
+        n = jac.shape[1]
+        aug = jnp.concatenate([jnp.where(free[None, :], jac, 0.0), jnp.sqrt(mu) * jnp.eye(n, dtype=dtype)])
+        q, upper = jnp.linalg.qr(aug)
+
+        def solve(b):
+            rhs = jnp.concatenate([-b, jnp.zeros(n, dtype)])
+            return jnp.where(free, jax.scipy.linalg.solve_triangular(upper, q.T @ rhs), 0.0)
+
+        v = solve(r)
+        r_vv = jax.jvp(lambda z: jax.jvp(unit_residual, (z,), (v,))[1], (y,), (v,))[1]
+        return v, solve(r_vv)
+
+    def escape(y, cost):
+        """Lowest point along the most negative curvature direction of the exact Hessian on ``F``."""
         jac = jax.jacfwd(unit_residual)(y)
-        g = jac.T @ r
-        free = projected_gradient(y, g) != 0
-        h = jac.T @ jac
-        mask = free[:, None] & free[None, :]
-        diag = jnp.diag(h)
-        damped = jnp.where(mask, h, 0.0) + jnp.diag(jnp.where(free, mu * jnp.maximum(diag, 1e-12), 1.0))
-        delta = jnp.where(free, jnp.linalg.solve(damped, -jnp.where(free, g, 0.0)), 0.0)
-        y_new = jnp.clip(y + delta, 0.0, 1.0)
-        r_new = unit_residual(y_new)
-        cost_new = cost_of(r_new)
-        accept = cost_new < cost
-        return (
-            jnp.where(accept, y_new, y),
-            jnp.where(accept, r_new, r),
-            jnp.where(accept, cost_new, cost),
-            jnp.clip(jnp.where(accept, mu / 3, mu * 4), 1e-12, 1e12),
+        free = ~fixed_set(y, jac.T @ unit_residual(y))
+        jac_scale = jnp.max(jnp.sum(jac**2, axis=0))
+        hess = jax.hessian(unit_cost)(y)
+        hess = jnp.where(free[:, None] & free[None, :], hess, 0.0) + jnp.diag(jnp.where(free, 0.0, jac_scale + 1))
+        evals, evecs = jnp.linalg.eigh(hess)
+        length = 2.0 ** -jnp.arange(_ESCAPE_STEPS, dtype=dtype)
+        trials = jnp.clip(y + jnp.concatenate([length, -length])[:, None] * evecs[:, 0], 0.0, 1.0)
+        costs = jax.vmap(unit_cost)(trials)
+        best = jnp.argmin(costs)
+        found = (evals[0] < -jnp.sqrt(eps) * jac_scale) & (costs[best] < cost)
+        return found, trials[best], costs[best]
+
+    def lm_body(s: _State) -> _State:
+        jac = jax.jacfwd(unit_residual)(s.y)
+        g = jac.T @ s.r
+        free = ~fixed_set(s.y, g)
+        col = jnp.linalg.norm(jac, axis=0)
+        denom = col * jnp.sqrt(2 * s.cost)
+        cosine = jnp.max(jnp.where(free & (denom > 0), jnp.abs(g) / jnp.where(denom > 0, denom, 1.0), 0.0))
+        gtol_ok = (cosine <= gtol) | (s.cost == 0)
+
+        mu = s.lam * jnp.maximum(jnp.max(col**2), jnp.finfo(dtype).tiny)
+        v, a = velocity_acceleration(s.y, jac, s.r, free, mu)
+        y_try = jnp.clip(s.y + v + 0.5 * a, 0.0, 1.0)
+        r_try = unit_residual(y_try)
+        cost_try = cost_of(r_try)
+        predicted = s.cost - 0.5 * jnp.sum((s.r + jac @ (jnp.clip(s.y + v, 0.0, 1.0) - s.y)) ** 2)
+        actual = s.cost - cost_try
+        rho = jnp.where(predicted > 0, actual / jnp.where(predicted > 0, predicted, 1.0), 0.0)
+        accept = (actual > 0) & (2 * jnp.linalg.norm(a) <= _GEODESIC_RATIO * jnp.linalg.norm(v))
+        ftol_ok = accept & (actual < ftol * s.cost) & (rho > 0.25)
+        xtol_ok = jnp.linalg.norm(y_try - s.y) < xtol * (xtol + jnp.linalg.norm(s.y))
+
+        take = accept & ~gtol_ok
+        lam = jnp.where(accept, s.lam * jnp.maximum(1 / 3, 1 - (2 * rho - 1) ** 3), s.lam * s.nu)
+        code = jnp.where(gtol_ok, Status.GTOL, jnp.where(ftol_ok, Status.FTOL, jnp.where(xtol_ok, Status.XTOL, _RUNNING)))
+        return _State(
+            y=jnp.where(take, y_try, s.y),
+            r=jnp.where(take, r_try, s.r),
+            cost=jnp.where(take, cost_try, s.cost),
+            lam=jnp.clip(lam, *_LAMBDA_RANGE).astype(dtype),
+            nu=jnp.where(accept, 2.0, 2 * s.nu).astype(dtype),
+            steps=s.steps + 1,
+            status=code.astype(jnp.int32),
+        )
+
+    def running(s: _State):
+        return (s.status == _RUNNING) & (s.steps < max_steps)
+
+    def solve_and_check(s: _State) -> _State:
+        """Levenberg-Marquardt to a first-order point, then one second-order check (may resume)."""
+        s = lax.while_loop(running, lm_body, s)
+        stationary = (s.status == Status.GTOL) | (s.status == Status.FTOL) | (s.status == Status.XTOL)
+        found, y_esc, cost_esc = escape(s.y, s.cost)
+        escaped = stationary & found & (s.steps < max_steps)
+        return _State(
+            y=jnp.where(escaped, y_esc, s.y),
+            r=jnp.where(escaped, unit_residual(y_esc), s.r),
+            cost=jnp.where(escaped, cost_esc, s.cost),
+            lam=jnp.where(escaped, damping0, s.lam).astype(dtype),
+            nu=jnp.where(escaped, 2.0, s.nu).astype(dtype),
+            steps=s.steps + escaped.astype(jnp.int32),
+            status=jnp.where(escaped, _RUNNING, s.status).astype(jnp.int32),
         )
 
     y0 = jnp.clip((x0 - lb) / width, 0.0, 1.0)
     r0 = unit_residual(y0)
-    init = (y0, r0, cost_of(r0), jnp.asarray(mu0, y0.dtype))
-    y, r, cost, _ = lax.fori_loop(0, n_iter, step, init)
-    g = jax.jacfwd(unit_residual)(y).T @ r
-    return BoxLSQResult(lb + y * width, cost, jnp.max(jnp.abs(projected_gradient(y, g))))
+    cost0 = cost_of(r0)
+    status0 = jnp.where(jnp.isfinite(cost0), _RUNNING, Status.NON_FINITE).astype(jnp.int32)
+    one = jnp.ones((), dtype)
+    out = lax.while_loop(running, solve_and_check, _State(y0, r0, cost0, damping0 * one, 2 * one, jnp.zeros((), jnp.int32), status0))
+    status = jnp.where(out.status == _RUNNING, Status.MAX_STEPS, out.status).astype(jnp.int32)
+    g = jax.jacfwd(unit_residual)(out.y).T @ out.r
+    grad_norm = jnp.max(jnp.abs(jnp.where(fixed_set(out.y, g), 0.0, g)))
+    converged = (status == Status.GTOL) | (status == Status.FTOL) | (status == Status.XTOL)
+    return BoxLSQResult(lb + out.y * width, out.cost, grad_norm, out.steps, converged, status)

@@ -63,18 +63,20 @@ def spectra(
     *,
     conv_reshape: str = "in",
     layer_axis: Any = None,
+    precision: str | None = None,
 ) -> dict[str, np.ndarray]:
     """Descending eigenvalues (float64) of every selected matrix, keyed like :func:`pdbjax.analyze` rows.
 
     Uses the selection of :func:`pdbjax.tree.select` with the same arguments as ``analyze`` (leaves
-    that ``analyze`` would skip are left out) and one batched :func:`pdbjax.estimate.eigenvalues` call
-    per matrix shape. A stacked leaf (``layer_axis``) gives the keys ``"name[0]"``, ``"name[1]"``, ...
+    that ``analyze`` would skip are left out) and one batched call per matrix shape of the decomposition
+    ``analyze`` uses (:func:`pdbjax.linalg.spectrum`, same ``precision``), so the figures show the
+    eigenvalues the report was fitted to. A stacked leaf (``layer_axis``) gives the keys ``"name[0]"``, ``"name[1]"``, ...
     """
-    from pdbjax.estimate import eigenvalues
+    from pdbjax.linalg import raw_eigenvalues, spectrum
     from pdbjax.tree import map_groups, select, to_matrices
 
     sels = [s for s in select(params, where, conv_reshape=conv_reshape, layer_axis=layer_axis, on_error="skip") if s.ok]
-    stacks = map_groups(lambda m: np.asarray(eigenvalues(m, dtype=np.float64)), [to_matrices(s.value, s) for s in sels])
+    stacks = map_groups(lambda m: raw_eigenvalues(spectrum(m, precision=precision)), [to_matrices(s.value, s) for s in sels])
     out: dict[str, np.ndarray] = {}
     for sel, lam in zip(sels, stacks):
         lam = np.asarray(lam).reshape(sel.num_matrices, -1)

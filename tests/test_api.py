@@ -196,4 +196,7 @@ def test_sharded_over_four_devices_equals_single_device(tmp_path):
     sharded = json.loads((tmp_path / "out.json").read_text())
     mats = {f"l{i}": {"kernel": np.asarray(pdbjax.simulate(jax.random.PRNGKey(i), A, B, pdbjax.PDB(0.7, 1.0, 4.0)))} for i in range(3)}
     single = [[r["K"], r["t"], r["sigma1_sq"], r["sigma2_sq"]] for r in pdbjax.analyze(mats, baselines=False)]
-    np.testing.assert_allclose(np.asarray(sharded, float), np.asarray(single, float), rtol=1e-5)
+    # The decomposition runs in float32 (pdbjax.linalg): sharded and single-device SVDs may differ in the
+    # last bits (~1e-6 relative), which the least squares amplifies by its conditioning; 1e-4 still
+    # catches a wrong row or a mixed-up order (the three matrices differ by far more).
+    np.testing.assert_allclose(np.asarray(sharded, float), np.asarray(single, float), rtol=1e-4)

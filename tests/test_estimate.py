@@ -8,7 +8,8 @@ per module and fitted in few batched calls that share shapes:
 
 * ``batch_a``: 24 matrices 784 x 512: 20 random PDB configurations (the oracle set), then 4 draws of the
   truth configuration. Fitted in mode ``"scaled"`` (also times constants: scale invariance), in mode
-  ``"reference"``, and (with 5 degenerate rows swapped in at the end) eagerly and under ``jax.jit``.
+  ``"reference"`` (also at eigenvalue scales 1e-3..1e3, two calls of the same shape: the least-squares
+  cost against scipy's), and (with 5 degenerate rows swapped in at the end) eagerly and under ``jax.jit``.
 * ``example``: the issue's 900 x 600 matrix (``t = 0.7``, ``sigma^2 = 0.02, 0.08``, 3 spikes) times
   ``1e-3, 1, 100, 1e3``, in mode ``"reference"``.
 * truth recovery at the other three issue shapes, 3 draws each.
@@ -27,7 +28,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pdbjax.estimate import _STARTS, eigenvalues, fit_pdb, spike_count
+from pdbjax.estimate import _STARTS, POOR_FIT_RESIDUAL, eigenvalues, fit_pdb, spike_count
 from pdbjax.fits import Reason
 from pdbjax.simulate import simulate
 from pdbjax.spectral import PDB
@@ -212,19 +213,90 @@ def test_fit_scaled_matches_multistart_curve_fit(batch_a, fit_scaled):
 
 
 def test_fit_reference_mode_spike_count_matches_oracle(batch_a, fit_reference):
+    """K0 is reported for every screened row, whether or not its fit is ok, and equals ``removebike``.
+
+    Exact equality is robust across CPUs: K0 does not depend on the least squares (a row flagged on one
+    CPU used to report K = 0, the failure this replaces), and both sides evaluate the same float64
+    criterion on the same eigenvalues, whose best and second-best values differ by >= 1e-4 relative on
+    every row (asserted: far above float64 rounding, so no tie can flip the argmin)."""
     got = np.asarray(fit_reference.K).tolist()
-    assert got == [ref.removebike(x, N)[0] for x in batch_a["lam"]]
+    want, margins = [], []
+    for lam in batch_a["lam"]:
+        k, eda, edb = ref.removebike(lam, N)
+        want.append(k)
+        margins += [np.diff(np.sort(c)[:2])[0] / np.abs(np.sort(c)[0]) for c in (eda, edb)]
+    assert min(margins) > 1e-4, min(margins)
+    assert got == want
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="projected LM and scipy TRF, both started at the degenerate midpoint, end in different local "
-    "minima on some matrices (pdbjax: sigma2_sq pinned at l_min; 7/64 in a wider sample)",
-)
 def test_fit_reference_mode_matches_single_start_curve_fit(batch_a, fit_reference):
+    """Reference mode vs curve_fit from the same single midpoint start: the same optimum within RTOL.
+
+    Both solvers must leave the single-bulk saddle the midpoint starts them towards (scipy by the
+    rounding of its finite differences, pdbjax along negative curvature). Compared on the rows that pdbjax
+    reports ok; up to 2 of the 20 may instead be flagged (an allowed outcome of a fit on another CPU,
+    whose float32 eigenvalues differ by rounding: measured here 0 of 20), none may differ."""
     cats = _tally(fit_reference, batch_a["lam"])
-    bad = {k: v for k, v in cats.items() if k not in ("ok", "collapsed_ok", "oracle_not_converged")}
-    assert not bad, cats
+    ok = np.asarray(fit_reference.ok)[:N_RANDOM]
+    flagged = [i for i in range(N_RANDOM) if not ok[i]]
+    assert len(flagged) <= 2, (flagged, np.asarray(fit_reference.reason)[flagged])
+    assert all(int(fit_reference.reason[i]) in (Reason.NOT_CONVERGED, Reason.POOR_FIT) for i in flagged)
+    bad = {k: [i for i in v if ok[i]] for k, v in cats.items() if k not in ("ok", "collapsed_ok", "oracle_not_converged")}
+    assert not any(bad.values()), cats
+
+
+def _reference_cost(lam: np.ndarray, K: int, theta) -> float:
+    """``0.5 sum (u - z(s; theta))^2`` of the reference's objective (its grid and -200 penalty), via the oracle."""
+    bulk = np.asarray(lam, np.float64)[K:]
+    u = ref.grid(bulk, N, P)
+    s = ref.companion(u, bulk, N, P)
+    return 0.5 * float(np.sum((u - ref.func(s, *theta, bulk.size / N)) ** 2))
+
+
+@pytest.fixture(scope="module")
+def reference_scales(batch_a):
+    """batch_a's 24 matrices at eigenvalue scales 1e-3..1e3 (the issue's), in two reference-mode calls of
+    batch_a's shape and dtype (no recompile): row i at scale 10^((i + shift) mod 7 - 3), shift 0 and 3,
+    so each scale meets 6 or 7 different matrices."""
+    exponent = np.concatenate([(np.arange(N_RANDOM + N_TRUTH) + shift) % 7 - 3 for shift in (0, 3)])
+    lam = (np.concatenate([batch_a["lam"]] * 2) * np.float32(10.0) ** exponent[:, None]).astype(np.float32)
+    half = N_RANDOM + N_TRUTH
+    fits = [fit_pdb(lam[:half], N, mode="reference"), fit_pdb(lam[half:], N, mode="reference")]
+    return lam, exponent, jax.tree_util.tree_map(lambda *a: np.concatenate([np.asarray(x) for x in a]), *fits)
+
+
+def test_reference_mode_cost_no_worse_than_scipy_across_scales(reference_scales):
+    """Issue: from the same single midpoint start, reference mode reaches a least-squares cost no worse
+    than scipy's TRF + 1% at every eigenvalue scale 1e-3..1e3, or flags the row (NOT_CONVERGED, or
+    POOR_FIT where the reference algorithm's fixed grid cannot describe the bulk at that scale).
+
+    The 1% is the issue's tolerance (both solvers stop at a 1e-8 tolerance; the costs of the same optimum
+    agree to ~1e-6; the reported float32 parameters add ~2e-3). Measured: the old fixed-budget solver
+    stopped up to 2e8 times above scipy on 24 of 36 such rows at scale 100, all reported ok."""
+    lam, exponent, fit = reference_scales
+    compared = {}
+    for i, row in enumerate(lam):
+        # the same problem: K0 by the reference criterion in log space (raw exp overflows at scales >= 100)
+        oracle = ref.pdbls(row, N, K=ref.removebike_lse(row, N)[0])
+        assert int(fit.K[i]) == oracle.K, i
+        if not fit.ok[i]:
+            assert int(fit.reason[i]) in (Reason.NOT_CONVERGED, Reason.POOR_FIT), (i, fit.reason[i])
+            continue
+        if int(fit.bulks[i]) != 2:  # one-bulk rows report the mean population, not the least-squares optimum
+            continue
+        cost = _reference_cost(row, oracle.K, (fit.t[i], fit.sigma1_sq[i], fit.sigma2_sq[i]))
+        assert cost <= 1.01 * oracle.cost, (i, cost, oracle.cost)
+        compared.setdefault(int(exponent[i]), []).append(i)
+    assert sum(map(len, compared.values())) >= 30 and len(compared) == 7, compared
+
+
+def test_step_budget_too_small_flags_not_converged(batch_a):
+    """A least squares stopped by its step cap (here 3 steps) is not a fit: every two-bulk row of batch_a
+    (none has a spherical bulk) is NOT_CONVERGED, with NaN parameters (with the default cap all of them
+    are ok: test_fit_edges_match_numpy_roots)."""
+    fit = fit_pdb(batch_a["lam"], N, n_iter=3)
+    assert np.all(np.asarray(fit.reason) == Reason.NOT_CONVERGED), np.asarray(fit.reason)
+    assert np.all(np.isnan(np.asarray(fit.sigma1_sq)))
 
 
 def test_fit_edges_match_numpy_roots(fit_scaled):
@@ -370,8 +442,9 @@ def test_degenerate_rows_flagged_under_jit(jit_fits, fit_degenerate):
 
 
 @pytest.mark.xfail(strict=True, reason="known limitation: Student-t(1.5) entries give a bulk the PDB law fits with "
-                   "residual ~2e-5 and KS ~0.09, inside the range measured on real MiniLM layers (residual <= 4e-5, "
-                   "KS up to 0.11), so no threshold flags it without flagging real layers")
+                   "residual ~1.5e-2 (below POOR_FIT_RESIDUAL = 2e-2; 4.6e-3 at 2000 x 500) and KS ~0.09, within a "
+                   "factor 4 of real layers (FCNN/MiniLM residual <= 3.8e-3, KS up to 0.11), so no threshold flags "
+                   "it with a safe margin for real layers")
 def test_heavy_tailed_row_flagged(fit_degenerate):
     i = N_GOOD + DEGENERATE.index("student_t_1.5")
     assert not bool(fit_degenerate.ok[i]), (fit_degenerate.K[i], fit_degenerate.lambda_plus[i], fit_degenerate.residual[i])
@@ -383,14 +456,16 @@ def test_eigenvalues_rejects_complex():
 
 
 def test_power_law_spectrum_flagged_poor_fit():
-    """Singular values s_j = j^-1/2 (no bulk at all): flagged, while a PDB matrix in the same batch is not."""
+    """Singular values s_j = j^-1/2 and j^-3/4 (no bulk at all): flagged, while a PDB matrix in the same
+    batch is not. Measured residuals 2.1 and 0.53 against POOR_FIT_RESIDUAL = 2e-2 (the PDB row: ~1e-3)."""
     rng = np.random.default_rng(5)
     U, _, Vt = np.linalg.svd(rng.normal(size=(784, 512)), full_matrices=False)
-    power = (U * np.arange(1, 513) ** -0.5) @ Vt
+    power = [(U * np.arange(1, 513) ** -a) @ Vt for a in (0.5, 0.75)]
     pdb = np.asarray(simulate(jax.random.PRNGKey(5), 784, 512, PDB(0.7, 1.0, 4.0), spikes=(40.0,)))
-    fit = fit_pdb(eigenvalues(np.stack([power, pdb]), dtype=jnp.float64), 784)
-    assert np.asarray(fit.ok).tolist() == [False, True]
-    assert int(fit.reason[0]) == Reason.POOR_FIT and np.isnan(float(fit.lambda_plus[0]))
+    fit = fit_pdb(eigenvalues(np.stack([*power, pdb]), dtype=jnp.float64), 784)
+    assert np.asarray(fit.ok).tolist() == [False, False, True]
+    assert np.asarray(fit.reason).tolist()[:2] == [Reason.POOR_FIT] * 2 and np.all(np.isnan(np.asarray(fit.lambda_plus)[:2]))
+    assert float(fit.residual[2]) < POOR_FIT_RESIDUAL / 5
 
 
 def test_too_small_p_flagged():

@@ -35,7 +35,8 @@ def pdb_fit(pop: PDB, c: float, K: int = 0) -> PDBFit:
     return PDBFit(
         K=jnp.int32(K), t=pop.t, sigma1_sq=pop.sigma1_sq, sigma2_sq=pop.sigma2_sq, c=f32(c),
         edges=beta, critical=alpha, lambda_plus=lam_plus,
-        residual=f32(0.0), ok=jnp.bool_(True), reason=jnp.int32(Reason.OK),
+        residual=f32(0.0), bulks=jnp.int32(1 if float(pop.t) == 1.0 else 2), sphericity=f32(jnp.nan),
+        ok=jnp.bool_(True), reason=jnp.int32(Reason.OK),
     )
 
 
@@ -43,8 +44,8 @@ def bad_pdb_fit(reason: int = Reason.NOT_CONVERGED) -> PDBFit:
     """A failed fit as the estimators return it: NaN fields, ok False, a reason code."""
     nan = jnp.float32(jnp.nan)
     return PDBFit(K=jnp.int32(0), t=nan, sigma1_sq=nan, sigma2_sq=nan, c=nan, edges=jnp.full(4, nan),
-                  critical=jnp.full(4, nan), lambda_plus=nan, residual=nan, ok=jnp.bool_(False),
-                  reason=jnp.int32(reason))
+                  critical=jnp.full(4, nan), lambda_plus=nan, residual=nan, bulks=jnp.int32(0),
+                  sphericity=nan, ok=jnp.bool_(False), reason=jnp.int32(reason))
 
 
 def pub_fit(sigma_sq: float, c: float, lam_plus: float | None = None) -> PUBFit:

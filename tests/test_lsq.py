@@ -1,0 +1,135 @@
+"""Tests for pdbjax.lsq.least_squares_box: convergence status, bounds, saddle escape, scipy parity.
+
+The oracle is ``scipy.optimize.least_squares`` (trust-region reflective, the method behind the reference
+code's ``curve_fit(..., bounds=...)``) with its default tolerances ``ftol = xtol = gtol = 1e-8``, the
+ones the solver mirrors. The PDBLS problem itself is tested against scipy in ``tests/test_estimate.py``.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy.optimize import least_squares
+
+from pdbjax.lsq import Status, least_squares_box
+
+X = np.linspace(0.0, 3.0, 40)
+MIX = (0.3, 1.0, 4.0)  # t, a, b of the exponential mixture below
+MIX_LB, MIX_UB = np.array([0.0, 0.5, 0.5]), np.array([1.0, 6.0, 6.0])
+CONVERGED = {Status.GTOL, Status.FTOL, Status.XTOL}
+
+
+def _mixture(theta, x):
+    """``t exp(-a x) + (1 - t) exp(-b x)``: the same exchange symmetry as the PDB mixture."""
+    t, a, b = theta[0], theta[1], theta[2]
+    return t * jnp.exp(-a * x) + (1 - t) * jnp.exp(-b * x)
+
+
+def _mixture_residual(x=X, truth=MIX):
+    data = _mixture(jnp.asarray(truth), jnp.asarray(x))
+    return lambda theta: data - _mixture(theta, jnp.asarray(x))
+
+
+def _rosenbrock(z):
+    return jnp.stack([10 * (z[1] - z[0] ** 2), 1 - z[0]])
+
+
+def _solve(residual, x0, lb, ub, **kw):
+    return jax.jit(lambda x: least_squares_box(residual, x, jnp.asarray(lb), jnp.asarray(ub), **kw))(jnp.asarray(x0))
+
+
+def test_symmetric_start_escapes_the_single_component_saddle():
+    """Started at t = 1/2, a = b (the box midpoint, like PDBLS's reference start) every Gauss-Newton step
+    keeps a = b, and the best single exponential is a saddle of the two-component problem: the solver
+    must leave it along negative curvature and reach the exact two-component fit."""
+    with jax.enable_x64(True):
+        res = _solve(_mixture_residual(), (MIX_LB + MIX_UB) / 2, MIX_LB, MIX_UB)
+    assert bool(res.converged) and int(res.status) in CONVERGED, res
+    assert float(res.cost) < 1e-20
+    got = np.asarray(res.x)
+    got = got if got[0] < 0.5 else np.array([1 - got[0], got[2], got[1]])  # the exchange symmetry
+    np.testing.assert_allclose(got, MIX, rtol=1e-6)
+    assert 0 < int(res.steps) < 100
+
+
+def test_active_bound_is_exact_and_projected_gradient_vanishes():
+    """A line fit whose slope is boxed below its free optimum (2): the slope sits exactly on its bound and
+    the intercept is the least-squares intercept given that slope."""
+    x = np.linspace(0.0, 1.0, 11)
+    y = 2.0 * x + 0.5 + 0.01 * np.sin(7 * x)
+    with jax.enable_x64(True):
+        res = _solve(lambda th: jnp.asarray(y) - (th[0] * jnp.asarray(x) + th[1]), [0.5, 0.0], [0.0, -5.0], [1.0, 5.0])
+    assert bool(res.converged)
+    assert float(res.x[0]) == 1.0
+    # stopped by a 1e-8 tolerance (here XTOL): the free intercept is exact to about that, the cost to its
+    # square, and the projected gradient is ~1e-8 of |J_c| |r| (J_c = -10 * ones in unit-box coordinates)
+    np.testing.assert_allclose(float(res.x[1]), np.mean(y - x), rtol=1e-7)
+    assert float(res.grad_norm) < 1e-7 * 10 * np.sqrt(x.size) * np.sqrt(2 * float(res.cost))
+    np.testing.assert_allclose(float(res.cost), 0.5 * np.sum((y - x - np.mean(y - x)) ** 2), rtol=1e-10)
+
+
+@pytest.mark.parametrize(
+    "name, residual, x0, lb, ub",
+    [
+        ("rosenbrock", _rosenbrock, [-1.2, 1.0], [-2.0, -2.0], [2.0, 2.0]),
+        ("rosenbrock-active", _rosenbrock, [-1.2, 1.0], [-2.0, -2.0], [0.5, 2.0]),
+        ("mixture-noisy", lambda th: _mixture_residual()(th) + 1e-3 * jnp.sin(11 * jnp.asarray(X)), [0.6, 1.5, 3.0], MIX_LB, MIX_UB),
+    ],
+)
+def test_cost_no_worse_than_scipy_trf(name, residual, x0, lb, ub):
+    """Same start, same box, same tolerances: the cost is at most scipy's (to rounding), and converged."""
+    with jax.enable_x64(True):
+        res = _solve(residual, x0, lb, ub)
+        want = least_squares(lambda z: np.asarray(residual(jnp.asarray(z))), x0, bounds=(lb, ub), method="trf")
+    assert want.success, name
+    assert bool(res.converged), (name, res)
+    assert float(res.cost) <= want.cost * (1 + 1e-6) + 1e-14, (name, float(res.cost), want.cost)
+    assert np.all(np.asarray(res.x) >= lb) and np.all(np.asarray(res.x) <= ub)
+
+
+def test_step_budget_reports_not_converged():
+    with jax.enable_x64(True):
+        res = _solve(_rosenbrock, [-1.2, 1.0], [-2.0, -2.0], [2.0, 2.0], max_steps=3)
+    assert int(res.steps) == 3 and int(res.status) == Status.MAX_STEPS and not bool(res.converged)
+    assert float(res.cost) < 0.5 * float(jnp.sum(_rosenbrock(jnp.array([-1.2, 1.0])) ** 2))  # it did descend
+
+
+def test_non_finite_start_is_reported():
+    res = _solve(lambda th: jnp.log(th) - 1.0, [0.0], [0.0], [5.0])  # log 0 = -inf at the start
+    assert int(res.status) == Status.NON_FINITE and not bool(res.converged) and int(res.steps) == 0
+    assert float(res.x[0]) == 0.0
+
+
+def test_vmap_over_starts_equals_single_solves():
+    """A masked while_loop: each member of a vmapped batch stops at its own step, as if solved alone."""
+    residual = _mixture_residual()
+    starts = np.array([[0.5, 3.25, 3.25], [0.2, 0.6, 5.0], [0.9, 2.0, 2.5]])
+    with jax.enable_x64(True):
+        batch = jax.jit(jax.vmap(lambda x: least_squares_box(residual, x, jnp.asarray(MIX_LB), jnp.asarray(MIX_UB))))(jnp.asarray(starts))
+        singles = [_solve(residual, x0, MIX_LB, MIX_UB) for x0 in starts]
+    assert len(set(np.asarray(batch.steps).tolist())) > 1  # the members did stop at different steps
+    for i, one in enumerate(singles):
+        for field in one._fields:
+            np.testing.assert_allclose(np.asarray(getattr(batch, field))[i], np.asarray(getattr(one, field)), rtol=1e-12, err_msg=field)
+
+
+def test_float32_converges():
+    """float32: ftol/gtol of 1e-8 are below the cost's resolution; the solve ends by XTOL or GTOL at the
+    float32 optimum instead of running out of steps."""
+    res = _solve(_mixture_residual(), (MIX_LB + MIX_UB) / 2, MIX_LB.astype(np.float32), MIX_UB.astype(np.float32))
+    assert res.x.dtype == jnp.float32
+    assert bool(res.converged), res
+    got = np.asarray(res.x, np.float64)
+    got = got if got[0] < 0.5 else np.array([1 - got[0], got[2], got[1]])
+    np.testing.assert_allclose(got, MIX, rtol=2e-3)
+
+
+def test_looser_tolerances_stop_sooner():
+    """ftol/xtol/gtol are the stopping rules: at 1e-3 the same solve stops sooner, at a higher cost."""
+    with jax.enable_x64(True):
+        tight = _solve(_rosenbrock, [-1.2, 1.0], [-2.0, -2.0], [2.0, 2.0])
+        loose = _solve(_rosenbrock, [-1.2, 1.0], [-2.0, -2.0], [2.0, 2.0], ftol=1e-3, xtol=1e-3, gtol=1e-3)
+    assert bool(tight.converged) and bool(loose.converged)
+    assert int(loose.steps) < int(tight.steps) and float(tight.cost) <= float(loose.cost)
