@@ -61,7 +61,7 @@ POOR_FIT_RESIDUAL = 2e-2
 #: dispersion both exceed this z-level (one-sided, p = 3e-7 for Gaussian noise). Measured
 #: (benchmarks/results/bulks.md): 320 i.i.d. noise matrices (Gaussian, uniform, Rademacher, Laplace,
 #: Student-t(5); 8 shapes) give at most 2.54; simulated two-bulk PDB matrices 5.6 (t = 0.5, variances
-#: 1 and 1.3, 400 x 200) to 542. Heavier-tailed entries raise it (Student-t(3): 17-450, kurtosis).
+#: 1 and 1.3, 400 x 200) to 542.
 BULKS_Z = 5.0
 #: Fewest bulk eigenvalues (p - K0) a fit needs; fewer (e.g. a 350 x 10 output layer) is NO_BULK.
 _MIN_BULK = 8
