@@ -74,7 +74,8 @@ class FilterInfo(NamedTuple):
         ``keep * (a + b)`` (``A = U_k diag(s'_k)``, ``B = V_k^T``); SLR: ``nnz(U_k) + k + nnz(V_k^T)``
         with the structural non-zeros of the sparsified factors (Swaminathan et al.'s count).
       rel_change: ``||W' - W||_F / ||W||_F`` of the returned weight (after the cast to the input
-        dtype; for factored output ``W' = A @ B``); 0 for an all-zero ``W``.
+        dtype; for factored output ``W' = A @ B``), measured on ``W / scale`` so it cannot overflow;
+        0 for an all-zero ``W`` and for a matrix that was not filtered.
       ok: whether the weight was filtered; False copies the fit's ``ok`` (weight returned unchanged).
       reason: the fit's :class:`~pdbjax.fits.Reason` code (``Reason.OK`` when no fit is used).
     """
