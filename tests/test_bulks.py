@@ -163,7 +163,8 @@ def test_float64_precision_option_matches_float32_ranks():
     W = np.asarray(simulate(jax.random.PRNGKey(4), 512, 256, PDB(0.7, 1.0, 4.0), spikes=[60.0, 40.0]))
     r32 = pdbjax.analyze({"w": {"kernel": W}}, baselines=False, precision="float32")[0]
     r64 = pdbjax.analyze({"w": {"kernel": W}}, baselines=False, precision="float64")[0]
-    assert r32["K"] == r64["K"] and r32["bulks"] == r64["bulks"]
+    assert r32["bulks"] == r64["bulks"] == 2  # sphericity ~100 against BULKS_Z = 5: far from the threshold
+    assert abs(r32["K"] - r64["K"]) <= 1  # K0 is an argmin: a near-tie may resolve differently
     for rule in ("spikes", "upper-bulk"):  # float32 vs float64 eigenvalues differ by ~1e-6 relative
         assert abs(r32["rank_kept"][rule] - r64["rank_kept"][rule]) <= 1
     np.testing.assert_allclose(r32["sigma2_sq"], r64["sigma2_sq"], rtol=1e-3)
