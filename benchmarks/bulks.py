@@ -70,7 +70,7 @@ def noise_keeps(seeds: int) -> list[dict]:
         wall = time.perf_counter() - t0
         ckeep = {r["name"]: r["keep"] for r in creport}
         for r in report:
-            kind, seed, dtype, scale = r["name"].strip("[]'").split("/")[:4]
+            kind, seed, dtype, scale = r["name"].split("/")[:4]
             rows.append({
                 "shape": list(shape), "noise": kind, "seed": int(seed), "dtype": dtype, "scale": float(scale),
                 "upper_bulk": r["rank_kept"]["upper-bulk"], "spikes": r["rank_kept"]["spikes"],
@@ -92,7 +92,7 @@ def pdb_statistics(seeds: int) -> list[dict]:
                 tree[f"{i}/{seed}/kernel"] = np.asarray(W)
         report = pdbjax.analyze(tree, where="kernel", baselines=False)
         for r in report:
-            i = int(r["name"].strip("[]'").split("/")[0])
+            i = int(r["name"].split("/")[0])
             t, s1, s2 = POPULATIONS[i]
             rows.append({"shape": list(shape), "population": POPULATIONS[i], "sphericity": r["sphericity"],
                          "bulks": r["bulks"], "upper_bulk": r["rank_kept"]["upper-bulk"],

@@ -114,12 +114,8 @@ def _experiment_params(name: str) -> Any:
     return model
 
 
-def _keystr(path: tuple) -> str:
-    return "".join(f"[{k!r}]" for k in path)
-
-
 def _hidden(model: Any, min_p: int) -> Callable[[str, Any], bool]:
-    names = {_keystr(p) for p in hidden_kernel_paths(model)}
+    names = {"/".join(str(k) for k in p) for p in hidden_kernel_paths(model)}  # pdbjax's plain names
 
     def where(name: str, x: Any) -> bool:
         shape = tuple(x.shape)
@@ -145,7 +141,7 @@ def load_network(name: str) -> dict[str, Any]:
     if name == "minilm-l6":
         params = pdbjax.io.load(pdbjax.io.minilm_path())
         default = [s.name for s in pdbjax.select(params, None, on_error="skip") if s.ok]
-        extra = [n for n in default if not _minilm_where(n.strip("[]'"), params[n.strip("[]'")])]
+        extra = [n for n in default if not _minilm_where(n, params[n])]
         return dict(params=params, where=_minilm_where, paper="BERT: SciTail",
                     description="all-MiniLM-L6-v2: the 36 encoder matrices (Q, K, V, attention output 384x384; "
                     f"intermediate 1536x384; output 384x1536 per layer). The default selection has {len(default)} "
@@ -157,15 +153,14 @@ NETWORKS = ("fcnn-fmnist", "fcnn-mnist5k", "vgg16-fmnist32", "resnet18-fmnist32"
 
 
 def short_name(name: str) -> str:
-    """``"['encoder.layer.3.attention.self.query.weight']"`` -> ``"L3 query"``; ``"['convs'][2]['kernel']"`` -> ``"convs/2"``."""
+    """``"encoder.layer.3.attention.self.query.weight"`` -> ``"L3 query"``; ``"convs/2/kernel"`` -> ``"convs/2"``."""
     m = re.search(r"encoder\.layer\.(\d+)\.(.+)\.weight", name)
     if m:
         part = {"attention.self.query": "query", "attention.self.key": "key", "attention.self.value": "value",
                 "attention.output.dense": "attn-out", "intermediate.dense": "intermediate",
                 "output.dense": "output"}.get(m.group(2), m.group(2))
         return f"L{m.group(1)} {part}"
-    parts = [p for p in re.findall(r"\[([^\]]+)\]", name)]
-    parts = [p.strip("'\"") for p in parts if p.strip("'\"") != "kernel"]
+    parts = [p for p in name.split("/") if p != "kernel"]
     return "/".join(parts) or name
 
 

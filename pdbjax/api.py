@@ -21,7 +21,7 @@ from pdbjax.linalg import Precision, check_precision, raw_eigenvalues, scope, sp
 from pdbjax.fits import reason_text
 from pdbjax.quality import fit_quality, heavy_tailed, tail_slope
 from pdbjax.report import Report, to_jsonable
-from pdbjax.tree import LayerAxis, Selected, Where, from_matrices, map_groups, replace, select, to_matrices
+from pdbjax.tree import LayerAxis, Selected, Where, from_matrices, map_groups, path_name, replace, select, to_matrices
 
 __all__ = ["analyze", "compress", "LowRank", "densify", "DEFAULT_RANK", "RULES"]
 
@@ -200,10 +200,10 @@ def densify(params: Any, like: Any) -> Any:
     updates = {}
     for path, node in flat:
         if is_low(node):
-            sel = sels[jax.tree_util.keystr(path)]
+            sel = sels[path_name(path)]
             product = jnp.asarray(node.a) @ jnp.asarray(node.b)
             updates[sel.name] = from_matrices(product.reshape(sel.num_matrices, *sel.matrix_shape), sel)
-    return jax.tree_util.tree_map_with_path(lambda path, x: updates.get(jax.tree_util.keystr(path), x), params, is_leaf=is_low)
+    return jax.tree_util.tree_map_with_path(lambda path, x: updates.get(path_name(path), x), params, is_leaf=is_low)
 
 
 def _compress_stack(mats: jax.Array, method: str, rank: Rank, factored: bool, mode: Mode, slr: tuple[float, float], precision: Precision):
@@ -269,7 +269,7 @@ def compress(
             item = jax.tree_util.tree_map(lambda x: np.asarray(x[i]), {k: v for k, v in res.items() if k != "out"})
             rows.append(_compress_row(sel, i, item, method))
     if factored:
-        new_params = jax.tree_util.tree_map_with_path(lambda path, x: updates.get(jax.tree_util.keystr(path), x), params)
+        new_params = jax.tree_util.tree_map_with_path(lambda path, x: updates.get(path_name(path), x), params)
     else:
         new_params = replace(params, updates)
     rows = [to_jsonable(r) for r in rows]

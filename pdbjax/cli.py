@@ -138,9 +138,9 @@ def _add_input_options(p: argparse.ArgumentParser) -> None:
                    help="weights to read: a .safetensors file, a .npz file, or a Flax/Orbax checkpoint directory")
     g = p.add_argument_group("matrix selection")
     g.add_argument("--where", metavar="REGEX", type=_regex, default=None,
-                   help="select the leaves whose name matches REGEX (re.search; names look like "
-                        "\"['encoder.layer.0.attention.self.query.weight']\" for .safetensors, "
-                        "\"['params/Dense_0/kernel']\" for .npz, \"['params']['Dense_0']['kernel']\" for Orbax trees). Default: floating leaves "
+                   help="select the leaves whose name matches REGEX (re.search; names are the keys joined by "
+                        "'/', as printed in the reports: encoder.layer.0.attention.self.query.weight for "
+                        ".safetensors, params/Dense_0/kernel for .npz and Orbax trees). Default: floating leaves "
                         "with >= 2 axes whose last key is kernel/weight/w, embeddings excluded")
     g.add_argument("--layer-axis", metavar="N", type=int, default=None,
                    help="axis of stacked (scanned) layers in every selected leaf: each index along it is "

@@ -42,6 +42,7 @@ import ml_dtypes
 import numpy as np
 
 from pdbjax._atomic import atomic_write
+from pdbjax.tree import path_name
 
 __all__ = ["flatten", "load", "load_with_metadata", "minilm_path", "same_file", "save"]
 
@@ -242,7 +243,7 @@ def _format_of(path: Path, format: Format | None) -> Format:  # noqa: A002
 def _named_leaves(tree: Any, sep: str) -> list[tuple[str, Any]]:
     """``(joined key path, leaf)`` pairs; ValueError if two paths join alike."""
     named = [
-        (sep.join(_key_name(entry) for entry in key_path), leaf)
+        (path_name(key_path, sep), leaf)
         for key_path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]
     ]
     seen: set[str] = set()
@@ -251,14 +252,6 @@ def _named_leaves(tree: Any, sep: str) -> list[tuple[str, Any]]:
             raise ValueError(f"two entries of the tree flatten to the same name {name!r}")
         seen.add(name)
     return named
-
-
-def _key_name(entry: Any) -> str:
-    """Name of one JAX key-path entry (DictKey, GetAttrKey, SequenceKey, ...)."""
-    for attr in ("key", "name", "idx"):
-        if hasattr(entry, attr):
-            return str(getattr(entry, attr))
-    return str(entry)
 
 
 def _to_numpy(leaf: Any) -> np.ndarray:

@@ -210,7 +210,7 @@ def replace_arrays(state: nnx.State, replacements: Mapping[Path, jax.Array | np.
     Paths are those of ``nnx.to_flat_state``, e.g. ``('layers', 0, 'kernel')``; ``state`` itself is
     left untouched. A thin wrapper over :func:`pdbjax.tree.replace`, which names leaves by key path.
     """
-    named = {jax.tree_util.keystr(tuple(jax.tree_util.DictKey(k) for k in path)): a for path, a in replacements.items()}
+    named = {tree.path_name(tuple(jax.tree_util.DictKey(k) for k in path)): a for path, a in replacements.items()}
     return tree.replace(state, named)
 
 

@@ -5,7 +5,7 @@ know about the PDB model; it answers four questions about a tree of weights:
 
 1. **Which leaves are weight matrices?** :func:`select` walks the tree with
    :func:`jax.tree_util.tree_flatten_with_path` and returns one :class:`Selected` per chosen leaf,
-   named by :func:`jax.tree_util.keystr` of its key path.
+   named by :func:`path_name` of its key path (keys joined by ``/``).
 2. **How does a leaf map to 2-D matrices?** :func:`to_matrices` gives a ``(L, a, b)`` stack and
    :func:`from_matrices` is its exact inverse (same shape and dtype as the leaf).
 3. **How are many matrices of mixed shapes processed without a Python loop per matrix?**
@@ -19,9 +19,9 @@ Any JAX pytree of arrays: nested dicts/lists/tuples, flat ``{name: array}`` dict
 (also ``FrozenDict``), a Flax NNX :class:`~flax.nnx.State` (from ``nnx.state(model)`` or
 ``nnx.split(model)``) and an NNX :class:`~flax.nnx.Module` itself (read through ``nnx.state(model)``).
 NNX :class:`~flax.nnx.Variable` boxes are treated as leaves, so a kernel of an NNX model is named
-``"['layers'][0]['kernel']"`` (no trailing ``.value``) exactly like the same kernel in a Linen dict
-would be named ``"['params']['Dense_0']['kernel']"``; a flat safetensors key is named
-``"['encoder.layer.0.attention.self.query.weight']"``. Leaves without ``shape``/``dtype`` (Python
+``"layers/0/kernel"`` (no trailing ``.value``) exactly like the same kernel in a Linen dict
+would be named ``"params/Dense_0/kernel"``; a flat safetensors key is named by itself,
+``"encoder.layer.0.attention.self.query.weight"``. Leaves without ``shape``/``dtype`` (Python
 scalars, strings, GraphDefs) are never selected.
 
 Default selection
@@ -114,7 +114,7 @@ class Selected:
 
     Attributes:
       path: the :mod:`jax.tree_util` key path of the leaf (for NNX, the path of the ``Variable``).
-      name: ``jax.tree_util.keystr(path)``, used in reports, errors and :func:`replace`.
+      name: :func:`path_name` of the path (``layers/0/kernel``), used in reports, errors and :func:`replace`.
       shape, dtype: of the leaf array.
       layer_axis: the (non-negative) axis indexing stacked layers, or ``None``.
       conv_reshape: ``"in"`` or ``"out"``, how axes beyond two are flattened (module docstring).
@@ -150,7 +150,7 @@ def default_where(name: str, array: Any) -> bool:
     """The default selection rule (module docstring): a float leaf with ``ndim >= 2`` whose last key is
     ``kernel``/``weight``/``w`` and whose name does not contain ``embed``.
 
-    ``name`` is a :func:`jax.tree_util.keystr` name; the last key is read from it.
+    ``name`` is a :func:`path_name`; its last ``.``/``/`` piece is the last key.
     """
     return (
         _is_floating(array.dtype)
@@ -207,11 +207,10 @@ def select(
             "weights; wrap it (e.g. {'kernel': W}) or pass the matrix to eigenvalues / fit_pdb / filter_matrix"
         )
     chosen = []
-    for path, leaf in flat:
+    for (path, leaf), name in zip(flat, _unique_names([path for path, _ in flat])):
         value = _unwrap(leaf)
         if not _is_array(value):
             continue
-        name = jax.tree_util.keystr(path)
         if predicate(name, value):
             chosen.append(_describe(path, name, value, conv_reshape, _layer_axis_for(name, layer_axis)))
     if not chosen and not allow_empty:
@@ -237,7 +236,7 @@ def _nothing_selected(params: Any, flat: list[tuple[KeyPath, Any]], where: Where
         structure = str(jax.tree_util.tree_structure(params))
         structure = structure if len(structure) <= 120 else structure[:117] + "..."
         return f"no weight matrix selected by {rule}: the tree holds no leaves ({structure})"
-    leaves = [f"{jax.tree_util.keystr(path)} {_describe_leaf(_unwrap(leaf))}" for path, leaf in flat[:shown]]
+    leaves = [f"{path_name(path)} {_describe_leaf(_unwrap(leaf))}" for path, leaf in flat[:shown]]
     more = f", ... ({len(flat) - shown} more)" if len(flat) > shown else ""
     holds = f"{len(flat)} leaf" if len(flat) == 1 else f"{len(flat)} leaves"
     return f"no weight matrix selected by {rule}; the tree holds {holds}: {', '.join(leaves)}{more}"
@@ -460,7 +459,7 @@ def _check_batched(result: Any, size: int, shape: tuple[int, int]) -> None:
         if np.ndim(leaf) == 0 or np.shape(leaf)[0] != size:
             raise ValueError(
                 f"fn must return arrays with leading batch axis {size} (group of {shape} matrices); "
-                f"output {jax.tree_util.keystr(path) or 'leaf'} has shape {np.shape(leaf)}"
+                f"output {path_name(path) or 'leaf'} has shape {np.shape(leaf)}"
             )
 
 
@@ -488,7 +487,7 @@ def replace(params: Any, updates: Mapping[str, Any]) -> Any:
       ValueError: a new leaf has the wrong shape.
     """
     flat, treedef = _flatten(params)
-    names = [jax.tree_util.keystr(path) for path, _ in flat]
+    names = _unique_names([path for path, _ in flat])
     unknown = sorted(set(updates) - set(names))
     if unknown:
         raise KeyError(f"not leaves of params: {unknown}")
@@ -556,11 +555,26 @@ def _key_of(entry: Any) -> Any:
     return str(entry)
 
 
-_LAST_KEY = re.compile(r"""(?:\['((?:[^'\\]|\\.)*)'\]|\[\"((?:[^"\\]|\\.)*)\"\]|\.(\w+)|\[([^\]]*)\])$""")
+def _unique_names(paths: Sequence[KeyPath]) -> list[str]:
+    """:func:`path_name` of each path; ValueError naming the paths when two leaves share a name."""
+    names = [path_name(p) for p in paths]
+    if len(set(names)) < len(names):
+        seen: dict[str, KeyPath] = {}
+        for name, p in zip(names, paths):
+            if name in seen:
+                raise ValueError(f"two leaves have the same name {name!r}: {jax.tree_util.keystr(seen[name])} and "
+                                 f"{jax.tree_util.keystr(p)}; rename one so that reports and updates can tell them apart")
+            seen[name] = p
+    return names
+
+
+def path_name(path: KeyPath, sep: str = "/") -> str:
+    """The plain name of a key path: its keys joined by ``sep`` (``('layers', 0, 'kernel')`` ->
+    ``"layers/0/kernel"``; a flat safetensors key ``'encoder.layer.0.attention.self.query.weight'`` is
+    its own name). Reports, errors, plots and ``where`` regexes all use this name."""
+    return sep.join(str(_key_of(entry)) for entry in path)
 
 
 def _last_key(name: str) -> str:
-    """Last component of a keystr name: its last key, then the last ``.``/``/`` piece of that key."""
-    m = _LAST_KEY.search(name)
-    key = next((g for g in m.groups() if g is not None), "") if m else name
-    return re.split(r"[./]", key)[-1]
+    """Last component of a plain name: the last ``.``/``/`` piece."""
+    return re.split(r"[./]", name)[-1]

@@ -48,7 +48,7 @@ JSON_KEYS = {
 
 
 def test_analyze_rows_and_json_contract(params, report, tmp_path):
-    assert [r["name"] for r in report] == ["['dense1']['kernel']", "['dense2']['kernel']"]
+    assert [r["name"] for r in report] == ["dense1/kernel", "dense2/kernel"]
     for row in report:
         assert row["status"] == "ok"
         assert (row["N"], row["p"]) == (A, B)
@@ -109,7 +109,7 @@ def test_nnx_model_and_state():
     model = FCNN(nnx.Rngs(0), sizes=(A, B, A))  # kernels (96, 48) and (48, 96): one compiled fit
     state_before = jax.tree_util.tree_map(np.asarray, nnx.state(model))
     rep = pdbjax.analyze(model, baselines=False)
-    assert [r["name"] for r in rep] == ["['layers'][0]['kernel']", "['layers'][1]['kernel']"]
+    assert [r["name"] for r in rep] == ["layers/0/kernel", "layers/1/kernel"]
     assert [(r["N"], r["p"]) for r in rep] == [(A, B), (A, B)]
     # Glorot-uniform init is an unspiked Marchenko-Pastur matrix: one bulk, nothing beyond the edge
     for row in rep:
@@ -135,7 +135,7 @@ def test_linen_params_with_conv_and_where():
     conv = next(r for r in rep if "Conv_0" in r["name"])
     assert conv["shape"] == [3, 3, 8, 16] and conv["matrix_shape"] == [72, 16]
     only_dense = pdbjax.analyze(variables, where=r"Dense_0.*kernel", baselines=False)
-    assert [r["name"] for r in only_dense] == ["['params']['Dense_0']['kernel']"]
+    assert [r["name"] for r in only_dense] == ["params/Dense_0/kernel"]
 
 
 def test_scanned_kernels_give_one_row_per_layer():
@@ -155,12 +155,12 @@ def test_scanned_kernels_give_one_row_per_layer():
 def test_bad_leaves_named_or_skipped(params):
     bad = {"good": {"kernel": params["dense1"]["kernel"]}, "broken": {"kernel": params["dense2"]["kernel"].copy()}}
     bad["broken"]["kernel"][3, 4] = np.nan
-    with pytest.raises(ValueError, match=r"\['broken'\]\['kernel'\]"):
+    with pytest.raises(ValueError, match=r"broken/kernel"):
         pdbjax.analyze(bad)
     new, rep = pdbjax.compress(bad, on_error="skip", rank="spikes")
     status = {r["name"]: r["status"] for r in rep}
-    assert status["['good']['kernel']"] == "ok"
-    assert status["['broken']['kernel']"].startswith("skipped")
+    assert status["good/kernel"] == "ok"
+    assert status["broken/kernel"].startswith("skipped")
     np.testing.assert_array_equal(new["broken"]["kernel"], bad["broken"]["kernel"])
     with pytest.raises(ValueError, match="int"):
         pdbjax.analyze({"w": np.ones((20, 10), np.int32)}, where="w")

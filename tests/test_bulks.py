@@ -114,14 +114,14 @@ def test_extreme_scales_do_not_overflow_and_keep_the_keep():
     tree = {f"s{i}": {"kernel": (W * np.float32(a))} for i, a in enumerate((1.0, 1e-30, 1e30, 2.0**-99))}
     _, report = pdbjax.compress(tree)
     rows = {r["name"]: r for r in report}
-    base = rows["['s0']['kernel']"]
+    base = rows["s0/kernel"]
     for row in report:
         assert row["status"] == "ok"
         # W * a in float32 is W rounded differently: eigenvalues move by ~1e-7 relative, which can move
         # a keep by one only for an eigenvalue within that distance of a boundary.
         assert abs(row["keep"] - base["keep"]) <= 1, row
         np.testing.assert_allclose(row["rel_change"], base["rel_change"], rtol=1e-3)
-    assert rows["['s3']['kernel']"]["keep"] == base["keep"]  # a power of two: exactly the same numbers
+    assert rows["s3/kernel"]["keep"] == base["keep"]  # a power of two: exactly the same numbers
 
 
 @pytest.mark.parametrize("dtype", [jnp.float16, jnp.bfloat16, jnp.float64])
@@ -130,7 +130,7 @@ def test_keep_does_not_depend_on_storage_dtype(dtype):
     cast = W.astype(np.float64) if dtype == jnp.float64 else np.asarray(jnp.asarray(W, dtype))
     tree = {"ref": {"kernel": W}, "cast": {"kernel": cast}}
     report = {r["name"]: r for r in pdbjax.analyze(tree, baselines=False)}
-    ref, cast = report["['ref']['kernel']"], report["['cast']['kernel']"]
+    ref, cast = report["ref/kernel"], report["cast/kernel"]
     # bf16 storage rounds every entry by up to 2^-8 relative: a perturbation of the matrix itself, so
     # the fitted t moves slightly; the issue's contract is +-2.
     for rule in ("spikes", "upper-bulk"):

@@ -91,7 +91,7 @@ def compressed(files):
 def test_analyze_prints_table_and_writes_reports(files, analyzed):
     rc, out, err, paths = analyzed
     assert rc == 0, err
-    assert "['params/Dense_0/kernel']" in out and "['params/Dense_1/kernel']" in out
+    assert "params/Dense_0/kernel" in out and "params/Dense_1/kernel" in out
     assert "bias" not in out and "count" not in out  # default selection: kernels only
     assert "lambda_plus" in out.splitlines()[0]
     rows = json.loads(paths["json"].read_text())
@@ -130,7 +130,7 @@ def test_analyze_options_no_baselines_where_skip_safetensors(files, tmp_path):
                          "--mode", "scaled", "--on-error", "skip", "--conv-reshape", "out", "--json", str(report)])
     assert rc == 0, err
     rows = json.loads(report.read_text())
-    assert [r["name"] for r in rows] == ["['batch_stats.count']", "['params.Dense_0.kernel']", "['params.Dense_1.kernel']"]
+    assert [r["name"] for r in rows] == ["batch_stats.count", "params.Dense_0.kernel", "params.Dense_1.kernel"]
     assert all(set(JSON_KEYS) <= set(r) for r in rows)
     assert rows[0]["status"].startswith("skipped") and "floating" in rows[0]["status"] and rows[0]["K"] is None
     assert rows[1]["ks_bema"] is None and rows[1]["moments_kernel"] is None and rows[1]["ks_pdb"] is not None
@@ -146,7 +146,7 @@ def test_analyze_layer_axis(tmp_path):
     rc, _, err = _run(["analyze", str(path), "--layer-axis", "0", "--no-baselines", "--json", str(report)])
     assert rc == 0, err
     rows = json.loads(report.read_text())
-    assert [r["name"] for r in rows] == ["['layers/kernel'][0]", "['layers/kernel'][1]"]
+    assert [r["name"] for r in rows] == ["layers/kernel[0]", "layers/kernel[1]"]
     assert [r["layer"] for r in rows] == [0, 1] and all(r["status"] == "ok" for r in rows)
     # --on-error raise (the default) names the bad leaf
     rc, _, err = _run(["analyze", str(path), "--where", "layers", "--layer-axis", "0", "--no-baselines"])

@@ -47,12 +47,13 @@ import pdbjax
 from pdbjax import eigenvalues, filter_matrix, fit_pdb, fit_pub, reason_text
 from pdbjax import io as pdbio
 from pdbjax.cli import main
+from pdbjax.tree import path_name
 
 # --------------------------------------------------------------------------------------------------
 # Inputs
 
 M, P = 64, 32  # the shape of every ordinary matrix in the corpus
-R, X = "['ref']['kernel']", "['x']['kernel']"  # report names of the two leaves of `tree(...)`
+R, X = "ref/kernel", "x/kernel"  # report names of the two leaves of `tree(...)`
 
 
 def _pdb_matrix(seed: int, t: float, s1: float, s2: float, spike: float) -> np.ndarray:
@@ -150,7 +151,7 @@ def _leaves(params: Any) -> dict[str, np.ndarray]:
         params = nnx.state(params)
     is_var = lambda x: isinstance(x, nnx.Variable)  # noqa: E731
     flat = jax.tree_util.tree_flatten_with_path(params, is_leaf=is_var)[0]
-    return {jax.tree_util.keystr(p): np.asarray(v.get_value() if is_var(v) else v) for p, v in flat}
+    return {path_name(p): np.asarray(v.get_value() if is_var(v) else v) for p, v in flat}
 
 
 def _same(a: Any, b: Any) -> bool:
@@ -393,14 +394,14 @@ API_CASES = [
     ("bf16-leaf", tree(REF.astype(ml_dtypes.bfloat16)), compress, Check(_bf16_kept)),
     ("f16-leaf", tree(REF.astype(np.float16)), compress, Check(_bf16_kept)),
     ("int-leaf-selected", tree(np.ones((M, P), np.int32)), partial(analyze, where="x"), Raises(ValueError, re.escape(X) + ": dtype int32 is not floating")),
-    ("int-leaf-only", alone(np.ones((M, P), np.int32)), analyze, Raises(ValueError, r"no weight matrix selected .*\['x'\]\['kernel'\] int32 \(64, 32\)")),
+    ("int-leaf-only", alone(np.ones((M, P), np.int32)), analyze, Raises(ValueError, r"no weight matrix selected .*x/kernel int32 \(64, 32\)")),
     ("complex-leaf", tree(REF.astype(np.complex64)), partial(compress, where="x"), Raises(ValueError, re.escape(X) + ": dtype complex64 is not floating")),
     # -- trees
     ("bare-array-analyze", value(REF), analyze, Raises(ValueError, r"bare float32 array of shape \(64, 32\)")),
     ("bare-array-compress", value(REF), compress, Raises(ValueError, r"bare float32 array of shape \(64, 32\)")),
     ("nested-empty-dicts", value({"a": {}, "b": {"c": {}}}), analyze, Raises(ValueError, "no weight matrix selected .*holds no leaves")),
     ("empty-selection-regex", tree(W2), partial(analyze, where="nothing-matches"),
-     Raises(ValueError, r"where='nothing-matches'.*holds 2 leaves: \['ref'\]\['kernel'\] float32 \(64, 32\)")),
+     Raises(ValueError, r"where='nothing-matches'.*holds 2 leaves: ref/kernel float32 \(64, 32\)")),
     ("empty-selection-predicate", tree(W2), partial(compress, where=lambda name, x: False), Raises(ValueError, "where predicate <lambda>")),
     ("none-leaves", tree(W2, bias=None), analyze, Check(_like_plain_dict(analyze, tree(W2)()))),
     ("strings-in-tree", tree(W2, name="dense", act="relu"), compress, Check(_like_plain_dict(compress, tree(W2)()))),
@@ -584,7 +585,7 @@ CLI_CASES = [
      r"--json .*exists\.json already exists; pass --overwrite", _kept_text("exists.json")),
     ("csv-exists", "compress good.npz -o new.npz --csv exists.csv", 2,
      r"--csv .*exists\.csv already exists; pass --overwrite", _all(_kept_text("exists.csv"), _absent("new.npz"))),
-    ("json-overwrite", "analyze good.npz --no-baselines --json exists2.json --overwrite", 0, r"\['params/b/kernel'\]", _json_rows("exists2.json")),
+    ("json-overwrite", "analyze good.npz --no-baselines --json exists2.json --overwrite", 0, r"params/b/kernel", _json_rows("exists2.json")),
     ("output-is-input", "compress good.npz -o good.npz --overwrite", 2, r"-o .*good\.npz is the input", None),
     ("output-links-to-input", "compress good.npz -o link.npz --overwrite", 2, r"-o .*link\.npz is the input", None),
     ("json-is-input", "analyze good.npz --json good.npz --overwrite", 2, r"--json .*good\.npz is the input", None),
@@ -597,15 +598,15 @@ CLI_CASES = [
     ("directory-without-checkpoint", "analyze empty_dir", 2, r"empty_dir: not an Orbax checkpoint", None),
     ("unknown-suffix", "analyze weights.pt", 2, r"weights\.pt: unknown suffix", None),
     ("where-matches-nothing", "analyze good.npz --where nothing", 2,
-     r"good\.npz: no weight matrix selected by where='nothing'.*\['params/a/kernel'\] float32 \(64, 32\)", None),
+     r"good\.npz: no weight matrix selected by where='nothing'.*params/a/kernel float32 \(64, 32\)", None),
     ("only-int-leaves", "analyze ints.npz", 2, r"ints\.npz: no weight matrix selected .*int32 \(4, 4\)", None),
-    ("unnamed-npz-array", "compress unnamed.npz -o out2.npz", 2, r"no weight matrix selected .*\['arr_0'\] float32 \(64, 32\)", _absent("out2.npz")),
-    ("nan-leaf", "analyze nan.npz --no-baselines", 2, r"nan\.npz: \['params/x/kernel'\]: contains NaN or Inf", None),
+    ("unnamed-npz-array", "compress unnamed.npz -o out2.npz", 2, r"no weight matrix selected .*arr_0 float32 \(64, 32\)", _absent("out2.npz")),
+    ("nan-leaf", "analyze nan.npz --no-baselines", 2, r"nan\.npz: params/x/kernel: contains NaN or Inf", None),
     ("nan-leaf-skipped", "compress nan.npz -o out-skip.npz --on-error skip", 0, r"skipped: contains NaN", _nan_leaf_kept),
     ("rank-out-of-range", "compress good.npz -o out3.npz --rank 2.5", 2, r"invalid rank '2\.5'", None),
     ("p1-analyze", "analyze p1.npz --no-baselines --json p1.json", 0, r"p < 8", _p1_row),
     ("p1-compress", "compress p1.npz -o p1-out.npz", 0, r"unchanged", _p1_kept),
-    ("10x100000-analyze", "analyze wide.npz --no-baselines", 0, r"\['params/x/kernel'\]", None),
+    ("10x100000-analyze", "analyze wide.npz --no-baselines", 0, r"params/x/kernel", None),
 ]
 _cli_results: dict[str, tuple[int, str, str]] = {}
 

@@ -39,7 +39,7 @@ def _support(c: float) -> tuple[float, list[float]]:
     return float(lambda_plus(POP, c)), [float(e) for e in np.asarray(edges(POP, c)) if np.isfinite(e)]
 
 
-def _row(name: str = "['dense']['kernel']", baselines: bool = True) -> dict:
+def _row(name: str = "dense/kernel", baselines: bool = True) -> dict:
     """A report row holding the true population, as a perfect fit would."""
     K = len(SPIKES)
     c = (P - K) / N
@@ -57,7 +57,7 @@ def _row(name: str = "['dense']['kernel']", baselines: bool = True) -> dict:
     return row
 
 
-def _failed_row(name: str = "['bad']['kernel']") -> dict:
+def _failed_row(name: str = "bad/kernel") -> dict:
     return {"name": name, "shape": [N, P], "N": N, "p": P, "K": 0, "t": None, "sigma1_sq": None,
             "sigma2_sq": None, "c": None, "lambda_plus": None, "edges": [], "status": "least squares did not converge"}
 
@@ -113,7 +113,7 @@ def test_plot_matrix_failed_fit_and_bad_input(eigs):
 
 
 def test_plot_summary_writes_png(tmp_path):
-    rows = [_row("['a']['kernel']"), _row("['b']['kernel']"), _failed_row()]
+    rows = [_row("a/kernel"), _row("b/kernel"), _failed_row()]
     fig = plot.plot_summary(rows, tmp_path / "summary.png", title="model")
     assert (tmp_path / "summary.png").read_bytes()[:8] == PNG_MAGIC
     assert len(fig.axes) == 3 and fig.get_suptitle() == "model"  # K, ranks kept, KS
@@ -124,11 +124,11 @@ def test_plot_summary_writes_png(tmp_path):
 
 
 def test_save_figures_atomic_files(eigs, tmp_path):
-    rows = [_row("['a']['kernel']"), _failed_row(), _row("['not plotted']")]
+    rows = [_row("a/kernel"), _failed_row(), _row("not plotted")]
     out = tmp_path / "figs"
     (out).mkdir()
     (out / "summary.png").write_bytes(b"old")
-    paths = plot.save_figures(rows, {"['a']['kernel']": eigs, "['bad']['kernel']": eigs}, out)
+    paths = plot.save_figures(rows, {"a/kernel": eigs, "bad/kernel": eigs}, out)
     assert [p.name for p in paths] == ["000_a_kernel.png", "001_bad_kernel.png", "summary.png"]
     assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in paths)  # no temporary leftovers
     for p in paths:
@@ -139,11 +139,11 @@ def test_spectra_named_like_rows(matrix):
     stacked = np.stack([matrix, 2 * matrix]).astype(np.float32)
     params = {"dense": {"kernel": matrix, "bias": np.zeros(P)}, "stack": {"kernel": stacked}}
     got = plot.spectra(params, layer_axis={"stack": 0})
-    assert sorted(got) == ["['dense']['kernel']", "['stack']['kernel'][0]", "['stack']['kernel'][1]"]
+    assert sorted(got) == ["dense/kernel", "stack/kernel[0]", "stack/kernel[1]"]
     want = np.linalg.svd(matrix, compute_uv=False) ** 2
-    np.testing.assert_allclose(got["['dense']['kernel']"], want, rtol=1e-4, atol=1e-8 * want[0])
-    np.testing.assert_allclose(got["['stack']['kernel'][1]"], 4 * want, rtol=1e-3, atol=1e-5 * want[0])
-    assert np.all(np.diff(got["['dense']['kernel']"]) <= 0)
+    np.testing.assert_allclose(got["dense/kernel"], want, rtol=1e-4, atol=1e-8 * want[0])
+    np.testing.assert_allclose(got["stack/kernel[1]"], 4 * want, rtol=1e-3, atol=1e-5 * want[0])
+    assert np.all(np.diff(got["dense/kernel"]) <= 0)
 
 
 def test_missing_matplotlib_message(monkeypatch):

@@ -56,7 +56,7 @@ def test_select_plain_nested_dict_default_rule():
     }
     sels = tree.select(params)
     assert _names(sels) == [
-        "['blocks'][0]['W']", "['blocks'][1]['weight']", "['enc']['kernel']", "['w']",
+        "blocks/0/W", "blocks/1/weight", "enc/kernel", "w",
     ]
     w = sels[-1]
     assert (w.shape, w.dtype, w.matrix_shape, w.num_matrices, w.ok) == ((6, 6), BF16, (6, 6), 1, True)
@@ -74,12 +74,12 @@ def test_select_flat_safetensors_names():
         "lm_head.weights": _rand(6, 3),  # 'weights' is not one of the names
     }
     assert _names(tree.select(params)) == [
-        "['encoder.layer.0.attention.self.query.weight']",
-        "['params/Dense_0/kernel']",
+        "encoder.layer.0.attention.self.query.weight",
+        "params/Dense_0/kernel",
     ]
     # where replaces the default rule: embeddings can be selected explicitly.
     extended = tree.select(params, where=lambda n, x: tree.default_where(n, x) or "word_embeddings" in n)
-    assert "['embeddings.word_embeddings.weight']" in _names(extended)
+    assert "embeddings.word_embeddings.weight" in _names(extended)
 
 
 def test_select_linen_dict_and_frozendict():
@@ -89,13 +89,13 @@ def test_select_linen_dict_and_frozendict():
                          "Conv_0": {"kernel": _rand(3, 3, 2, 5)}}, "batch_stats": {"mean": _rand(5)}}
     for p in (params, freeze(params)):
         sels = tree.select(p)
-        assert _names(sels) == ["['params']['Conv_0']['kernel']", "['params']['Dense_0']['kernel']"]
+        assert _names(sels) == ["params/Conv_0/kernel", "params/Dense_0/kernel"]
         assert [s.matrix_shape for s in sels] == [(18, 5), (8, 4)]
 
 
 def test_select_nnx_state_split_and_module_agree():
     model = FCNN(nnx.Rngs(0), sizes=(7, 6, 5, 3))
-    expected = ["['layers'][0]['kernel']", "['layers'][1]['kernel']", "['layers'][2]['kernel']"]
+    expected = ["layers/0/kernel", "layers/1/kernel", "layers/2/kernel"]
     _, split_state = nnx.split(model)
     for params in (nnx.state(model), split_state, model):
         sels = tree.select(params)
@@ -109,16 +109,16 @@ def test_select_nnx_state_split_and_module_agree():
 
 def test_where_regex_and_predicate():
     params = {"a": {"kernel": _rand(3, 4)}, "b": {"kernel": _rand(4, 4)}, "c": {"kernel": _rand(4, 2)}}
-    assert _names(tree.select(params, where=r"\['[ab]'\]")) == ["['a']['kernel']", "['b']['kernel']"]
-    assert _names(tree.select(params, where=re.compile("c"))) == ["['c']['kernel']"]
+    assert _names(tree.select(params, where=r"^[ab]/")) == ["a/kernel", "b/kernel"]
+    assert _names(tree.select(params, where=re.compile("c"))) == ["c/kernel"]
     seen = []
 
     def pred(name, x):
         seen.append((name, x.shape))
         return x.shape[0] == 4
 
-    assert _names(tree.select(params, where=pred)) == ["['b']['kernel']", "['c']['kernel']"]
-    assert seen == [("['a']['kernel']", (3, 4)), ("['b']['kernel']", (4, 4)), ("['c']['kernel']", (4, 2))]
+    assert _names(tree.select(params, where=pred)) == ["b/kernel", "c/kernel"]
+    assert seen == [("a/kernel", (3, 4)), ("b/kernel", (4, 4)), ("c/kernel", (4, 2))]
     with pytest.raises(TypeError, match="where"):
         tree.select(params, where=3)
 
@@ -135,12 +135,12 @@ def test_where_regex_and_predicate():
 )
 def test_bad_leaves_raise_naming_path_or_are_skipped(leaf, message):
     params = {"good": {"kernel": _rand(3, 3)}, "bad": {"layer": [leaf]}}
-    with pytest.raises(ValueError, match=re.escape("['bad']['layer'][0]: ") + ".*" + message):
+    with pytest.raises(ValueError, match=re.escape("bad/layer/0: ") + ".*" + message):
         tree.select(params, where=lambda n, x: True)
     sels = tree.select(params, where=lambda n, x: True, on_error="skip")
     bad, good = sels  # flattening order: 'bad' < 'good'
-    assert good.ok and good.name == "['good']['kernel']"
-    assert not bad.ok and re.search(message, bad.status) and bad.name == "['bad']['layer'][0]"
+    assert good.ok and good.name == "good/kernel"
+    assert not bad.ok and re.search(message, bad.status) and bad.name == "bad/layer/0"
     assert bad.matrix_shape is None and bad.num_matrices == 0
     with pytest.raises(ValueError, match="skipped"):
         tree.to_matrices(leaf, bad)
@@ -149,7 +149,7 @@ def test_bad_leaves_raise_naming_path_or_are_skipped(leaf, message):
 
 def test_nan_in_default_selected_leaf_raises():
     params = {"dense": {"kernel": np.full((4, 4), np.nan, np.float32)}}
-    with pytest.raises(ValueError, match=re.escape("['dense']['kernel']: contains NaN")):
+    with pytest.raises(ValueError, match=re.escape("dense/kernel: contains NaN")):
         tree.select(params)
 
 
@@ -157,13 +157,13 @@ def test_nan_in_a_stacked_leaf_names_the_layers():
     leaf = np.stack([_rand(4, 3), _rand(4, 3, seed=1), _rand(4, 3, seed=2)])
     leaf[1, 0, 0], leaf[2, 3, 2] = np.nan, -np.inf
     for value in (leaf, jnp.asarray(leaf)):
-        with pytest.raises(ValueError, match=re.escape("['s']['kernel']: contains NaN or Inf values in layers [1, 2] of axis 0")):
+        with pytest.raises(ValueError, match=re.escape("s/kernel: contains NaN or Inf values in layers [1, 2] of axis 0")):
             tree.select({"s": {"kernel": value}}, layer_axis=0)
         (sel,) = tree.select({"s": {"kernel": value}}, layer_axis=0, on_error="skip")
         assert not sel.ok and sel.num_matrices == 0
-    with pytest.raises(ValueError, match=re.escape("['s']['kernel']: contains NaN or Inf values in layer [0] of axis 2")):
+    with pytest.raises(ValueError, match=re.escape("s/kernel: contains NaN or Inf values in layer [0] of axis 2")):
         tree.select({"s": {"kernel": leaf[..., :1]}}, layer_axis=2)
-    with pytest.raises(ValueError, match=re.escape("['s']['kernel']: contains NaN or Inf values") + "$"):
+    with pytest.raises(ValueError, match=re.escape("s/kernel: contains NaN or Inf values") + "$"):
         tree.select({"s": {"kernel": leaf}})
 
 
@@ -180,11 +180,11 @@ def test_bare_array_is_an_error():
     [
         ({"a": {}, "b": [{}], "c": None}, None, r"by the default rule .*: the tree holds no leaves \(PyTreeDef"),
         ({"dense": {"kernel": np.ones((3, 3), np.int32), "bias": _rand(3)}, "name": "mlp"}, None,
-         r"the tree holds 3 leaves: \['dense'\]\['bias'\] float32 \(3,\), \['dense'\]\['kernel'\] int32 \(3, 3\), \['name'\] str$"),
-        ({"kernel": _rand(3, 3)}, "encoder", r"by where='encoder' \(a regex searched in the leaf names\); the tree holds 1 leaf: \['kernel'\] float32 \(3, 3\)$"),
+         r"the tree holds 3 leaves: dense/bias float32 \(3,\), dense/kernel int32 \(3, 3\), name str$"),
+        ({"kernel": _rand(3, 3)}, "encoder", r"by where='encoder' \(a regex searched in the leaf names\); the tree holds 1 leaf: kernel float32 \(3, 3\)$"),
         ({"kernel": _rand(3, 3)}, re.compile("enc"), r"by where='enc'"),
         ({"kernel": _rand(3, 3)}, lambda n, x: False, r"by the where predicate <lambda>"),
-        ({f"k{i:02d}": {"kernel": _rand(2)} for i in range(12)}, None, r"the tree holds 12 leaves: .*\['k07'\]\['kernel'\] float32 \(2,\), \.\.\. \(4 more\)$"),
+        ({f"k{i:02d}": {"kernel": _rand(2)} for i in range(12)}, None, r"the tree holds 12 leaves: .*k07/kernel float32 \(2,\), \.\.\. \(4 more\)$"),
     ],
 )
 def test_empty_selection_error_says_what_the_tree_holds(params, where, message):
@@ -242,11 +242,11 @@ def test_layer_axis_dict_bf16_and_jit():
         "conv_scan": {"kernel": _rand(2, 3, 3, 4, 5)},  # (L, kh, kw, in, out)
         "head": {"kernel": _rand(5, 2)},
     }
-    sels = tree.select(params, layer_axis={r"conv_scan": 0, r"\['scan'\]": 0})
+    sels = tree.select(params, layer_axis={r"conv_scan": 0, r"^scan/": 0})
     by = {s.name: s for s in sels}
-    assert by["['scan']['kernel']"].matrix_shape == (4, 5) and by["['scan']['kernel']"].num_matrices == 3
-    assert by["['conv_scan']['kernel']"].matrix_shape == (36, 5)
-    assert by["['head']['kernel']"].layer_axis is None and by["['head']['kernel']"].num_matrices == 1
+    assert by["scan/kernel"].matrix_shape == (4, 5) and by["scan/kernel"].num_matrices == 3
+    assert by["conv_scan/kernel"].matrix_shape == (36, 5)
+    assert by["head/kernel"].layer_axis is None and by["head/kernel"].num_matrices == 1
     for sel in sels:
         leaf = params[sel.keys[0]]["kernel"]
         round_trip = jax.jit(lambda x, s=sel: tree.from_matrices(tree.to_matrices(x, s).astype(jnp.float32), s))
@@ -256,7 +256,7 @@ def test_layer_axis_dict_bf16_and_jit():
 
 
 def test_layer_axis_on_a_2d_leaf_is_an_error():
-    message = "['kernel']: shape (3, 4) is not a matrix after taking layer_axis=0"
+    message = "kernel: shape (3, 4) is not a matrix after taking layer_axis=0"
     with pytest.raises(ValueError, match=re.escape(message)):
         tree.select({"kernel": _rand(3, 4)}, layer_axis=0)
     with pytest.raises(ValueError, match="out of range"):
@@ -265,9 +265,9 @@ def test_layer_axis_on_a_2d_leaf_is_an_error():
 
 def test_view_shape_mismatch_errors():
     (sel,) = tree.select({"kernel": _rand(3, 4)})
-    with pytest.raises(ValueError, match=re.escape("['kernel']: leaf has shape (4, 3)")):
+    with pytest.raises(ValueError, match=re.escape("kernel: leaf has shape (4, 3)")):
         tree.to_matrices(_rand(4, 3), sel)
-    message = "['kernel']: matrix stack has shape (1, 4, 3), expected (1, 3, 4)"
+    message = "kernel: matrix stack has shape (1, 4, 3), expected (1, 3, 4)"
     with pytest.raises(ValueError, match=re.escape(message)):
         tree.from_matrices(jnp.zeros((1, 4, 3)), sel)
 
@@ -362,7 +362,7 @@ def test_map_groups_sharded_equals_unsharded_on_4_devices():
 def test_replace_plain_dict_keeps_structure_dtype_and_numpy():
     params = {"a": {"kernel": _rand(3, 4).astype(BF16), "bias": _rand(4)}, "b": [_rand(2, 2)]}
     before = copy.deepcopy(params)
-    updates = {"['a']['kernel']": jnp.ones((3, 4), jnp.float32), "['b'][0]": jnp.zeros((2, 2))}
+    updates = {"a/kernel": jnp.ones((3, 4), jnp.float32), "b/0": jnp.zeros((2, 2))}
     new = tree.replace(params, updates)
     _assert_trees_equal(params, before)
     assert jax.tree_util.tree_structure(new) == jax.tree_util.tree_structure(params)
@@ -370,9 +370,9 @@ def test_replace_plain_dict_keeps_structure_dtype_and_numpy():
     np.testing.assert_array_equal(new["a"]["kernel"].astype(np.float32), np.ones((3, 4)))
     assert new["a"]["bias"] is params["a"]["bias"]
     with pytest.raises(KeyError, match="not leaves"):
-        tree.replace(params, {"['a']['w']": np.ones((3, 4))})
-    with pytest.raises(ValueError, match=re.escape("['b'][0]: new leaf has shape (3, 3)")):
-        tree.replace(params, {"['b'][0]": np.ones((3, 3))})
+        tree.replace(params, {"a/w": np.ones((3, 4))})
+    with pytest.raises(ValueError, match=re.escape("b/0: new leaf has shape (3, 3)")):
+        tree.replace(params, {"b/0": np.ones((3, 3))})
 
 
 def test_replace_linen_dict_with_jax_leaves():
@@ -420,3 +420,12 @@ def test_select_and_views_do_not_mutate():
     outs = tree.map_groups(lambda s: s * 0.0, [tree.to_matrices(s.value, s) for s in sels], shard=False)
     tree.replace(params, {s.name: tree.from_matrices(o, s) for s, o in zip(sels, outs)})
     _assert_trees_equal(params, before)
+
+
+def test_plain_names_and_ambiguous_names():
+    params = {"enc": {"layers": [{"kernel": _rand(4, 3)}]}, "encoder.layer.0.weight": _rand(4, 3)}
+    assert _names(tree.select(params)) == ["enc/layers/0/kernel", "encoder.layer.0.weight"]
+    assert _names(tree.select(params, where=r"^enc/layers/0/kernel$")) == ["enc/layers/0/kernel"]
+    clash = {"a/kernel": _rand(4, 3), "a": {"kernel": _rand(4, 3)}}
+    with pytest.raises(ValueError, match="two leaves have the same name 'a/kernel'"):
+        tree.select(clash)
