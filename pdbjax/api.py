@@ -9,7 +9,7 @@ The caller's params are never modified.
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple, Sequence
+from typing import Any, Callable, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -75,6 +75,7 @@ def analyze(
     on_error: str = "raise",
     shard: bool = True,
     precision: Precision | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> Report:
     r"""Fit the PDB model (and the PUB baselines) to every selected weight matrix.
 
@@ -90,6 +91,8 @@ def analyze(
       precision: working precision of the decomposition (:mod:`pdbjax.linalg`): ``"float32"`` (every
         backend), ``"float64"`` (CPU users who ask for it), or ``None`` (default: float64 only inside
         ``jax.enable_x64``). The fits run in float64 on the host either way.
+      progress: optional ``progress(done, total)`` callback, called with the number of matrices
+        finished after each shape group (and ``(0, total)`` before the first).
 
     Returns:
       A :class:`~pdbjax.report.Report`; columns are listed in the README ("Report columns").
@@ -97,7 +100,7 @@ def analyze(
     precision = check_precision(precision)
     sels = select(params, where, conv_reshape=conv_reshape, layer_axis=layer_axis, on_error=on_error, allow_empty=False)
     good = [s for s in sels if s.ok]
-    results = map_groups(lambda m: _analyze_stack(m, mode, baselines, precision), _matrices(good), shard=shard)
+    results = map_groups(lambda m: _analyze_stack(m, mode, baselines, precision), _matrices(good), shard=shard, progress=progress)
     by_name = dict(zip((s.name for s in good), results))
     rows: list[dict[str, Any]] = []
     for sel in sels:
@@ -228,6 +231,7 @@ def compress(
     on_error: str = "raise",
     shard: bool = True,
     precision: Precision | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> tuple[Any, Report]:
     r"""Compress every selected matrix with :func:`pdbjax.filter_matrix` and return new params.
 
@@ -241,7 +245,7 @@ def compress(
         array (plain pytrees only: for NNX use ``nnx.state(model).to_pure_dict()``).
       mode: PDBLS mode for the fits.
       slr_sr, slr_rr: SLR sparsity and reduction rates.
-      conv_reshape, layer_axis, on_error, shard, precision: as in :func:`analyze`.
+      conv_reshape, layer_axis, on_error, shard, precision, progress: as in :func:`analyze`.
 
     Returns:
       ``(new_params, report)``. ``new_params`` has the structure and dtypes of ``params`` (a new
@@ -260,7 +264,7 @@ def compress(
     sels = select(params, where, conv_reshape=conv_reshape, layer_axis=layer_axis, on_error=on_error, allow_empty=False)
     good = [s for s in sels if s.ok]
     fn = lambda m: _compress_stack(m, method, rank, factored, mode, (slr_sr, slr_rr), precision)  # noqa: E731
-    results = map_groups(fn, _matrices(good), shard=shard)
+    results = map_groups(fn, _matrices(good), shard=shard, progress=progress)
     rows: list[dict[str, Any]] = [_skipped_row(s) for s in sels if not s.ok]
     updates = {}
     for sel, res in zip(good, results):

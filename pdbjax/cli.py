@@ -134,6 +134,8 @@ def _add_debug_option(p: argparse.ArgumentParser) -> None:
 
 def _add_input_options(p: argparse.ArgumentParser) -> None:
     _add_debug_option(p)
+    p.add_argument("--quiet", action="store_true",
+                   help="print nothing on stderr but errors (no progress messages or progress bar)")
     p.add_argument("path", metavar="PATH",
                    help="weights to read: a .safetensors file, a .npz file, or a Flax/Orbax checkpoint directory")
     g = p.add_argument_group("matrix selection")
@@ -242,8 +244,37 @@ def build_parser() -> argparse.ArgumentParser:
 # Commands
 
 
+class _Status:
+    """Progress output of one command: messages on stderr, and a bar when stderr is a terminal."""
+
+    quiet = False
+
+    @classmethod
+    def say(cls, message: str) -> None:
+        if not cls.quiet:
+            print(message, file=sys.stderr, flush=True)
+
+    @classmethod
+    def bar(cls, what: str) -> Callable[[int, int], None] | None:
+        """A ``progress(done, total)`` callback drawing ``what [#####.....] done/total, ETA`` on stderr;
+        None (no callback) with ``--quiet`` or when stderr is not a terminal."""
+        if cls.quiet or not sys.stderr.isatty():
+            return None
+        start = time.perf_counter()
+
+        def draw(done: int, total: int) -> None:
+            elapsed = time.perf_counter() - start
+            eta = f", ETA {elapsed / done * (total - done):.0f} s" if 0 < done < total else ""
+            filled = 30 * done // max(total, 1)
+            end = "\n" if done >= total else ""
+            print(f"\r{what} [{'#' * filled}{'.' * (30 - filled)}] {done}/{total} matrices, {elapsed:.0f} s{eta}",
+                  end=end, file=sys.stderr, flush=True)
+
+        return draw
+
+
 def _progress(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
+    _Status.say(message)
 
 
 def _load(path: str) -> tuple[Any, dict[str, str]]:
@@ -337,7 +368,7 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
     _progress("fitting the PDB model" + ("" if args.no_baselines else " and the PUB baselines") + " ...")
     try:
         report = analyze(params, mode=args.mode, baselines=not args.no_baselines, on_error=args.on_error,
-                         **_selection(args))
+                         progress=_Status.bar("analyze"), **_selection(args))
     except ValueError as err:
         raise _input_error(args, err) from err
     _progress(f"analyzed {len(report.rows)} matrices in {time.perf_counter() - start:.1f} s")
@@ -391,7 +422,7 @@ def _cmd_compress(args: argparse.Namespace) -> int:
     try:
         new_params, report = compress(params, args.method, rank=rank, factored=args.factored, mode=args.mode,
                                       slr_sr=args.slr_sr, slr_rr=args.slr_rr, on_error=args.on_error,
-                                      **_selection(args))
+                                      progress=_Status.bar("compress"), **_selection(args))
     except ValueError as err:
         raise _input_error(args, err) from err
     _progress(f"compressed {len(report.rows)} matrices in {time.perf_counter() - start:.1f} s")
@@ -487,6 +518,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.print_help(sys.stderr)
             return 2
         _enable_compilation_cache()
+        _Status.quiet = bool(getattr(args, "quiet", False))
         run: Callable[[argparse.Namespace], int] = args.run
         return run(args)
     except KeyboardInterrupt:

@@ -391,7 +391,13 @@ def group_by_shape(items: Sequence[Any]) -> dict[tuple[int, int], list[int]]:
     return groups
 
 
-def map_groups(fn: Callable[[jax.Array], Any], matrices: Sequence[Any], *, shard: bool = True) -> list[Any]:
+def map_groups(
+    fn: Callable[[jax.Array], Any],
+    matrices: Sequence[Any],
+    *,
+    shard: bool = True,
+    progress: Callable[[int, int], None] | None = None,
+) -> list[Any]:
     """Apply a batched ``fn`` to matrices of mixed shapes with one call per shape group.
 
     Items of equal matrix shape ``(a, b)`` and equal working dtype (``float32`` for ``bfloat16``,
@@ -407,6 +413,9 @@ def map_groups(fn: Callable[[jax.Array], Any], matrices: Sequence[Any], *, shard
     :class:`~jax.sharding.NamedSharding` over a 1-D ``Mesh`` with axis ``"batch"``, so a jitted ``fn``
     runs data-parallel; the padding is dropped from the outputs.
 
+    ``progress(done, total)``, if given, is called before the first group and after each group with
+    the number of matrices processed so far and in all (a stacked item counts its matrices).
+
     Returns:
       One output pytree per item, in the order of ``matrices``.
     """
@@ -421,6 +430,9 @@ def map_groups(fn: Callable[[jax.Array], Any], matrices: Sequence[Any], *, shard
     devices = jax.local_devices()
     sharding = _batch_sharding(devices) if shard and len(devices) > 1 else None
     out: list[Any] = [None] * len(items)
+    total, done = sum(math.prod(shape[:-2]) for shape in shapes), 0
+    if progress is not None:
+        progress(0, total)
     for (a, b, dtype), members in groups.items():
         stack = jnp.concatenate([jnp.asarray(items[i], dtype).reshape(-1, a, b) for i in members])
         n = stack.shape[0]
@@ -439,6 +451,9 @@ def map_groups(fn: Callable[[jax.Array], Any], matrices: Sequence[Any], *, shard
                 lambda y, s=start, size=size, lead=lead: y[s : s + size].reshape(lead + y.shape[1:]), result
             )
             start += size
+        done += n
+        if progress is not None:
+            progress(done, total)
     return out
 
 

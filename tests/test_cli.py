@@ -355,3 +355,21 @@ def test_demo_command_wiring(monkeypatch, tmp_path):
     assert _run(["demo"])[0] == 0
     assert calls == [(str(tmp_path), {"quick": True, "epochs": 2}), ("out/demo", {"quick": False, "epochs": None})]
     assert _run(["demo", "--epochs", "0"])[0] == 2
+
+
+def test_quiet_silences_progress_and_api_progress_callback(tmp_path, capsys):
+    import pdbjax
+
+    rng = np.random.default_rng(0)
+    params = {"a": {"kernel": rng.standard_normal((64, 32)).astype(np.float32)},
+              "b": {"kernel": rng.standard_normal((3, 48, 40)).astype(np.float32)}}
+    calls = []
+    pdbjax.analyze(params, baselines=False, layer_axis={"b": 0}, progress=lambda d, t: calls.append((d, t)))
+    assert calls[0] == (0, 4) and calls[-1] == (4, 4) and len(calls) == 3  # before, then one per shape group
+    path = tmp_path / "w.npz"
+    np.savez(path, **{"params/a/kernel": params["a"]["kernel"]})
+    assert main(["analyze", str(path), "--no-baselines", "--quiet"]) == 0
+    assert capsys.readouterr().err == ""
+    assert main(["analyze", str(path), "--no-baselines"]) == 0
+    err = capsys.readouterr().err
+    assert "analyzed 1 matrices" in err and "[#" not in err  # stderr is not a terminal here: no bar
