@@ -109,7 +109,7 @@ def fcnn_workload() -> tuple[Any, dict, str]:
         source = f"trained checkpoint {path.name}"
     else:
         source = f"freshly initialised ({path.name} not found)"
-    hidden = {"".join(f"[{k!r}]" for k in keys) for keys in model.hidden_kernel_paths()}
+    hidden = {"/".join(str(k) for k in keys) for keys in model.hidden_kernel_paths()}  # pdbjax's plain names
     return model, {"where": lambda name, x: name in hidden}, f"FCNN hidden kernels, {source}"
 
 

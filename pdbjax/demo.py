@@ -157,6 +157,12 @@ def _load_digits(log: Log):
     return (preprocess(x_train, flatten=True), y_train, preprocess(x_test, flatten=True), y_test)
 
 
+def hidden_where(model) -> Callable[[str, Any], bool]:
+    """``where`` predicate selecting the hidden kernels of ``model`` by their plain names (``layers/0/kernel``)."""
+    names = {"/".join(str(k) for k in path) for path in model.hidden_kernel_paths()}
+    return lambda name, _: name in names
+
+
 def _mnist(out: Path, quick: bool, epochs: int | None, log: Log) -> tuple[dict[str, Any] | None, list[Path]]:
     from flax import nnx
 
@@ -180,8 +186,7 @@ def _mnist(out: Path, quick: bool, epochs: int | None, log: Log) -> tuple[dict[s
 
     train(model, x_train, y_train, config, x_test, y_test, log=epoch_line)
     graphdef, state = nnx.split(model)
-    names = {"".join(f"[{k!r}]" for k in path) for path in model.hidden_kernel_paths()}
-    hidden = lambda name, _: name in names  # noqa: E731
+    hidden = hidden_where(model)
 
     start = time.perf_counter()
     report = analyze(model, hidden, baselines=not quick)

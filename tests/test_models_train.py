@@ -192,3 +192,12 @@ def test_checkpoint_round_trip(convnets: dict, tmp_path) -> None:
         np.testing.assert_array_equal(np.asarray(v1[...]), np.asarray(v2[...]))
     with pytest.raises(KeyError):
         load_checkpoint(path, FCNN(nnx.Rngs(0), sizes=SMALL_SIZES))
+
+
+def test_demo_selects_the_hidden_kernels_by_their_plain_names(full_fcnn: FCNN) -> None:
+    """The demo's selection (and the benchmarks') must name leaves as pdbjax does: ``layers/0/kernel``."""
+    from pdbjax.demo import hidden_where
+    from pdbjax.tree import select
+
+    names = [s.name for s in select(full_fcnn, hidden_where(full_fcnn))]
+    assert names == ["layers/0/kernel", "layers/1/kernel", "layers/2/kernel"]
