@@ -137,7 +137,9 @@ def _add_input_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true",
                    help="print nothing on stderr but errors (no progress messages or progress bar)")
     p.add_argument("path", metavar="PATH",
-                   help="weights to read: a .safetensors file, a .npz file, or a Flax/Orbax checkpoint directory")
+                   help="weights to read: a .safetensors file, a .npz file, a directory of .safetensors shards "
+                        "(Hugging Face layout, with or without model.safetensors.index.json), or a Flax/Orbax "
+                        "checkpoint directory")
     g = p.add_argument_group("matrix selection")
     g.add_argument("--where", metavar="REGEX", type=_regex, default=None,
                    help="select the leaves whose name matches REGEX (re.search; names are the keys joined by "

@@ -10,6 +10,9 @@ Formats and key conventions
   path style, ``params/Dense_0/kernel``). So after ``save(p, tree)``,
   ``load(p) == flatten(tree, sep)``, which is ``tree`` itself when it was
   already a flat ``{str: array}`` dict.
+* A **directory of ``.safetensors`` files** (a sharded Hugging Face checkpoint,
+  ``model-00001-of-00002.safetensors`` ... with ``model.safetensors.index.json``,
+  or any such directory) loads as one flat dict of all its tensors.
 * An **Orbax checkpoint directory** keeps its nesting: ``load(p)`` returns the
   nested dicts/lists it holds, with NumPy leaves, so ``load(save(p, tree))``
   has the structure of ``tree``. Key paths must stay distinct once joined with
@@ -75,8 +78,9 @@ def load(path: PathLike) -> dict[str, Any]:
     """Load the weight tree stored at ``path``.
 
     Args:
-        path: a ``.safetensors`` file, a ``.npz`` file or an Orbax checkpoint
-            directory.
+        path: a ``.safetensors`` file, a ``.npz`` file, a directory of
+            ``.safetensors`` files (sharded Hugging Face layout) or an Orbax
+            checkpoint directory.
 
     Returns:
         A flat ``{name: np.ndarray}`` dict for files, the nested tree for Orbax.
@@ -99,6 +103,8 @@ def load_with_metadata(path: PathLike) -> tuple[dict[str, Any], dict[str, str]]:
     if not path.exists():
         raise FileNotFoundError(f"no such file or directory: {path}")
     fmt = _format_of(path, None)
+    if path.is_dir() and ((path / HF_INDEX).is_file() or any(path.glob("*.safetensors"))):
+        return _load_safetensors_dir(path)
     if fmt == "orbax":
         if not path.is_dir():
             raise ValueError(
@@ -289,6 +295,48 @@ def _load_safetensors(path: Path) -> tuple[dict[str, np.ndarray], dict[str, str]
     except (TypeError, KeyError):
         # safetensors releases without NumPy bfloat16/float8 support.
         return _read_safetensors_raw(path)
+
+
+#: The index file of a sharded Hugging Face checkpoint directory.
+HF_INDEX = "model.safetensors.index.json"
+
+
+def _load_safetensors_dir(path: Path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """A directory of ``*.safetensors`` files, e.g. a sharded Hugging Face checkpoint
+    (``model-00001-of-00002.safetensors`` ... with ``model.safetensors.index.json``): one flat dict.
+
+    With the index, exactly the shards it names are read and every tensor must sit where its
+    ``weight_map`` says; without it, every ``*.safetensors`` file of the directory is read. A tensor
+    name found in two files is an error naming both.
+    """
+    index = path / HF_INDEX
+    if index.is_file():
+        try:
+            weight_map = json.loads(index.read_text())["weight_map"]
+        except (ValueError, KeyError, TypeError) as e:
+            raise ValueError(f"{index}: not a Hugging Face safetensors index (no readable weight_map: {e})") from e
+        files = [path / name for name in sorted(set(weight_map.values()))]
+        missing = [f.name for f in files if not f.is_file()]
+        if missing:
+            raise ValueError(f"{index}: names shards that are not in {path}: {missing}")
+    else:
+        weight_map, files = None, sorted(path.glob("*.safetensors"))
+    tensors: dict[str, np.ndarray] = {}
+    where: dict[str, str] = {}
+    metadata: dict[str, str] = {}
+    for file in files:
+        shard, meta = _load_safetensors(file)
+        for name, array in shard.items():
+            if name in where:
+                raise ValueError(f"{path}: tensor {name!r} is in both {where[name]} and {file.name}")
+            if weight_map is not None and weight_map.get(name) != file.name:
+                raise ValueError(f"{file}: holds {name!r}, which {HF_INDEX} places in {weight_map.get(name)!r}")
+            tensors[name], where[name] = array, file.name
+        metadata = {**meta, **metadata}
+    if weight_map is not None and set(weight_map) - set(tensors):
+        absent = sorted(set(weight_map) - set(tensors))
+        raise ValueError(f"{index}: lists tensors that no shard holds: {absent[:5]}{' ...' if len(absent) > 5 else ''}")
+    return tensors, metadata
 
 
 def _read_safetensors_raw(path: Path) -> tuple[dict[str, np.ndarray], dict[str, str]]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 from pathlib import Path
 
@@ -398,3 +399,58 @@ def test_atomic_writer_never_replaces_a_directory_with_a_file(tmp_path):
         atomic_write_text(target, "{}", overwrite=True)
     assert (target / "keep.txt").read_text() == "mine"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["report.json"]  # no temporary left behind
+
+
+def _hf_dir(tmp_path, index: bool = True):
+    from safetensors.numpy import save_file
+
+    rng = np.random.default_rng(0)
+    shards = {"model-00001-of-00002.safetensors": {"a.weight": rng.standard_normal((4, 3)).astype(np.float32)},
+              "model-00002-of-00002.safetensors": {"b.weight": rng.standard_normal((5, 2)).astype(np.float32),
+                                                   "b.bias": np.zeros(2, np.float32)}}
+    d = tmp_path / "hf"
+    d.mkdir(parents=True)
+    for name, tensors in shards.items():
+        save_file(tensors, str(d / name))
+    if index:
+        weight_map = {k: name for name, tensors in shards.items() for k in tensors}
+        (d / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    return d, {k: v for tensors in shards.values() for k, v in tensors.items()}
+
+
+@pytest.mark.parametrize("index", [True, False])
+def test_load_sharded_hugging_face_directory(tmp_path, index):
+    d, want = _hf_dir(tmp_path, index)
+    got = io.load(d)
+    assert sorted(got) == sorted(want)
+    for k in want:
+        np.testing.assert_array_equal(got[k], want[k])
+
+
+def test_sharded_directory_errors_name_the_problem(tmp_path):
+    d, _ = _hf_dir(tmp_path)
+    (d / "model-00002-of-00002.safetensors").unlink()
+    with pytest.raises(ValueError, match="not in .*model-00002-of-00002.safetensors"):
+        io.load(d)
+    d2, _ = _hf_dir(tmp_path / "x")
+    index = json.loads((d2 / "model.safetensors.index.json").read_text())
+    index["weight_map"]["c.weight"] = "model-00001-of-00002.safetensors"
+    (d2 / "model.safetensors.index.json").write_text(json.dumps(index))
+    with pytest.raises(ValueError, match="no shard holds: \\['c.weight'\\]"):
+        io.load(d2)
+
+
+def test_cli_analyzes_a_sharded_directory(tmp_path, capsys):
+    from pdbjax.cli import main
+
+    d, _ = _hf_dir(tmp_path)
+    from safetensors.numpy import save_file
+
+    rng = np.random.default_rng(1)
+    save_file({"c.weight": rng.standard_normal((64, 32)).astype(np.float32)}, str(d / "model-00001-of-00002.safetensors"))
+    index = {"weight_map": {"c.weight": "model-00001-of-00002.safetensors", "b.weight": "model-00002-of-00002.safetensors",
+                            "b.bias": "model-00002-of-00002.safetensors"}}
+    (d / "model.safetensors.index.json").write_text(json.dumps(index))
+    assert main(["analyze", str(d), "--no-baselines", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "c.weight" in out and "b.weight" in out
