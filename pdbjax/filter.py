@@ -46,7 +46,7 @@ import numpy as np
 from pdbjax._validate import is_traced
 from pdbjax.estimate import Mode, fit_pdb
 from pdbjax.fits import PDBFit, PUBFit, Reason
-from pdbjax.linalg import Precision, Spectrum, factors, raw_eigenvalues, scope, spectrum
+from pdbjax.linalg import Factors, Precision, Spectrum, factors, raw_eigenvalues, scope, spectrum
 from pdbjax.pub import fit_pub
 from pdbjax.spectral import PDB, critical_points, spike_inverse
 
@@ -447,7 +447,7 @@ def _slr_masks(U: Array, Vh: Array, keep: Array, sr: float, rr: float) -> tuple[
 @functools.partial(jax.jit, static_argnames=("shrink", "rule", "factored", "slr"))
 def _filter(
     W: Array,
-    f,
+    f: Factors,
     s_val: Array,
     fit: Fit | None,
     fixed: Array,
