@@ -99,11 +99,10 @@ def eigenvalues(W: jax.typing.ArrayLike, *, dtype=None, method: Literal["gram", 
         lam = raw_eigenvalues(spectrum(W, precision=precision))
         if is_traced(lam):
             return lam
-        work = jnp.float64 if check_precision(precision) == "float64" else jnp.float32
-        if work == jnp.float64:
+        if check_precision(precision) == "float64":
             with jax.enable_x64(True):
-                return jnp.asarray(lam, work)
-        return jnp.asarray(lam.astype(np.float32))
+                return jnp.asarray(lam, jnp.float64)
+        return jnp.asarray(lam, jnp.float32)
     if dtype is not None and jnp.dtype(dtype) == jnp.float64 and not is_traced(W):
         with jax.enable_x64(True):
             return _gram_eigenvalues(jnp.asarray(W, jnp.float64))
@@ -397,6 +396,7 @@ def _fit_pdb_batched(eigs: Array, N: int, mode: str, n_iter: int, rtol: float) -
 
 def _fit_pdb_one(eigs: Array, N: int, mode: str, n_iter: int, rtol: float) -> PDBFit:
     code = screen(eigs, rtol)
+    screened = code == Reason.OK  # K and the sphericity describe the spectrum, fit or not
     lam = _placeholder(eigs, code)
     scale = _median_scale(lam) if mode == "scaled" else jnp.ones((), lam.dtype)
     lam = lam / scale
@@ -420,7 +420,6 @@ def _fit_pdb_one(eigs: Array, N: int, mode: str, n_iter: int, rtol: float) -> PD
     code = jnp.where((code == Reason.OK) & (rms > POOR_FIT_RESIDUAL), Reason.POOR_FIT, code)
     code = jnp.where((code == Reason.OK) & (eigs.shape[-1] - K < _MIN_BULK), Reason.NO_BULK, code).astype(jnp.int32)
     ok = code == Reason.OK
-    screened = screen(eigs, rtol) == Reason.OK  # K and the sphericity describe the spectrum, fit or not
     nan = lambda x: jnp.where(ok, x, jnp.nan)  # noqa: E731
     return PDBFit(
         K=jnp.where(screened, K, 0).astype(jnp.int32),

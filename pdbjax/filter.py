@@ -383,8 +383,11 @@ def normalised_fit(fit: Fit, spec: Spectrum) -> Fit:
     else:
         factor = np.asarray(spec.scale, np.float64) ** -2
         fit = jax.tree_util.tree_map(np.asarray, fit)
-    fit = fit.rescale(factor)
-    return jax.tree_util.tree_map(lambda x: jnp.asarray(x).astype(spec.s.dtype) if jnp.issubdtype(jnp.asarray(x).dtype, jnp.floating) else jnp.asarray(x), fit)
+    def cast(x):
+        x = jnp.asarray(x)
+        return x.astype(spec.s.dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x
+
+    return jax.tree_util.tree_map(cast, fit.rescale(factor))
 
 
 def keep_counts(spec: Spectrum, fit: Fit, rule: Rank) -> Array:
