@@ -2,9 +2,18 @@ r"""Model-level API: :func:`analyze` and :func:`compress` every weight matrix of
 
 Both take any tree :func:`pdbjax.tree.select` accepts (plain dicts, a flat ``{name: array}`` dict from
 :func:`pdbjax.io.load`, Flax Linen ``{"params": ...}``, an NNX ``State`` or an NNX ``Module``), view each
-selected leaf as a stack of matrices, group equal shapes and make one batched call per group
-(:func:`pdbjax.tree.map_groups`), and return a :class:`~pdbjax.report.Report` with one row per matrix.
-The caller's params are never modified.
+selected leaf as a stack of matrices, and return a :class:`~pdbjax.report.Report` with one row per
+matrix. The caller's params are never modified.
+
+The work is organised so that a model compiles a handful of programs and never holds more than a
+memory budget of working copies:
+
+1. **Spectra**: :func:`pdbjax.linalg.spectrum` of every matrix, one batched call per shape group (in
+   chunks of at most ``max_memory``; :func:`pdbjax.tree.map_groups`).
+2. **Fits**: every spectrum of one length ``p`` is fitted in ONE batched call whatever its ``N`` (``N``
+   is data of the compiled estimators), so the 384 x 384, 1536 x 384 and 384 x 1536 matrices of a
+   transformer share one compiled fit.
+3. ``compress`` only: each shape group (chunk) is decomposed with vectors and rebuilt with its fits.
 """
 
 from __future__ import annotations
@@ -16,8 +25,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from pdbjax.estimate import Mode
-from pdbjax.filter import METHODS, FilterInfo, Rank, estimate_fit, filter_with_fit, keep_counts, normalised_fit, outlier_mask
-from pdbjax.linalg import Precision, check_precision, raw_eigenvalues, scope, spectrum
+from pdbjax.filter import _SHRINKING, METHODS, FilterInfo, Rank, estimate_fit, filter_with_fit, keep_counts, normalised_fit, outlier_mask
+from pdbjax.linalg import Precision, Spectrum, check_precision, raw_eigenvalues, scope, spectrum
 from pdbjax.fits import reason_text
 from pdbjax.quality import fit_quality, heavy_tailed, tail_slope
 from pdbjax.report import Report, to_jsonable
@@ -29,21 +38,21 @@ __all__ = ["analyze", "compress", "LowRank", "densify", "DEFAULT_RANK", "RULES"]
 DEFAULT_RANK: Rank = "upper-bulk"
 #: Rules reported in ``rank_kept`` by :func:`analyze`.
 RULES = ("spikes", "upper-bulk")
+#: Default working-memory budget of :func:`analyze` and :func:`compress` (bytes; ``max_memory``).
+DEFAULT_MAX_MEMORY = 1 << 30
 
 
 # --------------------------------------------------------------------------------------------------
 # analyze
 
 
-def _analyze_stack(mats: jax.Array, mode: Mode, baselines: bool, precision: Precision) -> dict[str, Any]:
-    """All per-matrix figures of one equal-shape stack ``(B, a, b)``, batched.
+def _analyze_rows(spec: Spectrum, N: np.ndarray, mode: Mode, baselines: bool) -> dict[str, Any]:
+    """All per-matrix figures of a batch of spectra of one length ``p`` (``N`` per row), batched.
 
     The eigenvalues come from :func:`pdbjax.linalg.spectrum`, the decomposition ``compress`` takes its
     decisions from, and the keep counts from :func:`pdbjax.filter.keep_counts`, which evaluates the
     rules exactly as :func:`pdbjax.filter_matrix` does.
     """
-    N = max(mats.shape[-2:])
-    spec = spectrum(mats, precision=precision)
     lam = raw_eigenvalues(spec)
     pdb = estimate_fit(lam, N, "pdb", mode)  # the fit compress makes of the same numbers
     fits = {rule: pdb for rule in RULES}
@@ -76,6 +85,7 @@ def analyze(
     shard: bool = True,
     precision: Precision | None = None,
     progress: Callable[[int, int], None] | None = None,
+    max_memory: int | None = DEFAULT_MAX_MEMORY,
 ) -> Report:
     r"""Fit the PDB model (and the PUB baselines) to every selected weight matrix.
 
@@ -92,7 +102,10 @@ def analyze(
         backend), ``"float64"`` (CPU users who ask for it), or ``None`` (default: float64 only inside
         ``jax.enable_x64``). The fits run in float64 on the host either way.
       progress: optional ``progress(done, total)`` callback, called with the number of matrices
-        finished after each shape group (and ``(0, total)`` before the first).
+        decomposed after each shape group or chunk (and ``(0, total)`` before the first).
+      max_memory: bytes of working copies the decompositions may hold at once (each shape group is
+        processed in chunks that fit, see :func:`pdbjax.tree.map_groups`); ``None``: whole groups.
+        With ``pdbjax.io.load(path, lazy=True)`` the checkpoint itself is read chunk by chunk too.
 
     Returns:
       A :class:`~pdbjax.report.Report`; columns are listed in the README ("Report columns").
@@ -100,7 +113,8 @@ def analyze(
     precision = check_precision(precision)
     sels = select(params, where, conv_reshape=conv_reshape, layer_axis=layer_axis, on_error=on_error, allow_empty=False)
     good = [s for s in sels if s.ok]
-    results = map_groups(lambda m: _analyze_stack(m, mode, baselines, precision), _matrices(good), shard=shard, progress=progress)
+    specs = _spectra(good, precision, shard, progress, max_memory)
+    results = _by_length(good, specs, lambda spec, N: _analyze_rows(spec, N, mode, baselines))
     by_name = dict(zip((s.name for s in good), results))
     rows: list[dict[str, Any]] = []
     for sel in sels:
@@ -114,6 +128,33 @@ def analyze(
 
 def _matrices(sels: Sequence[Selected]) -> list[jax.Array]:
     return [to_matrices(s.value, s) for s in sels]
+
+
+def _spectra(sels: Sequence[Selected], precision: Precision, shard: bool, progress, max_memory: int | None) -> list[Spectrum]:
+    """Pass 1: the :class:`~pdbjax.linalg.Spectrum` of every matrix, leading axis ``L`` per leaf."""
+    return map_groups(lambda m: spectrum(m, precision=precision), _matrices(sels), shard=shard, progress=progress, max_memory=max_memory)
+
+
+def _by_length(sels: Sequence[Selected], specs: Sequence[Spectrum], fn: Callable[[Spectrum, np.ndarray], Any]) -> list[Any]:
+    """Pass 2: ``fn(spectra, N)`` once per spectrum length ``p`` over every leaf's rows, split back per leaf.
+
+    ``N`` is the per-row larger dimension; the estimators take it as data, so matrices of one ``p`` and
+    any ``N`` share one batched call and one compiled program.
+    """
+    by_p: dict[int, list[int]] = {}
+    for i, sel in enumerate(sels):
+        by_p.setdefault(min(sel.matrix_shape), []).append(i)
+    out: list[Any] = [None] * len(sels)
+    for members in by_p.values():
+        spec = jax.tree_util.tree_map(lambda *xs: jnp.concatenate(xs), *(specs[i] for i in members))
+        N = np.concatenate([np.full(sels[i].num_matrices, max(sels[i].matrix_shape)) for i in members])
+        result = fn(spec, N)
+        start = 0
+        for i in members:
+            n = sels[i].num_matrices
+            out[i] = jax.tree_util.tree_map(lambda y, s=start, n=n: y[s : s + n], result)
+            start += n
+    return out
 
 
 def _base_row(sel: Selected, index: int | None) -> dict[str, Any]:
@@ -209,9 +250,9 @@ def densify(params: Any, like: Any) -> Any:
     return jax.tree_util.tree_map_with_path(lambda path, x: updates.get(path_name(path), x), params, is_leaf=is_low)
 
 
-def _compress_stack(mats: jax.Array, method: str, rank: Rank, factored: bool, mode: Mode, slr: tuple[float, float], precision: Precision):
+def _compress_stack(mats: jax.Array, fit: Any, method: str, rank: Rank, factored: bool, mode: Mode, slr: tuple[float, float], precision: Precision):
     out, info, fit = filter_with_fit(
-        mats, method, rank, factored=factored, slr_sr=slr[0], slr_rr=slr[1], mode=mode, precision=precision
+        mats, method, rank, fit=fit, factored=factored, slr_sr=slr[0], slr_rr=slr[1], mode=mode, precision=precision
     )
     return {"out": out, "info": info, "fit": fit}
 
@@ -232,6 +273,7 @@ def compress(
     shard: bool = True,
     precision: Precision | None = None,
     progress: Callable[[int, int], None] | None = None,
+    max_memory: int | None = DEFAULT_MAX_MEMORY,
 ) -> tuple[Any, Report]:
     r"""Compress every selected matrix with :func:`pdbjax.filter_matrix` and return new params.
 
@@ -245,7 +287,9 @@ def compress(
         array (plain pytrees only: for NNX use ``nnx.state(model).to_pure_dict()``).
       mode: PDBLS mode for the fits.
       slr_sr, slr_rr: SLR sparsity and reduction rates.
-      conv_reshape, layer_axis, on_error, shard, precision, progress: as in :func:`analyze`.
+      conv_reshape, layer_axis, on_error, shard, precision, progress, max_memory: as in
+        :func:`analyze` (``progress`` counts each matrix twice when a fit is needed: once for its
+        spectrum, once for its rebuild).
 
     Returns:
       ``(new_params, report)``. ``new_params`` has the structure and dtypes of ``params`` (a new
@@ -263,8 +307,17 @@ def compress(
         raise ValueError("factored=True needs a plain pytree; pass nnx.state(model).to_pure_dict() instead")
     sels = select(params, where, conv_reshape=conv_reshape, layer_axis=layer_axis, on_error=on_error, allow_empty=False)
     good = [s for s in sels if s.ok]
-    fn = lambda m: _compress_stack(m, method, rank, factored, mode, (slr_sr, slr_rr), precision)  # noqa: E731
-    results = map_groups(fn, _matrices(good), shard=shard, progress=progress)
+    needs_fit = method in _SHRINKING or isinstance(rank, str)
+    n = sum(s.num_matrices for s in good)
+    if needs_fit:  # passes 1 and 2: spectra, then one fit per spectrum length
+        first = None if progress is None else (lambda done, total: progress(done, 2 * total))
+        specs = _spectra(good, precision, shard, first, max_memory)
+        fits = _by_length(good, specs, lambda spec, N: estimate_fit(raw_eigenvalues(spec), N, method, mode))
+        then = None if progress is None else (lambda done, total: progress(n + done, 2 * n))
+    else:
+        fits, then = None, progress
+    fn = lambda m, fit=None: _compress_stack(m, fit, method, rank, factored, mode, (slr_sr, slr_rr), precision)  # noqa: E731
+    results = map_groups(fn, _matrices(good), shard=shard, progress=then, max_memory=max_memory, aux=fits)
     rows: list[dict[str, Any]] = [_skipped_row(s) for s in sels if not s.ok]
     updates = {}
     for sel, res in zip(good, results):

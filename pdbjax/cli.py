@@ -99,6 +99,18 @@ def _fraction(text: str) -> float:
     return value
 
 
+_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def parse_size(text: str) -> int:
+    """A byte count: ``2G``, ``512M``, ``1.5GiB``, ``100000`` (binary units K, M, G, T; ``B``/``iB`` optional)."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d*)?)\s*([KMGT]?)(?:i?B)?\s*", text, flags=re.IGNORECASE)
+    size = int(float(m.group(1)) * _UNITS[m.group(2).upper()]) if m else 0
+    if size < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive size such as 512M or 2G; got {text!r}")
+    return size
+
+
 def _positive_int(text: str) -> int:
     if not re.fullmatch(r"\d+", text.strip()) or int(text) < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer; got {text!r}")
@@ -133,6 +145,8 @@ def _add_debug_option(p: argparse.ArgumentParser) -> None:
 
 
 def _add_input_options(p: argparse.ArgumentParser) -> None:
+    from pdbjax.api import DEFAULT_MAX_MEMORY
+
     _add_debug_option(p)
     p.add_argument("--quiet", action="store_true",
                    help="print nothing on stderr but errors (no progress messages or progress bar)")
@@ -162,6 +176,10 @@ def _add_input_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--precision", choices=("float32", "float64"), default="float32",
                    help="working precision of the SVD: float32 (default, any device) or float64 (CPU); the "
                         "fits run in float64 either way")
+    g.add_argument("--max-memory", metavar="SIZE", type=parse_size, default=DEFAULT_MAX_MEMORY,
+                   help="working memory for the decompositions, e.g. 512M or 4G: each group of equal-shape "
+                        "matrices is read from a memory-mapped .safetensors file and decomposed in chunks "
+                        "that fit (default: 1G)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -285,7 +303,7 @@ def _load(path: str) -> tuple[Any, dict[str, str]]:
     if not os.path.exists(path):
         raise CLIError(f"{path}: no such file or directory")
     _progress(f"loading {path}")
-    return pdbio.load_with_metadata(path)
+    return pdbio.load_with_metadata(path, lazy=True)  # safetensors are memory-mapped, read chunk by chunk
 
 
 def _inside(path: str | os.PathLike[str], directory: str | os.PathLike[str]) -> bool:
@@ -370,7 +388,7 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
     _progress("fitting the PDB model" + ("" if args.no_baselines else " and the PUB baselines") + " ...")
     try:
         report = analyze(params, mode=args.mode, baselines=not args.no_baselines, on_error=args.on_error,
-                         progress=_Status.bar("analyze"), **_selection(args))
+                         progress=_Status.bar("analyze"), max_memory=args.max_memory, **_selection(args))
     except ValueError as err:
         raise _input_error(args, err) from err
     _progress(f"analyzed {len(report.rows)} matrices in {time.perf_counter() - start:.1f} s")
@@ -424,7 +442,8 @@ def _cmd_compress(args: argparse.Namespace) -> int:
     try:
         new_params, report = compress(params, args.method, rank=rank, factored=args.factored, mode=args.mode,
                                       slr_sr=args.slr_sr, slr_rr=args.slr_rr, on_error=args.on_error,
-                                      progress=_Status.bar("compress"), **_selection(args))
+                                      progress=_Status.bar("compress"), max_memory=args.max_memory,
+                                      **_selection(args))
     except ValueError as err:
         raise _input_error(args, err) from err
     _progress(f"compressed {len(report.rows)} matrices in {time.perf_counter() - start:.1f} s")

@@ -2,7 +2,10 @@ r"""Estimation of the PDB model from the eigenvalues of weight matrices (Algorit
 
 Input convention, shared by every estimator in pdbjax: ``eigs`` holds the eigenvalues of ``W^T W``
 (squared singular values, no ``1/N``) sorted in DESCENDING order on the last axis, shape
-``(..., p)`` with any leading batch axes; ``N`` is the larger matrix dimension (a Python int).
+``(..., p)`` with any leading batch axes; ``N`` is the larger matrix dimension: a Python int, or an
+integer array broadcasting to the batch shape (one ``N`` per spectrum). ``N`` is passed to the compiled
+estimators as data, so spectra of one length ``p`` from matrices of different ``N`` share one batched
+call and one compilation.
 
 Two modes:
 
@@ -174,33 +177,43 @@ def _max_spikes(N: int, p: int) -> int:
     return max(1, min(int(6 * N**0.1), p - 2))
 
 
-def _spike_count_one(lam: Array, N: int) -> Array:
+def _rows(eigs: np.ndarray | Array, N: int | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``N`` and the spike window :func:`_max_spikes` per spectrum, flattened over the batch (host ints)."""
+    batch, p = eigs.shape[:-1], eigs.shape[-1]
+    n = np.broadcast_to(np.asarray(N, np.int64), batch).reshape(-1)
+    windows = {int(v): _max_spikes(int(v), p) for v in np.unique(n)}
+    return n, np.array([windows[int(v)] for v in n], np.int32).reshape(n.shape)
+
+
+def _spike_count_one(lam: Array, N: Array, window: Array) -> Array:
     r"""EDA/EDB spike count of one descending vector (reference ``removebike``), in log space.
 
     ``log theta~_k = logsumexp(2 (lambda_i - lambda_{i+1}), i > k) - log(p - k - 1)``, which equals the
-    reference's ``log(mean(exp(...)))`` wherever that is finite.
+    reference's ``log(mean(exp(...)))`` wherever that is finite. ``N`` (float) and the window
+    ``w = `` :func:`_max_spikes` are data: the criteria are evaluated for ``k = 1..p-2`` and searched
+    over ``k <= w``.
     """
     p = lam.shape[-1]
     if p < _MIN_BULK:  # TOO_SMALL spectra: no window to search (and no gaps to index when p < 3)
         return jnp.zeros((), jnp.int32)
-    w = _max_spikes(N, p)
     gaps2 = 2 * (lam[:-1] - lam[1:])  # 2 (lambda_i - lambda_{i+1}), i = 1..p-1
     tail_lse = lax.cumlogsumexp(gaps2, reverse=True)  # tail_lse[j] = LSE(gaps2[j:])
-    k = jnp.arange(1, w + 1)
+    k = jnp.arange(1, p - 1)
     n_tail = p - k - 1
     log_theta = tail_lse[k] - jnp.log(n_tail.astype(lam.dtype))
     drop = lam[0] - lam[k]  # lambda_1 - lambda_{k+1}
     fit = N * n_tail * log_theta
     eda = -N * drop + fit + 2 * p * k
-    edb = -N * math.log(p) * drop + fit + p * k * math.log(N)
-    return jnp.maximum(jnp.argmin(eda), jnp.argmin(edb)).astype(jnp.int32) + 1
+    edb = -N * math.log(p) * drop + fit + p * k * jnp.log(N)
+    searched = lambda crit: jnp.argmin(jnp.where(k <= window, crit, jnp.inf))  # noqa: E731
+    return jnp.maximum(searched(eda), searched(edb)).astype(jnp.int32) + 1
 
 
 def _median_scale(eigs: Array) -> Array:
     return eigs[..., eigs.shape[-1] // 2]
 
 
-def spike_count(eigs: jax.typing.ArrayLike, N: int, *, mode: Mode = "scaled") -> Array:
+def spike_count(eigs: jax.typing.ArrayLike, N: int | np.ndarray, *, mode: Mode = "scaled") -> Array:
     r"""Initial spike count ``K0`` by the EDA/EDB criteria (spec section 6, step 1), batched.
 
     ``w = floor(6 N^0.1)``, ``theta_i = exp(2 (lambda_i - lambda_{i+1}))``,
@@ -213,17 +226,20 @@ def spike_count(eigs: jax.typing.ArrayLike, N: int, *, mode: Mode = "scaled") ->
     eigs = jnp.asarray(eigs)
     _check_eigs(eigs, N)
     _check_mode(mode)
-    return _spike_count_batched(_work(eigs), N, mode)
+    n, window = _rows(eigs, N)
+    return _spike_count_batched(_work(eigs), n, window, mode)
 
 
-@functools.partial(jax.jit, static_argnames=("N", "mode"))
-def _spike_count_batched(eigs: Array, N: int, mode: str) -> Array:
-    code = screen(eigs)
-    lam = _placeholder(eigs, code)
+@functools.partial(jax.jit, static_argnames="mode")
+def _spike_count_batched(eigs: Array, N: Array, window: Array, mode: str) -> Array:
+    batch, p = eigs.shape[:-1], eigs.shape[-1]
+    flat = eigs.reshape(-1, p)
+    code = screen(flat)
+    lam = _placeholder(flat, code)
     if mode == "scaled":
         lam = lam / _median_scale(lam)[..., None]
-    count = jnp.vectorize(lambda v: _spike_count_one(v, N), signature="(p)->()")(lam)
-    return jnp.where(code == Reason.OK, count, 0)
+    count = jax.vmap(_spike_count_one)(lam, N.astype(lam.dtype), window)
+    return jnp.where(code == Reason.OK, count, 0).reshape(batch)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -242,13 +258,15 @@ def _silverstein_z(s: Array, theta: Array, c: Array) -> Array:
     return -1 / s + c * (t * s1 / (1 + s1 * s) + (1 - t) * s2 / (1 + s2 * s))
 
 
-def _fit_one(lam: Array, K: Array, N: int, mode: str, n_iter: int):
+def _fit_one(lam: Array, K: Array, N: Array, mode: str, n_iter: int):
     r"""PDBLS on one descending vector ``lam`` with ``K`` spikes removed.
 
     Returns ``(theta, residual, c_K, converged)``: the lowest-cost start's ``(t, s1, s2)``, its residual
     ``sqrt(mean_i ((u_i - z(s_i)) / U_i)^2)`` with ``U_i`` the RMS of ``u`` over the grid segment of
     ``u_i`` (each segment measured on its own scale, so the ``(5 l_max, 10 l_max)`` segment cannot hide
-    a misfit of the others), and whether the least squares converged from that start.
+    a misfit of the others), and whether the least squares converged from that start. The
+    ``(0, l_min / 2)`` segment is computed always and masked out of the residual when ``p = N``, so
+    ``N`` stays data.
     """
     p = lam.shape[-1]
     dtype = lam.dtype
@@ -257,11 +275,14 @@ def _fit_one(lam: Array, K: Array, N: int, mode: str, n_iter: int):
     c_k = n_bulk / N
     l_max = jnp.take(lam, K)
     l_min = lam[-1]
-    grids = [_part(jnp.asarray(-10.0, dtype), jnp.asarray(0.0, dtype), _GRID_POINTS)]
-    if p != N:
-        grids.append(_part(jnp.zeros((), dtype), 0.5 * l_min, _GRID_POINTS))
-    grids.append(_part(5 * l_max, 10 * l_max, _GRID_POINTS))
+    grids = [
+        _part(jnp.asarray(-10.0, dtype), jnp.asarray(0.0, dtype), _GRID_POINTS),
+        _part(jnp.zeros((), dtype), 0.5 * l_min, _GRID_POINTS),
+        _part(5 * l_max, 10 * l_max, _GRID_POINTS),
+    ]
+    used = jnp.repeat(jnp.stack([jnp.asarray(True), p != N, jnp.asarray(True)]), _GRID_POINTS)
     u = jnp.concatenate(grids)
+    u = jnp.where(used, u, -1.0)  # a harmless point where the (0, l_min / 2) segment is not used
     u_scale = jnp.concatenate([jnp.full(g.shape, jnp.sqrt(jnp.mean(g**2))) for g in grids])
     # Empirical companion transform m_n(u) = -(1 - (p - K)/N)/u + (1/N) sum_{j > K} 1/(lambda_j - u).
     s = -(1 - c_k) / u + jnp.sum(jnp.where(bulk, 1 / (lam[None, :] - u[:, None]), 0.0), axis=-1) / N
@@ -270,7 +291,7 @@ def _fit_one(lam: Array, K: Array, N: int, mode: str, n_iter: int):
         z = _silverstein_z(s, theta, c_k)
         if mode == "reference":
             z = jnp.where(1 - theta[0] > 0, z, -200.0)
-        return u - z
+        return jnp.where(used, u - z, 0.0)
 
     lb = jnp.stack([jnp.zeros((), dtype), l_min, l_min])
     ub = jnp.stack([jnp.ones((), dtype), l_max, l_max])
@@ -279,11 +300,11 @@ def _fit_one(lam: Array, K: Array, N: int, mode: str, n_iter: int):
     sols = jax.vmap(lambda x: least_squares_box(residual, x, lb, ub, n_iter))(x0)
     best = jnp.argmin(jnp.where(jnp.isfinite(sols.cost), sols.cost, jnp.inf))
     theta = sols.x[best]
-    rms = jnp.sqrt(jnp.mean((residual(theta) / u_scale) ** 2))
+    rms = jnp.sqrt(jnp.sum(jnp.where(used, residual(theta) / u_scale, 0.0) ** 2) / jnp.sum(used))
     return theta, rms, c_k, sols.converged[best]
 
 
-def _sphericity(lam: Array, K: Array, N: int) -> Array:
+def _sphericity(lam: Array, K: Array, N: Array) -> Array:
     r"""John's sphericity statistic of the bulk ``lambda_{K+1..p}``, standardised (spec section 10).
 
     With ``n = p - K`` and the bulk moments ``gamma_k = (1/n) sum_{j>K} lambda_j^k``,
@@ -301,7 +322,7 @@ def _sphericity(lam: Array, K: Array, N: int) -> Array:
     return (N * (jnp.sum(r * r) / n - 1) - n - 1) / 2
 
 
-def _two_bulks(stat: Array, t: Array, s1: Array, s2: Array, K: Array, p: int, N: int) -> Array:
+def _two_bulks(stat: Array, t: Array, s1: Array, s2: Array, K: Array, p: int, N: Array) -> Array:
     """Whether the two-atom population is identified (spec section 10): the bulk is not one
     Marchenko-Pastur bulk (``stat > BULKS_Z``), the fitted population's own dispersion would be
     detected at the same level (``(N v - 1) / 2 > BULKS_Z``), and the minority atom holds at least
@@ -311,14 +332,21 @@ def _two_bulks(stat: Array, t: Array, s1: Array, s2: Array, K: Array, p: int, N:
     return (stat > BULKS_Z) & ((N * v - 1) / 2 > BULKS_Z) & (jnp.minimum(t, 1 - t) * (p - K) >= 1)
 
 
-def _check_eigs(eigs: Array, N: int) -> None:
+def _check_eigs(eigs: Array, N: int | np.ndarray) -> None:
     if eigs.ndim < 1:
         raise ValueError("eigs must have shape (..., p); got a scalar")
     p = eigs.shape[-1]
     if p < 1:
         raise ValueError("eigs must hold at least one eigenvalue per matrix; got p = 0")
-    if not isinstance(N, (int, np.integer)) or N < p:
-        raise ValueError(f"N must be an int >= p = eigs.shape[-1] = {p}; got N={N!r}")
+    if is_traced(N) or isinstance(N, (bool, np.bool_)):
+        raise ValueError(f"N must be an int >= p = {p} (or a concrete integer array of such); got {N!r}")
+    n = np.asarray(N)
+    if not np.issubdtype(n.dtype, np.integer) or n.size == 0 or np.any(n < p):
+        raise ValueError(f"N must be an int >= p = eigs.shape[-1] = {p} (or an integer array of such); got N={N!r}")
+    try:
+        np.broadcast_to(n, eigs.shape[:-1])
+    except ValueError:
+        raise ValueError(f"N of shape {n.shape} does not broadcast to the batch shape {eigs.shape[:-1]}") from None
 
 
 def _check_mode(mode: str) -> None:
@@ -332,7 +360,7 @@ def _work(eigs: Array) -> Array:
 
 def fit_pdb(
     eigs: jax.typing.ArrayLike,
-    N: int,
+    N: int | np.ndarray,
     *,
     mode: Mode = "scaled",
     n_iter: int = 200,
@@ -363,7 +391,8 @@ def fit_pdb(
 
     Args:
       eigs: eigenvalues, shape ``(..., p)`` (sorted descending here if they are not).
-      N: larger matrix dimension (static).
+      N: larger matrix dimension: an int, or integer array broadcasting to ``eigs.shape[:-1]`` (a
+        concrete value, passed to the compiled fit as data: one compilation serves every ``N``).
       mode: ``"scaled"`` (scale-invariant, multi-start; default) or ``"reference"`` (the official
         code's algorithm, see the module docstring).
       n_iter: step cap of the least squares (a start that reaches it has not converged).
@@ -379,28 +408,29 @@ def fit_pdb(
     _check_eigs(eigs, N)
     _check_mode(mode)
     out_dtype = _work_dtype(eigs.dtype)
+    n, window = _rows(eigs, N)
     if precision == "float64" and not is_traced(eigs):
         with jax.enable_x64(True):
-            fit = _fit_pdb_batched(jnp.asarray(eigs, jnp.float64), N, mode, n_iter, _screen_rtol(eigs.dtype))
+            fit = _fit_pdb_batched(jnp.asarray(eigs, jnp.float64), n, window, mode, n_iter, _screen_rtol(eigs.dtype))
             return jax.tree_util.tree_map(lambda x: x.astype(out_dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, fit)
-    return _fit_pdb_batched(jnp.asarray(eigs, out_dtype), N, mode, n_iter, _screen_rtol(eigs.dtype))
+    return _fit_pdb_batched(jnp.asarray(eigs, out_dtype), n, window, mode, n_iter, _screen_rtol(eigs.dtype))
 
 
-@functools.partial(jax.jit, static_argnames=("N", "mode", "n_iter", "rtol"))
-def _fit_pdb_batched(eigs: Array, N: int, mode: str, n_iter: int, rtol: float) -> PDBFit:
+@functools.partial(jax.jit, static_argnames=("mode", "n_iter", "rtol"))
+def _fit_pdb_batched(eigs: Array, N: Array, window: Array, mode: str, n_iter: int, rtol: float) -> PDBFit:
     batch, p = eigs.shape[:-1], eigs.shape[-1]
     flat = -jnp.sort(-eigs.reshape(-1, p), axis=-1)  # descending, whatever order the caller used
-    fit = jax.vmap(lambda v: _fit_pdb_one(v, N, mode, n_iter, rtol))(flat)
+    fit = jax.vmap(lambda v, n, w: _fit_pdb_one(v, n, w, mode, n_iter, rtol))(flat, N.astype(flat.dtype), window)
     return jax.tree_util.tree_map(lambda x: x.reshape(batch + x.shape[1:]), fit)
 
 
-def _fit_pdb_one(eigs: Array, N: int, mode: str, n_iter: int, rtol: float) -> PDBFit:
+def _fit_pdb_one(eigs: Array, N: Array, window: Array, mode: str, n_iter: int, rtol: float) -> PDBFit:
     code = screen(eigs, rtol)
     screened = code == Reason.OK  # K and the sphericity describe the spectrum, fit or not
     lam = _placeholder(eigs, code)
     scale = _median_scale(lam) if mode == "scaled" else jnp.ones((), lam.dtype)
     lam = lam / scale
-    K = _spike_count_one(lam, N)
+    K = _spike_count_one(lam, N, window)
     theta, rms, c_k, converged = _fit_one(lam, K, N, mode, n_iter)
     t, s1, s2 = theta[0], theta[1], theta[2]
     t, s1, s2 = jnp.where(t < 0.5, 1 - t, t), jnp.where(t < 0.5, s2, s1), jnp.where(t < 0.5, s1, s2)

@@ -34,6 +34,7 @@ import importlib.util
 import json
 import os
 import struct
+import sys
 import zipfile
 from collections.abc import Mapping
 from functools import partial
@@ -74,13 +75,18 @@ _ST_DTYPES: dict[str, np.dtype] = {
 # --------------------------------------------------------------------------- public API
 
 
-def load(path: PathLike) -> dict[str, Any]:
+def load(path: PathLike, *, lazy: bool = False) -> dict[str, Any]:
     """Load the weight tree stored at ``path``.
 
     Args:
         path: a ``.safetensors`` file, a ``.npz`` file, a directory of
             ``.safetensors`` files (sharded Hugging Face layout) or an Orbax
             checkpoint directory.
+        lazy: map safetensors tensors into memory read-only (``np.memmap``)
+            instead of reading them: nothing is read until a tensor is used,
+            and :func:`pdbjax.analyze` / :func:`pdbjax.compress` read them a
+            chunk at a time (their ``max_memory``), so a checkpoint larger than
+            the free memory can be analysed. ``.npz`` and Orbax are read eagerly.
 
     Returns:
         A flat ``{name: np.ndarray}`` dict for files, the nested tree for Orbax.
@@ -90,10 +96,10 @@ def load(path: PathLike) -> dict[str, Any]:
         ValueError: unknown suffix, or the file/directory is not a valid
             checkpoint of its format.
     """
-    return load_with_metadata(path)[0]
+    return load_with_metadata(path, lazy=lazy)[0]
 
 
-def load_with_metadata(path: PathLike) -> tuple[dict[str, Any], dict[str, str]]:
+def load_with_metadata(path: PathLike, *, lazy: bool = False) -> tuple[dict[str, Any], dict[str, str]]:
     """Like :func:`load`, also returning the file's string metadata.
 
     The metadata is safetensors' ``__metadata__`` or an Orbax checkpoint's
@@ -104,7 +110,7 @@ def load_with_metadata(path: PathLike) -> tuple[dict[str, Any], dict[str, str]]:
         raise FileNotFoundError(f"no such file or directory: {path}")
     fmt = _format_of(path, None)
     if path.is_dir() and ((path / HF_INDEX).is_file() or any(path.glob("*.safetensors"))):
-        return _load_safetensors_dir(path)
+        return _load_safetensors_dir(path, lazy)
     if fmt == "orbax":
         if not path.is_dir():
             raise ValueError(
@@ -115,7 +121,7 @@ def load_with_metadata(path: PathLike) -> tuple[dict[str, Any], dict[str, str]]:
     if not path.is_file():
         raise ValueError(f"{path}: expected a .{fmt} file, found a directory")
     if fmt == "safetensors":
-        return _load_safetensors(path)
+        return _map_safetensors(path) if lazy else _load_safetensors(path)
     return _load_npz(path), {}
 
 
@@ -301,7 +307,7 @@ def _load_safetensors(path: Path) -> tuple[dict[str, np.ndarray], dict[str, str]
 HF_INDEX = "model.safetensors.index.json"
 
 
-def _load_safetensors_dir(path: Path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+def _load_safetensors_dir(path: Path, lazy: bool = False) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     """A directory of ``*.safetensors`` files, e.g. a sharded Hugging Face checkpoint
     (``model-00001-of-00002.safetensors`` ... with ``model.safetensors.index.json``): one flat dict.
 
@@ -325,7 +331,7 @@ def _load_safetensors_dir(path: Path) -> tuple[dict[str, np.ndarray], dict[str, 
     where: dict[str, str] = {}
     metadata: dict[str, str] = {}
     for file in files:
-        shard, meta = _load_safetensors(file)
+        shard, meta = _map_safetensors(file) if lazy else _load_safetensors(file)
         for name, array in shard.items():
             if name in where:
                 raise ValueError(f"{path}: tensor {name!r} is in both {where[name]} and {file.name}")
@@ -339,14 +345,21 @@ def _load_safetensors_dir(path: Path) -> tuple[dict[str, np.ndarray], dict[str, 
     return tensors, metadata
 
 
-def _read_safetensors_raw(path: Path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
-    """Read a safetensors file directly, mapping BF16/F8 to :mod:`ml_dtypes`."""
+def _read_safetensors_raw(path: Path, mapped: bool = False) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """Read a safetensors file directly, mapping BF16/F8 to :mod:`ml_dtypes` (``mapped``: as read-only
+    memory maps, one per tensor)."""
     size = path.stat().st_size
     with open(path, "rb") as f:
         header, start = _read_safetensors_header(path, f, size)
         metadata = header.pop("__metadata__", None) or {}
-        tensors = {name: _read_tensor(path, f, name, info, start, size) for name, info in header.items()}
+        tensors = {name: _read_tensor(path, f, name, info, start, size, mapped) for name, info in header.items()}
     return tensors, dict(metadata)
+
+
+def _map_safetensors(path: Path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """:func:`_read_safetensors_raw` with memory maps (the format is little-endian: on a big-endian
+    host the tensors are read instead)."""
+    return _read_safetensors_raw(path, mapped=sys.byteorder == "little")
 
 
 def _read_safetensors_header(path: Path, f: Any, size: int) -> tuple[dict[str, Any], int]:
@@ -365,8 +378,8 @@ def _read_safetensors_header(path: Path, f: Any, size: int) -> tuple[dict[str, A
     return header, 8 + n
 
 
-def _read_tensor(path: Path, f: Any, name: str, info: Any, start: int, size: int) -> np.ndarray:
-    """Read one tensor described by its header entry ``info``."""
+def _read_tensor(path: Path, f: Any, name: str, info: Any, start: int, size: int, mapped: bool = False) -> np.ndarray:
+    """Read (or memory-map, read-only) one tensor described by its header entry ``info``."""
     try:
         dtype = _ST_DTYPES[info["dtype"]].newbyteorder("<")
         shape = tuple(int(d) for d in info["shape"])
@@ -376,6 +389,8 @@ def _read_tensor(path: Path, f: Any, name: str, info: Any, start: int, size: int
     nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
     if end - begin != nbytes or begin < 0 or start + end > size:
         raise ValueError(f"{path}: tensor {name!r} has inconsistent data offsets {begin}..{end}")
+    if mapped and nbytes:
+        return np.memmap(path, dtype=dtype, mode="r", offset=start + begin, shape=shape)
     buf = np.empty(nbytes, dtype=np.uint8)
     f.seek(start + begin)
     if f.readinto(memoryview(buf)) != nbytes:

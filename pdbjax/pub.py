@@ -60,7 +60,7 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -147,35 +147,52 @@ def _matched_ranks(p: int, alpha: float) -> np.ndarray:
     return k[(k > alpha * p) & (k < (1 - alpha) * p)]
 
 
-def _bema(lam: Array, N: int, alpha: float, beta: float) -> tuple[Array, Array, Array]:
+class _BemaTable(NamedTuple):
+    """What BEMA needs of ``MP(1, c = p / N)`` for one spectrum, tabulated on the host so that ``N`` is
+    data of the compiled fit: the quantiles ``q`` of the matched ranks and the Tracy-Widom corrected
+    edge ``(1 + sqrt c)^2 + q_TW1(1 - beta) N^{-2/3} c^{-1/6} (1 + sqrt c)^{4/3}``."""
+
+    q: np.ndarray
+    edge: np.ndarray
+
+
+def _bema_tables(N: np.ndarray, p: int, alpha: float, beta: float) -> _BemaTable:
+    """:class:`_BemaTable` rows for the per-spectrum ``N`` (one quantile table per distinct ``N``)."""
+    ranks = _matched_ranks(p, alpha)
+    levels = 1 - (ranks - 0.5) / p
+    rows = {}
+    for n in np.unique(N):
+        c = p / int(n)
+        edge = (1 + math.sqrt(c)) ** 2 + _tw_quantile(beta) * int(n) ** (-2 / 3) * c ** (-1 / 6) * (1 + math.sqrt(c)) ** (4 / 3)
+        rows[int(n)] = (_mp_quantile(levels, c), edge)
+    return _BemaTable(np.stack([rows[int(n)][0] for n in N]), np.array([rows[int(n)][1] for n in N]))
+
+
+def _bema(lam: Array, table: _BemaTable, alpha: float) -> tuple[Array, Array, Array]:
     """BEMA on descending ``lam`` (median in [1/2, 1)): returns ``(sigma_sq, threshold, usable)``.
 
     ``usable`` is False when the matched ranks have no spread (e.g. an orthogonal matrix): a single
     atom is not a Marchenko-Pastur bulk.
     """
-    p = lam.shape[-1]
-    c = p / N
-    ranks = _matched_ranks(p, alpha)
-    matched = lam[ranks - 1]
-    q = jnp.asarray(_mp_quantile(1 - (ranks - 0.5) / p, c), lam.dtype)
+    matched = lam[_matched_ranks(lam.shape[-1], alpha) - 1]
+    q = table.q.astype(lam.dtype)
     sigma_sq = jnp.sum(q * matched) / jnp.sum(q**2)
-    edge = (1 + math.sqrt(c)) ** 2 + _tw_quantile(beta) * N ** (-2 / 3) * c ** (-1 / 6) * (1 + math.sqrt(c)) ** (4 / 3)
     usable = matched[0] - matched[-1] > _spread_floor(lam)
-    return sigma_sq, sigma_sq * edge, usable
+    return sigma_sq, sigma_sq * table.edge.astype(lam.dtype), usable
 
 
 def _gaussian(u: Array) -> Array:
     return jnp.exp(-0.5 * u**2) / math.sqrt(2 * math.pi)
 
 
-def _kernel(lam: Array, N: int, alpha: float, beta: float) -> tuple[Array, Array, Array]:
+def _kernel(lam: Array, N: Array, table: _BemaTable, alpha: float) -> tuple[Array, Array, Array]:
     """Kernel density matching on descending ``lam`` (median in [1/2, 1)): returns ``(sigma_sq, c0, usable)``.
 
     ``usable`` is False when BEMA's is, when fewer than 8 eigenvalues remain below the BEMA threshold,
     or when they have no spread.
     """
     p = lam.shape[-1]
-    _, bema_threshold, bema_usable = _bema(lam, N, alpha, beta)
+    _, bema_threshold, bema_usable = _bema(lam, table, alpha)
     K0 = jnp.sum(lam > bema_threshold)
     n = jnp.maximum(p - K0, 1).astype(lam.dtype)
     weight = jnp.where(jnp.arange(p) >= K0, 1 / n, 0.0)
@@ -203,7 +220,7 @@ def _kernel(lam: Array, N: int, alpha: float, beta: float) -> tuple[Array, Array
     return jnp.exp(sol.x[0]), c0, usable
 
 
-def _fit_pub_one(eigs: Array, N: int, method: str, alpha: float, beta: float) -> PUBFit:
+def _fit_pub_one(eigs: Array, N: Array, table: _BemaTable, method: str, alpha: float) -> PUBFit:
     """One spectrum: screen, sort, scale the median into [1/2, 1), fit, count, scale back, flag."""
     eigs = -jnp.sort(-eigs)
     code = screen(eigs)
@@ -214,11 +231,11 @@ def _fit_pub_one(eigs: Array, N: int, method: str, alpha: float, beta: float) ->
         sigma_sq = c = lam_plus = threshold = jnp.full((), jnp.nan, lam.dtype)
         usable = jnp.zeros((), bool)
     elif method == "bema":
-        sigma_sq, threshold, usable = _bema(lam, N, alpha, beta)
-        c = jnp.asarray(eigs.shape[-1] / N, lam.dtype)
+        sigma_sq, threshold, usable = _bema(lam, table, alpha)
+        c = eigs.shape[-1] / N
         lam_plus = sigma_sq * (1 + jnp.sqrt(c)) ** 2
     else:
-        sigma_sq, c, usable = _kernel(lam, N, alpha, beta)
+        sigma_sq, c, usable = _kernel(lam, N, table, alpha)
         lam_plus = threshold = sigma_sq * (1 + jnp.sqrt(c)) ** 2
     code = jnp.where((code == Reason.OK) & ~usable, Reason.NO_BULK, code)
     K = jnp.sum(lam > threshold)
@@ -238,16 +255,17 @@ def _fit_pub_one(eigs: Array, N: int, method: str, alpha: float, beta: float) ->
     )
 
 
-@functools.partial(jax.jit, static_argnames=("N", "method", "alpha", "beta"))
-def _fit_pub_batched(eigs: Array, N: int, method: str, alpha: float, beta: float) -> PUBFit:
+@functools.partial(jax.jit, static_argnames=("method", "alpha"))
+def _fit_pub_batched(eigs: Array, N: Array, table: _BemaTable, method: str, alpha: float) -> PUBFit:
     batch, p = eigs.shape[:-1], eigs.shape[-1]
-    fit = jax.vmap(lambda v: _fit_pub_one(v, N, method, alpha, beta))(eigs.reshape(-1, p))
+    flat = eigs.reshape(-1, p)
+    fit = jax.vmap(lambda v, n, tab: _fit_pub_one(v, n, tab, method, alpha))(flat, N.astype(flat.dtype), table)
     return jax.tree_util.tree_map(lambda v: v.reshape(batch), fit)
 
 
 def fit_pub(
     eigs: ArrayLike,
-    N: int,
+    N: int | np.ndarray,
     method: Method = "bema",
     *,
     alpha: float = 0.2,
@@ -261,7 +279,8 @@ def fit_pub(
 
     Args:
       eigs: eigenvalues of ``W^T W``, shape ``(..., p)``, descending (an unsorted vector is sorted).
-      N: larger matrix dimension, ``N >= p`` (static).
+      N: larger matrix dimension, ``N >= p``: an int or an integer array broadcasting to
+        ``eigs.shape[:-1]`` (concrete; data of the compiled fit, so every ``N`` shares one compilation).
       method: ``"bema"`` or ``"kernel"`` (static).
       alpha: BEMA trimming: ranks ``alpha p < k < (1 - alpha) p`` are matched, ``0 <= alpha < 1/2``.
         The kernel method uses it for its initial BEMA threshold.
@@ -284,5 +303,7 @@ def fit_pub(
             f"alpha must lie in [0, 0.5) and leave ranks alpha p < k < (1 - alpha) p; got {alpha} for p={p}"
         )
     _tw_quantile(beta)
-    _mp_table(p / N)  # tabulate outside the trace below (cached), so the fit compiles no solver
-    return _fit_pub_batched(_work(eigs), N, method, float(alpha), float(beta))
+    n = np.broadcast_to(np.asarray(N, np.int64), eigs.shape[:-1]).reshape(-1)
+    # MP quantiles tabulated on the host per distinct N (cached), so the fit compiles no solver.
+    table = _bema_tables(n, p, float(alpha), float(beta)) if p >= _MIN_BULK else _BemaTable(np.zeros((n.size, 0)), np.zeros(n.size))
+    return _fit_pub_batched(_work(eigs), n, table, method, float(alpha))

@@ -48,6 +48,7 @@ from typing import NamedTuple, Union
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from pdbjax.estimate import _check_eigs, _median_scale, _work
 from pdbjax.fits import PDBFit, PUBFit
@@ -79,7 +80,7 @@ class Quality(NamedTuple):
     ok: Array
 
 
-def _quality_one(eigs: Array, K: Array, pop: PDB, ok: Array, N: int) -> Quality:
+def _quality_one(eigs: Array, K: Array, pop: PDB, ok: Array, N: Array) -> Quality:
     lam = -jnp.sort(-eigs)
     p = lam.shape[-1]
     n = p - K
@@ -123,22 +124,23 @@ def _quality_one(eigs: Array, K: Array, pop: PDB, ok: Array, N: int) -> Quality:
     return Quality(nan(units(empirical)), nan(units(model)), nan(model / empirical - 1), nan(ks), nan(l2), ok)
 
 
-@functools.partial(jax.jit, static_argnames="N")
-def _quality_batched(eigs: Array, K: Array, pop: PDB, ok: Array, N: int) -> Quality:
+@jax.jit
+def _quality_batched(eigs: Array, K: Array, pop: PDB, ok: Array, N: Array) -> Quality:
     batch, p = eigs.shape[:-1], eigs.shape[-1]
     flat = lambda v: jnp.broadcast_to(v, batch).reshape(-1)  # noqa: E731
-    out = jax.vmap(lambda e, k, t, s1, s2, o: _quality_one(e, k, PDB(t, s1, s2), o, N))(
-        eigs.reshape(-1, p), flat(K), *(flat(v) for v in pop), flat(ok)
+    out = jax.vmap(lambda e, k, t, s1, s2, o, n: _quality_one(e, k, PDB(t, s1, s2), o, n))(
+        eigs.reshape(-1, p), flat(K), *(flat(v) for v in pop), flat(ok), flat(N.astype(eigs.dtype))
     )
     return jax.tree_util.tree_map(lambda v: v.reshape(batch + v.shape[1:]), out)
 
 
-def fit_quality(eigs: jax.typing.ArrayLike, N: int, fit: Fit) -> Quality:
+def fit_quality(eigs: jax.typing.ArrayLike, N: int | np.ndarray, fit: Fit) -> Quality:
     r"""Moments, KS and L2 distances between the bulk of ``eigs`` and the bulk law of ``fit``.
 
     Args:
       eigs: eigenvalues of ``W^T W``, shape ``(..., p)``, descending (an unsorted vector is sorted).
-      N: larger matrix dimension, ``N >= p`` (static).
+      N: larger matrix dimension, ``N >= p``: an int or integer array broadcasting to the batch
+        shape (concrete; data of the compiled computation).
       fit: a :class:`~pdbjax.fits.PDBFit` or :class:`~pdbjax.fits.PUBFit` whose leading axes broadcast
         to those of ``eigs``. The bulk is everything after the top ``fit.K`` eigenvalues; to compare
         several fits on one common bulk, pass ``fit._replace(K=k)``.
@@ -151,7 +153,8 @@ def fit_quality(eigs: jax.typing.ArrayLike, N: int, fit: Fit) -> Quality:
     _check_eigs(eigs, N)
     eigs = _work(eigs)
     pop = PDB(*(jnp.asarray(v, eigs.dtype) for v in fit.population))
-    return _quality_batched(eigs, jnp.asarray(fit.K, jnp.int32), pop, jnp.asarray(fit.ok, bool), N)
+    n = jnp.asarray(np.broadcast_to(np.asarray(N, np.int64), eigs.shape[:-1]), jnp.int32)
+    return _quality_batched(eigs, jnp.asarray(fit.K, jnp.int32), pop, jnp.asarray(fit.ok, bool), n)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -240,7 +243,7 @@ def tail_slope(eigs: jax.typing.ArrayLike) -> Array:
     return _tail_slope_batched(_work(eigs))
 
 
-def heavy_tailed(eigs: jax.typing.ArrayLike, N: int, fit: Fit, quality: Quality | None = None) -> Array:
+def heavy_tailed(eigs: jax.typing.ArrayLike, N: int | np.ndarray, fit: Fit, quality: Quality | None = None) -> Array:
     r"""Whether a spectrum is heavy-tailed beyond what the bulk model and real layers show, batched.
 
     ``tail_slope(eigs) > HEAVY_TAIL_SLOPE`` and ``fit_quality(eigs, N, fit).ks > HEAVY_TAIL_KS``: the
@@ -254,7 +257,7 @@ def heavy_tailed(eigs: jax.typing.ArrayLike, N: int, fit: Fit, quality: Quality 
 
     Args:
       eigs: eigenvalues, shape ``(..., p)``.
-      N: larger matrix dimension (static).
+      N: larger matrix dimension (as in :func:`fit_quality`).
       fit: the :class:`~pdbjax.fits.PDBFit` (or :class:`~pdbjax.fits.PUBFit`) of ``eigs``.
       quality: ``fit_quality(eigs, N, fit)`` if already computed.
 

@@ -69,8 +69,10 @@ never modified.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
+import mmap
 import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal
@@ -311,6 +313,7 @@ def _check_finite(chosen: list[Selected]) -> list[Selected]:
         xp = np if isinstance(sel.value, np.ndarray) else jnp
         matrix_axes = tuple(a for a in range(len(sel.shape)) if a != sel.layer_axis)
         flags[i] = xp.isfinite(sel.value).all(axis=matrix_axes)  # one flag per layer (a scalar if unstacked)
+        _release(sel.value)  # a memory-mapped leaf is read again, a chunk at a time, by map_groups
     flags = jax.device_get(flags)
     out = []
     for i, sel in enumerate(chosen):
@@ -332,14 +335,17 @@ def to_matrices(leaf: Any, sel: Selected) -> jax.Array:
     """The ``(L, a, b)`` matrix stack of ``leaf`` (a leaf shaped like ``sel``, or its NNX Variable).
 
     Layer axis to the front, then the remaining axes flattened by ``sel.conv_reshape``. Works under
-    ``jit``; keeps the dtype.
+    ``jit``; keeps the dtype. A NumPy leaf (e.g. a memory map from :func:`pdbjax.io.load`) gives a NumPy
+    view, so nothing is copied or read until :func:`map_groups` takes its chunk.
     """
-    x = jnp.asarray(_unwrap(leaf))
+    x = _unwrap(leaf)
+    x = x if isinstance(x, np.ndarray) else jnp.asarray(x)
+    xp = np if isinstance(x, np.ndarray) else jnp
     _check_ok(sel)
     if tuple(x.shape) != sel.shape:
         raise ValueError(f"{sel.name}: leaf has shape {tuple(x.shape)}, selection expects {sel.shape}")
     if sel.layer_axis is not None:
-        x = jnp.moveaxis(x, sel.layer_axis, 0)
+        x = xp.moveaxis(x, sel.layer_axis, 0)
     return x.reshape((sel.num_matrices, *sel.matrix_shape))
 
 
@@ -391,14 +397,22 @@ def group_by_shape(items: Sequence[Any]) -> dict[tuple[int, int], list[int]]:
     return groups
 
 
+#: Working copies of one matrix that a batched decomposition holds at once (input in storage dtype, its
+#: float32 cast, the normalised copy, LAPACK's workspace, and the factors and rebuilt matrix of
+#: ``compress``): :func:`map_groups` sizes its chunks as ``max_memory / (WORK_COPIES * 4 a b)``.
+WORK_COPIES = 8
+
+
 def map_groups(
     fn: Callable[[jax.Array], Any],
     matrices: Sequence[Any],
     *,
     shard: bool = True,
     progress: Callable[[int, int], None] | None = None,
+    max_memory: int | None = None,
+    aux: Sequence[Any] | None = None,
 ) -> list[Any]:
-    """Apply a batched ``fn`` to matrices of mixed shapes with one call per shape group.
+    """Apply a batched ``fn`` to matrices of mixed shapes with one call per shape group (or chunk).
 
     Items of equal matrix shape ``(a, b)`` and equal working dtype (``float32`` for ``bfloat16``,
     ``float16``, float8 and integers; ``float64`` when JAX's x64 mode is on; otherwise the input
@@ -408,13 +422,24 @@ def map_groups(
     (e.g. from :func:`to_matrices`); its output has its leading shape in place of the batch axis (a
     single matrix gets no batch axis).
 
+    ``max_memory`` (bytes) bounds the working set: a group whose ``B * WORK_COPIES * 4 a b`` bytes
+    (:data:`WORK_COPIES`) exceed it is processed in ``k`` chunks of equal size
+    ``ceil(B / k)`` (the last padded with copies of its first matrix, so every chunk of a group runs
+    the same compiled program). NumPy items (memory maps from :func:`pdbjax.io.load` included) are
+    read and cast on the host one chunk at a time, so the whole stack never exists in memory; a
+    memory-mapped item's pages are released once its last matrix is done.
+
     With ``shard=True`` and more than one local device, each stack is padded to a multiple of the
     device count (with copies of its first matrix) and placed with a
     :class:`~jax.sharding.NamedSharding` over a 1-D ``Mesh`` with axis ``"batch"``, so a jitted ``fn``
     runs data-parallel; the padding is dropped from the outputs.
 
-    ``progress(done, total)``, if given, is called before the first group and after each group with
+    ``progress(done, total)``, if given, is called before the first chunk and after each chunk with
     the number of matrices processed so far and in all (a stacked item counts its matrices).
+
+    ``aux``, if given, holds one pytree per item whose leaves have the item's leading shape (one entry
+    per matrix, e.g. a fit of each matrix); it is chunked and padded alongside the matrices and ``fn``
+    is called as ``fn(stack, aux_chunk)``.
 
     Returns:
       One output pytree per item, in the order of ``matrices``.
@@ -424,37 +449,103 @@ def map_groups(
     for i, shape in enumerate(shapes):
         if len(shape) < 2:
             raise ValueError(f"item {i} has shape {shape}; expected a matrix (..., a, b)")
+    if max_memory is not None and max_memory <= 0:
+        raise ValueError(f"max_memory must be a positive number of bytes; got {max_memory}")
     groups: dict[tuple, list[int]] = {}
     for i, x in enumerate(items):
         groups.setdefault((*shapes[i][-2:], _batch_dtype(x.dtype)), []).append(i)
     devices = jax.local_devices()
     sharding = _batch_sharding(devices) if shard and len(devices) > 1 else None
-    out: list[Any] = [None] * len(items)
-    total, done = sum(math.prod(shape[:-2]) for shape in shapes), 0
+    sizes = [math.prod(shape[:-2]) for shape in shapes]
+    out_parts: list[list[Any]] = [[] for _ in items]
+    total, done = sum(sizes), 0
     if progress is not None:
         progress(0, total)
     for (a, b, dtype), members in groups.items():
-        stack = jnp.concatenate([jnp.asarray(items[i], dtype).reshape(-1, a, b) for i in members])
-        n = stack.shape[0]
+        # (item, first, stop) runs of matrices, in order, split into chunks of equal size.
+        runs = [(i, 0, sizes[i]) for i in members]
+        n = sum(sizes[i] for i in members)
+        per_chunk = n if max_memory is None else max(1, int(max_memory // (WORK_COPIES * 4 * a * b)))
+        n_chunks = -(-n // per_chunk)
+        size = -(-n // n_chunks)
         if sharding is not None:
-            pad = -n % len(devices)
+            size += -size % len(devices)
+        for chunk in _chunks(runs, size):
+            stack = _stack([(items[i], lo, hi) for i, lo, hi in chunk], a, b, dtype)
+            m = stack.shape[0]
+            pad = size - m if m < size and (n_chunks > 1 or sharding is not None) else 0
             if pad:
                 stack = jnp.concatenate([stack, jnp.broadcast_to(stack[:1], (pad, a, b))])
-            stack = jax.device_put(stack, sharding)
-        result = fn(stack)
-        _check_batched(result, stack.shape[0], (a, b))
-        start = 0
-        for i in members:
-            lead = shapes[i][:-2]
-            size = math.prod(lead)
-            out[i] = jax.tree_util.tree_map(
-                lambda y, s=start, size=size, lead=lead: y[s : s + size].reshape(lead + y.shape[1:]), result
-            )
-            start += size
-        done += n
-        if progress is not None:
-            progress(done, total)
+            if sharding is not None:
+                stack = jax.device_put(stack, sharding)
+            if aux is None:
+                result = fn(stack)
+            else:
+                rows = [jax.tree_util.tree_map(lambda y, lo=lo, hi=hi: np.asarray(y).reshape(-1, *np.shape(y)[len(shapes[i]) - 2 :])[lo:hi], aux[i])
+                        for i, lo, hi in chunk]
+                extra = jax.tree_util.tree_map(lambda *ys: _pad_rows(np.concatenate(ys), pad), *rows)
+                result = fn(stack, extra)
+            _check_batched(result, stack.shape[0], (a, b))
+            start = 0
+            for i, lo, hi in chunk:
+                out_parts[i].append(jax.tree_util.tree_map(lambda y, s=start, k=hi - lo: y[s : s + k], result))
+                start += hi - lo
+                if hi == sizes[i]:
+                    _release(items[i])
+            done += m
+            if progress is not None:
+                progress(done, total)
+    out: list[Any] = []
+    for i, parts in enumerate(out_parts):
+        lead = shapes[i][:-2]
+        joined = parts[0] if len(parts) == 1 else jax.tree_util.tree_map(lambda *ys: _concat(ys), *parts)
+        out.append(jax.tree_util.tree_map(lambda y, lead=lead: y.reshape(lead + y.shape[1:]), joined))
     return out
+
+
+def _chunks(runs: list[tuple[int, int, int]], size: int):
+    """Split ``(item, first, stop)`` runs into consecutive chunks of ``size`` matrices (the last may be shorter)."""
+    chunk: list[tuple[int, int, int]] = []
+    room = size
+    for i, lo, hi in runs:
+        while lo < hi:
+            take = min(room, hi - lo)
+            chunk.append((i, lo, lo + take))
+            lo, room = lo + take, room - take
+            if room == 0:
+                yield chunk
+                chunk, room = [], size
+    if chunk:
+        yield chunk
+
+
+def _stack(parts: list[tuple[Any, int, int]], a: int, b: int, dtype: np.dtype) -> jax.Array:
+    """One ``(B, a, b)`` working stack from slices of items: NumPy items are read and cast on the host."""
+    pieces = []
+    for x, lo, hi in parts:
+        view = x.reshape(-1, a, b)[lo:hi]
+        pieces.append(np.asarray(view, dtype) if isinstance(view, np.ndarray) else jnp.asarray(view, dtype))
+    if all(isinstance(p, np.ndarray) for p in pieces):
+        return jnp.asarray(pieces[0] if len(pieces) == 1 else np.concatenate(pieces))
+    return jnp.concatenate([jnp.asarray(p) for p in pieces])
+
+
+def _pad_rows(y: np.ndarray, pad: int) -> np.ndarray:
+    return np.concatenate([y, np.broadcast_to(y[:1], (pad, *y.shape[1:]))]) if pad else y
+
+
+def _concat(ys: tuple[Any, ...]) -> Any:
+    return np.concatenate(ys) if all(isinstance(y, np.ndarray) for y in ys) else jnp.concatenate(ys)
+
+
+def _release(x: Any) -> None:
+    """Drop the resident pages of a read-only memory map (they are read again from the file if needed)."""
+    base = x
+    while base is not None and not isinstance(base, mmap.mmap):
+        base = getattr(base, "base", None)
+    if base is not None and not base.closed and hasattr(base, "madvise"):
+        with contextlib.suppress(OSError, ValueError):
+            base.madvise(mmap.MADV_DONTNEED)
 
 
 def _batch_sharding(devices: list) -> jax.sharding.NamedSharding:
