@@ -13,6 +13,7 @@ from pdbjax.fits import PDBFit, PUBFit, Reason, reason_text
 from pdbjax.pub import fit_pub
 from pdbjax.quality import Quality, fit_quality
 from pdbjax.report import Report
+from pdbjax.shrink import d_transform, d_transform_derivative, optimal_shrinker, shrink_optimal
 from pdbjax.simulate import simulate
 from pdbjax.spectral import (
     PDB,
@@ -36,6 +37,7 @@ __all__ = [
     "eigenvalues", "screen", "spike_count", "fit_pdb", "fit_pub", "fit_quality", "Quality",
     "PDBFit", "PUBFit", "Reason", "reason_text",
     "filter_matrix", "FilterInfo", "keep_count", "outlier_mask", "shrink_spikes",
+    "d_transform", "d_transform_derivative", "optimal_shrinker", "shrink_optimal",
     "analyze", "compress", "LowRank", "densify", "DEFAULT_RANK", "Report",
     "select", "group_by_shape", "map_groups",
 ]

@@ -19,9 +19,14 @@ Algorithm 2 (Wu, Zhu & Li 2025), per matrix, given a fit of the bulk population 
    ``m`` smallest *sample* singular values go), as in the reference code
    (``svals_shifted[-nRemove:] = 0``); shrinking does not reorder them.
 
+Step 2 is a choice (``shrink``): ``"spikes"`` is the paper's covariance-spike replacement above,
+``"optimal"`` the additive signal-plus-noise shrinker ``w = -2 D / D'`` of
+:func:`pdbjax.shrink.shrink_optimal` (spec section 11; every component at or below ``sqrt(lambda_+)``
+becomes 0), ``"none"`` keeps the sample singular values (truncation only).
+
 Static shapes. Keep counts differ between the matrices of a batch, so truncation is a mask on the
 full thin SVD and every output has a fixed shape: ``filter_matrix`` runs under ``jit`` with static
-``method``/``rank``, and a batch gives the same result as a loop over its matrices.
+``method``/``rank``/``shrink``, and a batch gives the same result as a loop over its matrices.
 
 References:
   Wu, Zhu & Li (2025), "Weight matrices compression based on PDB model in deep neural networks",
@@ -48,6 +53,7 @@ from pdbjax.estimate import Mode, fit_pdb
 from pdbjax.fits import PDBFit, PUBFit, Reason
 from pdbjax.linalg import Factors, Precision, Spectrum, factors, raw_eigenvalues, scope, spectrum
 from pdbjax.pub import fit_pub
+from pdbjax.shrink import shrink_optimal
 from pdbjax.spectral import PDB, critical_points, spike_inverse
 
 __all__ = ["FilterInfo", "svd", "outlier_mask", "shrink_spikes", "keep_count", "filter_matrix"]
@@ -57,9 +63,11 @@ ArrayLike = jax.typing.ArrayLike
 Fit = Union[PDBFit, PUBFit]
 Rank = Union[int, float, str]
 Method = Literal["pdb", "pub-bema", "pub-kernel", "svd", "slr"]
+Shrink = Literal["spikes", "optimal", "none"]
 
 METHODS = ("pdb", "pub-bema", "pub-kernel", "svd", "slr")
 RULES = ("spikes", "upper-bulk")
+SHRINKS = ("spikes", "optimal", "none")
 _SHRINKING = ("pdb", "pub-bema", "pub-kernel")
 
 
@@ -68,7 +76,9 @@ class FilterInfo(NamedTuple):
 
     Attributes:
       keep: number of components kept (int32); ``p`` where the fit is not ok.
-      n_outliers: outliers shrunk by Algorithm 2 (int32; 0 for ``"svd"``/``"slr"`` and bad fits).
+      n_outliers: components whose singular value was shrunk (int32): Algorithm 2's outliers
+        (:func:`outlier_mask`) for ``shrink="spikes"``, the components above ``lambda_+`` for
+        ``"optimal"``; 0 for ``"none"`` (the default of ``"svd"``/``"slr"``) and bad fits.
       params_before: ``a * b`` (int32).
       params_after: stored parameters of the output (int32). Dense output: ``a * b``. Factored:
         ``keep * (a + b)`` (``A = U_k diag(s'_k)``, ``B = V_k^T``); SLR: ``nnz(U_k) + k + nnz(V_k^T)``
@@ -266,6 +276,7 @@ def filter_matrix(
     rank: Rank = "spikes",
     *,
     fit: Fit | None = None,
+    shrink: Shrink | None = None,
     factored: bool = False,
     slr_sr: float = 0.5,
     slr_rr: float = 0.5,
@@ -291,6 +302,18 @@ def filter_matrix(
     ``fit`` if given (a PDB or PUB fit: e.g. truncation at BEMA's count), else with
     :func:`pdbjax.estimate.fit_pdb`.
 
+    Shrinkage of the kept singular values (``shrink``; ``None`` is the method's own: ``"spikes"`` for
+    ``"pdb"``/``"pub-*"``, ``"none"`` for ``"svd"``/``"slr"``):
+
+    * ``"spikes"``: Algorithm 2, step 2 (:func:`shrink_spikes`): outliers become ``sqrt(alpha_j)``.
+    * ``"optimal"``: every singular value becomes the Frobenius-optimal ``w(s_j) = -2 D(s_j) / D'(s_j)``
+      under the fitted noise (:func:`pdbjax.shrink.shrink_optimal`, spec section 11): the PDB fit for
+      ``"pdb"``, the Marchenko-Pastur fit for ``"pub-*"``, the rule's fit for ``"svd"``/``"slr"``
+      (which then need a rule ``rank`` or a ``fit``: with an ``int``/``float`` rank and no fit this
+      raises ``ValueError``). Components at or below ``sqrt(lambda_+)`` become 0, so the effective
+      rank is at most the ``"spikes"`` count whatever ``rank`` keeps.
+    * ``"none"``: the sample singular values (truncation only).
+
     Decompositions follow :mod:`pdbjax.linalg`: each matrix is divided by a power of two, the fit and
     every keep decision use the values-only SVD (the same numbers :func:`pdbjax.analyze` sees, so a
     rule keeps the same count in both), the rebuild uses the SVD with vectors; ``W`` and ``2^k W``
@@ -311,8 +334,9 @@ def filter_matrix(
         passed to the compiled computation as a number, so a sweep over ranks compiles once.
       fit: a precomputed fit of the eigenvalues ``s**2`` of ``W`` (in ``W``'s units) with batch shape
         ``W.shape[:-2]`` (a :class:`~pdbjax.fits.PDBFit` for ``"pdb"``, a :class:`~pdbjax.fits.PUBFit`
-        for ``"pub-*"``, either for rule ranks of ``"svd"``/``"slr"``; ignored by ``"svd"``/``"slr"``
-        with an ``int``/``float`` rank).
+        for ``"pub-*"``, either for rule ranks or shrinkage of ``"svd"``/``"slr"``; ignored by
+        ``"svd"``/``"slr"`` with an ``int``/``float`` rank and ``shrink="none"``).
+      shrink: ``"spikes"``, ``"optimal"``, ``"none"`` or ``None`` (the method's default), static.
       factored: return factors ``(A, B)`` with ``W' = A @ B`` instead of ``W'``.
       slr_sr: SLR sparsity rate: fraction of rows (columns) that are sparsified.
       slr_rr: SLR reduction rate: fraction of the ``k`` components those rows (columns) keep.
@@ -329,9 +353,27 @@ def filter_matrix(
       factors (``A @ B = W`` up to rounding; zeros for a non-finite matrix).
     """
     out, info, _ = filter_with_fit(
-        W, method, rank, fit=fit, factored=factored, slr_sr=slr_sr, slr_rr=slr_rr, mode=mode, precision=precision
+        W, method, rank, fit=fit, shrink=shrink, factored=factored, slr_sr=slr_sr, slr_rr=slr_rr, mode=mode,
+        precision=precision,
     )
     return out, info
+
+
+def resolve_shrink(method: str, shrink: Shrink | None) -> Shrink:
+    """The shrinkage ``filter_matrix`` applies: ``shrink`` itself, or for ``None`` the method's own
+    (``"spikes"`` for pdb/pub-*, ``"none"`` for svd/slr); a clear error for an unknown method or shrink."""
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}; got {method!r}")
+    if shrink is None:
+        return "spikes" if method in _SHRINKING else "none"
+    if shrink not in SHRINKS:
+        raise ValueError(f"shrink must be one of {SHRINKS} or None; got {shrink!r}")
+    return shrink
+
+
+def needs_fit(method: str, rank: Rank, shrink: Shrink) -> bool:
+    """Whether filtering with ``method``, ``rank`` and the resolved ``shrink`` uses a fit of the bulk."""
+    return method in _SHRINKING or isinstance(rank, str) or shrink != "none"
 
 
 def filter_with_fit(
@@ -340,6 +382,7 @@ def filter_with_fit(
     rank: Rank,
     *,
     fit: Fit | None = None,
+    shrink: Shrink | None = None,
     factored: bool = False,
     slr_sr: float = 0.5,
     slr_rr: float = 0.5,
@@ -347,18 +390,21 @@ def filter_with_fit(
     precision: Precision | None = None,
 ) -> tuple[Array | tuple[Array, Array], FilterInfo, Fit | None]:
     """:func:`filter_matrix`, also returning the fit it used (in ``W``'s units; None without one)."""
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}; got {method!r}")
+    shrink = resolve_shrink(method, shrink)
     rank = _check_rank(rank)
     for name, value in (("slr_sr", slr_sr), ("slr_rr", slr_rr)):
         if not 0.0 <= value <= 1.0:
             raise ValueError(f"{name} must lie in [0, 1]; got {value}")
     W = _as_matrices(W)
     spec = spectrum(W, precision=precision)
-    needs_fit = method in _SHRINKING or isinstance(rank, str)
-    if not needs_fit:
+    if not needs_fit(method, rank, shrink):
         fit = None
     elif fit is None:
+        if method not in _SHRINKING and not isinstance(rank, str):
+            raise ValueError(
+                f"shrink={shrink!r} with method {method!r} needs a fit of the noise: pass fit= (a PDBFit or "
+                f"PUBFit) or a rule rank such as 'spikes'; got rank={rank!r} and no fit"
+            )
         fit = estimate_fit(raw_eigenvalues(spec), max(W.shape[-2:]), method, mode)
     else:
         _check_fit(fit, method, W.shape[:-2])
@@ -366,7 +412,6 @@ def filter_with_fit(
     rule = rank if isinstance(rank, str) else None
     fixed = jnp.int32(0 if rule else _fixed_keep(rank, spec.s.shape[-1]))
     slr = (float(slr_sr), float(slr_rr)) if method == "slr" else None
-    shrink = method in _SHRINKING
     f = factors(W, precision=precision)
     with scope(spec):
         fit_n = None if fit is None else normalised_fit(fit, spec)
@@ -455,15 +500,16 @@ def _filter(
     fit: Fit | None,
     fixed: Array,
     *,
-    shrink: bool,
+    shrink: str,
     rule: str | None,
     factored: bool,
     slr: tuple[float, float] | None,
 ) -> tuple[Array | tuple[Array, Array], FilterInfo]:
     """Steps 2-3 of Algorithm 2 (or the baselines) on the normalised decomposition, static shapes.
 
-    Keep counts, outliers and spike targets come from the values-only ``s_val`` (as in ``analyze``);
-    the rebuild uses ``f`` (:class:`pdbjax.linalg.Factors`) and multiplies the scale back.
+    Keep counts, outliers and shrinkage targets (``shrink``: ``"spikes"``, ``"optimal"`` or ``"none"``)
+    come from the values-only ``s_val`` (as in ``analyze``); the rebuild uses ``f``
+    (:class:`pdbjax.linalg.Factors`) and multiplies the scale back. Rows that are not ok keep ``f.s``.
     """
     a, b = W.shape[-2:]
     U, s, Vh, scale = f.U, f.s, f.Vh, f.scale
@@ -477,10 +523,13 @@ def _filter(
     ok = ok & f.finite
     keep = jnp.broadcast_to(fixed, batch) if rule is None else keep_count(lam, fit, rule)
     keep = jnp.where(ok, keep, p)
-    if shrink:
+    if shrink == "spikes":
         outliers = outlier_mask(lam, fit)
         s = jnp.where(outliers, jnp.sqrt(shrink_spikes(lam, fit)), s)
         n_outliers = jnp.sum(outliers, axis=-1, dtype=jnp.int32)
+    elif shrink == "optimal":
+        s = jnp.where(ok[..., None], shrink_optimal(s_val, fit), s)
+        n_outliers = jnp.sum(_above_edge(lam, fit), axis=-1, dtype=jnp.int32)
     else:
         n_outliers = jnp.zeros(batch, jnp.int32)
     live = jnp.arange(p) < keep[..., None]
