@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from pdbjax.estimate import Mode
-from pdbjax.filter import _SHRINKING, METHODS, FilterInfo, Rank, estimate_fit, filter_with_fit, keep_counts, normalised_fit, outlier_mask
+from pdbjax.filter import FilterInfo, Rank, Shrink, estimate_fit, filter_with_fit, keep_counts, needs_fit, normalised_fit, outlier_mask, resolve_shrink
 from pdbjax.linalg import Precision, Spectrum, check_precision, raw_eigenvalues, scope, spectrum
 from pdbjax.fits import reason_text
 from pdbjax.quality import fit_quality, heavy_tailed, tail_slope
@@ -250,9 +250,11 @@ def densify(params: Any, like: Any) -> Any:
     return jax.tree_util.tree_map_with_path(lambda path, x: updates.get(path_name(path), x), params, is_leaf=is_low)
 
 
-def _compress_stack(mats: jax.Array, fit: Any, method: str, rank: Rank, factored: bool, mode: Mode, slr: tuple[float, float], precision: Precision):
+def _compress_stack(mats: jax.Array, fit: Any, method: str, rank: Rank, shrink: Shrink, factored: bool, mode: Mode,
+                    slr: tuple[float, float], precision: Precision):
     out, info, fit = filter_with_fit(
-        mats, method, rank, fit=fit, factored=factored, slr_sr=slr[0], slr_rr=slr[1], mode=mode, precision=precision
+        mats, method, rank, fit=fit, shrink=shrink, factored=factored, slr_sr=slr[0], slr_rr=slr[1], mode=mode,
+        precision=precision,
     )
     return {"out": out, "info": info, "fit": fit}
 
@@ -263,6 +265,7 @@ def compress(
     where: Where | None = None,
     *,
     rank: Rank = DEFAULT_RANK,
+    shrink: Shrink | None = None,
     factored: bool = False,
     mode: Mode = "scaled",
     slr_sr: float = 0.5,
@@ -283,6 +286,10 @@ def compress(
       where: leaf selection as in :func:`analyze`.
       rank: ``int`` rank, ``float`` removed fraction, or a rule ``"spikes"`` / ``"upper-bulk"``
         (default :data:`DEFAULT_RANK`).
+      shrink: what the kept singular values become (:func:`pdbjax.filter_matrix`): ``"spikes"``
+        (Algorithm 2), ``"optimal"`` (the Frobenius-optimal shrinker under the fitted noise,
+        :mod:`pdbjax.shrink`; for svd/slr the PDB fit is estimated for it), ``"none"``, or ``None``
+        (the method's own: ``"spikes"`` for pdb/pub-*, ``"none"`` for svd/slr).
       factored: store each compressed matrix as a :class:`LowRank` node ``(a, b)`` instead of a dense
         array (plain pytrees only: for NNX use ``nnx.state(model).to_pure_dict()``).
       mode: PDBLS mode for the fits.
@@ -300,23 +307,21 @@ def compress(
       count for ``"slr"``) and ``compression_ratio = params_after / params_before``, plus the same for
       a low-rank storage of the dense output (``lowrank_*``).
     """
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}; got {method!r}")
+    shrink = resolve_shrink(method, shrink)
     precision = check_precision(precision)
     if factored and _is_nnx(params):
         raise ValueError("factored=True needs a plain pytree; pass nnx.state(model).to_pure_dict() instead")
     sels = select(params, where, conv_reshape=conv_reshape, layer_axis=layer_axis, on_error=on_error, allow_empty=False)
     good = [s for s in sels if s.ok]
-    needs_fit = method in _SHRINKING or isinstance(rank, str)
     n = sum(s.num_matrices for s in good)
-    if needs_fit:  # passes 1 and 2: spectra, then one fit per spectrum length
+    if needs_fit(method, rank, shrink):  # passes 1 and 2: spectra, then one fit per spectrum length
         first = None if progress is None else (lambda done, total: progress(done, 2 * total))
         specs = _spectra(good, precision, shard, first, max_memory)
         fits = _by_length(good, specs, lambda spec, N: estimate_fit(raw_eigenvalues(spec), N, method, mode))
         then = None if progress is None else (lambda done, total: progress(n + done, 2 * n))
     else:
         fits, then = None, progress
-    fn = lambda m, fit=None: _compress_stack(m, fit, method, rank, factored, mode, (slr_sr, slr_rr), precision)  # noqa: E731
+    fn = lambda m, fit=None: _compress_stack(m, fit, method, rank, shrink, factored, mode, (slr_sr, slr_rr), precision)  # noqa: E731
     results = map_groups(fn, _matrices(good), shard=shard, progress=then, max_memory=max_memory, aux=fits)
     rows: list[dict[str, Any]] = [_skipped_row(s) for s in sels if not s.ok]
     updates = {}
@@ -324,7 +329,7 @@ def compress(
         updates[sel.name] = _new_leaf(sel, res["out"], res["info"], factored)
         for i in range(sel.num_matrices):
             item = jax.tree_util.tree_map(lambda x: np.asarray(x[i]), {k: v for k, v in res.items() if k != "out"})
-            rows.append(_compress_row(sel, i, item, method))
+            rows.append(_compress_row(sel, i, item, method, shrink))
     if factored:
         new_params = jax.tree_util.tree_map_with_path(lambda path, x: updates.get(path_name(path), x), params)
     else:
@@ -350,7 +355,7 @@ def _new_leaf(sel: Selected, out: Any, info: FilterInfo, factored: bool) -> Any:
     return LowRank(a, b)
 
 
-def _compress_row(sel: Selected, index: int, item: dict[str, Any], method: str) -> dict[str, Any]:
+def _compress_row(sel: Selected, index: int, item: dict[str, Any], method: str, shrink: str) -> dict[str, Any]:
     info: FilterInfo = item["info"]
     row = _base_row(sel, index)
     fit = item["fit"]
@@ -361,6 +366,7 @@ def _compress_row(sel: Selected, index: int, item: dict[str, Any], method: str) 
     a, b = sel.matrix_shape
     row.update(
         method=method,
+        shrink=shrink,
         keep=info.keep,
         n_outliers=info.n_outliers,
         params_before=info.params_before,

@@ -32,8 +32,6 @@ JSON_KEYS = (
     "ks_pdb", "ks_bema", "ks_kernel", "rank_kept", "status",
 )  # fmt: skip
 
-_RULES = ("spikes", "upper-bulk")
-_METHODS = ("pdb", "pub-bema", "pub-kernel", "svd", "slr")
 _ANALYZE_COLUMNS = ("name", "shape", "K", "t", "sigma1_sq", "sigma2_sq", "lambda_plus", "ks_pdb")
 _BASELINE_COLUMNS = ("K_bema", "K_kernel", "ks_bema", "ks_kernel")
 _COMPRESS_COLUMNS = ("name", "shape", "K", "keep", "n_outliers", "rel_change", "status")
@@ -65,10 +63,12 @@ def parse_rank(text: str) -> int | float | str:
     ``"spikes"`` / ``"upper-bulk"`` -> the rule; ``"40"`` -> keep 40 (an integer, ``>= 0``); ``"0.6"``
     -> remove 60% of the singular values (a number with a decimal point or exponent, in ``[0, 1]``).
     """
+    from pdbjax.filter import RULES
+
     value = text.strip()
-    if value in _RULES:
+    if value in RULES:
         return value
-    hint = (f"invalid rank {text!r}: expected a rule ({', '.join(_RULES)}), an integer rank >= 0 "
+    hint = (f"invalid rank {text!r}: expected a rule ({', '.join(RULES)}), an integer rank >= 0 "
             "(singular values kept, e.g. 64) or a removed fraction in [0, 1] (e.g. 0.6 removes 60%)")
     if re.fullmatch(r"[+]?\d+", value):
         return int(value)
@@ -180,11 +180,19 @@ def _add_input_options(p: argparse.ArgumentParser) -> None:
                    help="working memory for the decompositions, e.g. 512M or 4G: each group of equal-shape "
                         "matrices is read from a memory-mapped .safetensors file and decomposed in chunks "
                         "that fit (default: 1G)")
+    h = p.add_argument_group("many processes (jax.distributed; see the README, 'Many hosts')")
+    h.add_argument("--coordinator", metavar="HOST:PORT", default=None,
+                   help="run as one process of a multi-process job: every process runs the same command on the "
+                        "same PATH, fits its share of the matrices, and process 0 writes the outputs; 'auto' "
+                        "detects the cluster (Cloud TPU, SLURM, Open MPI)")
+    h.add_argument("--num-processes", metavar="N", type=_positive_int, default=None, help="processes in the job")
+    h.add_argument("--process-id", metavar="I", type=int, default=None, help="this process's index, 0..N-1")
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``pdbjax`` argument parser (subcommands ``analyze``, ``compress``, ``demo``)."""
     from pdbjax import __version__
+    from pdbjax.filter import METHODS, SHRINKS
 
     parser = _Parser(prog="pdbjax", description=_DESCRIPTION, epilog=_EPILOG,
                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -221,7 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_input_options(c)
     c.add_argument("-o", "--output", metavar="OUT", required=True,
                    help="where to write the compressed weights (.safetensors, .npz or an Orbax directory)")
-    c.add_argument("--method", choices=_METHODS, default="pdb",
+    c.add_argument("--method", choices=METHODS, default="pdb",
                    help="pdb: PDB noise filtering (Algorithm 2: shrink the outliers, drop the noise); "
                         "pub-bema / pub-kernel: the same with a single Marchenko-Pastur bulk; svd: truncated "
                         "SVD; slr: sparse low-rank (default: pdb)")
@@ -230,6 +238,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "larger-variance bulk component; the default) or 'spikes' (only the eigenvalues above "
                         "lambda_plus); an integer rank (e.g. 64); or a removed fraction in [0, 1] (e.g. 0.6 "
                         "removes 60%%). Rules use the PDB fit for svd/slr")
+    c.add_argument("--shrink", choices=SHRINKS, default=None,
+                   help="what the kept singular values become: spikes (Algorithm 2: each outlier moves to its "
+                        "population spike; the default for pdb/pub-*), optimal (the Frobenius-optimal shrinker "
+                        "-2D/D' under the fitted noise, for additive signal plus noise), none (kept as they "
+                        "are; the default for svd/slr)")
     c.add_argument("--factored", action="store_true",
                    help="store each compressed matrix NAME as two factors NAME.a (m x r) and NAME.b (r x n) "
                         "(NAME/a, NAME/b in .npz) with NAME ~ a @ b, instead of a dense matrix")
@@ -291,6 +304,46 @@ class _Status:
                   end=end, file=sys.stderr, flush=True)
 
         return draw
+
+
+def _start_processes(args: argparse.Namespace) -> None:
+    """Join the ``jax.distributed`` job of ``--coordinator`` (before any JAX work); only process 0 talks."""
+    coordinator = getattr(args, "coordinator", None)
+    others = (getattr(args, "num_processes", None), getattr(args, "process_id", None))
+    if coordinator is None:
+        if any(v is not None for v in others):
+            raise CLIError("--num-processes and --process-id need --coordinator HOST:PORT")
+        return
+    if coordinator != "auto" and None in others:
+        raise CLIError("--coordinator HOST:PORT needs --num-processes and --process-id")
+    if others[0] is not None and others[1] is not None and not 0 <= others[1] < others[0]:
+        raise CLIError(f"--process-id must lie in 0..{others[0] - 1}; got {others[1]}")
+    from pdbjax import distributed
+
+    distributed.initialize(None if coordinator == "auto" else coordinator, *others)
+    if not distributed.is_writer():
+        _Status.quiet = True
+
+
+def _backend(args: argparse.Namespace) -> Any:
+    """The module whose ``analyze`` / ``compress`` the command runs: :mod:`pdbjax.distributed` in a
+    multi-process job, else :mod:`pdbjax.api`."""
+    if getattr(args, "coordinator", None) is not None:
+        from pdbjax import distributed
+
+        return distributed
+    from pdbjax import api
+
+    return api
+
+
+def _writes(args: argparse.Namespace) -> bool:
+    """Whether this process prints results and writes files (process 0 of a multi-process job)."""
+    if getattr(args, "coordinator", None) is None:
+        return True
+    from pdbjax.distributed import is_writer
+
+    return is_writer()
 
 
 def _progress(message: str) -> None:
@@ -373,8 +426,7 @@ def _contract_rows(report: Any) -> None:
 
 
 def _cmd_analyze(args: argparse.Namespace) -> int:
-    from pdbjax.api import analyze
-
+    analyze = _backend(args).analyze
     _check_reports(((args.json, "--json"), (args.csv, "--csv")), args)
     if args.plots:
         from pdbjax.plot import require_matplotlib
@@ -392,6 +444,8 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
     except ValueError as err:
         raise _input_error(args, err) from err
     _progress(f"analyzed {len(report.rows)} matrices in {time.perf_counter() - start:.1f} s")
+    if not _writes(args):
+        return 0
     _contract_rows(report)
     columns = _ANALYZE_COLUMNS + (() if args.no_baselines else _BASELINE_COLUMNS) + ("status",)
     print(report.summary(columns))
@@ -423,7 +477,9 @@ def _as_dicts(tree: Any) -> Any:
 
 def _cmd_compress(args: argparse.Namespace) -> int:
     from pdbjax import io as pdbio
-    from pdbjax.api import DEFAULT_RANK, compress
+    from pdbjax.api import DEFAULT_RANK
+
+    compress = _backend(args).compress    from pdbjax.filter import resolve_shrink
 
     out = Path(args.output)
     _check_input_not_replaced(args.output, "-o", args.path)
@@ -440,16 +496,19 @@ def _cmd_compress(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     _progress(f"compressing with method={args.method}, rank={rank} ...")
     try:
-        new_params, report = compress(params, args.method, rank=rank, factored=args.factored, mode=args.mode,
+        new_params, report = compress(params, args.method, rank=rank, shrink=args.shrink, factored=args.factored, mode=args.mode,
                                       slr_sr=args.slr_sr, slr_rr=args.slr_rr, on_error=args.on_error,
                                       progress=_Status.bar("compress"), max_memory=args.max_memory,
                                       **_selection(args))
     except ValueError as err:
         raise _input_error(args, err) from err
     _progress(f"compressed {len(report.rows)} matrices in {time.perf_counter() - start:.1f} s")
+    if not _writes(args):
+        return 0
     fmt_metadata = None
     if out.suffix != ".npz":
         fmt_metadata = {**metadata, "pdbjax.method": args.method, "pdbjax.rank": str(rank),
+                        "pdbjax.shrink": str(resolve_shrink(args.method, args.shrink)),
                         "pdbjax.factored": str(bool(args.factored)).lower()}
     tree = _as_dicts(new_params) if args.factored else new_params
     pdbio.save(out, tree, metadata=fmt_metadata, overwrite=args.overwrite)
@@ -540,6 +599,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
         _enable_compilation_cache()
         _Status.quiet = bool(getattr(args, "quiet", False))
+        _start_processes(args)
         run: Callable[[argparse.Namespace], int] = args.run
         return run(args)
     except KeyboardInterrupt:
