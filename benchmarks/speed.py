@@ -447,6 +447,7 @@ def main(argv=None) -> None:
     ap.add_argument("--repeat", type=int, default=None,
                     help="timed steady-state calls, fastest reported (default 3; CPU: 2)")
     ap.add_argument("--no-write", action="store_true", help="print only, do not write benchmarks/results/")
+    ap.add_argument("--tag", default=None, help="write speed_TAG.{md,json} (e.g. gpu) instead of speed.{md,json}")
     ap.add_argument("--worker", choices=WORKLOADS, help=argparse.SUPPRESS)
     ap.add_argument("--worker-out", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -458,7 +459,7 @@ def main(argv=None) -> None:
           f"{args.synthetic or 'platform default'} x 512 x 512; loop: {n_loop} per shape group", flush=True)
     with Clock() as total:
         results = [run_child(name, args.synthetic, n_loop, args.repeat, args.quick) for name in args.workloads]
-    stem = "speed_quick" if args.quick else "speed"
+    stem = f"speed_{args.tag}" if args.tag else "speed_quick" if args.quick else "speed"
     data = {
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
         "quick": args.quick,
