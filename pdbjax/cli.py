@@ -478,9 +478,9 @@ def _as_dicts(tree: Any) -> Any:
 def _cmd_compress(args: argparse.Namespace) -> int:
     from pdbjax import io as pdbio
     from pdbjax.api import DEFAULT_RANK
+    from pdbjax.filter import resolve_shrink
 
-    compress = _backend(args).compress    from pdbjax.filter import resolve_shrink
-
+    compress = _backend(args).compress
     out = Path(args.output)
     _check_input_not_replaced(args.output, "-o", args.path)
     if not _output_format_ok(out):
