@@ -7,6 +7,7 @@ it into words for reports and errors.
 
 from __future__ import annotations
 
+import enum
 from typing import NamedTuple
 
 import jax
@@ -19,8 +20,12 @@ __all__ = ["PDBFit", "PUBFit", "Reason", "reason_text"]
 Array = jax.Array
 
 
-class Reason:
-    """Status codes stored in the ``reason`` field of a fit."""
+class Reason(enum.IntEnum):
+    """Status codes stored in the ``reason`` field of a fit (``int32`` leaves; compare with ``==``).
+
+    ``Reason(code).text`` is the message reports print. Code 6 (an old "no valid support edges") is
+    retired: a fit whose edges are not finite is ``NOT_CONVERGED``.
+    """
 
     OK = 0
     NON_FINITE = 1
@@ -28,26 +33,33 @@ class Reason:
     TOO_SMALL = 3
     NO_BULK = 4
     NOT_CONVERGED = 5
-    NO_SUPPORT = 6
     POOR_FIT = 7
     NEGATIVE = 8
 
-    TEXT = {
-        OK: "ok",
-        NON_FINITE: "matrix has NaN or Inf entries",
-        ALL_ZERO: "matrix is all zeros",
-        TOO_SMALL: "fewer than 8 eigenvalues (p < 8)",
-        NO_BULK: "no bulk: rank deficient, no spread, or fewer than 8 eigenvalues left after removing the spikes",
-        NOT_CONVERGED: "least squares did not converge to a valid population",
-        NO_SUPPORT: "fitted population has no valid support edges",
-        POOR_FIT: "no PDB population satisfies the Silverstein equation on the bulk (heavy-tailed or otherwise non-PDB spectrum)",
-        NEGATIVE: "negative eigenvalues: not the squared singular values of a real matrix",
-    }
+    @property
+    def text(self) -> str:
+        return _TEXT[self]
+
+
+_TEXT = {
+    Reason.OK: "ok",
+    Reason.NON_FINITE: "matrix has NaN or Inf entries",
+    Reason.ALL_ZERO: "matrix is all zeros",
+    Reason.TOO_SMALL: "fewer than 8 eigenvalues (p < 8)",
+    Reason.NO_BULK: "no bulk: rank deficient, no spread, or fewer than 8 eigenvalues left after removing the spikes",
+    Reason.NOT_CONVERGED: "least squares did not converge to a valid population",
+    Reason.POOR_FIT: "no PDB population satisfies the Silverstein equation on the bulk (heavy-tailed or otherwise non-PDB spectrum)",
+    Reason.NEGATIVE: "negative eigenvalues: not the squared singular values of a real matrix",
+}
 
 
 def reason_text(code: int | Array) -> str:
     """Human-readable text of a status code."""
-    return Reason.TEXT.get(int(np.asarray(code)), f"unknown status {int(np.asarray(code))}")
+    value = int(np.asarray(code))
+    try:
+        return Reason(value).text
+    except ValueError:
+        return f"unknown status {value}"
 
 
 class PDBFit(NamedTuple):

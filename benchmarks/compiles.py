@@ -1,0 +1,107 @@
+"""How many XLA programs ``pdbjax.analyze`` compiles for a model, and what a warm cache leaves to pay.
+
+For the 36 MiniLM-L6 encoder matrices (24 x 384x384, 6 x 1536x384, 6 x 384x1536), in fresh processes:
+
+1. **cold**: an empty persistent compilation cache; counts the programs XLA compiles
+   (``jax_log_compiles``) and their compile seconds, and times the ``analyze`` call;
+2. **warm**: a second process on the same cache (every program stored: min compile time 0), under
+   cProfile: the seconds spent tracing (``trace_to_jaxpr``), lowering to StableHLO
+   (``lower_jaxpr_to_module``) and in the whole ``analyze`` call.
+
+    python benchmarks/compiles.py                      # this checkout
+    python benchmarks/compiles.py --tree /tmp/old      # also a checkout of another commit (its pdbjax/)
+
+Writes ``benchmarks/results/compiles.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+WHERE = r"^encoder\.layer\.\d+\.(attention\.self\.(query|key|value)|attention\.output\.dense|intermediate\.dense|output\.dense)\.weight$"
+
+_CHILD = r"""
+import cProfile, json, logging, pstats, re, sys, time
+import jax
+jax.config.update("jax_compilation_cache_dir", sys.argv[1])
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+jax.config.update("jax_log_compiles", True)
+seconds = []
+class H(logging.Handler):
+    def emit(self, r):
+        m = re.search(r"Finished XLA compilation of .*? in ([0-9.e-]+) sec", r.getMessage())
+        if m:
+            seconds.append(float(m.group(1)))
+h = H(); h.setLevel(logging.DEBUG)
+for name in ("jax._src.dispatch", "jax._src.interpreters.pxla", "jax._src.compiler"):
+    lg = logging.getLogger(name); lg.addHandler(h); lg.setLevel(logging.DEBUG)
+import pdbjax
+from pdbjax import io
+params = io.load(io.minilm_path(), lazy=True)
+prof = cProfile.Profile()
+start = time.perf_counter()
+prof.enable()
+report = pdbjax.analyze(params, where=sys.argv[2])
+prof.disable()
+wall = time.perf_counter() - start
+stats = pstats.Stats(prof).stats
+def cum(name):
+    return max((v[3] for k, v in stats.items() if k[2] == name), default=0.0)
+print(json.dumps({"rows": len(report.rows), "programs": len(seconds), "compile_s": sum(seconds), "analyze_s": wall,
+                  "trace_s": cum("trace_to_jaxpr"), "lower_s": cum("lower_jaxpr_to_module")}))
+"""
+
+
+def _run(tree: Path, cache: str) -> dict:
+    env = {**os.environ, "PYTHONPATH": str(tree) + os.pathsep + os.environ.get("PYTHONPATH", ""), "JAX_PLATFORMS": "cpu"}
+    out = subprocess.run([sys.executable, "-c", _CHILD, cache, WHERE], env=env, capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--tree", action="append", default=[], help="another checkout whose pdbjax/ to measure too")
+    args = ap.parse_args()
+    trees = [("this checkout", ROOT)] + [(t, Path(t)) for t in args.tree]
+    rows = []
+    for label, tree in trees:
+        commit = subprocess.run(["git", "-C", str(tree), "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+        with tempfile.TemporaryDirectory() as cache:
+            cold, warm = _run(tree, cache), _run(tree, cache)
+        rows.append((label, commit, cold, warm))
+        print(label, commit, cold, warm, flush=True)
+    lines = [
+        "# Compiled programs and per-process cost of `analyze` on MiniLM-L6 (36 encoder matrices)",
+        "",
+        f"Command: `python benchmarks/compiles.py{''.join(' --tree ' + t for t in args.tree)}`  ",
+        f"Machine: {platform.machine()}, {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}; "
+        f"{datetime.datetime.now().isoformat(timespec='seconds')}",
+        "",
+        "cold = fresh process, empty persistent cache; warm = a second fresh process on that cache (cProfile on; "
+        "its overhead is in every column). analyze with its defaults (PDB + PUB-BEMA + PUB-Kernel + quality).",
+        "",
+        "| pdbjax | commit | programs compiled (cold) | compile s (cold) | analyze s (cold) | analyze s (warm) | tracing s (warm) | lowering s (warm) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for label, commit, cold, warm in rows:
+        lines.append(f"| {label} | {commit} | {cold['programs']} | {cold['compile_s']:.1f} | {cold['analyze_s']:.1f} | "
+                     f"{warm['analyze_s']:.1f} | {warm['trace_s']:.1f} | {warm['lower_s']:.1f} |")
+    text = "\n".join(lines) + "\n"
+    print(text)
+    path = ROOT / "benchmarks" / "results" / "compiles.md"
+    tmp = path.with_suffix(".md.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+if __name__ == "__main__":
+    main()
