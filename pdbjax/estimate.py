@@ -403,6 +403,16 @@ def fit_pdb(
     Returns:
       :class:`~pdbjax.fits.PDBFit` with leading batch axes; rows with ``ok = False`` are NaN and carry
       a :class:`~pdbjax.fits.Reason`.
+
+    Example (two noise bulks, variances 1 and 8 with weights 0.6 / 0.4, and two spikes):
+
+    >>> import jax, pdbjax
+    >>> W = pdbjax.simulate(jax.random.PRNGKey(0), 800, 400, pdbjax.PDB(0.6, 1.0, 8.0), spikes=[60.0, 30.0])
+    >>> fit = pdbjax.fit_pdb(pdbjax.eigenvalues(W), 800)
+    >>> int(fit.bulks), round(float(fit.t), 1), round(float(fit.sigma1_sq)), round(float(fit.sigma2_sq))
+    (2, 0.6, 1, 8)
+    >>> pdbjax.reason_text(fit.reason)
+    'ok'
     """
     eigs = jnp.asarray(eigs) if is_traced(eigs) else np.asarray(eigs)
     _check_eigs(eigs, N)

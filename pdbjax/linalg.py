@@ -139,7 +139,17 @@ def _factors(W: Array) -> Factors:
 
 
 def spectrum(W: jax.typing.ArrayLike, *, precision: Precision | None = None) -> Spectrum:
-    """Singular values of the normalised stack ``W`` ``(..., a, b)`` (values-only SVD), batched."""
+    """Singular values of the normalised stack ``W`` ``(..., a, b)`` (values-only SVD), batched.
+
+    Example (``W`` and ``2^k W`` give bitwise the same normalised values):
+
+    >>> import numpy as np
+    >>> from pdbjax.linalg import raw_eigenvalues, spectrum
+    >>> W = np.random.default_rng(0).standard_normal((3, 64, 32)).astype(np.float32)
+    >>> a, b = spectrum(W), spectrum(W * 2.0**40)
+    >>> bool(np.array_equal(a.s, b.s)), bool(np.allclose(raw_eigenvalues(b), raw_eigenvalues(a) * 4.0**40))
+    (True, True)
+    """
     precision = check_precision(precision)
     with _context(precision, W):
         return _spectrum(_working(W, precision))

@@ -292,6 +292,14 @@ def fit_pub(
       ``c = (p - K0) / N`` for the kernel method; ``threshold`` is the Tracy-Widom corrected edge for
       BEMA and ``lambda_plus`` for the kernel method. Rows with ``ok = False`` have NaN fields,
       ``K = 0`` and a :class:`~pdbjax.fits.Reason`.
+
+    Example (a single bulk cannot describe two noise bulks: BEMA calls much of the upper one spikes):
+
+    >>> import jax, pdbjax
+    >>> W = pdbjax.simulate(jax.random.PRNGKey(0), 800, 400, pdbjax.PDB(0.6, 1.0, 8.0), spikes=[60.0, 30.0])
+    >>> fit = pdbjax.fit_pub(pdbjax.eigenvalues(W), 800, "bema")
+    >>> int(fit.K) > 10, pdbjax.reason_text(fit.reason)
+    (True, 'ok')
     """
     eigs = jnp.asarray(eigs)
     _check_eigs(eigs, N)

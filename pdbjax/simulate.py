@@ -47,6 +47,13 @@ def simulate(
 
     The eigenvalues ``s_j^2`` of ``W`` then follow the PDB law with ``c_K = (p - K) / N`` plus ``K``
     outliers at ``spike_map(alpha_k)`` (for supercritical spikes).
+
+    Example:
+
+    >>> import jax, pdbjax
+    >>> W = pdbjax.simulate(jax.random.PRNGKey(0), 800, 400, pdbjax.PDB(0.6, 1.0, 8.0), spikes=[60.0, 30.0])
+    >>> W.shape, str(W.dtype)
+    ((800, 400), 'float32')
     """
     if not 0 < p <= N:
         raise ValueError(f"simulate needs 0 < p <= N; got N={N}, p={p}")

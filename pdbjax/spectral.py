@@ -336,6 +336,13 @@ def edges(pop: PDB, c: ArrayLike) -> Array:
     Differentiable with respect to ``c``, ``t``, ``sigma1_sq`` and ``sigma2_sq``; since
     ``g'(alpha_i) = 0``, ``d beta_i = dg/dtheta (alpha_i) . d theta``. NaN-padded entries carry no
     derivative; the ``t``-derivative is NaN at ``t in {0, 1}`` when ``sigma1_sq != sigma2_sq``.
+
+    Example (two separated bulks, variances 1 and 10 in equal shares, ``c = 0.1``):
+
+    >>> import numpy as np
+    >>> from pdbjax import PDB, edges
+    >>> np.round(np.asarray(edges(PDB(0.5, 1.0, 10.0), 0.1)), 2)
+    array([ 0.56,  1.43,  6.09, 15.03]...)
     """
     t, s1, s2, c, valid = _prepare(pop, c)
     s1, s2 = _merge_atoms(t, s1, s2)
@@ -350,6 +357,12 @@ def lambda_plus(pop: PDB, c: ArrayLike) -> Array:
     Differentiable with respect to ``c``, ``t``, ``sigma1_sq`` and ``sigma2_sq``
     (``d lambda_+ = dg/dtheta (alpha_max) . d theta``); the ``t``-derivative is NaN at ``t in {0, 1}``
     when ``sigma1_sq != sigma2_sq``.
+
+    Example (one bulk: Marchenko-Pastur's ``(1 + sqrt c)^2``):
+
+    >>> from pdbjax import PDB, lambda_plus
+    >>> float(lambda_plus(PDB.pub(1.0), 0.25))
+    2.25
     """
     t, s1, s2, c, valid = _prepare(pop, c)
     s1, s2 = _merge_atoms(t, s1, s2)

@@ -195,6 +195,15 @@ def select(
         e.g. ``{"kernel": W}``, or call :func:`pdbjax.eigenvalues` / :func:`pdbjax.filter_matrix` on
         it); a selected leaf is bad and ``on_error="raise"``; nothing is selected and
         ``allow_empty=False``; an option is invalid.
+
+    Example (a conv kernel is viewed as ``(kh kw in, out)``; a stacked leaf gives one matrix per layer):
+
+    >>> import numpy as np
+    >>> from pdbjax.tree import select
+    >>> params = {"conv": {"kernel": np.zeros((3, 3, 8, 16))}, "dense": {"kernel": np.ones((64, 10)), "bias": np.ones(10)},
+    ...           "blocks": {"w": np.ones((4, 32, 32))}}
+    >>> [(s.name, s.num_matrices, s.matrix_shape) for s in select(params, layer_axis={"blocks": 0})]
+    [('blocks/w', 4, (32, 32)), ('conv/kernel', 1, (72, 16)), ('dense/kernel', 1, (64, 10))]
     """
     if conv_reshape not in ("in", "out"):
         raise ValueError(f"conv_reshape must be 'in' or 'out'; got {conv_reshape!r}")
