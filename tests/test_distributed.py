@@ -25,6 +25,7 @@ from pdbjax import distributed
 from pdbjax.api import LowRank
 from pdbjax.distributed import _named_nodes, _spec, assign
 from pdbjax.tree import path_name
+from tolerances import OTHER_PROCESS, assert_close
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LAYER_AXIS = {"blocks": 0}
@@ -37,7 +38,6 @@ FACTORED = dict(layer_axis=LAYER_AXIS, on_error="skip", rank=4, factored=True)
 # round a batch of another size differently in the last bits (here they came out bitwise equal). Counts
 # (K, keep, ranks), names and statuses must match exactly. Importing pdbjax starts no JAX backend, so the
 # workers can still call jax.distributed.initialize after these imports.
-RTOL, ATOL = 1e-5, 1e-6
 TIMEOUT_S = 240
 
 
@@ -183,7 +183,7 @@ def assert_rows_match(got: list[dict], want: list[dict]) -> None:
 
 def assert_value_match(got, want, where: str) -> None:
     if isinstance(want, float) and isinstance(got, float):
-        np.testing.assert_allclose(got, want, rtol=RTOL, atol=ATOL, err_msg=where)
+        assert_close(got, want, OTHER_PROCESS, where)
     elif isinstance(want, list) and isinstance(got, list) and len(got) == len(want):
         for g, w in zip(got, want):
             assert_value_match(g, w, where)
@@ -199,7 +199,7 @@ def assert_params_match(got: dict[str, np.ndarray], want) -> None:
     assert sorted(got) == sorted(want)
     for name in want:
         assert got[name].dtype == want[name].dtype and got[name].shape == want[name].shape, name
-        np.testing.assert_allclose(got[name], want[name], rtol=RTOL, atol=ATOL, err_msg=name)
+        assert_close(got[name], want[name], OTHER_PROCESS, name)
 
 
 def test_two_processes_report_equals_single_process(two_processes, single):

@@ -22,10 +22,7 @@ import pdbjax
 from pdbjax import estimate, io, pub, quality, tree
 from pdbjax.cli import parse_size
 from pdbjax.linalg import raw_eigenvalues, spectrum
-
-# Fits of one spectrum batched with others, or alone, differ only by the order of floating-point
-# reductions inside the solver (it stops at relative tolerance 1e-8): 1e-6 relative on the floats.
-_FIT_RTOL = 1e-6
+from tolerances import BATCH_PARTNERS, SAME_ARITHMETIC, assert_close
 
 
 def _spectra(shapes, seed=0):
@@ -44,7 +41,7 @@ def test_fit_pdb_takes_n_per_row_and_matches_separate_fits():
         assert int(together.K[i]) == int(alone.K) and int(together.reason[i]) == int(alone.reason)
         assert int(together.bulks[i]) == int(alone.bulks)
         for field in ("t", "sigma1_sq", "sigma2_sq", "lambda_plus", "sphericity"):
-            np.testing.assert_allclose(getattr(together, field)[i], getattr(alone, field), rtol=_FIT_RTOL, err_msg=field)
+            assert_close(getattr(together, field)[i], getattr(alone, field), BATCH_PARTNERS, field)
 
 
 def test_pub_and_quality_take_n_per_row():
@@ -56,13 +53,13 @@ def test_pub_and_quality_take_n_per_row():
             together = pdbjax.fit_pub(lam, N, method)
             for i, n in enumerate(N):
                 alone = pdbjax.fit_pub(lam[i], int(n), method)
-                np.testing.assert_allclose(together.sigma_sq[i], alone.sigma_sq, rtol=_FIT_RTOL)
+                assert_close(together.sigma_sq[i], alone.sigma_sq, BATCH_PARTNERS)
                 assert int(together.K[i]) == int(alone.K)
         fit = pdbjax.fit_pdb(lam, N)
         q = quality.fit_quality(lam, N, fit)
         for i, n in enumerate(N):
             one = quality.fit_quality(lam[i], int(n), jax.tree_util.tree_map(lambda x, i=i: x[i], fit))
-            np.testing.assert_allclose(q.ks[i], one.ks, rtol=1e-9)  # the same arithmetic, one row of a vmap
+            assert_close(q.ks[i], one.ks, SAME_ARITHMETIC)
 
 
 def test_one_compilation_serves_every_n():

@@ -1,0 +1,34 @@
+"""Named test tolerances: each says why its size is right, and the message of a failure carries that reason.
+
+Use ``assert_close(actual, desired, TOL)`` instead of a bare ``rtol=`` so that a reader (and a failing run)
+sees what the tolerance stands for and the same reason gets the same number in every test file.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+
+class Tol(NamedTuple):
+    rtol: float
+    atol: float
+    reason: str
+
+
+#: The same fit, batched with other partners: the least squares stops at relative tolerance 1e-8 and
+#: XLA's reductions run in another order, so floats agree to about 1e-8; 1e-6 leaves a margin.
+BATCH_PARTNERS = Tol(1e-6, 0.0, "same fit batched with other partners (solver tolerance 1e-8, reduction order)")
+#: One row of a vmap against the whole batch: identical arithmetic up to the last bits.
+SAME_ARITHMETIC = Tol(1e-9, 0.0, "same arithmetic, one row of a vmap")
+#: A float32 result against float64 arithmetic: float32's eps is 1.2e-7; 50 ulp covers a short chain.
+FLOAT32 = Tol(1e-5, 0.0, "float32 against float64 arithmetic (eps 1.2e-7, a short chain of operations)")
+#: Results gathered from other processes: the same matrices, batched with other partners.
+OTHER_PROCESS = Tol(1e-5, 1e-6, "same matrices fitted in another process, batched with other partners")
+
+
+def assert_close(actual, desired, tol: Tol, err_msg: str = "") -> None:
+    """``numpy.testing.assert_allclose`` with ``tol``'s bounds; a failure names the tolerance's reason."""
+    np.testing.assert_allclose(actual, desired, rtol=tol.rtol, atol=tol.atol,
+                               err_msg=f"{err_msg} [tolerance: {tol.reason}]".strip())
