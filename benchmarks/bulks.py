@@ -125,7 +125,8 @@ def summarise(noise: list[dict], pdb: list[dict]) -> str:
         diff = max(abs(r["upper_bulk"] - ref[(tuple(r["shape"]), r["noise"], r["seed"])]) for r in rs)
         lines.append(f"| {dtype} | {max(r['upper_bulk'] for r in rs)} | {diff} |")
     lines += ["", "### Simulated two-bulk PDB matrices (spikes 80, 60, 40)", "",
-              "| shape | population (t, s1, s2) | T min / max | two bulks | upper-bulk keep (mean) | (1 - t) p + 3 |", "|---|---|---|---|---|---|"]
+              "| shape | population (t, s1, s2) | T min / max | two bulks | upper-bulk keep (mean) | (1 - t) p + 3 |",
+              "|---|---|---|---|---|---|"]
     for shape in [(784, 512), (400, 200), (2048, 512)]:
         for pop in POPULATIONS:
             rs = [r for r in pdb if tuple(r["shape"]) == shape and tuple(r["population"]) == pop]
@@ -152,7 +153,8 @@ def main(argv: list[str] | None = None) -> None:
     from pdbjax._atomic import atomic_write_text
 
     atomic_write_text(args.out / "bulks.md", header + text + "\n")
-    atomic_write_text(args.out / "bulks.json", json.dumps({"command": command.strip(), "machine": machine, "noise": noise, "pdb": pdb}, indent=1))
+    atomic_write_text(args.out / "bulks.json",
+                      json.dumps({"command": command.strip(), "machine": machine, "noise": noise, "pdb": pdb}, indent=1))
 
 
 if __name__ == "__main__":

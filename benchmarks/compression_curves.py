@@ -193,9 +193,10 @@ FIT_OF_METHOD = {"pdb": "pdb", "pub-bema": "bema", "pub-kernel": "kernel", "svd"
 
 def measure_run(name: str, noise: float, fractions: tuple[float, ...], methods: tuple[str, ...], log) -> dict:
     """All measurements of one trained run (see the module docstring)."""
-    import pdbjax
     from common import hidden_kernel_paths, load_experiment
     from flax import nnx
+
+    import pdbjax
     from pdbjax.train import accuracy_with_state, replace_arrays
 
     t_start = time.perf_counter()
@@ -236,10 +237,10 @@ def measure_run(name: str, noise: float, fractions: tuple[float, ...], methods: 
 
     # Curves: one int rank per (layer, fraction), the same fraction for every layer in "all".
     t0 = time.perf_counter()
-    ranks = {l.name: [int(pdbjax.keep_count(l.lam, None, f)) for f in fractions] for l in layers}
+    ranks = {layer.name: [int(pdbjax.keep_count(layer.lam, None, f)) for f in fractions] for layer in layers}
     curves: dict[str, dict[str, list[float]]] = {}
     for method in methods:
-        curve = {l.name: [] for l in layers} | {"all": []}
+        curve = {layer.name: [] for layer in layers} | {"all": []}
         for i, _ in enumerate(fractions):
             together = {}
             for layer in layers:
@@ -280,7 +281,7 @@ def measure_run(name: str, noise: float, fractions: tuple[float, ...], methods: 
         "run": f"{name}-noise{noise_tag(noise)}",
         "n_test": int(len(y_test)),
         "base_acc": base,
-        "layers": [l.summary for l in layers],
+        "layers": [layer.summary for layer in layers],
         "fractions": list(fractions),
         "ranks": ranks,
         "curves": curves,
@@ -340,7 +341,7 @@ def default_row(run: dict, label: str) -> dict:
 
 def candidate(run: dict, rule) -> tuple[float | None, float | None]:
     """(PDB accuracy with all layers at once, kept share of the ranks) for a rule or removed fraction."""
-    p_total = sum(l["p"] for l in run["layers"])
+    p_total = sum(layer["p"] for layer in run["layers"])
     if isinstance(rule, str):
         row = default_row(run, f"PDB {rule}")
         return row["acc"]["all"], sum(row["keep"].values()) / p_total
@@ -424,9 +425,9 @@ def _ranks(row: dict) -> str:
 def table_fits(data: dict) -> str:
     rows = []
     for run in data["runs"]:
-        for l in run["layers"]:
-            f, k = l["pdb"], l["keep"]
-            rows.append([run["experiment"], run["noise"], l["name"], "x".join(map(str, l["matrix"])), f["K"],
+        for layer in run["layers"]:
+            f, k = layer["pdb"], layer["keep"]
+            rows.append([run["experiment"], run["noise"], layer["name"], "x".join(map(str, layer["matrix"])), f["K"],
                          f"{f['t']:.3f}", f"{f['sigma1_sq']:.3g}", f"{f['sigma2_sq']:.3g}", f"{f['lambda_plus']:.3g}",
                          f["n_outliers"], k["pdb-spikes"], k["pdb-upper-bulk"], k["pub-bema"], k["pub-kernel"],
                          f["status"]])
@@ -439,7 +440,7 @@ def table_defaults(data: dict, scope: str = "all") -> str:
     labels = [c[0] for c in DEFAULT_CONFIGS]
     rows = []
     for run in data["runs"]:
-        names = ["all"] if scope == "all" else [l["name"] for l in run["layers"]]
+        names = ["all"] if scope == "all" else [layer["name"] for layer in run["layers"]]
         for name in names:
             cells = []
             for label in labels:
@@ -482,11 +483,11 @@ def table_best(data: dict) -> str:
 def table_min_rank(data: dict) -> str:
     rows = []
     for run in data["runs"]:
-        for l in run["layers"]:
-            cells = [min_rank_to_base(run, m, l["name"]) for m in SWEEP_METHODS]
-            rows.append([run["experiment"], run["noise"], l["name"], l["p"]]
+        for layer in run["layers"]:
+            cells = [min_rank_to_base(run, m, layer["name"]) for m in SWEEP_METHODS]
+            rows.append([run["experiment"], run["noise"], layer["name"], layer["p"]]
                         + ["-" if c is None else c for c in cells]
-                        + [l["keep"]["pdb-spikes"], l["keep"]["pdb-upper-bulk"], l["keep"]["pub-bema"]])
+                        + [layer["keep"]["pdb-spikes"], layer["keep"]["pdb-upper-bulk"], layer["keep"]["pub-bema"]])
         fr = [max_fraction_to_base(run, m) for m in SWEEP_METHODS]
         rows.append([run["experiment"], run["noise"], "all (max removed fraction)", "-"]
                     + ["-" if f is None else f"{f:.2f}" for f in fr] + ["", "", ""])
@@ -528,8 +529,8 @@ def targets(data: dict, rule: str) -> list[str]:
                    f"({_pp(bema['acc']['all'] - run['base_acc'])} pp).")
     lower = equal = higher = 0
     for run in data["runs"]:
-        for l in run["layers"]:
-            a, b = min_rank_to_base(run, "pdb", l["name"]), min_rank_to_base(run, "pub-bema", l["name"])
+        for layer in run["layers"]:
+            a, b = min_rank_to_base(run, "pdb", layer["name"]), min_rank_to_base(run, "pub-bema", layer["name"])
             if a is None or b is None:
                 continue
             lower += a < b
@@ -649,7 +650,7 @@ def plot_run(run: dict):
     zooms on the high-compression end. Returns the Matplotlib figure."""
     import matplotlib.pyplot as plt
 
-    names = [l["name"] for l in run["layers"]] + ["all"]
+    names = [layer["name"] for layer in run["layers"]] + ["all"]
     fr = np.asarray(run["fractions"])
     base = run["base_acc"]
     zoom_lo = 0.9 if np.sum(fr >= 0.9) >= 5 else 0.8
@@ -662,7 +663,7 @@ def plot_run(run: dict):
                 ax.plot(fr, acc, "o-", ms=3, lw=1.4, color=COLORS[m], label=LABELS[m], alpha=0.9)
             ax.axhline(base, color="k", lw=1, ls="--", label=f"base {base:.4f}")
             if name != "all":
-                layer = next(l for l in run["layers"] if l["name"] == name)
+                layer = next(candidate for candidate in run["layers"] if candidate["name"] == name)
                 marks = (("pdb-spikes", "tab:red", ":", "PDB spikes"), ("pdb-upper-bulk", "tab:red", "-.", "PDB upper-bulk"),
                          ("pub-bema", "tab:blue", ":", "PUB-BEMA spikes"))
                 for key, color, ls, label in marks:
@@ -862,7 +863,7 @@ def defaults_only(runs: list[tuple[str, float]], out: Path, argv: list[str] | No
             rows.append([run["run"], label, f"{run['base_acc']:.4f}",
                          f"{old_row['acc']['all']:.4f}" if old_row else "-", f"{new_row['acc']['all']:.4f}",
                          _ranks(old_row) if old_row else "-", _ranks(new_row),
-                         "/".join(str(l["pdb"]["bulks"]) for l in run["layers"])])
+                         "/".join(str(layer["pdb"]["bulks"]) for layer in run["layers"])])
     text = (f"# Accuracy at the default ranks: stored table vs the installed pdbjax\n\nCommand: `{command.strip()}`  \n"
             f"Machine: {machine_line()}  \nStored: `benchmarks/results/compression.json` (before); now: this run. "
             f"All hidden layers compressed at once.\n\n"

@@ -38,11 +38,11 @@ if importlib.util.find_spec("pdbjax") is None:  # a checkout without `pip instal
     sys.path.insert(0, str(BENCH_DIR.parent))
 sys.path.insert(0, str(BENCH_DIR))
 
+import _reference as ref  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-import _reference as ref  # noqa: E402
 from pdbjax.estimate import _STARTS, eigenvalues, fit_pdb  # noqa: E402
 from pdbjax.simulate import simulate  # noqa: E402
 from pdbjax.spectral import PDB  # noqa: E402

@@ -66,11 +66,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import BENCH_DIR, CHECKPOINT_DIR, RESULTS_DIR  # also puts the repo root on sys.path
-
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
+from common import BENCH_DIR, CHECKPOINT_DIR, RESULTS_DIR  # also puts the repo root on sys.path
 from flax import nnx  # noqa: E402
 
 import pdbjax.io  # noqa: E402
@@ -270,7 +269,8 @@ def summarise(spectra: list[Spectrum]) -> dict:
         for c in CRITERIA:
             x = np.array([s.values[c] for s in members], dtype=float)
             x = x[np.isfinite(x)]
-            entry[c] = {"min": float(x.min()), "median": float(np.median(x)), "max": float(x.max()), "n_finite": int(x.size)} if x.size else None
+            entry[c] = ({"min": float(x.min()), "median": float(np.median(x)), "max": float(x.max()), "n_finite": int(x.size)}
+                        if x.size else None)
         entry["flagged"] = int(sum(s.values["flagged"] for s in members))
         entry["fit_ok"] = int(sum(s.values["ok"] for s in members))
         entry["rejected"] = int(sum((not s.values["ok"]) or s.values["flagged"] for s in members))
@@ -287,8 +287,10 @@ def summarise(spectra: list[Spectrum]) -> dict:
         for N, p in SHAPES:
             x = [s.values["zeta"] for s in spectra if s.family == fam and (s.N, s.p) == (N, p)]
             if x:
-                by_shape[f"{fam} {N}x{p}"] = {"n": len(x), "min": min(x), "median": float(np.median(x)), "max": max(x),
-                                              "flagged": sum(s.values["flagged"] for s in spectra if s.family == fam and (s.N, s.p) == (N, p))}
+                by_shape[f"{fam} {N}x{p}"] = {
+                    "n": len(x), "min": min(x), "median": float(np.median(x)), "max": max(x),
+                    "flagged": sum(s.values["flagged"] for s in spectra if s.family == fam and (s.N, s.p) == (N, p)),
+                }
     closest = sorted((s for s in spectra if s.cls != "heavy"), key=lambda s: -s.values["zeta"])[:8]
     # The rule's two margins: the slope against real layers, the KS gate among spectra above the slope threshold.
     in_scope = [s for s in spectra if s.family != "pdb-14-spikes"]

@@ -55,6 +55,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
 from common import (  # also puts the repo root on sys.path when pdbjax is not installed
     RESULTS_DIR,
     build_model,
@@ -64,9 +66,6 @@ from common import (  # also puts the repo root on sys.path when pdbjax is not i
     read_record,
     settings_of,
 )
-
-import jax  # noqa: E402
-import numpy as np  # noqa: E402
 
 import pdbjax  # noqa: E402
 import pdbjax.io  # noqa: E402
@@ -459,12 +458,14 @@ def markdown(data: dict[str, Any]) -> str:
     out += ["## Per layer", ""]
     for net in nets:
         out += [f"### {net['network']}", "", net["description"] + ".", "",
-                "| matrix | a x b | K PDB / BEMA / Ker | γ2 emp | γ2 BEMA / Ker / PDB | γ3 emp | γ3 BEMA / Ker / PDB | KS BEMA / Ker / PDB | status |",
+                "| matrix | a x b | K PDB / BEMA / Ker | γ2 emp | γ2 BEMA / Ker / PDB | γ3 emp | γ3 BEMA / Ker / PDB "
+                "| KS BEMA / Ker / PDB | status |",
                 "|---|---|---|---|---|---|---|---|---|"]
         for r in net["layers"]:
             shape = "x".join(str(d) for d in r["matrix_shape"] or [])
             g = lambda key, j: _g(None if r.get(key) is None else r[key][j])  # noqa: E731
-            status = "ok" if r["all_ok"] else "; ".join(f"{m}: {r.get(k)}" for m, k in (("PDB", "status"), ("BEMA", "status_bema"), ("Ker", "status_kernel")) if r.get(k) != "ok")
+            status = "ok" if r["all_ok"] else "; ".join(
+                f"{m}: {r.get(k)}" for m, k in (("PDB", "status"), ("BEMA", "status_bema"), ("Ker", "status_kernel")) if r.get(k) != "ok")
             out.append(f"| {r['short']} | {shape} | {r.get('K')} / {r.get('K_bema')} / {r.get('K_kernel')} | {g('moments_empirical', 1)} | "
                        + " / ".join(g(f"moments_{m}", 1) for m in METHODS) + f" | {g('moments_empirical', 2)} | "
                        + " / ".join(g(f"moments_{m}", 2) for m in METHODS) + " | "

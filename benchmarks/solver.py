@@ -51,12 +51,12 @@ if importlib.util.find_spec("pdbjax") is None:  # a checkout without `pip instal
     sys.path.insert(0, str(BENCH_DIR.parent))
 sys.path.insert(0, str(BENCH_DIR))
 
+import _reference as ref  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from scipy.optimize import OptimizeWarning, curve_fit  # noqa: E402
 
-import _reference as ref  # noqa: E402
 import pdbjax.estimate as estimate  # noqa: E402
 from pdbjax import io  # noqa: E402
 from pdbjax.estimate import _STARTS, eigenvalues, fit_pdb  # noqa: E402
@@ -198,7 +198,8 @@ def reference_section(solvers: dict, lam: dict, n_iter: int) -> list[dict]:
 
 def fmt_reference(r: dict) -> str:
     return (f"| {r['scale']} | {r['group']} | {r['solver']} | {r['n']} | {r['ratio_median']:.4g} | {r['ratio_worst']:.4g} "
-            f"| {r['above_1pct']} ({r['above_1pct_converged']} converged) | {r['not_converged']} | {r['steps_median']:.0f} / {r['steps_max']} "
+            f"| {r['above_1pct']} ({r['above_1pct_converged']} converged) | {r['not_converged']} "
+            f"| {r['steps_median']:.0f} / {r['steps_max']} "
             f"| {r['seconds']:.3f} | {', '.join(f'{k}: {v}' for k, v in r['fit_pdb_flags'].items()) or '-'} |")
 
 
@@ -315,7 +316,8 @@ def residual_section(quick: bool) -> list[dict]:
         reasons = np.asarray(fit.reason)
         rows.append(dict(group=name, n=len(lam), min=float(np.nanmin(r)), median=float(np.nanmedian(r)), max=float(np.nanmax(r)),
                          other_flags=int(np.sum(reasons != 0))))
-        print(f"| {name} | {len(lam)} | {rows[-1]['min']:.2e} | {rows[-1]['median']:.2e} | {rows[-1]['max']:.2e} | {rows[-1]['other_flags']} |", flush=True)
+        print(f"| {name} | {len(lam)} | {rows[-1]['min']:.2e} | {rows[-1]['median']:.2e} | {rows[-1]['max']:.2e} "
+              f"| {rows[-1]['other_flags']} |", flush=True)
     estimate.POOR_FIT_RESIDUAL = POOR_FIT_RESIDUAL
     jax.clear_caches()
     return rows
@@ -324,7 +326,8 @@ def residual_section(quick: bool) -> list[dict]:
 
 def machine_line() -> str:
     load = ", load average %.1f / %.1f / %.1f" % os.getloadavg() if hasattr(os, "getloadavg") else ""
-    return f"jax.devices(): {jax.devices()}; jax {jax.__version__}; {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs{load}"
+    return (f"jax.devices(): {jax.devices()}; jax {jax.__version__}; "
+            f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs{load}")
 
 
 def main(argv=None) -> None:
@@ -347,10 +350,12 @@ def main(argv=None) -> None:
     lam = {"PDB": np.asarray(eigenvalues(W_pdb)), "noise": np.asarray(eigenvalues(W_noise))}
 
     with jax.enable_x64(True):
-        print("\n| scale | matrices | solver | n | cost ratio median | worst | > 1.01 | not converged | steps median / max | seconds | fit_pdb flags |")
+        print("\n| scale | matrices | solver | n | cost ratio median | worst | > 1.01 | not converged "
+              "| steps median / max | seconds | fit_pdb flags |")
         print("|---|---|---|---|---|---|---|---|---|---|---|")
         reference = reference_section(solvers, lam, args.n_iter)
-        print("\n| matrices | solver | n | cost ratio median | worst | > 1.01 | best start not converged | steps median / max (all starts) | seconds |")
+        print("\n| matrices | solver | n | cost ratio median | worst | > 1.01 | best start not converged "
+              "| steps median / max (all starts) | seconds |")
         print("|---|---|---|---|---|---|---|---|---|")
         default = default_section(solvers, lam, args.n_iter)
     all_lam = np.concatenate([lam["PDB"], lam["noise"]])
@@ -380,8 +385,10 @@ def markdown(s: dict) -> str:
     default_rows = "\n".join(
         f"| {r['group']} | {r['solver']} | {r['n']} | {r['ratio_median']:.4g} | {r['ratio_worst']:.4g} | {r['above_1pct']} "
         f"| {r['best_not_converged']} | {r['steps_median']:.0f} / {r['steps_max']} | {r['seconds']:.3f} |" for r in s["default"])
-    timing_rows = "\n".join(f"| {r['solver']} | {r['mode']} | {r['n']} | {r['first']:.2f} | {r['median']:.3f} | {r['ok']}/{r['n']} |" for r in s["timing"])
-    residual_rows = "\n".join(f"| {r['group']} | {r['n']} | {r['min']:.2e} | {r['median']:.2e} | {r['max']:.2e} | {r['other_flags']} |" for r in s["residual"])
+    timing_rows = "\n".join(
+        f"| {r['solver']} | {r['mode']} | {r['n']} | {r['first']:.2f} | {r['median']:.3f} | {r['ok']}/{r['n']} |" for r in s["timing"])
+    residual_rows = "\n".join(
+        f"| {r['group']} | {r['n']} | {r['min']:.2e} | {r['median']:.2e} | {r['max']:.2e} | {r['other_flags']} |" for r in s["residual"])
     return f"""# PDBLS least squares: pdbjax vs scipy TRF
 
 Command: `{s['command']}`

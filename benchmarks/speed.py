@@ -72,14 +72,14 @@ if importlib.util.find_spec("pdbjax") is None:  # a checkout without `pip instal
     sys.path.insert(0, str(BENCH_DIR.parent))
 sys.path.insert(0, str(BENCH_DIR))
 
+import _reference as ref  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
+from estimation import Clock, device_line, simulate_batch  # noqa: E402
 
-import _reference as ref  # noqa: E402
 import pdbjax  # noqa: E402
 import pdbjax.io  # noqa: E402
-from estimation import Clock, device_line, simulate_batch  # noqa: E402
 from pdbjax._atomic import atomic_write_text  # noqa: E402
 from pdbjax.estimate import _STARTS  # noqa: E402
 from pdbjax.tree import default_where, group_by_shape, to_matrices  # noqa: E402
@@ -98,6 +98,7 @@ SYNTHETIC = {(False, False): 1024, (False, True): 64, (True, False): 32, (True, 
 def fcnn_workload() -> tuple[Any, dict, str]:
     """The trained fcnn-fmnist (noise 0.0) model, or a fresh FCNN; only its three hidden kernels."""
     from common import build_model, checkpoint_path, get_experiment, read_record, settings_of
+
     from pdbjax.train import load_checkpoint
 
     experiment = get_experiment("fcnn-fmnist")

@@ -37,18 +37,16 @@ from pathlib import Path
 
 import jax
 import numpy as np
-from flax import nnx
-
 from common import (
     DEFAULT_RUNS,
     EXPERIMENTS,
+    REPO_DIR,
     RESULTS_DIR,
     Experiment,
     build_model,
     check_requirements,
     checkpoint_path,
     get_experiment,
-    REPO_DIR,
     load_data,
     noise_tag,
     noisy_labels,
@@ -58,6 +56,8 @@ from common import (
     run_name,
     settings_of,
 )
+from flax import nnx
+
 from pdbjax.train import TrainConfig, evaluate, save_checkpoint, train  # noqa: E402  (after common)
 
 SUMMARY_PATH = RESULTS_DIR / "train_summary.md"

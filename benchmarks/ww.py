@@ -91,7 +91,8 @@ TARGET_COLD = 1.5  # cold CLI wall <= 1.5 x WW default analyze
 TARGET_F16 = 1.0  # 400 MB checkpoint: pdbjax wall <= 1.0 x WW
 TARGET_RSS, GOAL_RSS = 2.0, 1.5  # peak RSS <= 2 x file size (goal 1.5 x)
 
-MINILM_WHERE = r"^encoder\.layer\.\d+\.(attention\.self\.(query|key|value)|attention\.output\.dense|intermediate\.dense|output\.dense)\.weight$"
+MINILM_WHERE = (r"^encoder\.layer\.\d+\."
+                r"(attention\.self\.(query|key|value)|attention\.output\.dense|intermediate\.dense|output\.dense)\.weight$")
 F16_WHERE = r"^model\.layers\.\d+\.mlp\.(up|down)_proj\.weight$"
 F16_SIZES = {"full": (24, 1024, 4096), "small": (4, 512, 2048)}  # (layers, d_model, d_ff)
 SPIKES = (3.0, 5.0, 8.0)
@@ -367,7 +368,7 @@ def summarise(runs: dict[str, list[dict[str, Any]]], size: int) -> dict[str, dic
                       "cpu_median": statistics.median(cpus), "peak_rss_gib": rss / GIB, "rss_over_file": rss / size,
                       "matrices": rs[0]["matrices"], "ok": min(x["ok"] for x in rs)}
     base = out["WW default"]
-    for label, s in out.items():
+    for s in out.values():
         s["wall_ratio"] = s["wall_median"] / base["wall_median"]
         s["cpu_ratio"] = s["cpu_median"] / base["cpu_median"]
     return out

@@ -339,10 +339,10 @@ def _check_eigs(eigs: Array, N: int | np.ndarray) -> None:
     if p < 1:
         raise ValueError("eigs must hold at least one eigenvalue per matrix; got p = 0")
     if is_traced(N) or isinstance(N, (bool, np.bool_)):
-        raise ValueError(f"N must be an int >= p = {p} (or a concrete integer array of such); got {N!r}")
+        raise ValueError(f"N must be an int >= p = {p}; got N={N!r} (a concrete value: N is data of the compiled fit, not a tracer)")
     n = np.asarray(N)
     if not np.issubdtype(n.dtype, np.integer) or n.size == 0 or np.any(n < p):
-        raise ValueError(f"N must be an int >= p = eigs.shape[-1] = {p} (or an integer array of such); got N={N!r}")
+        raise ValueError(f"N must be an int >= p = eigs.shape[-1] = {p}; got N={N!r} (an integer array, one N per spectrum, also works)")
     try:
         np.broadcast_to(n, eigs.shape[:-1])
     except ValueError:

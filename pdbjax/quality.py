@@ -42,7 +42,6 @@ References:
 
 from __future__ import annotations
 
-import functools
 import math
 from typing import NamedTuple, Union
 

@@ -490,8 +490,11 @@ def map_groups(
             if aux is None:
                 result = fn(stack)
             else:
-                rows = [jax.tree_util.tree_map(lambda y, lo=lo, hi=hi: np.asarray(y).reshape(-1, *np.shape(y)[len(shapes[i]) - 2 :])[lo:hi], aux[i])
-                        for i, lo, hi in chunk]
+                rows = [
+                    jax.tree_util.tree_map(
+                        lambda y, lo=lo, hi=hi: np.asarray(y).reshape(-1, *np.shape(y)[len(shapes[i]) - 2 :])[lo:hi], aux[i])
+                    for i, lo, hi in chunk
+                ]
                 extra = jax.tree_util.tree_map(lambda *ys: _pad_rows(np.concatenate(ys), pad), *rows)
                 result = fn(stack, extra)
             _check_batched(result, stack.shape[0], (a, b))

@@ -186,7 +186,8 @@ def test_sharded_over_four_devices_equals_single_device(tmp_path):
         f"""
         import json, jax, numpy as np, pdbjax
         assert jax.device_count() == 4
-        mats = {{f"l{{i}}": {{"kernel": np.asarray(pdbjax.simulate(jax.random.PRNGKey(i), {A}, {B}, pdbjax.PDB(0.7, 1.0, 4.0)))}} for i in range(3)}}
+        mats = {{f"l{{i}}": {{"kernel": np.asarray(pdbjax.simulate(jax.random.PRNGKey(i), {A}, {B}, pdbjax.PDB(0.7, 1.0, 4.0)))}}
+                 for i in range(3)}}
         rep = pdbjax.analyze(mats, baselines=False)
         json.dump([[r["K"], r["t"], r["sigma1_sq"], r["sigma2_sq"]] for r in rep], open({str(tmp_path / "out.json")!r}, "w"))
         """

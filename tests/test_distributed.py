@@ -19,13 +19,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from tolerances import OTHER_PROCESS, assert_close
 
 import pdbjax
 from pdbjax import distributed
 from pdbjax.api import LowRank
 from pdbjax.distributed import _named_nodes, _spec, assign
 from pdbjax.tree import path_name
-from tolerances import OTHER_PROCESS, assert_close
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LAYER_AXIS = {"blocks": 0}

@@ -13,6 +13,7 @@ from flax import nnx
 from pdbjax.models import FCNN, VGG16, ResNet18, kernel_paths
 from pdbjax.train import (
     TrainConfig,
+    _count_correct,
     accuracy_with_state,
     epoch_permutation,
     evaluate,
@@ -22,7 +23,6 @@ from pdbjax.train import (
     save_checkpoint,
     train,
 )
-from pdbjax.train import _count_correct
 
 SMALL_SIZES = (20, 32, 32, 16, 3)
 

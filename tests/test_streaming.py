@@ -17,12 +17,12 @@ import textwrap
 import jax
 import numpy as np
 import pytest
+from tolerances import BATCH_PARTNERS, SAME_ARITHMETIC, assert_close
 
 import pdbjax
 from pdbjax import estimate, io, pub, quality, tree
 from pdbjax.cli import parse_size
 from pdbjax.linalg import raw_eigenvalues, spectrum
-from tolerances import BATCH_PARTNERS, SAME_ARITHMETIC, assert_close
 
 
 def _spectra(shapes, seed=0):
@@ -145,7 +145,8 @@ def test_lazy_load_maps_the_file_and_analyze_equals_eager(tmp_path):
     new_eager, rep_eager = pdbjax.compress(io.load(path), max_memory=None)
     assert [r["keep"] for r in rep.rows] == [r["keep"] for r in rep_eager.rows]
     for k in tensors:  # the same matrices batched with other partners: float32 SVD rounding (1e-3 of f16 entries)
-        np.testing.assert_allclose(np.asarray(new[k], np.float32), np.asarray(new_eager[k], np.float32), atol=2e-3 * np.abs(tensors[k]).max())
+        np.testing.assert_allclose(np.asarray(new[k], np.float32), np.asarray(new_eager[k], np.float32),
+                                   atol=2e-3 * np.abs(tensors[k]).max())
     assert all(np.array_equal(lazy[k], tensors[k]) for k in tensors)  # the file's tensors are untouched
 
 

@@ -181,10 +181,12 @@ def test_bare_array_is_an_error():
         ({"a": {}, "b": [{}], "c": None}, None, r"by the default rule .*: the tree holds no leaves \(PyTreeDef"),
         ({"dense": {"kernel": np.ones((3, 3), np.int32), "bias": _rand(3)}, "name": "mlp"}, None,
          r"the tree holds 3 leaves: dense/bias float32 \(3,\), dense/kernel int32 \(3, 3\), name str$"),
-        ({"kernel": _rand(3, 3)}, "encoder", r"by where='encoder' \(a regex searched in the leaf names\); the tree holds 1 leaf: kernel float32 \(3, 3\)$"),
+        ({"kernel": _rand(3, 3)}, "encoder",
+         r"by where='encoder' \(a regex searched in the leaf names\); the tree holds 1 leaf: kernel float32 \(3, 3\)$"),
         ({"kernel": _rand(3, 3)}, re.compile("enc"), r"by where='enc'"),
         ({"kernel": _rand(3, 3)}, lambda n, x: False, r"by the where predicate <lambda>"),
-        ({f"k{i:02d}": {"kernel": _rand(2)} for i in range(12)}, None, r"the tree holds 12 leaves: .*k07/kernel float32 \(2,\), \.\.\. \(4 more\)$"),
+        ({f"k{i:02d}": {"kernel": _rand(2)} for i in range(12)}, None,
+         r"the tree holds 12 leaves: .*k07/kernel float32 \(2,\), \.\.\. \(4 more\)$"),
     ],
 )
 def test_empty_selection_error_says_what_the_tree_holds(params, where, message):
