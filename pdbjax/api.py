@@ -14,6 +14,8 @@ memory budget of working copies:
    is data of the compiled estimators), so the 384 x 384, 1536 x 384 and 384 x 1536 matrices of a
    transformer share one compiled fit.
 3. ``compress`` only: each shape group (chunk) is decomposed with vectors and rebuilt with its fits.
+   With a ``budget``, the keep counts come first from :func:`pdbjax.budget.allocate` over the spectra
+   and fits of passes 1 and 2 (all matrices of the model at once), and travel with the fits.
 """
 
 from __future__ import annotations
@@ -24,10 +26,22 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from pdbjax.budget import Allocation, allocate, check_budget, component_scores
 from pdbjax.estimate import Mode
-from pdbjax.filter import FilterInfo, Rank, Shrink, estimate_fit, filter_with_fit, keep_counts, needs_fit, normalised_fit, outlier_mask, resolve_shrink
-from pdbjax.linalg import Precision, Spectrum, check_precision, raw_eigenvalues, scope, spectrum
+from pdbjax.filter import (
+    FilterInfo,
+    Rank,
+    Shrink,
+    estimate_fit,
+    filter_with_fit,
+    keep_counts,
+    needs_fit,
+    normalised_fit,
+    outlier_mask,
+    resolve_shrink,
+)
 from pdbjax.fits import reason_text
+from pdbjax.linalg import Precision, Spectrum, check_precision, raw_eigenvalues, scope, spectrum
 from pdbjax.quality import fit_quality, heavy_tailed, tail_slope
 from pdbjax.report import Report, to_jsonable
 from pdbjax.tree import LayerAxis, Selected, Where, from_matrices, map_groups, path_name, replace, select, to_matrices
@@ -264,7 +278,8 @@ def compress(
     method: str = "pdb",
     where: Where | None = None,
     *,
-    rank: Rank = DEFAULT_RANK,
+    rank: Rank | None = None,
+    budget: float | None = None,
     shrink: Shrink | None = None,
     factored: bool = False,
     mode: Mode = "scaled",
@@ -285,7 +300,21 @@ def compress(
       method: ``"pdb"`` (Algorithm 2), ``"pub-bema"``, ``"pub-kernel"``, ``"svd"`` or ``"slr"``.
       where: leaf selection as in :func:`analyze`.
       rank: ``int`` rank, ``float`` removed fraction, or a rule ``"spikes"`` / ``"upper-bulk"``
-        (default :data:`DEFAULT_RANK`).
+        (``None``: :data:`DEFAULT_RANK`, unless ``budget`` is given).
+      budget: a fraction ``f`` in ``(0, 1]``: instead of a rank, the selected matrices stored as factors
+        (``keep (m + n)`` per matrix) may take at most ``f`` of their dense count ``sum m n``, and the
+        keep counts are allocated across all matrices from their fits (:mod:`pdbjax.budget`: every
+        component scored by ``s_j^2 / lambda_+`` of its own matrix, filled greedily by score per stored
+        parameter, components above the edges first, then the largest below them while the budget
+        lasts). A matrix whose fit is not ok is left as it is and counted at ``m n`` (at
+        ``p (m + n)`` when ``factored`` and its stacked leaf also holds compressed matrices, which is
+        what its exact factors take); a budget too small for those alone is a ``ValueError`` naming
+        them. Leaves skipped by the selection (``on_error="skip"``: not a float matrix, NaN/Inf) are
+        outside the count, as in ``params_before``. Needs the method's fit (``"pdb"``, ``"pub-*"``;
+        ``"svd"`` allocates with the PDB fit); not with ``"slr"``, nor together with ``rank``.
+        ``shrink`` applies to the kept components; with ``shrink="optimal"``, which sets every component
+        at or below the edge to 0, only components above the edges are allocated (the budget is an upper
+        bound, not spent on zeros; see ``benchmarks/results/budget.md``).
       shrink: what the kept singular values become (:func:`pdbjax.filter_matrix`): ``"spikes"``
         (Algorithm 2), ``"optimal"`` (the Frobenius-optimal shrinker under the fitted noise,
         :mod:`pdbjax.shrink`; for svd/slr the PDB fit is estimated for it), ``"none"``, or ``None``
@@ -300,42 +329,111 @@ def compress(
 
     Returns:
       ``(new_params, report)``. ``new_params`` has the structure and dtypes of ``params`` (a new
-      ``nnx.State`` for NNX input; with ``factored=True`` compressed leaves become :class:`LowRank`).
+      ``nnx.State`` for NNX input; with ``factored=True`` compressed leaves become :class:`LowRank`;
+      a leaf none of whose matrices could be compressed stays a dense array).
       A matrix whose fit is not ok is left unchanged and its row says why. ``report.totals`` holds
       ``params_before`` (entries of the selected matrices), ``params_after`` (entries stored for them
       after compression: ``keep (m + n)`` per factored matrix, ``m n`` per dense one, SLR's sparse
       count for ``"slr"``) and ``compression_ratio = params_after / params_before``, plus the same for
-      a low-rank storage of the dense output (``lowrank_*``).
+      a low-rank storage of the dense output (``lowrank_*``). With a ``budget``, each row also holds
+      ``budget_params`` (what it is counted at) and the totals ``budget`` (``f``), ``budget_cap``
+      (``floor(f sum m n)``), ``budget_params_after`` (the sum of ``budget_params``) and
+      ``budget_ratio = budget_params_after / params_before <= f``; a row's ``keep`` is its allocation.
+      With ``factored=True`` a stacked leaf's factors are as wide as its largest keep (zero columns
+      pad the others) and a leaf that keeps nothing stores one zero column (Orbax cannot store empty
+      arrays); neither padding is counted.
     """
     shrink = resolve_shrink(method, shrink)
     precision = check_precision(precision)
+    if budget is not None:
+        budget = check_budget(budget)
+        if rank is not None:
+            raise ValueError(f"give either rank= or budget=, not both (got rank={rank!r}, budget={budget})")
+        if method == "slr":
+            raise ValueError("budget= counts keep (m + n) parameters per matrix, which SLR's sparse factors do not store; "
+                             "use method 'pdb', 'pub-bema', 'pub-kernel' or 'svd'")
+    rank = DEFAULT_RANK if rank is None else rank
     if factored and _is_nnx(params):
         raise ValueError("factored=True needs a plain pytree; pass nnx.state(model).to_pure_dict() instead")
     sels = select(params, where, conv_reshape=conv_reshape, layer_axis=layer_axis, on_error=on_error, allow_empty=False)
     good = [s for s in sels if s.ok]
     n = sum(s.num_matrices for s in good)
-    if needs_fit(method, rank, shrink):  # passes 1 and 2: spectra, then one fit per spectrum length
+    alloc = None
+    if budget is not None or needs_fit(method, rank, shrink):  # passes 1 and 2: spectra, then one fit per length
         first = None if progress is None else (lambda done, total: progress(done, 2 * total))
         specs = _spectra(good, precision, shard, first, max_memory)
         fits = _by_length(good, specs, lambda spec, N: estimate_fit(raw_eigenvalues(spec), N, method, mode))
         then = None if progress is None else (lambda done, total: progress(n + done, 2 * n))
+        if budget is not None:
+            alloc = _allocate(good, specs, fits, budget, factored, fill=shrink != "optimal")
     else:
         fits, then = None, progress
-    fn = lambda m, fit=None: _compress_stack(m, fit, method, rank, shrink, factored, mode, (slr_sr, slr_rr), precision)  # noqa: E731
-    results = map_groups(fn, _matrices(good), shard=shard, progress=then, max_memory=max_memory, aux=fits)
+    if alloc is None:
+        fn = lambda m, fit=None: _compress_stack(m, fit, method, rank, shrink, factored, mode, (slr_sr, slr_rr), precision)  # noqa: E731
+        aux = fits
+    else:
+        fn = lambda m, a: _compress_stack(m, a["fit"], method, a["keep"], shrink, factored, mode, (slr_sr, slr_rr), precision)  # noqa: E731
+        keeps = _split(alloc.keep.astype(np.int32), good)
+        aux = [{"fit": fit, "keep": keep} for fit, keep in zip(fits, keeps)]
+    results = map_groups(fn, _matrices(good), shard=shard, progress=then, max_memory=max_memory, aux=aux)
+    counted = None if alloc is None else _split(alloc.params, good)
     rows: list[dict[str, Any]] = [_skipped_row(s) for s in sels if not s.ok]
     updates = {}
-    for sel, res in zip(good, results):
+    for leaf, (sel, res) in enumerate(zip(good, results)):
         updates[sel.name] = _new_leaf(sel, res["out"], res["info"], factored)
         for i in range(sel.num_matrices):
             item = jax.tree_util.tree_map(lambda x: np.asarray(x[i]), {k: v for k, v in res.items() if k != "out"})
-            rows.append(_compress_row(sel, i, item, method, shrink))
+            row = _compress_row(sel, i, item, method, shrink)
+            if factored and not isinstance(updates[sel.name], LowRank):
+                row["params_after"] = row["params_before"]  # the leaf stays dense
+            if counted is not None:
+                row["budget_params"] = int(counted[leaf][i])
+            rows.append(row)
     if factored:
         new_params = jax.tree_util.tree_map_with_path(lambda path, x: updates.get(path_name(path), x), params)
     else:
         new_params = replace(params, updates)
     rows = [to_jsonable(r) for r in rows]
-    return new_params, Report(rows, _totals(rows))
+    totals = _totals(rows)
+    if alloc is not None:
+        after = sum(r["budget_params"] for r in rows if "budget_params" in r)
+        totals.update(budget=budget, budget_cap=alloc.cap, budget_params_after=after, budget_ratio=after / alloc.dense)
+    return new_params, Report(rows, totals)
+
+
+def _split(values: np.ndarray, sels: Sequence[Selected]) -> list[np.ndarray]:
+    """A flat per-matrix array back into one array per leaf (leading axis ``L``)."""
+    ends = np.cumsum([s.num_matrices for s in sels])
+    return np.split(np.asarray(values), ends[:-1])
+
+
+def _allocate(sels: Sequence[Selected], specs: Sequence[Spectrum], fits: Sequence[Any], budget: float, factored: bool,
+              fill: bool) -> Allocation:
+    """Keep counts of every matrix of ``sels`` for ``budget`` (:func:`pdbjax.budget.allocate`), one flat array.
+
+    ``fill=False`` (used with ``shrink="optimal"``, which sets every component at or below the noise edge
+    to zero) allocates only components above the edges: storing a component that is then zero would spend
+    budget for nothing.
+
+    Scores are ``s_j^2 / lambda_+`` from the values-only spectra (the same numbers the rebuild's keep
+    decisions use) and the method's fits, in the original units (float64), padded with NaN to the
+    longest spectrum. A matrix whose fit is not ok stays as it is: counted at ``m n``, or at ``p (m + n)``
+    when ``factored`` and its leaf holds a compressed matrix too (its exact factors are then stored).
+    """
+    width = max(min(s.matrix_shape) for s in sels)
+    blocks, ok, shapes, names, fixed = [], [], [], [], []
+    for sel, spec, fit in zip(sels, specs, fits):
+        rho = component_scores(raw_eigenvalues(spec), fit)
+        blocks.append(np.pad(rho, ((0, 0), (0, width - rho.shape[-1])), constant_values=np.nan))
+        leaf_ok = np.asarray(fit.ok, bool).reshape(sel.num_matrices)
+        ok.append(leaf_ok)
+        a, b = sel.matrix_shape
+        shapes += [(a, b)] * sel.num_matrices
+        names += [_base_row(sel, i)["name"] for i in range(sel.num_matrices)]
+        cost = min(a, b) * (a + b) if factored and leaf_ok.any() else a * b
+        fixed.append(np.full(sel.num_matrices, cost, np.int64))
+    return allocate(np.concatenate(blocks), np.asarray(shapes), budget, allocatable=np.concatenate(ok),
+                    fixed_params=np.concatenate(fixed), names=names, fill=fill)
 
 
 def _is_nnx(params: Any) -> bool:
@@ -347,6 +445,8 @@ def _is_nnx(params: Any) -> bool:
 def _new_leaf(sel: Selected, out: Any, info: FilterInfo, factored: bool) -> Any:
     if not factored:
         return from_matrices(out, sel)
+    if not np.any(np.asarray(info.ok)):  # nothing compressed: the leaf stays as it is (not as full-rank factors)
+        return sel.value
     a, b = out
     r = max(int(np.max(np.asarray(info.keep))), 1)
     a, b = (np.asarray(x).astype(sel.dtype) for x in (a[..., :r], b[..., :r, :]))

@@ -22,7 +22,7 @@ import traceback
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-__all__ = ["main", "build_parser", "parse_rank", "JSON_KEYS"]
+__all__ = ["main", "build_parser", "parse_rank", "parse_budget", "JSON_KEYS"]
 
 #: Keys that every object of ``pdbjax analyze --json`` holds (``null`` when not computed, e.g. the
 #: baselines with ``--no-baselines`` or every fit of a skipped leaf).
@@ -81,6 +81,18 @@ def parse_rank(text: str) -> int | float | str:
     return fraction
 
 
+def parse_budget(text: str) -> float:
+    """``--budget`` value: a fraction in ``(0, 1]`` of the selected matrices' dense parameter count."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0.0 < value <= 1.0:
+        raise argparse.ArgumentTypeError(f"invalid budget {text!r}: expected a fraction in (0, 1] of the dense "
+                                         "parameter count, e.g. 0.25")
+    return value
+
+
 def _regex(text: str) -> str:
     try:
         re.compile(text)
@@ -132,6 +144,7 @@ examples:
   pdbjax analyze ckpt.npz --where "Dense_[012]/kernel" --no-baselines
   pdbjax compress model.safetensors -o model-pdb.safetensors --rank upper-bulk
   pdbjax compress ckpt.npz -o ckpt-svd.npz --method svd --rank 64 --factored
+  pdbjax compress model.safetensors -o model-25.safetensors --budget 0.25 --factored
   pdbjax demo --quick
 
 exit status: 0 ok, 2 usage or input error (one line on stderr), 1 unexpected error (one line;
@@ -238,6 +251,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "larger-variance bulk component; the default) or 'spikes' (only the eigenvalues above "
                         "lambda_plus); an integer rank (e.g. 64); or a removed fraction in [0, 1] (e.g. 0.6 "
                         "removes 60%%). Rules use the PDB fit for svd/slr")
+    c.add_argument("--budget", metavar="F", type=parse_budget, default=None,
+                   help="instead of --rank: the compressed matrices, stored as factors (keep x (m + n) each), may "
+                        "take at most the fraction F in (0, 1] of their dense parameter count; the keep counts are "
+                        "allocated across all matrices from their fits (components furthest above their layer's "
+                        "noise edge per stored parameter first). Store them so with --factored")
     c.add_argument("--shrink", choices=SHRINKS, default=None,
                    help="what the kept singular values become: spikes (Algorithm 2: each outlier moves to its "
                         "population spike; the default for pdb/pub-*), optimal (the Frobenius-optimal shrinker "
@@ -265,7 +283,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_debug_option(d)
     d.add_argument("--out", metavar="DIR", default="out/demo", help="output directory (default: out/demo)")
-    d.add_argument("--quick", action="store_true", help="a shorter run: 1 training epoch, no PUB baselines, summary figures only (about 60%% of "
+    d.add_argument("--quick", action="store_true",
+                   help="a shorter run: 1 training epoch, no PUB baselines, summary figures only (about 60%% of "
                         "the full demo's time, most of it one-off XLA compilation)")
     d.add_argument("--epochs", metavar="N", type=_positive_int, default=None,
                    help="training epochs of the MNIST network (default: 5, or 1 with --quick)")
@@ -491,12 +510,22 @@ def _cmd_compress(args: argparse.Namespace) -> int:
     if not out.resolve().parent.is_dir():
         raise CLIError(f"{out}: directory {out.resolve().parent} does not exist")
     _check_reports(((args.json, "--json"), (args.csv, "--csv")), args, others=[(args.output, "-o")])
-    rank = DEFAULT_RANK if args.rank is None else args.rank
+    if args.budget is not None:
+        if args.rank is not None:
+            raise CLIError("give either --rank or --budget, not both")
+        if args.method == "slr":
+            raise CLIError("--budget counts keep x (m + n) parameters per matrix, which --method slr does not store; "
+                           "use pdb, pub-bema, pub-kernel or svd")
+        if args.coordinator is not None:
+            raise CLIError("--budget allocates over all matrices at once and is not available with --coordinator yet")
+    rank = DEFAULT_RANK if args.rank is None and args.budget is None else args.rank
     params, metadata = _load(args.path)
     start = time.perf_counter()
-    _progress(f"compressing with method={args.method}, rank={rank} ...")
+    how = f"budget={args.budget}" if args.budget is not None else f"rank={rank}"
+    _progress(f"compressing with method={args.method}, {how} ...")
     try:
-        new_params, report = compress(params, args.method, rank=rank, shrink=args.shrink, factored=args.factored, mode=args.mode,
+        new_params, report = compress(params, args.method, rank=rank, budget=args.budget, shrink=args.shrink,
+                                      factored=args.factored, mode=args.mode,
                                       slr_sr=args.slr_sr, slr_rr=args.slr_rr, on_error=args.on_error,
                                       progress=_Status.bar("compress"), max_memory=args.max_memory,
                                       **_selection(args))
@@ -507,7 +536,8 @@ def _cmd_compress(args: argparse.Namespace) -> int:
         return 0
     fmt_metadata = None
     if out.suffix != ".npz":
-        fmt_metadata = {**metadata, "pdbjax.method": args.method, "pdbjax.rank": str(rank),
+        fmt_metadata = {**metadata, "pdbjax.method": args.method,
+                        **({"pdbjax.budget": str(args.budget)} if args.budget is not None else {"pdbjax.rank": str(rank)}),
                         "pdbjax.shrink": str(resolve_shrink(args.method, args.shrink)),
                         "pdbjax.factored": str(bool(args.factored)).lower()}
     tree = _as_dicts(new_params) if args.factored else new_params
@@ -533,6 +563,9 @@ def _totals_line(totals: dict[str, Any], factored: bool) -> str:
              + (f" (compression ratio {ratio:.3f})" if ratio is not None else "")]
     if not factored and low is not None and low_ratio is not None:
         lines.append(f"as low-rank factors they would take {low:,} (ratio {low_ratio:.3f}); pass --factored to store them so")
+    if totals.get("budget") is not None:
+        lines.append(f"budget {totals['budget']:g}: as factors they take {totals['budget_params_after']:,} of the "
+                     f"{totals['budget_cap']:,} allowed (ratio {totals['budget_ratio']:.4f})")
     return "\n".join(lines)
 
 

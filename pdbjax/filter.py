@@ -61,7 +61,9 @@ __all__ = ["FilterInfo", "svd", "outlier_mask", "shrink_spikes", "keep_count", "
 Array = jax.Array
 ArrayLike = jax.typing.ArrayLike
 Fit = Union[PDBFit, PUBFit]
-Rank = Union[int, float, str]
+#: A keep rule: an ``int`` rank, a ``float`` removed fraction, a rule name, or an integer array of keep
+#: counts, one per matrix of the batch (:func:`filter_matrix`).
+Rank = Union[int, float, str, np.ndarray, jax.Array]
 Method = Literal["pdb", "pub-bema", "pub-kernel", "svd", "slr"]
 Shrink = Literal["spikes", "optimal", "none"]
 
@@ -205,13 +207,22 @@ def _edge_limit(lam: Array, fit: Fit) -> Array:
 
 
 def _check_rank(rank: Rank) -> Rank:
-    """Validate ``rank`` and normalise NumPy scalars to Python ones (it is a static argument)."""
+    """Validate ``rank`` and normalise NumPy scalars to Python ones (an ``int``/``float``/rule is a static
+    choice); an integer array of keep counts is returned as an array (checked for ``>= 0`` when concrete)."""
     if isinstance(rank, str):
         if rank not in RULES:
             raise ValueError(f"rank rule must be one of {RULES}; got {rank!r}")
         return rank
     if isinstance(rank, (bool, np.bool_)):
         raise TypeError("rank must be an int, a float removed fraction or a rule string; got a bool")
+    if isinstance(rank, (np.ndarray, jax.Array)):
+        if not jnp.issubdtype(rank.dtype, jnp.integer):
+            raise TypeError(f"an array rank holds integer keep counts (one per matrix); got dtype {rank.dtype}")
+        if rank.ndim == 0 and not is_traced(rank):
+            return _check_rank(int(rank))
+        if not is_traced(rank) and np.any(np.asarray(rank) < 0):
+            raise ValueError(f"keep counts must be >= 0; got {np.asarray(rank).min()}")
+        return rank
     if isinstance(rank, numbers.Integral):
         if rank < 0:
             raise ValueError(f"an int rank must be >= 0; got {rank}")
@@ -220,12 +231,23 @@ def _check_rank(rank: Rank) -> Rank:
         if not 0.0 <= rank <= 1.0:
             raise ValueError(f"a float rank is the removed fraction, in [0, 1]; got {rank}")
         return float(rank)
-    raise TypeError(f"rank must be an int, a float removed fraction or one of {RULES}; got {rank!r}")
+    raise TypeError(f"rank must be an int, a float removed fraction, an integer array of keep counts or one of {RULES}; got {rank!r}")
 
 
-def _fixed_keep(rank: int | float, p: int) -> int:
-    """Keep count of an ``int`` rank (``min(rank, p)``) or a ``float`` removed fraction."""
-    return min(rank, p) if isinstance(rank, int) else round((1.0 - rank) * p)
+def _fixed_keep(rank: int | float | Array, p: int, batch: tuple[int, ...] = ()) -> Array:
+    """Keep counts ``(*batch,)`` (int32) of an ``int`` rank (``min(rank, p)``), a ``float`` removed
+    fraction (``round((1 - rank) p)``) or an integer array of keep counts (``min(k_i, p)``, broadcast to
+    ``batch``; a clear error if it does not broadcast)."""
+    if isinstance(rank, (np.ndarray, jax.Array)):
+        try:
+            fits = np.broadcast_shapes(rank.shape, batch) == batch
+        except ValueError:
+            fits = False
+        if not fits:
+            raise ValueError(f"keep counts of shape {rank.shape} do not broadcast to the batch shape {batch} of the weights")
+        return jnp.broadcast_to(jnp.minimum(jnp.asarray(rank).astype(jnp.int32), p), batch)
+    keep = min(rank, p) if isinstance(rank, int) else round((1.0 - rank) * p)
+    return jnp.full(batch, keep, jnp.int32)
 
 
 def _upper_weight(fit: Fit) -> Array:
@@ -251,11 +273,13 @@ def keep_count(lam: ArrayLike, fit: Fit | None, rule: Rank) -> Array:
       low-variance component is treated as the noise. For a PUB fit this equals ``"spikes"``.
 
     Rules need a fit and give ``p`` (keep everything) where it is not ok; ``int``/``float`` ignore it.
+    ``rule`` is a static (hashable) argument here; :func:`filter_matrix` also takes an integer array of
+    per-matrix keep counts.
     """
     rule = _check_rank(rule)
     p, batch = lam.shape[-1], lam.shape[:-1]
     if not isinstance(rule, str):
-        return jnp.full(batch, _fixed_keep(rule, p), jnp.int32)
+        return _fixed_keep(rule, p, batch)
     if fit is None:
         raise ValueError(f"rank rule {rule!r} needs a fit")
     if rule == "spikes":
@@ -329,9 +353,12 @@ def filter_matrix(
       W: weights ``(..., a, b)``, any orientation and float dtype (the outputs have the dtype of
         ``W``). NumPy inputs are not written to.
       method: one of ``"pdb"``, ``"pub-bema"``, ``"pub-kernel"``, ``"svd"``, ``"slr"`` (static).
-      rank: ``int`` rank, ``float`` removed fraction in ``[0, 1]``, or ``"spikes"`` /
-        ``"upper-bulk"`` (see :func:`keep_count`). A rule is compiled in; an ``int``/``float`` is
-        passed to the compiled computation as a number, so a sweep over ranks compiles once.
+      rank: ``int`` rank, ``float`` removed fraction in ``[0, 1]``, ``"spikes"`` /
+        ``"upper-bulk"`` (see :func:`keep_count`), or an integer array of keep counts ``k`` that
+        broadcasts to the batch shape ``W.shape[:-2]`` (matrix ``i`` keeps ``min(k_i, p)``; e.g. the
+        per-matrix allocation of :func:`pdbjax.budget.allocate`; it may be traced under ``jit``). A
+        rule is compiled in; an ``int``/``float``/array is passed to the compiled computation as
+        numbers, so a sweep over ranks or allocations compiles once.
       fit: a precomputed fit of the eigenvalues ``s**2`` of ``W`` (in ``W``'s units) with batch shape
         ``W.shape[:-2]`` (a :class:`~pdbjax.fits.PDBFit` for ``"pdb"``, a :class:`~pdbjax.fits.PUBFit`
         for ``"pub-*"``, either for rule ranks or shrinkage of ``"svd"``/``"slr"``; ignored by
@@ -408,9 +435,9 @@ def filter_with_fit(
         fit = estimate_fit(raw_eigenvalues(spec), max(W.shape[-2:]), method, mode)
     else:
         _check_fit(fit, method, W.shape[:-2])
-    # A fixed keep count is a traced argument (a sweep over ranks compiles once); rules are static.
+    # Fixed keep counts are a traced argument (a sweep over ranks or budgets compiles once); rules are static.
     rule = rank if isinstance(rank, str) else None
-    fixed = jnp.int32(0 if rule else _fixed_keep(rank, spec.s.shape[-1]))
+    fixed = jnp.zeros(W.shape[:-2], jnp.int32) if rule else _fixed_keep(rank, spec.s.shape[-1], W.shape[:-2])
     slr = (float(slr_sr), float(slr_rr)) if method == "slr" else None
     f = factors(W, precision=precision)
     with scope(spec):

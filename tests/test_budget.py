@@ -1,0 +1,348 @@
+"""Storage budgets: ``compress(budget=f)``, ``pdbjax compress --budget``, and :mod:`pdbjax.budget`.
+
+Oracles: the greedy against a one-component-at-a-time implementation and against exhaustive search on
+tiny problems (pure NumPy); compliance of ``compress`` checked from the report and the written file
+with exact integer arithmetic; rebuilds against a float64 NumPy SVD; the spike score against the
+Marchenko-Pastur closed form of spec section 4.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import io as _io
+import itertools
+import math
+from fractions import Fraction
+
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+
+import pdbjax
+from pdbjax import budget as bud
+from pdbjax.cli import main
+from pdbjax.filter import estimate_fit, filter_matrix
+from pdbjax.fits import PUBFit
+from pdbjax.models import FCNN
+
+A, B = 96, 48  # p = 48 everywhere below (with N = 96 or 144), so the PDB fit compiles once
+
+
+def _pdb(seed: int, N: int = A, p: int = B, spikes=(60.0, 40.0)) -> np.ndarray:
+    return np.array(pdbjax.simulate(jax.random.PRNGKey(seed), N, p, pdbjax.PDB(0.7, 1.0, 4.0), spikes=spikes))
+
+
+# --------------------------------------------------------------------------------------------------
+# The greedy against independent oracles (NumPy only)
+
+
+def _one_at_a_time(scores: np.ndarray, cost: np.ndarray, cap: int, fill: bool) -> np.ndarray:
+    """Reference greedy: repeatedly take, among each matrix's next component that still fits, the best
+    one (components above the edge first, then score per parameter, then the lower matrix index)."""
+    M, P = scores.shape
+    keep, left = np.zeros(M, np.int64), cap
+    while True:
+        best = None
+        for i in range(M):
+            if keep[i] >= P:
+                continue
+            s = scores[i, keep[i]]
+            if not (np.isfinite(s) and s > 0) or (not fill and s <= 1) or cost[i] > left:
+                continue
+            key = (s <= 1, -(s / cost[i]), i)
+            if best is None or key < best[0]:
+                best = (key, i)
+        if best is None:
+            return keep
+        keep[best[1]] += 1
+        left -= cost[best[1]]
+
+
+def _random_problem(rng: np.random.Generator, equal_cost: bool = False):
+    M, P = int(rng.integers(1, 5)), int(rng.integers(1, 6))
+    scores = -np.sort(-rng.exponential(1.5, (M, P)), axis=1)  # descending rows, about half above 1
+    cut = rng.integers(0, P + 1, M)  # NaN padding (shorter spectra) and exact zeros (rank deficiency)
+    scores[np.arange(P) >= cut[:, None]] = np.nan
+    scores[rng.random((M, P)) < 0.1] = 0.0
+    scores = -np.sort(-np.nan_to_num(scores, nan=-1.0), axis=1)
+    scores[scores < 0] = np.nan
+    cost = np.full(M, 7) if equal_cost else rng.integers(1, 20, M)
+    cap = int(rng.integers(0, int(np.sum(cost) * P) + 2))
+    return scores, cost, cap
+
+
+@pytest.mark.parametrize("fill", [True, False])
+def test_greedy_equals_one_at_a_time_oracle(fill):
+    rng = np.random.default_rng(0)
+    for _ in range(400):
+        scores, cost, cap = _random_problem(rng)
+        keep = bud.greedy(scores, cost, cap, fill=fill)
+        np.testing.assert_array_equal(keep, _one_at_a_time(scores, cost, cap, fill))
+
+
+def _brute_force(scores, cost, cap, tier0_only):
+    """Best total score over every integer allocation (keep counts) that fits in ``cap``."""
+    usable = np.isfinite(scores) & (scores > 0) & ((scores > 1) if tier0_only else True)
+    n_usable = usable.sum(axis=1)  # usable components form a prefix of each row
+    values = np.where(usable, scores, 0.0).cumsum(axis=1)
+    best = 0.0
+    for keep in itertools.product(*(range(k + 1) for k in n_usable)):
+        if np.dot(keep, cost) <= cap:
+            best = max(best, sum(values[i, k - 1] for i, k in enumerate(keep) if k))
+    return best
+
+
+def test_greedy_against_brute_force():
+    rng = np.random.default_rng(1)
+    for trial in range(300):
+        equal = trial % 3 == 0
+        scores, cost, cap = _random_problem(rng, equal_cost=equal)
+        for fill in (True, False):
+            keep = bud.greedy(scores, cost, cap, fill=fill)
+            used = int(np.dot(keep, cost))
+            assert used <= cap
+            usable = np.isfinite(scores) & (scores > 0) & ((scores > 1) if not fill else True)
+            n_usable = usable.sum(axis=1)
+            assert np.all(keep <= n_usable)
+            # maximal: no matrix has a usable component left that would still fit
+            assert not np.any((keep < n_usable) & (cost <= cap - used))
+        # fill=False: the total score is at most one component short of the exhaustive optimum,
+        # and exactly optimal when all components cost the same
+        keep = bud.greedy(scores, cost, cap, fill=False)
+        got = sum(np.nansum(scores[i, :k]) for i, k in enumerate(keep))
+        best = _brute_force(scores, cost, cap, tier0_only=True)
+        top = np.nanmax(np.where(scores > 1, scores, np.nan)) if np.any(scores > 1) else 0.0
+        assert got <= best + 1e-12
+        assert got >= best - top - 1e-12
+        if equal:
+            assert got == pytest.approx(best, rel=1e-12)
+
+
+def test_allocate_cap_is_exact_and_names_dense_matrices():
+    scores = np.array([[5.0, 2.0, 0.5], [9.0, 1.5, 0.2], [np.nan] * 3])
+    shapes = [(10, 3), (7, 3), (20, 3)]
+    dense = 30 + 21 + 60
+    alloc = bud.allocate(scores, shapes, 0.9, names=["a", "b", "zeros"])
+    assert alloc.dense == dense and alloc.cap == math.floor(Fraction(0.9) * dense) == 99
+    assert alloc.params[2] == 60  # not allocatable: counted dense, 39 parameters left
+    # visiting order (score per parameter): b 9/10, a 5/13, a 2/13, b 1.5/10 (no longer fits: 3 left),
+    # then the components below the edge, a 0.5/13 and b 0.2/10, which do not fit either
+    np.testing.assert_array_equal(alloc.keep, [2, 1, 0])
+    np.testing.assert_array_equal(alloc.params, [26, 10, 60])
+    assert alloc.ratio <= 0.9
+    with pytest.raises(ValueError, match=r"zeros.*at least 0\.54"):
+        bud.allocate(scores, shapes, 0.5, names=["a", "b", "zeros"])
+
+
+@pytest.mark.parametrize("bad", [0.0, -0.5, 1.5, float("nan"), float("inf")])
+def test_bad_budget_values(bad):
+    with pytest.raises(ValueError, match=r"budget must lie in \(0, 1\]"):
+        bud.check_budget(bad)
+    with pytest.raises(ValueError, match=r"budget must lie in \(0, 1\]"):
+        pdbjax.compress({"d": {"kernel": np.ones((4, 3), np.float32)}}, budget=bad)
+
+
+@pytest.mark.parametrize("bad", [True, "0.5", [0.5]])
+def test_budget_of_wrong_type(bad):
+    with pytest.raises(TypeError, match="budget must be a number"):
+        pdbjax.compress({"d": {"kernel": np.ones((4, 3), np.float32)}}, budget=bad)
+
+
+def test_budget_conflicts_and_empty_selection():
+    tree = {"d": {"kernel": np.ones((4, 3), np.float32)}}
+    with pytest.raises(ValueError, match="either rank= or budget="):
+        pdbjax.compress(tree, rank="spikes", budget=0.5)
+    with pytest.raises(ValueError, match="SLR"):
+        pdbjax.compress(tree, "slr", budget=0.5)
+    with pytest.raises(ValueError, match="no weight matrix selected"):
+        pdbjax.compress({"d": {"bias": np.ones(3, np.float32)}}, budget=0.5)
+
+
+def test_spike_score_matches_marchenko_pastur_closed_form():
+    """PUB (spec section 4): alpha = (l + s(1-c) + sqrt((l + s(1-c))^2 - 4 l s)) / 2, alpha_max = s (1 + sqrt c)."""
+    s, c = 2.0, 0.25
+    edge = s * (1 + math.sqrt(c)) ** 2  # 4.5
+    fit = PUBFit(K=np.int32(0), sigma_sq=np.float64(s), c=np.float64(c), lambda_plus=np.float64(edge),
+                 threshold=np.float64(edge), ok=np.bool_(True), reason=np.int32(0))
+    lam = np.array([30.0, 9.0, 6.0, 4.0, 1.0, np.nan])
+    b = lam + s * (1 - c)
+    alpha = (b + np.sqrt(np.maximum(b * b - 4 * lam * s, 0.0))) / 2  # only used above the edge
+    want = np.where(lam > edge, alpha / (s * (1 + math.sqrt(c))), lam / edge)
+    got = bud.component_scores(lam, fit, "spike")
+    np.testing.assert_allclose(got, want, rtol=1e-9)  # bisection in float64 to ~1e-12 relative
+    np.testing.assert_allclose(bud.component_scores(lam, fit, "edge"), lam / edge, rtol=0)
+    assert np.array_equal(got > 1, lam > edge)
+
+
+# --------------------------------------------------------------------------------------------------
+# filter_matrix with an array of keep counts
+
+
+def test_filter_takes_per_matrix_keep_counts():
+    W = np.stack([_pdb(s) for s in range(3)])
+    keeps = np.array([0, 5, 100])
+    out, info = filter_matrix(W, "svd", keeps)
+    np.testing.assert_array_equal(info.keep, [0, 5, B])
+    for i, k in enumerate(keeps):
+        single, _ = filter_matrix(W[i], "svd", int(k))
+        np.testing.assert_allclose(out[i], single, atol=1e-6 * np.abs(single).max())  # batch = loop (float32 rounding)
+    U, s, Vh = np.linalg.svd(W[1].astype(np.float64), full_matrices=False)
+    np.testing.assert_allclose(out[1], (U[:, :5] * s[:5]) @ Vh[:5], atol=2e-5 * s[0])  # float32 SVD
+    run = jax.jit(lambda w, k: filter_matrix(w, "svd", k)[0])
+    run(W, np.array([1, 2, 3], np.int32))
+    run(W, np.array([4, 0, 9], np.int32))
+    assert run._cache_size() == 1  # keep counts are traced, not compiled in
+    with pytest.raises(ValueError, match=">= 0"):
+        filter_matrix(W, "svd", np.array([1, -1, 2]))
+    with pytest.raises(TypeError, match="integer keep counts"):
+        filter_matrix(W, "svd", np.array([1.0, 2.0, 3.0]))
+    with pytest.raises(ValueError, match="do not broadcast"):
+        filter_matrix(W, "svd", np.array([1, 2]))
+    np.testing.assert_array_equal(filter_matrix(W, "svd", np.int64(7))[1].keep, [7, 7, 7])  # a 0-d array is an int
+
+
+# --------------------------------------------------------------------------------------------------
+# compress(budget=...): compliance on every kind of tree
+
+
+def _check_compliance(rep: pdbjax.Report, budget: float, fill: bool = True) -> None:
+    """Achieved storage <= floor(budget * dense), and no further component of any matrix would fit (with
+    ``fill=False``, as ``shrink="optimal"`` allocates: no further component above the noise edge)."""
+    rows = [r for r in rep if "budget_params" in r]
+    dense = sum(r["params_before"] for r in rows)
+    cap = math.floor(Fraction(budget) * dense)
+    after = sum(r["budget_params"] for r in rows)
+    t = rep.totals
+    assert (t["budget"], t["budget_cap"], t["budget_params_after"]) == (budget, cap, after)
+    assert after <= cap and t["budget_ratio"] == after / dense <= budget
+    left = cap - after
+    for r in rows:
+        m, n = r["matrix_shape"]
+        if r["status"] == "ok":
+            assert r["budget_params"] == r["keep"] * (m + n)
+            top = r["p"] if fill else r["n_outliers"]  # optimal shrinkage: n_outliers = components above lambda_+
+            assert r["keep"] <= top and (r["keep"] == top or m + n > left), r["name"]  # the next would not fit
+
+
+def _trees():
+    stack = np.stack([_pdb(s, spikes=sp) for s, sp in ((0, (60.0,)), (1, (80.0, 50.0, 30.0)), (2, ()))])
+    conv = _pdb(4, N=144).reshape(3, 3, 16, B)
+    model = FCNN(nnx.Rngs(0), sizes=(A, B, A))
+    return {
+        "dict": ({"d1": {"kernel": _pdb(0), "bias": np.zeros(B, np.float32)}, "d2": {"kernel": _pdb(1).T},
+                  "d3": {"kernel": _pdb(2, N=144, spikes=(90.0, 70.0, 50.0, 30.0)) * 1e-3}}, {}),
+        "stacked": ({"blocks": {"kernel": stack}}, {"layer_axis": 0, "method": "svd"}),
+        "conv": ({"conv": {"kernel": conv}, "dense": {"kernel": _pdb(5)}}, {"shrink": "optimal"}),
+        "nnx": (nnx.state(model), {}),
+    }
+
+
+@pytest.mark.parametrize("kind", ["dict", "stacked", "conv", "nnx"])
+def test_compress_budget_is_met_and_filled(kind):
+    params, options = _trees()[kind]
+    before = jax.tree_util.tree_map(np.array, params)
+    factored = kind == "dict"
+    new, rep = pdbjax.compress(params, budget=0.2, factored=factored, **options)
+    _check_compliance(rep, 0.2, fill=options.get("shrink") != "optimal")
+    jax.tree_util.tree_map(np.testing.assert_array_equal, params, before)  # the caller's params are untouched
+    rows = {r["name"]: r for r in rep}
+    if kind == "dict":
+        for name in ("d1", "d2", "d3"):
+            low = new[name]["kernel"]
+            assert isinstance(low, pdbjax.LowRank) and low.a.shape[-1] == rows[f"{name}/kernel"]["keep"] >= 1
+        np.testing.assert_array_equal(new["d1"]["bias"], params["d1"]["bias"])
+    elif kind == "stacked":  # method svd: plain truncation at the allocated keep, against float64 NumPy
+        assert [rows[f"blocks/kernel[{i}]"]["layer"] for i in range(3)] == [0, 1, 2]
+        for i in range(3):
+            k = rows[f"blocks/kernel[{i}]"]["keep"]
+            U, s, Vh = np.linalg.svd(params["blocks"]["kernel"][i].astype(np.float64), full_matrices=False)
+            np.testing.assert_allclose(new["blocks"]["kernel"][i], (U[:, :k] * s[:k]) @ Vh[:k], atol=2e-5 * s[0])
+    elif kind == "conv":
+        assert new["conv"]["kernel"].shape == (3, 3, 16, B) and rows["conv/kernel"]["matrix_shape"] == [144, B]
+        for name, leaf in (("conv/kernel", new["conv"]["kernel"].reshape(144, B)), ("dense/kernel", new["dense"]["kernel"])):
+            # optimal shrinkage: only components above the edge are allocated, and the rank is the keep
+            assert rows[name]["keep"] <= rows[name]["n_outliers"]
+            assert np.linalg.matrix_rank(leaf.astype(np.float64), tol=1e-4) <= rows[name]["keep"]
+    else:
+        assert isinstance(new, nnx.State) and [r["name"] for r in rep] == ["layers/0/kernel", "layers/1/kernel"]
+
+
+def test_allocation_is_scale_invariant_per_layer():
+    params = {f"l{i}": {"kernel": _pdb(10 + i, spikes=sp)} for i, sp in enumerate(((60.0, 40.0), (200.0,), (30.0, 25.0, 20.0)))}
+    scaled = copy.deepcopy(params)
+    scaled["l1"]["kernel"] = scaled["l1"]["kernel"] * 1000.0
+    reports = [pdbjax.compress(p, "svd", budget=0.12)[1] for p in (params, scaled)]
+    _check_compliance(reports[1], 0.12)
+    assert [r["keep"] for r in reports[0]] == [r["keep"] for r in reports[1]]
+    # both scores, from the fits directly (float32 SVDs of W and 1000 W differ in the last bits)
+    for name in ("edge", "spike"):
+        per_tree = []
+        for tree in (params, scaled):
+            W = np.stack([tree[k]["kernel"] for k in sorted(tree)])
+            lam = np.asarray(pdbjax.eigenvalues(W, dtype=np.float64))
+            scores = bud.component_scores(lam, estimate_fit(lam, A, "pdb"), name)
+            per_tree.append((scores, bud.allocate(scores, [(A, B)] * 3, 0.12).keep))
+        np.testing.assert_allclose(per_tree[0][0], per_tree[1][0], rtol=1e-6)  # measured 2.5e-8
+        np.testing.assert_array_equal(per_tree[0][1], per_tree[1][1])
+
+
+def test_unfitted_leaves_stay_dense_and_count():
+    nan = _pdb(1)
+    nan[3, 4] = np.nan
+    params = {"good": {"kernel": _pdb(0)}, "zero": {"kernel": np.zeros((A, B), np.float32)}, "nan": {"kernel": nan}}
+    new, rep = pdbjax.compress(params, budget=0.6, factored=True, on_error="skip")
+    _check_compliance(rep, 0.6)
+    rows = {r["name"]: r for r in rep}
+    assert rows["zero/kernel"]["status"].startswith("unchanged") and rows["zero/kernel"]["budget_params"] == A * B
+    assert new["zero"]["kernel"] is params["zero"]["kernel"]  # left dense, not stored as full-rank factors
+    assert rows["nan/kernel"]["status"].startswith("skipped") and "budget_params" not in rows["nan/kernel"]
+    np.testing.assert_array_equal(new["nan"]["kernel"], nan)  # skipped at selection: outside the count
+    assert rep.totals["params_before"] == 2 * A * B
+    with pytest.raises(ValueError, match=r"zero/kernel.*at least 0\.5\b"):
+        pdbjax.compress(params, budget=0.4, on_error="skip")
+    # a stacked leaf that also holds compressed matrices stores the unfitted one as exact factors
+    stack = np.stack([_pdb(0), np.zeros((A, B), np.float32)])
+    new, rep = pdbjax.compress({"s": {"kernel": stack}}, budget=0.9, factored=True, layer_axis=0)
+    _check_compliance(rep, 0.9)
+    assert rep[1]["status"].startswith("unchanged") and rep[1]["budget_params"] == B * (A + B)
+    assert isinstance(new["s"]["kernel"], pdbjax.LowRank)
+
+
+# --------------------------------------------------------------------------------------------------
+# CLI
+
+
+def _run(argv: list[str]) -> tuple[int, str, str]:
+    out, err = _io.StringIO(), _io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        rc = main(argv)
+    return rc, out.getvalue(), err.getvalue()
+
+
+def test_cli_budget_writes_factors_within_budget(tmp_path):
+    src, out, report = tmp_path / "w.npz", tmp_path / "c.npz", tmp_path / "r.json"
+    weights = {"params/Dense_0/kernel": _pdb(0), "params/Dense_1/kernel": _pdb(1, N=144, spikes=(90.0,)).T,
+               "params/Dense_0/bias": np.zeros(B, np.float32)}
+    np.savez(src, **weights)
+    rc, stdout, err = _run(["compress", str(src), "-o", str(out), "--budget", "0.25", "--factored", "--json", str(report)])
+    assert rc == 0, err
+    assert "budget 0.25" in stdout
+    saved = dict(np.load(out))
+    dense = A * B + 144 * B
+    stored = sum(saved[f"params/Dense_{i}/kernel/{f}"].size for i in (0, 1) for f in ("a", "b"))
+    assert stored <= math.floor(0.25 * dense)
+    import json
+
+    rows = json.loads(report.read_text())
+    assert stored == sum(r["budget_params"] for r in rows)  # every leaf keeps >= 1: no padding column
+    np.testing.assert_array_equal(saved["params/Dense_0/bias"], weights["params/Dense_0/bias"])
+    for argv, message in (
+        (["--budget", "0"], "invalid budget"),
+        (["--budget", "1.2"], "invalid budget"),
+        (["--budget", "0.5", "--rank", "4"], "either --rank or --budget"),
+        (["--budget", "0.5", "--method", "slr"], "does not store"),
+    ):
+        rc, _, err = _run(["compress", str(src), "-o", str(tmp_path / "x.npz"), *argv])
+        assert rc == 2 and message in err, err
