@@ -26,6 +26,7 @@ $(VENV)/.minilm: $(STAMP)
 	touch $@
 
 test: $(VENV)/.minilm
+	$(PY) -m ruff check pdbjax tests benchmarks
 	$(PY) -m pytest
 
 bench: $(VENV)/.minilm

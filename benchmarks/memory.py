@@ -4,6 +4,8 @@ The checkpoint is ``benchmarks/ww.py``'s (24 x 1024x4096 + 24 x 4096x1024 float1
 403 MB). One cold run fills a fresh compilation cache, then one warm whole-process run per budget:
 wall and CPU seconds and peak RSS (``os.wait4``), against the file size and against a process that only
 imports pdbjax. The CLI memory-maps the file and decomposes each shape group in chunks that fit the budget.
+The checkpoint is generated in a child process and this parent imports neither pdbjax nor JAX: on Linux
+a child's ``ru_maxrss`` includes what it inherited at ``fork``, so a large parent inflates every figure.
 
     python benchmarks/memory.py [--budgets 256M,512M,1G,4G]    # writes benchmarks/results/memory.md
 """
@@ -13,15 +15,14 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from ww import F16_WHERE, make_f16, pdbjax_env, run_process  # noqa: E402
-
-from pdbjax.cli import parse_size  # noqa: E402
+from ww import F16_WHERE, pdbjax_env, run_process  # noqa: E402
 
 
 def main() -> None:
@@ -32,7 +33,10 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         work, cache = Path(tmp), Path(tmp) / "cache"
-        path, names = make_f16(work, "full")
+        code = (f"import sys; sys.path.insert(0, {str(Path(__file__).resolve().parent)!r}); from ww import make_f16; "
+                f"from pathlib import Path; p, names = make_f16(Path({str(work)!r}), 'full'); print(len(names))")
+        n_matrices = int(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
+        path = work / "f16-full.safetensors"
         size = path.stat().st_size
         env = pdbjax_env(cache)
         base = [sys.executable, "-m", "pdbjax", "analyze", str(path), "--where", F16_WHERE, "--quiet", "--no-baselines"]
@@ -49,14 +53,13 @@ def main() -> None:
         f"Machine: {os.uname().machine}, {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}; "
         f"{datetime.datetime.now().isoformat(timespec='seconds')}",
         "",
-        f"File: {size / 1e6:.0f} MB, {len(names)} matrices (24 x 1024x4096, 24 x 4096x1024, float16); `--no-baselines`. "
+        f"File: {size / 1e6:.0f} MB, {n_matrices} matrices (24 x 1024x4096, 24 x 4096x1024, float16); `--no-baselines`. "
         f"A process that only imports pdbjax and runs one op peaks at {floor['peak_rss'] / 2**30:.2f} GiB.",
         "",
         "| --max-memory | wall s | CPU s | peak RSS GiB | peak RSS / file | (peak - import floor) / file |",
         "|---|---|---|---|---|---|",
     ]
     for budget, res in rows:
-        assert parse_size(budget) > 0
         lines.append(f"| {budget} | {res['wall_s']:.1f} | {res['cpu_s']:.1f} | {res['peak_rss'] / 2**30:.2f} | "
                      f"{res['peak_rss'] / size:.2f}x | {(res['peak_rss'] - floor['peak_rss']) / size:.2f}x |")
     text = "\n".join(lines) + "\n"

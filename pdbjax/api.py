@@ -52,8 +52,9 @@ __all__ = ["analyze", "compress", "LowRank", "densify", "DEFAULT_RANK", "RULES"]
 DEFAULT_RANK: Rank = "upper-bulk"
 #: Rules reported in ``rank_kept`` by :func:`analyze`.
 RULES = ("spikes", "upper-bulk")
-#: Default working-memory budget of :func:`analyze` and :func:`compress` (bytes; ``max_memory``).
-DEFAULT_MAX_MEMORY = 1 << 30
+#: Default working-memory budget of :func:`analyze` and :func:`compress` (bytes; ``max_memory``): peak RSS
+#: 1.9x the file for a 400 MB float16 checkpoint at 512 MiB, 2.7x at 1 GiB (benchmarks/results/memory.md).
+DEFAULT_MAX_MEMORY = 512 << 20
 
 
 # --------------------------------------------------------------------------------------------------

@@ -192,7 +192,7 @@ def _add_input_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--max-memory", metavar="SIZE", type=parse_size, default=DEFAULT_MAX_MEMORY,
                    help="working memory for the decompositions, e.g. 512M or 4G: each group of equal-shape "
                         "matrices is read from a memory-mapped .safetensors file and decomposed in chunks "
-                        "that fit (default: 1G)")
+                        "that fit (default: 512M)")
     h = p.add_argument_group("many processes (jax.distributed; see the README, 'Many hosts')")
     h.add_argument("--coordinator", metavar="HOST:PORT", default=None,
                    help="run as one process of a multi-process job: every process runs the same command on the "
