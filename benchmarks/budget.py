@@ -58,9 +58,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import pdbjax  # noqa: E402
-from pdbjax import PDB, d_transform, lambda_plus, outlier_mask, shrink_optimal, shrink_spikes, simulate  # noqa: E402
+from pdbjax import PDB, compilation_cache, d_transform, lambda_plus, outlier_mask, shrink_optimal, shrink_spikes, simulate  # noqa: E402
 from pdbjax.budget import allocate, component_scores  # noqa: E402
-from pdbjax.cli import _enable_compilation_cache  # noqa: E402
 from pdbjax.filter import estimate_fit  # noqa: E402
 from pdbjax.linalg import factors, raw_eigenvalues, spectrum  # noqa: E402
 
@@ -230,7 +229,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", type=int, default=3)
     args = ap.parse_args()
-    _enable_compilation_cache()  # as the CLI does: compiled programs persist across runs
+    compilation_cache.enable()  # as the CLI does: compiled programs persist across runs
     start = time.time()
     runs = []
     for seed in range(args.seeds):

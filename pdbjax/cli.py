@@ -22,6 +22,8 @@ import traceback
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from pdbjax import compilation_cache
+
 __all__ = ["main", "build_parser", "parse_rank", "parse_budget", "JSON_KEYS"]
 
 #: Keys that every object of ``pdbjax analyze --json`` holds (``null`` when not computed, e.g. the
@@ -580,25 +582,6 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 # Entry point
 
 
-def _enable_compilation_cache() -> None:
-    """Persist compiled estimators across runs (each new matrix shape costs ~10 s of CPU to compile).
-
-    Uses ``$JAX_COMPILATION_CACHE_DIR`` when set, else ``~/.cache/pdbjax/jax``; a cache directory that
-    cannot be created only costs the speed-up.
-    """
-    import jax
-
-    path = os.environ.get("JAX_COMPILATION_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "pdbjax", "jax")
-    try:
-        os.makedirs(path, exist_ok=True)
-    except OSError:
-        return
-    jax.config.update("jax_compilation_cache_dir", path)
-    # Keep every program, not only those over JAX's 1 s default: a model's fits compile to ~60 programs
-    # of 0.01-5 s, and recompiling the small ones costs seconds per run.
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-
-
 #: Errors that are the user's (bad input, refused paths, a missing optional package): exit status 2.
 _USER_ERRORS = (CLIError, OSError, ValueError, ImportError)
 _MAX_MESSAGE = 500
@@ -633,7 +616,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command is None:
             parser.print_help(sys.stderr)
             return 2
-        _enable_compilation_cache()
+        compilation_cache.enable()
         _Status.quiet = bool(getattr(args, "quiet", False))
         _start_processes(args)
         run: Callable[[argparse.Namespace], int] = args.run

@@ -1,0 +1,35 @@
+"""JAX's persistent compilation cache, as the CLI, the test suite and the benchmarks set it up.
+
+A model's fits compile to about 60 XLA programs of 0.01-5 s each (``benchmarks/results/compiles.md``);
+with the cache a second process loads them instead of compiling (it still traces and lowers them).
+"""
+
+from __future__ import annotations
+
+import os
+
+__all__ = ["cache_dir", "enable"]
+
+
+def cache_dir() -> str:
+    """``$JAX_COMPILATION_CACHE_DIR`` when set, else ``~/.cache/pdbjax/jax``."""
+    return os.environ.get("JAX_COMPILATION_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "pdbjax", "jax")
+
+
+def enable(min_compile_time_s: float = 0.0) -> str | None:
+    """Persist every compiled program taking at least ``min_compile_time_s`` (JAX's default is 1 s, which
+    leaves most of the fits' small programs to be recompiled in every process) in :func:`cache_dir`.
+
+    Returns the directory, or None when it cannot be created (a read-only home): that only costs the
+    speed-up.
+    """
+    import jax
+
+    path = cache_dir()
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError:
+        return None
+    jax.config.update("jax_compilation_cache_dir", path)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", float(min_compile_time_s))
+    return path
