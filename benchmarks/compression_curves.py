@@ -197,7 +197,7 @@ def measure_run(name: str, noise: float, fractions: tuple[float, ...], methods: 
     from flax import nnx
 
     import pdbjax
-    from pdbjax.train import accuracy_with_state, replace_arrays
+    from pdbjax.experiments.train import accuracy_with_state, replace_arrays
 
     t_start = time.perf_counter()
     library = library_version()

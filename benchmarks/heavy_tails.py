@@ -16,7 +16,7 @@ Corpus of eigenvalue spectra ``lambda = s^2`` (no 1/N), three classes:
   ``t`` in [0.5, 1], variance ratio up to 200, minority or majority high-variance bulk, 0-15 spikes up
   to 3000 times the bulk variance), the adversarial part of the class.
 * ``real``: the 36 MiniLM-L6 encoder matrices (:func:`pdbjax.io.minilm_path`), the hidden kernels of
-  three Glorot-initialised :class:`pdbjax.models.FCNN`, and every trained checkpoint found in
+  three Glorot-initialised :class:`pdbjax.experiments.models.FCNN`, and every trained checkpoint found in
   ``benchmarks/checkpoints/*.npz`` (2-D ``kernel`` arrays, convolutions as ``(kh*kw*in, out)``, with
   ``p = min(a, b) >= 64``).
 
@@ -75,7 +75,7 @@ from flax import nnx  # noqa: E402
 import pdbjax.io  # noqa: E402
 from pdbjax._atomic import atomic_write_text  # noqa: E402
 from pdbjax.estimate import fit_pdb  # noqa: E402
-from pdbjax.models import FCNN  # noqa: E402
+from pdbjax.experiments.models import FCNN  # noqa: E402
 from pdbjax.quality import HEAVY_TAIL_KS, HEAVY_TAIL_SLOPE, fit_quality, heavy_tailed, tail_slope  # noqa: E402
 from pdbjax.simulate import simulate  # noqa: E402
 from pdbjax.spectral import PDB, moments  # noqa: E402

@@ -69,7 +69,7 @@ from common import (  # also puts the repo root on sys.path when pdbjax is not i
 
 import pdbjax  # noqa: E402
 import pdbjax.io  # noqa: E402
-from pdbjax.train import load_checkpoint  # noqa: E402
+from pdbjax.experiments.train import load_checkpoint  # noqa: E402
 
 METHODS = ("bema", "kernel", "pdb")  # table order, as in the paper
 METHOD_LABEL = {"bema": "PUB-BEMA", "kernel": "PUB-Kernel", "pdb": "PDB-PDBLS", "empirical": "empirical (bulk)"}

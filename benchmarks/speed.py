@@ -99,7 +99,7 @@ def fcnn_workload() -> tuple[Any, dict, str]:
     """The trained fcnn-fmnist (noise 0.0) model, or a fresh FCNN; only its three hidden kernels."""
     from common import build_model, checkpoint_path, get_experiment, read_record, settings_of
 
-    from pdbjax.train import load_checkpoint
+    from pdbjax.experiments.train import load_checkpoint
 
     experiment = get_experiment("fcnn-fmnist")
     path = checkpoint_path("fcnn-fmnist", 0.0)

@@ -58,7 +58,7 @@ from common import (
 )
 from flax import nnx
 
-from pdbjax.train import TrainConfig, evaluate, save_checkpoint, train  # noqa: E402  (after common)
+from pdbjax.experiments.train import TrainConfig, evaluate, save_checkpoint, train  # noqa: E402  (after common)
 
 SUMMARY_PATH = RESULTS_DIR / "train_summary.md"
 

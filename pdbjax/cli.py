@@ -572,7 +572,7 @@ def _totals_line(totals: dict[str, Any], factored: bool) -> str:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from pdbjax.demo import run_demo
+    from pdbjax.experiments.demo import run_demo
 
     run_demo(args.out, quick=args.quick, epochs=args.epochs)
     return 0

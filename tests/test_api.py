@@ -16,7 +16,7 @@ import pytest
 from flax import linen, nnx
 
 import pdbjax
-from pdbjax.models import FCNN
+from pdbjax.experiments.models import FCNN
 
 A, B = 96, 48  # one matrix shape shared by most tests, so the estimators compile once
 

@@ -23,9 +23,9 @@ from flax import nnx
 import pdbjax
 from pdbjax import budget as bud
 from pdbjax.cli import main
+from pdbjax.experiments.models import FCNN
 from pdbjax.filter import estimate_fit, filter_matrix
 from pdbjax.fits import PUBFit
-from pdbjax.models import FCNN
 
 A, B = 96, 48  # p = 48 everywhere below (with N = 96 or 144), so the PDB fit compiles once
 

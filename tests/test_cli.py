@@ -325,13 +325,13 @@ def test_parse_rank():
 
 def test_demo_simulated_part_and_missing_digits(tmp_path, monkeypatch):
     """run_demo's step (a) on small matrices; step (b) explains how to get the digits when they are missing."""
-    import pdbjax.data
-    from pdbjax.demo import run_demo
+    import pdbjax.experiments.data
+    from pdbjax.experiments.demo import run_demo
 
     def no_digits(*args, **kwargs):
-        raise pdbjax.data.DatasetNotFoundError("mnist (train) not found")
+        raise pdbjax.experiments.data.DatasetNotFoundError("mnist (train) not found")
 
-    monkeypatch.setattr(pdbjax.data, "load_mnist", no_digits)
+    monkeypatch.setattr(pdbjax.experiments.data, "load_mnist", no_digits)
     lines: list[str] = []
     layers = (("a", 200, 100, (0.7, 1.0, 4.0), (30.0,)), ("b", 200, 100, (0.6, 0.5, 3.0), (20.0, 40.0)))
     result = run_demo(tmp_path / "demo", quick=True, log=lines.append, layers=layers)
@@ -347,10 +347,10 @@ def test_demo_simulated_part_and_missing_digits(tmp_path, monkeypatch):
 
 
 def test_demo_command_wiring(monkeypatch, tmp_path):
-    import pdbjax.demo
+    import pdbjax.experiments.demo
 
     calls = []
-    monkeypatch.setattr(pdbjax.demo, "run_demo", lambda out, **kw: calls.append((out, kw)))
+    monkeypatch.setattr(pdbjax.experiments.demo, "run_demo", lambda out, **kw: calls.append((out, kw)))
     assert _run(["demo", "--out", str(tmp_path), "--quick", "--epochs", "2"])[0] == 0
     assert _run(["demo"])[0] == 0
     assert calls == [(str(tmp_path), {"quick": True, "epochs": 2}), ("out/demo", {"quick": False, "epochs": None})]

@@ -1,4 +1,4 @@
-"""Tests for pdbjax.data on tiny generated files; no network, no system datasets."""
+"""Tests for pdbjax.experiments.data on tiny generated files; no network, no system datasets."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pdbjax import data
+from pdbjax.experiments import data
 
 
 @pytest.fixture(autouse=True)

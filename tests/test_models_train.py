@@ -1,4 +1,4 @@
-"""Fast checks of the networks (pdbjax.models) and the training recipe (pdbjax.train)."""
+"""Fast checks of the networks (pdbjax.experiments.models) and the training recipe (pdbjax.experiments.train)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from pdbjax.models import FCNN, VGG16, ResNet18, kernel_paths
-from pdbjax.train import (
+from pdbjax.experiments.models import FCNN, VGG16, ResNet18, kernel_paths
+from pdbjax.experiments.train import (
     TrainConfig,
     _count_correct,
     accuracy_with_state,
@@ -196,7 +196,7 @@ def test_checkpoint_round_trip(convnets: dict, tmp_path) -> None:
 
 def test_demo_selects_the_hidden_kernels_by_their_plain_names(full_fcnn: FCNN) -> None:
     """The demo's selection (and the benchmarks') must name leaves as pdbjax does: ``layers/0/kernel``."""
-    from pdbjax.demo import hidden_where
+    from pdbjax.experiments.demo import hidden_where
     from pdbjax.tree import select
 
     names = [s.name for s in select(full_fcnn, hidden_where(full_fcnn))]

