@@ -53,7 +53,7 @@ DEFAULT_RANK: Rank = "upper-bulk"
 #: Rules reported in ``rank_kept`` by :func:`analyze`.
 RULES = ("spikes", "upper-bulk")
 #: Default working-memory budget of :func:`analyze` and :func:`compress` (bytes; ``max_memory``): peak RSS
-#: 1.9x the file for a 400 MB float16 checkpoint at 512 MiB, 2.7x at 1 GiB (benchmarks/results/memory.md).
+#: 1.91x the file for a 400 MB float16 checkpoint at 512 MiB, 2.66x at 1 GiB, 1.40x at 256 MiB (benchmarks/results/memory.md).
 DEFAULT_MAX_MEMORY = 512 << 20
 
 
