@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import os
 
-__all__ = ["cache_dir", "enable"]
+__all__ = ["MAX_BYTES", "cache_dir", "enable"]
+
+#: Size limit of the cache directory (least recently used entries are evicted beyond it).
+MAX_BYTES = 4 << 30
 
 
 def cache_dir() -> str:
@@ -32,4 +35,8 @@ def enable(min_compile_time_s: float = 0.0) -> str | None:
         return None
     jax.config.update("jax_compilation_cache_dir", path)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", float(min_compile_time_s))
+    # A size limit makes JAX's cache take a file lock around every read and write: without it, a
+    # process reading an entry that another process is still writing can crash deserialising it
+    # (seen with two pdbjax processes on one cache). Least recently used entries go beyond MAX_BYTES.
+    jax.config.update("jax_compilation_cache_max_size", MAX_BYTES)
     return path
