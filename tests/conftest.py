@@ -1,8 +1,14 @@
-"""Test-session setup.
+"""Test-session setup: no persistent compilation cache in the test process.
 
-The suite does not use JAX's persistent compilation cache in its own process: serialising some of the
-gradient programs of ``tests/test_spectral.py`` aborted inside XLA (``executable.serialize()``, twice, on
-a loaded machine, where their compile time crossed the cache's threshold), and a fresh CI machine gains
-little from a cache that starts empty. Subprocesses that run the CLI use the CLI's cache
-(:mod:`pdbjax.compilation_cache`).
+Serialising some of the gradient programs of ``tests/test_spectral.py`` for JAX's persistent cache crashed
+inside XLA (``executable.serialize()``: an abort and a segmentation fault, on a loaded machine where their
+compile time crossed the cache's threshold), and a fresh CI machine gains little from a cache that starts
+empty. So the cache is switched off here, even when ``$JAX_COMPILATION_CACHE_DIR`` is set. Subprocesses
+that run the CLI use the CLI's cache (:mod:`pdbjax.compilation_cache`).
 """
+
+from __future__ import annotations
+
+import jax
+
+jax.config.update("jax_enable_compilation_cache", False)
