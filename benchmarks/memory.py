@@ -64,6 +64,7 @@ def main() -> None:
                      f"{res['peak_rss'] / size:.2f}x | {(res['peak_rss'] - floor['peak_rss']) / size:.2f}x |")
     text = "\n".join(lines) + "\n"
     print(text)
+    # Not pdbjax._atomic: importing pdbjax would put JAX into this parent, whose size every child inherits.
     out = Path(__file__).resolve().parent / "results" / "memory.md"
     tmp_out = out.with_suffix(".md.tmp")
     tmp_out.write_text(text)

@@ -23,6 +23,7 @@ import jax
 import numpy as np
 
 from pdbjax import PDB, d_transform, filter_matrix, lambda_plus, simulate
+from pdbjax._atomic import atomic_write_text
 
 N, P = 1000, 500
 POP = PDB(0.5, 1.0, 6.0)
@@ -72,10 +73,7 @@ def main() -> None:
         lines.append(f"| {case[0]} | {case[1]} | {e.mean():.4f} +- {e.std(ddof=1) / np.sqrt(len(e)):.4f} | {keeps[case]} |")
     text = "\n".join(lines) + "\n"
     print(text)
-    out = Path(__file__).resolve().parent / "results" / "shrink.md"
-    tmp = out.with_suffix(".md.tmp")
-    tmp.write_text(text)
-    tmp.replace(out)
+    atomic_write_text(Path(__file__).resolve().parent / "results" / "shrink.md", text)
 
 
 if __name__ == "__main__":
