@@ -26,7 +26,7 @@ LayerNorms and biases (about 12.1 M of MiniLM's 22.7 M parameters) are never tou
 
 Settings (``--quick`` runs the ones marked q):
 
-* ``pdb upper-bulk`` (q): ``compress(state, "pdb", where=COMPRESSIBLE)``, the library default
+* ``pdb upper-bulk`` (q): ``compress(state, COMPRESSIBLE)``, the library default
   (rank rule ``"upper-bulk"``, spike shrinkage);
 * ``pdb spikes``, ``pdb spikes + optimal`` (shrink ``"optimal"``), ``pub-bema spikes``,
   ``pub-kernel spikes``: the other rules and estimators;
@@ -36,7 +36,7 @@ Settings (``--quick`` runs the ones marked q):
 * ``svd uniform k=...`` for target shares ``s`` in 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 0.9 (q: 0.1, 0.3) and
   at the kept share of each ``pdb`` row with spike shrinkage (q: the default's); the label gives the
   rank ``k`` every matrix keeps, the table the share it stores:
-  ``compress(state, "svd", rank=f)`` with one removed fraction ``f = 1 - 2 s / 3`` for all 36
+  ``compress(state, method="svd", rank=f)`` with one removed fraction ``f = 1 - 2 s / 3`` for all 36
   matrices (every matrix then keeps ``k = round(256 s)`` of its 384 singular values, and
   ``k (m + n)`` summed over the 36 shapes is ``k * 41472 = s * 10,616,832``);
 * ``pdb budget b`` with shrink ``"none"`` and ``"optimal"``, ``b`` in the same five shares, **only if**
@@ -183,7 +183,7 @@ def run(n_sentences: int, quick: bool) -> dict[str, Any]:
 
     def compressed(method: str, **kw: Any) -> tuple[nnx.State, dict[str, int], int, float]:
         t = time.perf_counter()
-        new, report = pdbjax.compress(state, method, where=minilm.COMPRESSIBLE, **kw)
+        new, report = pdbjax.compress(state, minilm.COMPRESSIBLE, method=method, **kw)
         keep, unchanged = keeps_of(report)
         share = report.totals["lowrank_compression_ratio"]
         assert abs(share - kept_share(keep, shapes)) < 1e-12, (share, kept_share(keep, shapes))
@@ -333,7 +333,7 @@ def markdown(data: dict[str, Any]) -> str:
         ("* `svd @ pdb ... ranks`: each matrix truncated (no shrinkage) to the keep count the PDB rule chose "
         "for it, so it stores exactly what the PDB row it is named after stores; the only difference is PDB's "
         "shrinkage of the kept singular values."),
-        ("* `svd uniform k`: `compress(state, \"svd\", rank=1 - 2s/3)` for a target share s: every matrix keeps "
+        ("* `svd uniform k`: `compress(state, method=\"svd\", rank=1 - 2s/3)` for a target share s: every matrix keeps "
         "the same k = round(256 s) of its 384 singular values (above k = 192 the 384 x 384 matrices count densely)."),
         ("* `only Q/K`, `only V/O`, `only FFN`: the default's (or its SVD twin's) compressed matrices in that "
         "group only, the other matrices dense; kept share still over all 36."),
@@ -342,7 +342,7 @@ def markdown(data: dict[str, Any]) -> str:
     if data["budget_error"]:
         lines.append(f"* **Budget rows incomplete**: `compress(..., budget=)` failed: `{data['budget_error']}`.")
     if data["budget_available"]:
-        lines.append("* `pdb budget b`: `compress(state, \"pdb\", budget=b, shrink=...)` "
+        lines.append("* `pdb budget b`: `compress(state, budget=b, shrink=...)` "
                      "(pdbjax.compress accepted `budget=` when this ran). Its kept share is the allocation "
                      "(`keep` of the report). With shrink `optimal` every component at or below the bulk edge "
                      "becomes 0, so whatever the budget only the spikes survive: those rows store less than "

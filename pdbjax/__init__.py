@@ -7,9 +7,10 @@ the spectral core (:mod:`pdbjax.spectral`), the PDBLS estimator and the PUB base
 """
 
 from pdbjax.api import DEFAULT_RANK, LowRank, analyze, compress, densify
-from pdbjax.estimate import eigenvalues, fit_pdb, screen, spike_count
+from pdbjax.estimate import eigenvalues, fit_pdb, spike_count
 from pdbjax.filter import FilterInfo, filter_matrix, keep_count, outlier_mask, shrink_spikes
 from pdbjax.fits import PDBFit, PUBFit, Reason, reason_text
+from pdbjax.inputs import screen
 from pdbjax.pub import fit_pub
 from pdbjax.quality import Quality, fit_quality
 from pdbjax.report import Report

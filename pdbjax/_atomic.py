@@ -13,7 +13,20 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-__all__ = ["atomic_write", "atomic_write_bytes", "atomic_write_text"]
+__all__ = ["atomic_write", "atomic_write_bytes", "atomic_write_text", "check_destination"]
+
+
+def check_destination(path: Path, overwrite: bool) -> None:
+    """Raise before any work is done unless ``path`` may be written.
+
+    Raises:
+      FileExistsError: ``path`` exists and ``overwrite`` is False.
+      FileNotFoundError: the parent directory of ``path`` does not exist.
+    """
+    if os.path.lexists(path) and not overwrite:
+        raise FileExistsError(f"{path} already exists (pass overwrite=True to replace it)")
+    if not path.parent.is_dir():
+        raise FileNotFoundError(f"parent directory of {path} does not exist")
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], payload: bytes, *, overwrite: bool = True) -> Path:

@@ -29,11 +29,12 @@ import numpy as np
 from pdbjax.budget import Allocation, allocate, check_budget, component_scores
 from pdbjax.estimate import Mode
 from pdbjax.filter import (
+    METHODS,
     FilterInfo,
     Rank,
     Shrink,
     estimate_fit,
-    filter_with_fit,
+    filter_matrix,
     keep_counts,
     needs_fit,
     normalised_fit,
@@ -41,7 +42,8 @@ from pdbjax.filter import (
     resolve_shrink,
 )
 from pdbjax.fits import reason_text
-from pdbjax.linalg import Precision, Spectrum, check_precision, raw_eigenvalues, scope, spectrum
+from pdbjax.linalg import Spectrum, raw_eigenvalues, spectrum
+from pdbjax.precision import Precision, check_precision, float64, scope
 from pdbjax.quality import fit_quality, heavy_tailed, tail_slope
 from pdbjax.report import Report, to_jsonable
 from pdbjax.tree import LayerAxis, Selected, Where, from_matrices, map_groups, path_name, replace, select, to_matrices
@@ -75,7 +77,7 @@ def _analyze_rows(spec: Spectrum, N: np.ndarray, mode: Mode, baselines: bool) ->
     if baselines:
         for method in ("bema", "kernel"):
             out[method] = fits[f"pub-{method}"] = estimate_fit(lam, N, f"pub-{method}")
-    with jax.enable_x64(True):
+    with float64():
         lam64 = jnp.asarray(lam, jnp.float64)
         for name in ("pdb", "bema", "kernel") if baselines else ("pdb",):
             out[f"q_{name}"] = jax.tree_util.tree_map(np.asarray, fit_quality(lam64, N, out[name]))
@@ -267,7 +269,7 @@ def densify(params: Any, like: Any) -> Any:
 
 def _compress_stack(mats: jax.Array, fit: Any, method: str, rank: Rank, shrink: Shrink, factored: bool, mode: Mode,
                     slr: tuple[float, float], precision: Precision):
-    out, info, fit = filter_with_fit(
+    out, info = filter_matrix(
         mats, method, rank, fit=fit, shrink=shrink, factored=factored, slr_sr=slr[0], slr_rr=slr[1], mode=mode,
         precision=precision,
     )
@@ -276,9 +278,9 @@ def _compress_stack(mats: jax.Array, fit: Any, method: str, rank: Rank, shrink: 
 
 def compress(
     params: Any,
-    method: str = "pdb",
     where: Where | None = None,
     *,
+    method: str = "pdb",
     rank: Rank | None = None,
     budget: float | None = None,
     shrink: Shrink | None = None,
@@ -298,8 +300,10 @@ def compress(
 
     Args:
       params: a param pytree, NNX ``State`` or ``Module`` (never modified).
-      method: ``"pdb"`` (Algorithm 2), ``"pub-bema"``, ``"pub-kernel"``, ``"svd"`` or ``"slr"``.
       where: leaf selection as in :func:`analyze`.
+      method: ``"pdb"`` (Algorithm 2), ``"pub-bema"``, ``"pub-kernel"``, ``"svd"`` or ``"slr"``
+        (keyword-only, as every option after ``where``, the order of :func:`analyze`; a method name passed
+        as ``where`` is a ``TypeError`` that says so).
       rank: ``int`` rank, ``float`` removed fraction, or a rule ``"spikes"`` / ``"upper-bulk"``
         (``None``: :data:`DEFAULT_RANK`, unless ``budget`` is given).
       budget: a fraction ``f`` in ``(0, 1]``: instead of a rank, the selected matrices stored as factors
@@ -344,6 +348,9 @@ def compress(
       pad the others) and a leaf that keeps nothing stores one zero column (Orbax cannot store empty
       arrays); neither padding is counted.
     """
+    if isinstance(where, str) and where in METHODS:
+        raise TypeError(f"compress(params, {where!r}) passes {where!r} as where=; the method is keyword-only: "
+                        f"compress(params, method={where!r})")
     shrink = resolve_shrink(method, shrink)
     precision = check_precision(precision)
     if budget is not None:

@@ -61,11 +61,11 @@ import numbers
 from fractions import Fraction
 from typing import Literal, NamedTuple, Sequence, Union
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
 from pdbjax.fits import PDBFit, PUBFit
+from pdbjax.precision import float64
 from pdbjax.spectral import PDB, critical_points, spike_inverse
 
 __all__ = ["Allocation", "check_budget", "component_scores", "greedy", "allocate", "SCORES"]
@@ -107,7 +107,7 @@ def check_budget(budget: float) -> float:
     return value
 
 
-def component_scores(lam: np.ndarray, fit: Fit, score: Score = "edge") -> np.ndarray:
+def component_scores(eigs: np.ndarray, fit: Fit, score: Score = "edge") -> np.ndarray:
     r"""Score of every component: how far it stands above its own matrix's noise edge (module docstring).
 
     ``"edge"``: ``lambda_j / lambda_+``. ``"spike"``: ``alpha_j / alpha_max`` for ``lambda_j > lambda_+``
@@ -117,31 +117,31 @@ def component_scores(lam: np.ndarray, fit: Fit, score: Score = "edge") -> np.nda
     the fit rescaled alike, and ``> 1`` exactly above the edge.
 
     Args:
-      lam: eigenvalues ``s^2`` ``(..., p)`` in the units of ``fit`` (e.g.
+      eigs: eigenvalues ``s^2`` ``(..., p)`` in the units of ``fit`` (e.g.
         :func:`pdbjax.linalg.raw_eigenvalues`); NaN entries (padding, non-finite matrices) stay NaN.
-      fit: a :class:`~pdbjax.fits.PDBFit` or :class:`~pdbjax.fits.PUBFit` with batch shape ``lam.shape[:-1]``.
+      fit: a :class:`~pdbjax.fits.PDBFit` or :class:`~pdbjax.fits.PUBFit` with batch shape ``eigs.shape[:-1]``.
       score: ``"edge"`` or ``"spike"``.
 
     Returns:
-      float64 scores of the shape of ``lam``; NaN for rows whose fit is not ok.
+      float64 scores of the shape of ``eigs``; NaN for rows whose fit is not ok.
     """
     if score not in SCORES:
         raise ValueError(f"score must be one of {SCORES}; got {score!r}")
-    lam = np.asarray(lam, np.float64)
+    eigs = np.asarray(eigs, np.float64)
     ok = np.asarray(fit.ok, bool)[..., None]
     edge = np.asarray(fit.lambda_plus, np.float64)[..., None]
     safe_edge = np.where(ok & (edge > 0), edge, 1.0)
-    rho = np.where(ok & (edge > 0), lam / safe_edge, np.nan)
+    rho = np.where(ok & (edge > 0), eigs / safe_edge, np.nan)
     if score == "edge":
         return rho
-    with jax.enable_x64(True):
+    with float64():
         pop = [np.asarray(v, np.float64) for v in fit.population]
         good = np.asarray(fit.ok, bool)
         pop = PDB(*(np.where(good, v, 1.0) for v in pop))  # a valid stand-in where the fit is not ok
         c = np.where(good, np.asarray(fit.c, np.float64), 0.5)
         a_max = np.asarray(jnp.nanmax(critical_points(pop, c), axis=-1))[..., None]
         above = rho > 1
-        probe = np.where(above, lam, 2 * safe_edge)  # a valid point above the edge where no spike is asked for
+        probe = np.where(above, eigs, 2 * safe_edge)  # a valid point above the edge where no spike is asked for
         alpha = np.asarray(spike_inverse(probe, PDB(*(v[..., None] for v in pop)), c[..., None]))
     return np.where(above, alpha / a_max, rho)
 

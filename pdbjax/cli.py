@@ -84,15 +84,15 @@ def parse_rank(text: str) -> int | float | str:
 
 
 def parse_budget(text: str) -> float:
-    """``--budget`` value: a fraction in ``(0, 1]`` of the selected matrices' dense parameter count."""
+    """``--budget`` value: a fraction in ``(0, 1]`` of the selected matrices' dense parameter count
+    (:func:`pdbjax.budget.check_budget`, the library's own check)."""
+    from pdbjax.budget import check_budget
+
     try:
-        value = float(text)
+        return check_budget(float(text))
     except ValueError:
-        value = float("nan")
-    if not 0.0 < value <= 1.0:
         raise argparse.ArgumentTypeError(f"invalid budget {text!r}: expected a fraction in (0, 1] of the dense "
-                                         "parameter count, e.g. 0.25")
-    return value
+                                         "parameter count, e.g. 0.25") from None
 
 
 def _regex(text: str) -> str:
@@ -526,7 +526,7 @@ def _cmd_compress(args: argparse.Namespace) -> int:
     how = f"budget={args.budget}" if args.budget is not None else f"rank={rank}"
     _progress(f"compressing with method={args.method}, {how} ...")
     try:
-        new_params, report = compress(params, args.method, rank=rank, budget=args.budget, shrink=args.shrink,
+        new_params, report = compress(params, method=args.method, rank=rank, budget=args.budget, shrink=args.shrink,
                                       factored=args.factored, mode=args.mode,
                                       slr_sr=args.slr_sr, slr_rr=args.slr_rr, on_error=args.on_error,
                                       progress=_Status.bar("compress"), max_memory=args.max_memory,

@@ -126,12 +126,12 @@ def analyze(params: Any, where: Where | None = None, **options: Any) -> Report:
     """
     if jax.process_count() == 1:
         return api.analyze(params, where, **options)
-    sels, owner = _plan(api.analyze, params, where, options, {})
+    sels, owner = _plan(api.analyze, params, where, options)
     rows = _run_share(sels, owner, lambda pick: (api.analyze(params, pick, **options), None))[0]
     return Report([row for sel in sels for row in rows[sel.name]])
 
 
-def compress(params: Any, method: str = "pdb", where: Where | None = None, **options: Any) -> tuple[Any, Report]:
+def compress(params: Any, where: Where | None = None, **options: Any) -> tuple[Any, Report]:
     """:func:`pdbjax.compress` with the matrices shared among the processes of a ``jax.distributed`` job.
 
     Takes exactly the arguments of :func:`pdbjax.compress`; ``progress`` reports this process's share.
@@ -139,12 +139,12 @@ def compress(params: Any, method: str = "pdb", where: Where | None = None, **opt
     compressed leaf is broadcast from the process that computed it (module docstring).
     """
     if jax.process_count() == 1:
-        return api.compress(params, method, where, **options)
-    sels, owner = _plan(api.compress, params, where, options, {"method": method})
+        return api.compress(params, where, **options)
+    sels, owner = _plan(api.compress, params, where, options)
     factored = bool(options.get("factored", False))
 
     def share(pick):
-        new_params, report = api.compress(params, method, pick, **options)
+        new_params, report = api.compress(params, pick, **options)
         return report, _named_nodes(new_params, {s.name for s in sels if s.ok and owner[s.name] == jax.process_index()})
 
     rows, specs, nodes = _run_share(sels, owner, share)
@@ -162,9 +162,9 @@ def compress(params: Any, method: str = "pdb", where: Where | None = None, **opt
 # Planning: the same selection and assignment on every process
 
 
-def _plan(fn: Callable, params: Any, where: Where | None, options: dict, extra: dict) -> tuple[list[Selected], dict[str, int]]:
+def _plan(fn: Callable, params: Any, where: Where | None, options: dict) -> tuple[list[Selected], dict[str, int]]:
     """Select as ``fn`` would, check that every process agrees, and assign the leaves to processes."""
-    bound = inspect.signature(fn).bind(params, where=where, **extra, **options)  # TypeError on an unknown option
+    bound = inspect.signature(fn).bind(params, where=where, **options)  # TypeError on an unknown option
     bound.apply_defaults()
     args = bound.arguments
     sels = select(params, where, conv_reshape=args["conv_reshape"], layer_axis=args["layer_axis"],

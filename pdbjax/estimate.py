@@ -1,11 +1,7 @@
 r"""Estimation of the PDB model from the eigenvalues of weight matrices (Algorithm 1, PDBLS).
 
-Input convention, shared by every estimator in pdbjax: ``eigs`` holds the eigenvalues of ``W^T W``
-(squared singular values, no ``1/N``) sorted in DESCENDING order on the last axis, shape
-``(..., p)`` with any leading batch axes; ``N`` is the larger matrix dimension: a Python int, or an
-integer array broadcasting to the batch shape (one ``N`` per spectrum). ``N`` is passed to the compiled
-estimators as data, so spectra of one length ``p`` from matrices of different ``N`` share one batched
-call and one compilation.
+Input: descending eigenvalues of ``W^T W`` and the larger dimension ``N`` (an int or one per spectrum),
+the convention of every estimator (:mod:`pdbjax.inputs`).
 
 Two modes:
 
@@ -41,12 +37,14 @@ import numpy as np
 from jax import lax
 
 from pdbjax._validate import is_traced
-from pdbjax.fits import PDBFit, Reason
-from pdbjax.linalg import check_precision, raw_eigenvalues, spectrum
+from pdbjax.fits import PDBFit, Reason, demote, fit_result
+from pdbjax.inputs import check_eigs, median, placeholder, screen, screen_rtol
+from pdbjax.linalg import raw_eigenvalues, spectrum
 from pdbjax.lsq import least_squares_box
-from pdbjax.spectral import PDB, critical_points, edges
+from pdbjax.precision import as_work, check_precision, float64, work_dtype
+from pdbjax.spectral import PDB, critical_points, edges, silverstein_z
 
-__all__ = ["eigenvalues", "spike_count", "fit_pdb", "screen"]
+__all__ = ["eigenvalues", "spike_count", "fit_pdb"]
 
 Mode = Literal["scaled", "reference"]
 Array = jax.Array
@@ -103,20 +101,14 @@ def eigenvalues(W: jax.typing.ArrayLike, *, dtype=None, method: Literal["gram", 
         if is_traced(lam):
             return lam
         if check_precision(precision) == "float64":
-            with jax.enable_x64(True):
+            with float64():
                 return jnp.asarray(lam, jnp.float64)
         return jnp.asarray(lam, jnp.float32)
     if dtype is not None and jnp.dtype(dtype) == jnp.float64 and not is_traced(W):
-        with jax.enable_x64(True):
+        with float64():
             return _gram_eigenvalues(jnp.asarray(W, jnp.float64))
-    work = _work_dtype(W.dtype) if dtype is None else jnp.dtype(dtype)
+    work = work_dtype(W.dtype) if dtype is None else jnp.dtype(dtype)
     return _gram_eigenvalues(W.astype(work))
-
-
-def _work_dtype(dtype) -> jnp.dtype:
-    """float32 for half precision and integer inputs, the input dtype otherwise."""
-    dtype = jnp.dtype(dtype)
-    return dtype if dtype in (jnp.float32, jnp.float64) else jnp.dtype(jnp.float32)
 
 
 @jax.jit
@@ -125,47 +117,6 @@ def _gram_eigenvalues(W: Array) -> Array:
     gram = jnp.swapaxes(W, -1, -2) @ W if b <= a else W @ jnp.swapaxes(W, -1, -2)
     lam = jnp.linalg.eigh(gram)[0][..., ::-1]
     return jnp.maximum(lam, 0.0)
-
-
-# --------------------------------------------------------------------------------------------------
-# Screening of degenerate spectra
-
-
-def screen(eigs: Array, rtol: float | None = None) -> Array:
-    """Status code (:class:`Reason`) of each eigenvalue vector before fitting (int32, batched).
-
-    NaN/Inf -> ``NON_FINITE``; an eigenvalue below ``-rtol * max |lambda|`` -> ``NEGATIVE`` (tiny
-    negative rounding values are tolerated); all zero -> ``ALL_ZERO``; ``p < 8`` -> ``TOO_SMALL``; more
-    than 5% of the eigenvalues below ``rtol * lambda_1`` (rank deficient) or a zero median ->
-    ``NO_BULK``. ``rtol`` defaults to ``100 eps`` of ``eigs``' dtype; the estimators pass the value of
-    the caller's dtype, so a float32 spectrum is judged alike whether it is fitted in float32 or float64.
-    """
-    p = eigs.shape[-1]
-    rtol = _screen_rtol(eigs.dtype) if rtol is None else rtol
-    finite = jnp.all(jnp.isfinite(eigs), axis=-1)
-    clean = jnp.where(jnp.isfinite(eigs), eigs, 0.0)
-    top = jnp.max(clean, axis=-1)
-    negative = jnp.any(clean < -rtol * jnp.max(jnp.abs(clean), axis=-1, keepdims=True), axis=-1)
-    tiny = rtol * top[..., None]
-    n_zero = jnp.sum(eigs <= tiny, axis=-1)
-    median = clean[..., p // 2]  # eigs are descending
-    code = jnp.select(
-        [~finite, negative, top <= 0, jnp.full_like(finite, p < 8), (n_zero > 0.05 * p) | (median <= tiny[..., 0])],
-        [Reason.NON_FINITE, Reason.NEGATIVE, Reason.ALL_ZERO, Reason.TOO_SMALL, Reason.NO_BULK],
-        Reason.OK,
-    )
-    return code.astype(jnp.int32)
-
-
-def _screen_rtol(dtype) -> float:
-    return float(100 * jnp.finfo(_work_dtype(dtype)).eps)
-
-
-def _placeholder(eigs: Array, code: Array) -> Array:
-    """Replace unusable spectra by a harmless one so that a batch computes finite values everywhere."""
-    p = eigs.shape[-1]
-    dummy = jnp.linspace(2.0, 1.0, p, dtype=eigs.dtype)
-    return jnp.where((code == Reason.OK)[..., None], eigs, dummy)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -209,10 +160,6 @@ def _spike_count_one(lam: Array, N: Array, window: Array) -> Array:
     return jnp.maximum(searched(eda), searched(edb)).astype(jnp.int32) + 1
 
 
-def _median_scale(eigs: Array) -> Array:
-    return eigs[..., eigs.shape[-1] // 2]
-
-
 def spike_count(eigs: jax.typing.ArrayLike, N: int | np.ndarray, *, mode: Mode = "scaled") -> Array:
     r"""Initial spike count ``K0`` by the EDA/EDB criteria (spec section 6, step 1), batched.
 
@@ -224,10 +171,10 @@ def spike_count(eigs: jax.typing.ArrayLike, N: int | np.ndarray, *, mode: Mode =
     Unusable spectra (see :func:`screen`) give ``K0 = 0``.
     """
     eigs = jnp.asarray(eigs)
-    _check_eigs(eigs, N)
+    check_eigs(eigs, N)
     _check_mode(mode)
     n, window = _rows(eigs, N)
-    return _spike_count_batched(_work(eigs), n, window, mode)
+    return _spike_count_batched(as_work(eigs), n, window, mode)
 
 
 @functools.partial(jax.jit, static_argnames="mode")
@@ -235,9 +182,9 @@ def _spike_count_batched(eigs: Array, N: Array, window: Array, mode: str) -> Arr
     batch, p = eigs.shape[:-1], eigs.shape[-1]
     flat = eigs.reshape(-1, p)
     code = screen(flat)
-    lam = _placeholder(flat, code)
+    lam = placeholder(flat, code)
     if mode == "scaled":
-        lam = lam / _median_scale(lam)[..., None]
+        lam = lam / median(lam)[..., None]
     count = jax.vmap(_spike_count_one)(lam, N.astype(lam.dtype), window)
     return jnp.where(code == Reason.OK, count, 0).reshape(batch)
 
@@ -250,12 +197,6 @@ def _part(a: Array, b: Array, n: int) -> Array:
     """The ``n`` interior points ``a + i (b - a) / (n + 1)``, ``i = 1..n``."""
     i = jnp.arange(1, n + 1, dtype=jnp.result_type(a, b))
     return a + i * (b - a) / (n + 1)
-
-
-def _silverstein_z(s: Array, theta: Array, c: Array) -> Array:
-    r"""``z(s) = -1/s + c [t s1 / (1 + s1 s) + (1 - t) s2 / (1 + s2 s)]`` (spec section 6, step 3)."""
-    t, s1, s2 = theta[0], theta[1], theta[2]
-    return -1 / s + c * (t * s1 / (1 + s1 * s) + (1 - t) * s2 / (1 + s2 * s))
 
 
 def _fit_one(lam: Array, K: Array, N: Array, mode: str, n_iter: int):
@@ -288,7 +229,7 @@ def _fit_one(lam: Array, K: Array, N: Array, mode: str, n_iter: int):
     s = -(1 - c_k) / u + jnp.sum(jnp.where(bulk, 1 / (lam[None, :] - u[:, None]), 0.0), axis=-1) / N
 
     def residual(theta):
-        z = _silverstein_z(s, theta, c_k)
+        z = silverstein_z(s, theta[0], theta[1], theta[2], c_k)
         if mode == "reference":
             z = jnp.where(1 - theta[0] > 0, z, -200.0)
         return jnp.where(used, u - z, 0.0)
@@ -332,30 +273,9 @@ def _two_bulks(stat: Array, t: Array, s1: Array, s2: Array, K: Array, p: int, N:
     return (stat > BULKS_Z) & ((N * v - 1) / 2 > BULKS_Z) & (jnp.minimum(t, 1 - t) * (p - K) >= 1)
 
 
-def _check_eigs(eigs: Array, N: int | np.ndarray) -> None:
-    if eigs.ndim < 1:
-        raise ValueError("eigs must have shape (..., p); got a scalar")
-    p = eigs.shape[-1]
-    if p < 1:
-        raise ValueError("eigs must hold at least one eigenvalue per matrix; got p = 0")
-    if is_traced(N) or isinstance(N, (bool, np.bool_)):
-        raise ValueError(f"N must be an int >= p = {p}; got N={N!r} (a concrete value: N is data of the compiled fit, not a tracer)")
-    n = np.asarray(N)
-    if not np.issubdtype(n.dtype, np.integer) or n.size == 0 or np.any(n < p):
-        raise ValueError(f"N must be an int >= p = eigs.shape[-1] = {p}; got N={N!r} (an integer array, one N per spectrum, also works)")
-    try:
-        np.broadcast_to(n, eigs.shape[:-1])
-    except ValueError:
-        raise ValueError(f"N of shape {n.shape} does not broadcast to the batch shape {eigs.shape[:-1]}") from None
-
-
 def _check_mode(mode: str) -> None:
     if mode not in ("scaled", "reference"):
         raise ValueError(f"mode must be 'scaled' or 'reference'; got {mode!r}")
-
-
-def _work(eigs: Array) -> Array:
-    return eigs.astype(_work_dtype(eigs.dtype))
 
 
 def fit_pdb(
@@ -415,15 +335,15 @@ def fit_pdb(
     'ok'
     """
     eigs = jnp.asarray(eigs) if is_traced(eigs) else np.asarray(eigs)
-    _check_eigs(eigs, N)
+    check_eigs(eigs, N)
     _check_mode(mode)
-    out_dtype = _work_dtype(eigs.dtype)
+    out_dtype = work_dtype(eigs.dtype)
     n, window = _rows(eigs, N)
     if precision == "float64" and not is_traced(eigs):
-        with jax.enable_x64(True):
-            fit = _fit_pdb_batched(jnp.asarray(eigs, jnp.float64), n, window, mode, n_iter, _screen_rtol(eigs.dtype))
+        with float64():
+            fit = _fit_pdb_batched(jnp.asarray(eigs, jnp.float64), n, window, mode, n_iter, screen_rtol(eigs.dtype))
             return jax.tree_util.tree_map(lambda x: x.astype(out_dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, fit)
-    return _fit_pdb_batched(jnp.asarray(eigs, out_dtype), n, window, mode, n_iter, _screen_rtol(eigs.dtype))
+    return _fit_pdb_batched(jnp.asarray(eigs, out_dtype), n, window, mode, n_iter, screen_rtol(eigs.dtype))
 
 
 @functools.partial(jax.jit, static_argnames=("mode", "n_iter", "rtol"))
@@ -437,8 +357,8 @@ def _fit_pdb_batched(eigs: Array, N: Array, window: Array, mode: str, n_iter: in
 def _fit_pdb_one(eigs: Array, N: Array, window: Array, mode: str, n_iter: int, rtol: float) -> PDBFit:
     code = screen(eigs, rtol)
     screened = code == Reason.OK  # K and the sphericity describe the spectrum, fit or not
-    lam = _placeholder(eigs, code)
-    scale = _median_scale(lam) if mode == "scaled" else jnp.ones((), lam.dtype)
+    lam = placeholder(eigs, code)
+    scale = median(lam) if mode == "scaled" else jnp.ones((), lam.dtype)
     lam = lam / scale
     K = _spike_count_one(lam, N, window)
     theta, rms, c_k, converged = _fit_one(lam, K, N, mode, n_iter)
@@ -456,23 +376,14 @@ def _fit_pdb_one(eigs: Array, N: Array, window: Array, mode: str, n_iter: int, r
     lam_plus = jnp.nanmax(beta)
     # The two-atom solution is used only when the bulk is not spherical; only then must it have converged.
     solved = (converged | (stat <= BULKS_Z)) & jnp.all(jnp.isfinite(theta)) & jnp.isfinite(lam_plus) & (s1 > 0) & (s2 > 0)
-    code = jnp.where((code == Reason.OK) & ~solved, Reason.NOT_CONVERGED, code)
-    code = jnp.where((code == Reason.OK) & (rms > POOR_FIT_RESIDUAL), Reason.POOR_FIT, code)
-    code = jnp.where((code == Reason.OK) & (eigs.shape[-1] - K < _MIN_BULK), Reason.NO_BULK, code).astype(jnp.int32)
-    ok = code == Reason.OK
-    nan = lambda x: jnp.where(ok, x, jnp.nan)  # noqa: E731
-    return PDBFit(
+    code = demote(code, ~solved, Reason.NOT_CONVERGED)
+    code = demote(code, rms > POOR_FIT_RESIDUAL, Reason.POOR_FIT)
+    code = demote(code, eigs.shape[-1] - K < _MIN_BULK, Reason.NO_BULK)
+    return fit_result(
+        PDBFit, code,
+        dict(t=t, sigma1_sq=s1 * scale, sigma2_sq=s2 * scale, c=c_k, edges=beta, critical=alpha, lambda_plus=lam_plus,
+             residual=rms),
         K=jnp.where(screened, K, 0).astype(jnp.int32),
-        t=nan(t),
-        sigma1_sq=nan(s1 * scale),
-        sigma2_sq=nan(s2 * scale),
-        c=nan(c_k),
-        edges=jnp.where(ok, beta, jnp.nan),
-        critical=jnp.where(ok, alpha, jnp.nan),
-        lambda_plus=nan(lam_plus),
-        residual=nan(rms),
-        bulks=jnp.where(ok, jnp.where(two, 2, 1), 0).astype(jnp.int32),
+        bulks=jnp.where(code == Reason.OK, jnp.where(two, 2, 1), 0).astype(jnp.int32),
         sphericity=jnp.where(screened, stat, jnp.nan),
-        ok=ok,
-        reason=code,
     )

@@ -51,7 +51,8 @@ import numpy as np
 from pdbjax._validate import is_traced
 from pdbjax.estimate import Mode, fit_pdb
 from pdbjax.fits import PDBFit, PUBFit, Reason
-from pdbjax.linalg import Factors, Precision, Spectrum, factors, raw_eigenvalues, scope, spectrum
+from pdbjax.linalg import Factors, Spectrum, factors, raw_eigenvalues, spectrum
+from pdbjax.precision import Precision, float64, scope
 from pdbjax.pub import fit_pub
 from pdbjax.shrink import shrink_optimal
 from pdbjax.spectral import PDB, critical_points, spike_inverse
@@ -141,8 +142,8 @@ def _above_edge(lam: Array, fit: Fit) -> Array:
 
 
 @jax.jit
-def outlier_mask(lam: ArrayLike, fit: Fit) -> Array:
-    r"""Outliers of Algorithm 2, step 1: a boolean mask of the shape of ``lam``.
+def outlier_mask(eigs: ArrayLike, fit: Fit) -> Array:
+    r"""Outliers of Algorithm 2, step 1: a boolean mask of the shape of ``eigs``.
 
     ``lambda_j > lambda_+``; for a :class:`~pdbjax.fits.PDBFit` with four finite edges (two separated
     bulks ``[beta_1, beta_2] U [beta_3, beta_4]``) also every ``lambda_j`` with
@@ -152,41 +153,41 @@ def outlier_mask(lam: ArrayLike, fit: Fit) -> Array:
     not ok.
 
     Args:
-      lam: eigenvalues ``s^2``, shape ``(..., p)`` (descending order is not required).
-      fit: fit whose fields have the batch shape ``lam.shape[:-1]`` (or broadcast to it).
+      eigs: eigenvalues ``s^2``, shape ``(..., p)`` (descending order is not required).
+      fit: fit whose fields have the batch shape ``eigs.shape[:-1]`` (or broadcast to it).
     """
-    mask = _above_edge(lam, fit)
+    mask = _above_edge(eigs, fit)
     if isinstance(fit, PDBFit):
         beta = jnp.asarray(fit.edges)
         separated = jnp.all(jnp.isfinite(beta), axis=-1)[..., None]
-        in_gap = (lam > beta[..., 1:2]) & (lam < beta[..., 2:3])
-        mask = mask | (separated & in_gap & _ok(fit, lam.shape[:-1])[..., None])
+        in_gap = (eigs > beta[..., 1:2]) & (eigs < beta[..., 2:3])
+        mask = mask | (separated & in_gap & _ok(fit, eigs.shape[:-1])[..., None])
     return mask
 
 
 @jax.jit
-def shrink_spikes(lam: ArrayLike, fit: Fit) -> Array:
+def shrink_spikes(eigs: ArrayLike, fit: Fit) -> Array:
     r"""Algorithm 2, step 2: replace every outlier ``lambda_j`` by its population spike ``alpha_j``.
 
     ``alpha_j`` is the admissible root of ``g(alpha) = lambda_j`` (spec section 4), computed by
     :func:`pdbjax.spectral.spike_inverse` with the fit's population and ``c``: above ``alpha_max`` for
     outliers above ``lambda_+``, in ``(alpha_2, alpha_3)`` for gap outliers. PUB closed form:
-    ``alpha = (lam + sigma^2 (1 - c) + sqrt((lam + sigma^2 (1 - c))^2 - 4 lam sigma^2)) / 2``.
+    ``alpha = (lambda + sigma^2 (1 - c) + sqrt((lambda + sigma^2 (1 - c))^2 - 4 lambda sigma^2)) / 2``.
     An outlier that rounding places inside the support (within float error of an edge ``beta_i``)
     gets the limit ``alpha_i`` at that edge. Non-outliers are returned unchanged, in place (no
     re-sorting); the new singular values are ``sqrt`` of the result.
 
     Args:
-      lam: eigenvalues ``s^2``, shape ``(..., p)``.
-      fit: :class:`~pdbjax.fits.PDBFit` or :class:`~pdbjax.fits.PUBFit` with batch shape ``lam.shape[:-1]``.
+      eigs: eigenvalues ``s^2``, shape ``(..., p)``.
+      fit: :class:`~pdbjax.fits.PDBFit` or :class:`~pdbjax.fits.PUBFit` with batch shape ``eigs.shape[:-1]``.
 
     Returns:
-      Eigenvalues of the shape and dtype of ``lam``.
+      Eigenvalues of the shape and dtype of ``eigs``.
     """
     pop = PDB(*(jnp.asarray(v)[..., None] for v in fit.population))
-    alpha = spike_inverse(lam, pop, jnp.asarray(fit.c)[..., None])
-    alpha = jnp.where(jnp.isnan(alpha), _edge_limit(lam, fit), alpha)
-    return jnp.where(outlier_mask(lam, fit), alpha.astype(lam.dtype), lam)
+    alpha = spike_inverse(eigs, pop, jnp.asarray(fit.c)[..., None])
+    alpha = jnp.where(jnp.isnan(alpha), _edge_limit(eigs, fit), alpha)
+    return jnp.where(outlier_mask(eigs, fit), alpha.astype(eigs.dtype), eigs)
 
 
 def _edge_limit(lam: Array, fit: Fit) -> Array:
@@ -260,8 +261,8 @@ def _upper_weight(fit: Fit) -> Array:
 
 
 @functools.partial(jax.jit, static_argnames="rule")
-def keep_count(lam: ArrayLike, fit: Fit | None, rule: Rank) -> Array:
-    r"""Number of singular values to keep per matrix (int32, shape ``lam.shape[:-1]``).
+def keep_count(eigs: ArrayLike, fit: Fit | None, rule: Rank) -> Array:
+    r"""Number of singular values to keep per matrix (int32, shape ``eigs.shape[:-1]``).
 
     * ``int`` ``r``: ``min(r, p)``.
     * ``float`` ``f`` in ``[0, 1]``, the removed fraction: ``round((1 - f) p)`` (half to even).
@@ -277,15 +278,15 @@ def keep_count(lam: ArrayLike, fit: Fit | None, rule: Rank) -> Array:
     per-matrix keep counts.
     """
     rule = _check_rank(rule)
-    p, batch = lam.shape[-1], lam.shape[:-1]
+    p, batch = eigs.shape[-1], eigs.shape[:-1]
     if not isinstance(rule, str):
         return _fixed_keep(rule, p, batch)
     if fit is None:
         raise ValueError(f"rank rule {rule!r} needs a fit")
     if rule == "spikes":
-        keep = jnp.sum(_above_edge(lam, fit), axis=-1)
+        keep = jnp.sum(_above_edge(eigs, fit), axis=-1)
     else:
-        k = jnp.sum(outlier_mask(lam, fit), axis=-1)
+        k = jnp.sum(outlier_mask(eigs, fit), axis=-1)
         keep = k + jnp.round(_upper_weight(fit) * (p - k)).astype(k.dtype)
     return jnp.where(_ok(fit, batch), keep, p).astype(jnp.int32)
 
@@ -379,44 +380,6 @@ def filter_matrix(
       compact form with the same product. A matrix whose fit is not ok gets its exact full SVD
       factors (``A @ B = W`` up to rounding; zeros for a non-finite matrix).
     """
-    out, info, _ = filter_with_fit(
-        W, method, rank, fit=fit, shrink=shrink, factored=factored, slr_sr=slr_sr, slr_rr=slr_rr, mode=mode,
-        precision=precision,
-    )
-    return out, info
-
-
-def resolve_shrink(method: str, shrink: Shrink | None) -> Shrink:
-    """The shrinkage ``filter_matrix`` applies: ``shrink`` itself, or for ``None`` the method's own
-    (``"spikes"`` for pdb/pub-*, ``"none"`` for svd/slr); a clear error for an unknown method or shrink."""
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}; got {method!r}")
-    if shrink is None:
-        return "spikes" if method in _SHRINKING else "none"
-    if shrink not in SHRINKS:
-        raise ValueError(f"shrink must be one of {SHRINKS} or None; got {shrink!r}")
-    return shrink
-
-
-def needs_fit(method: str, rank: Rank, shrink: Shrink) -> bool:
-    """Whether filtering with ``method``, ``rank`` and the resolved ``shrink`` uses a fit of the bulk."""
-    return method in _SHRINKING or isinstance(rank, str) or shrink != "none"
-
-
-def filter_with_fit(
-    W: ArrayLike,
-    method: Method,
-    rank: Rank,
-    *,
-    fit: Fit | None = None,
-    shrink: Shrink | None = None,
-    factored: bool = False,
-    slr_sr: float = 0.5,
-    slr_rr: float = 0.5,
-    mode: Mode = "scaled",
-    precision: Precision | None = None,
-) -> tuple[Array | tuple[Array, Array], FilterInfo, Fit | None]:
-    """:func:`filter_matrix`, also returning the fit it used (in ``W``'s units; None without one)."""
     shrink = resolve_shrink(method, shrink)
     rank = _check_rank(rank)
     for name, value in (("slr_sr", slr_sr), ("slr_rr", slr_rr)):
@@ -443,7 +406,24 @@ def filter_with_fit(
     with scope(spec):
         fit_n = None if fit is None else normalised_fit(fit, spec)
         out, info = _filter(W, f, spec.s, fit_n, fixed, shrink=shrink, rule=rule, factored=bool(factored), slr=slr)
-    return out, info, fit
+    return out, info
+
+
+def resolve_shrink(method: str, shrink: Shrink | None) -> Shrink:
+    """The shrinkage ``filter_matrix`` applies: ``shrink`` itself, or for ``None`` the method's own
+    (``"spikes"`` for pdb/pub-*, ``"none"`` for svd/slr); a clear error for an unknown method or shrink."""
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}; got {method!r}")
+    if shrink is None:
+        return "spikes" if method in _SHRINKING else "none"
+    if shrink not in SHRINKS:
+        raise ValueError(f"shrink must be one of {SHRINKS} or None; got {shrink!r}")
+    return shrink
+
+
+def needs_fit(method: str, rank: Rank, shrink: Shrink) -> bool:
+    """Whether filtering with ``method``, ``rank`` and the resolved ``shrink`` uses a fit of the bulk."""
+    return method in _SHRINKING or isinstance(rank, str) or shrink != "none"
 
 
 def normalised_fit(fit: Fit, spec: Spectrum) -> Fit:
@@ -482,7 +462,7 @@ def estimate_fit(lam: Array, N: int, method: str, mode: Mode = "scaled") -> Fit:
 
     if is_traced(lam):
         return fit(lam)
-    with jax.enable_x64(True):
+    with float64():
         return jax.tree_util.tree_map(np.asarray, fit(jnp.asarray(lam, jnp.float64)))
 
 

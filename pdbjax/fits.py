@@ -11,11 +11,12 @@ import enum
 from typing import NamedTuple
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from pdbjax.spectral import PDB
 
-__all__ = ["PDBFit", "PUBFit", "Reason", "reason_text"]
+__all__ = ["PDBFit", "PUBFit", "Reason", "reason_text", "demote", "fit_result"]
 
 Array = jax.Array
 
@@ -51,6 +52,12 @@ _TEXT = {
     Reason.POOR_FIT: "no PDB population satisfies the Silverstein equation on the bulk (heavy-tailed or otherwise non-PDB spectrum)",
     Reason.NEGATIVE: "negative eigenvalues: not the squared singular values of a real matrix",
 }
+
+
+def demote(code: Array, failed: Array, reason: Reason) -> Array:
+    """``reason`` where ``code`` is still ``OK`` and ``failed`` holds; ``code`` otherwise (the first failure
+    found is the one reported), as ``int32``."""
+    return jnp.where((code == Reason.OK) & failed, reason, code).astype(jnp.int32)
 
 
 def reason_text(code: int | Array) -> str:
@@ -139,6 +146,14 @@ class PUBFit(NamedTuple):
     def rescale(self, factor) -> "PUBFit":
         """The same fit for eigenvalues multiplied by ``factor`` (see :meth:`PDBFit.rescale`)."""
         return _rescale(self, factor, ("sigma_sq", "lambda_plus", "threshold"))
+
+
+def fit_result(cls: type, code: Array, masked: dict[str, Array], **fields: Array):
+    """``cls(**masked, **fields, ok=code == OK, reason=code)`` with every ``masked`` field NaN where the fit is
+    not ok (the fits' rule: a population is never reported for a row that failed)."""
+    ok = code == Reason.OK
+    nan = {k: jnp.where(jnp.reshape(ok, ok.shape + (1,) * (jnp.ndim(v) - ok.ndim)), v, jnp.nan) for k, v in masked.items()}
+    return cls(**nan, **fields, ok=ok, reason=code)
 
 
 def _rescale(fit, factor, fields: tuple[str, ...]):

@@ -45,7 +45,7 @@ import jax
 import ml_dtypes
 import numpy as np
 
-from pdbjax._atomic import atomic_write
+from pdbjax._atomic import atomic_write, check_destination
 from pdbjax.tree import path_name
 
 __all__ = ["flatten", "load", "load_with_metadata", "minilm_path", "same_file", "save"]
@@ -167,10 +167,7 @@ def save(
     _check_metadata(metadata)
     if metadata and fmt == "npz":
         raise ValueError(f"{path}: .npz files cannot store metadata")
-    if os.path.lexists(path) and not overwrite:
-        raise FileExistsError(f"{path} already exists (pass overwrite=True to replace it)")
-    if not path.parent.is_dir():
-        raise FileNotFoundError(f"parent directory of {path} does not exist")
+    check_destination(path, overwrite)
 
     if fmt == "orbax":
         _named_leaves(tree, ".")  # refuse key paths that Orbax would merge

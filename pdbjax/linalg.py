@@ -28,20 +28,18 @@ rank rule gives the same keep count whichever entry point evaluated it.
 
 from __future__ import annotations
 
-import contextlib
-from typing import Literal, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from pdbjax._validate import is_traced
+from pdbjax.precision import Precision, check_precision, context
 
-__all__ = ["Precision", "Spectrum", "Factors", "normalise", "spectrum", "factors", "raw_eigenvalues", "scope"]
+__all__ = ["Spectrum", "Factors", "normalise", "spectrum", "factors", "raw_eigenvalues"]
 
 Array = jax.Array
-Precision = Literal["float32", "float64"]
-PRECISIONS = ("float32", "float64")
 
 
 class Spectrum(NamedTuple):
@@ -66,28 +64,6 @@ class Factors(NamedTuple):
     Vh: Array
     scale: Array
     finite: Array
-
-
-def check_precision(precision: str | None) -> str:
-    """The working precision: ``precision`` itself, or for ``None`` JAX's default float (float64 only
-    when the caller enabled 64-bit mode)."""
-    if precision is None:
-        return "float64" if jax.dtypes.canonicalize_dtype(jnp.float64) == jnp.float64 else "float32"
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS} or None; got {precision!r}")
-    return precision
-
-
-def _context(precision: str, *xs):
-    """A local ``jax.enable_x64`` for float64 work on concrete inputs (ambient precision when traced)."""
-    if precision == "float64" and not is_traced(*xs):
-        return jax.enable_x64(True)
-    return contextlib.nullcontext()
-
-
-def scope(spec: Spectrum | Factors):
-    """The precision context in which to keep computing with ``spec`` (float64 results stay float64)."""
-    return _context("float64" if spec.s.dtype == jnp.float64 else "float32", spec)
 
 
 def normalise(W: Array) -> tuple[Array, Array, Array]:
@@ -151,14 +127,14 @@ def spectrum(W: jax.typing.ArrayLike, *, precision: Precision | None = None) -> 
     (True, True)
     """
     precision = check_precision(precision)
-    with _context(precision, W):
+    with context(precision, W):
         return _spectrum(_working(W, precision))
 
 
 def factors(W: jax.typing.ArrayLike, *, precision: Precision | None = None) -> Factors:
     """Thin SVD of the normalised stack ``W`` ``(..., a, b)``, batched."""
     precision = check_precision(precision)
-    with _context(precision, W):
+    with context(precision, W):
         return _factors(_working(W, precision))
 
 

@@ -28,6 +28,7 @@ import jax
 import numpy as np
 
 from pdbjax._atomic import atomic_write
+from pdbjax.precision import float64
 from pdbjax.spectral import PDB, density
 
 __all__ = ["plot_matrix", "plot_summary", "save_figures", "spectra", "require_matplotlib"]
@@ -124,7 +125,7 @@ def _model_densities(x: np.ndarray, row: Mapping[str, Any]) -> dict[str, np.ndar
     dummy = (1.0, 1.0, 1.0, 0.5)  # keeps the batch shape fixed (one compilation) when a fit is missing
     table = np.array([pops[k] if valid[k] else dummy for k in pops], np.float64)
     grid = np.asarray(x, np.float64)
-    with jax.enable_x64(True):
+    with float64():
         f = _density_fn()(grid[None, :], PDB(*(table[:, i : i + 1] for i in range(3))), table[:, 3:4])
         f = np.asarray(f)
     return {k: f[i] for i, k in enumerate(pops) if valid[k]}

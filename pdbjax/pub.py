@@ -66,9 +66,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from pdbjax.estimate import _check_eigs, _median_scale, _placeholder, _work, screen
-from pdbjax.fits import PUBFit, Reason
+from pdbjax.fits import PUBFit, Reason, demote, fit_result
+from pdbjax.inputs import check_eigs, median_units, placeholder, screen
 from pdbjax.lsq import least_squares_box
+from pdbjax.precision import as_work, float64
 from pdbjax.spectral import PDB, cdf, density
 
 __all__ = ["fit_pub", "TW1_QUANTILES"]
@@ -109,7 +110,7 @@ def _mp_table(c: float) -> tuple[np.ndarray, np.ndarray]:
     behaviour), computed once per ``c`` under a local ``jax.enable_x64``, eagerly even when called
     while tracing.
     """
-    with jax.ensure_compile_time_eval(), jax.enable_x64(True):
+    with jax.ensure_compile_time_eval(), float64():
         x, F = _mp_cdf_nodes(jnp.asarray(c, jnp.float64))
         return np.asarray(x), np.asarray(F)
 
@@ -224,9 +225,8 @@ def _fit_pub_one(eigs: Array, N: Array, table: _BemaTable, method: str, alpha: f
     """One spectrum: screen, sort, scale the median into [1/2, 1), fit, count, scale back, flag."""
     eigs = -jnp.sort(-eigs)
     code = screen(eigs)
-    lam = _placeholder(eigs, code)
-    exponent = jnp.frexp(_median_scale(lam))[1]  # scale by a power of 2: exact, and no reciprocal
-    lam = jnp.ldexp(lam, -exponent)  # of a huge median flushed to zero (XLA CPU flushes subnormals)
+    lam = placeholder(eigs, code)
+    lam, exponent = median_units(lam)
     if eigs.shape[-1] < _MIN_BULK:  # screen reports TOO_SMALL: there is nothing to fit (or to compile)
         sigma_sq = c = lam_plus = threshold = jnp.full((), jnp.nan, lam.dtype)
         usable = jnp.zeros((), bool)
@@ -237,22 +237,13 @@ def _fit_pub_one(eigs: Array, N: Array, table: _BemaTable, method: str, alpha: f
     else:
         sigma_sq, c, usable = _kernel(lam, N, table, alpha)
         lam_plus = threshold = sigma_sq * (1 + jnp.sqrt(c)) ** 2
-    code = jnp.where((code == Reason.OK) & ~usable, Reason.NO_BULK, code)
+    code = demote(code, ~usable, Reason.NO_BULK)
     K = jnp.sum(lam > threshold)
     sigma_sq, lam_plus, threshold = (jnp.ldexp(v, exponent) for v in (sigma_sq, lam_plus, threshold))
     solved = jnp.isfinite(threshold) & (sigma_sq > 0)
-    code = jnp.where((code == Reason.OK) & ~solved, Reason.NOT_CONVERGED, code).astype(jnp.int32)
-    ok = code == Reason.OK
-    nan = lambda v: jnp.where(ok, v, jnp.nan)  # noqa: E731
-    return PUBFit(
-        K=jnp.where(ok, K, 0).astype(jnp.int32),
-        sigma_sq=nan(sigma_sq),
-        c=nan(c),
-        lambda_plus=nan(lam_plus),
-        threshold=nan(threshold),
-        ok=ok,
-        reason=code,
-    )
+    code = demote(code, ~solved, Reason.NOT_CONVERGED)
+    return fit_result(PUBFit, code, dict(sigma_sq=sigma_sq, c=c, lambda_plus=lam_plus, threshold=threshold),
+                      K=jnp.where(code == Reason.OK, K, 0).astype(jnp.int32))
 
 
 @functools.partial(jax.jit, static_argnames=("method", "alpha"))
@@ -302,7 +293,7 @@ def fit_pub(
     (True, 'ok')
     """
     eigs = jnp.asarray(eigs)
-    _check_eigs(eigs, N)
+    check_eigs(eigs, N)
     if method not in ("bema", "kernel"):
         raise ValueError(f"method must be 'bema' or 'kernel'; got {method!r}")
     p = eigs.shape[-1]
@@ -314,4 +305,4 @@ def fit_pub(
     n = np.broadcast_to(np.asarray(N, np.int64), eigs.shape[:-1]).reshape(-1)
     # MP quantiles tabulated on the host per distinct N (cached), so the fit compiles no solver.
     table = _bema_tables(n, p, float(alpha), float(beta)) if p >= _MIN_BULK else _BemaTable(np.zeros((n.size, 0)), np.zeros(n.size))
-    return _fit_pub_batched(_work(eigs), n, table, method, float(alpha))
+    return _fit_pub_batched(as_work(eigs), n, table, method, float(alpha))

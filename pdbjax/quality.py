@@ -49,8 +49,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from pdbjax.estimate import _check_eigs, _median_scale, _work
 from pdbjax.fits import PDBFit, PUBFit
+from pdbjax.inputs import check_eigs, median_units
+from pdbjax.precision import as_work
 from pdbjax.spectral import PDB, cdf, edges, moments
 
 __all__ = ["HEAVY_TAIL_KS", "HEAVY_TAIL_SLOPE", "Quality", "fit_quality", "heavy_tailed", "tail_slope"]
@@ -86,8 +87,7 @@ def _quality_one(eigs: Array, K: Array, pop: PDB, ok: Array, N: Array) -> Qualit
     ok = ok & (n >= 1) & jnp.all(jnp.isfinite(lam))
     lam = jnp.where(ok, lam, 1.0)
     # Work in units where the median is in [1/2, 1) (a power of 2: exact, no overflow of lambda^3).
-    exponent = jnp.frexp(_median_scale(lam))[1]
-    lam = jnp.ldexp(lam, -exponent)
+    lam, exponent = median_units(lam)
     t, s1, s2 = (jnp.where(ok, v, 1.0).astype(lam.dtype) for v in pop)
     pop = PDB(t, jnp.ldexp(s1, -exponent), jnp.ldexp(s2, -exponent))
     n_bulk = jnp.maximum(n, 1).astype(lam.dtype)
@@ -149,8 +149,8 @@ def fit_quality(eigs: jax.typing.ArrayLike, N: int | np.ndarray, fit: Fit) -> Qu
       False. See the module docstring for the definitions and the binning.
     """
     eigs = jnp.asarray(eigs)
-    _check_eigs(eigs, N)
-    eigs = _work(eigs)
+    check_eigs(eigs, N)
+    eigs = as_work(eigs)
     pop = PDB(*(jnp.asarray(v, eigs.dtype) for v in fit.population))
     n = jnp.asarray(np.broadcast_to(np.asarray(N, np.int64), eigs.shape[:-1]), jnp.int32)
     return _quality_batched(eigs, jnp.asarray(fit.K, jnp.int32), pop, jnp.asarray(fit.ok, bool), n)
@@ -238,8 +238,8 @@ def tail_slope(eigs: jax.typing.ArrayLike) -> Array:
       ``alpha_MM = 1 + 1 / zeta`` (well-trained layers: ``2 <= alpha_MM <= 6``).
     """
     eigs = jnp.asarray(eigs)
-    _check_eigs(eigs, eigs.shape[-1] if eigs.ndim else 0)
-    return _tail_slope_batched(_work(eigs))
+    check_eigs(eigs, eigs.shape[-1] if eigs.ndim else 0)
+    return _tail_slope_batched(as_work(eigs))
 
 
 def heavy_tailed(eigs: jax.typing.ArrayLike, N: int | np.ndarray, fit: Fit, quality: Quality | None = None) -> Array:

@@ -18,9 +18,9 @@ from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from pdbjax._atomic import atomic_write_text
+from pdbjax._atomic import atomic_write_text, check_destination
 
-__all__ = ["Report", "to_jsonable"]
+__all__ = ["Report", "to_jsonable", "text_table"]
 
 
 def to_jsonable(value: Any) -> Any:
@@ -109,10 +109,7 @@ class Report:
     def summary(self, columns: Sequence[str] | None = None, digits: int = 4) -> str:
         """A fixed-width text table of the chosen columns (for terminals and logs)."""
         columns = list(columns or _DEFAULT_COLUMNS)
-        cells = [[_fmt(row.get(c), digits) for c in columns] for row in self.rows]
-        widths = [max([len(c)] + [len(r[i]) for r in cells]) for i, c in enumerate(columns)]
-        line = lambda vals: "  ".join(v.ljust(w) for v, w in zip(vals, widths))  # noqa: E731
-        out = [line(columns), line(["-" * w for w in widths])] + [line(r) for r in cells]
+        out = [text_table(columns, [[row.get(c) for c in columns] for row in self.rows], digits)]
         if self.totals:
             out.append("")
             out.extend(f"{k}: {_fmt(v, digits)}" for k, v in self.totals.items())
@@ -133,14 +130,29 @@ def _write(path: str | os.PathLike, text: str, overwrite: bool) -> None:
     path = Path(path)
     if path.is_dir():
         raise IsADirectoryError(f"{path} is a directory; a report needs a file name")
-    if os.path.lexists(path) and not overwrite:
-        raise FileExistsError(f"{path} already exists (pass overwrite=True to replace it)")
-    if not path.parent.is_dir():
-        raise FileNotFoundError(f"parent directory of {path} does not exist")
+    check_destination(path, overwrite)
     atomic_write_text(path, text, overwrite=overwrite)
 
 
 _DEFAULT_COLUMNS = ("name", "shape", "K", "t", "sigma1_sq", "sigma2_sq", "lambda_plus", "ks_pdb", "ks_bema", "status")
+
+
+def text_table(header: Sequence[str], rows: Sequence[Sequence[Any]], digits: int = 4) -> str:
+    """A fixed-width text table: the one table printer of pdbjax (reports, the CLI, the demo).
+
+    Cells are formatted by value (floats to ``digits`` significant digits, NaN/Inf/None as ``-``);
+    the first column is left-aligned, the others right-aligned (numbers line up at their last digit).
+
+    >>> print(text_table(["name", "K"], [["a", 3], ["bb", None]]))
+    name  K
+    ----  -
+    a     3
+    bb    -
+    """
+    cells = [[_fmt(v, digits) for v in row] for row in rows]
+    widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(header)]
+    line = lambda vals: "  ".join(v.rjust(w) if i else v.ljust(w) for i, (v, w) in enumerate(zip(vals, widths)))  # noqa: E731
+    return "\n".join([line(header), line(["-" * w for w in widths])] + [line(r) for r in cells])
 
 
 def _fmt(value: Any, digits: int) -> str:

@@ -73,6 +73,7 @@ from jax import lax
 from jax.custom_derivatives import SymbolicZero
 
 from pdbjax._validate import is_traced
+from pdbjax.precision import float_dtype
 
 Array = jax.Array
 ArrayLike = jax.typing.ArrayLike
@@ -88,6 +89,7 @@ __all__ = [
     "spike_map",
     "spike_inverse",
     "moments",
+    "silverstein_z",
 ]
 
 _BISECT_ITERS = 96
@@ -123,13 +125,6 @@ class PDB(NamedTuple):
 # Input handling
 
 
-def _float_dtype(*xs: ArrayLike) -> jnp.dtype:
-    dtype = jnp.result_type(*[jnp.asarray(x).dtype for x in xs])
-    if not jnp.issubdtype(dtype, jnp.floating):
-        dtype = jnp.result_type(float)
-    return dtype
-
-
 def _prepare(pop: PDB, c: ArrayLike, *points: ArrayLike):
     """Cast population, ratio and evaluation points to one float dtype and validate them.
 
@@ -140,7 +135,7 @@ def _prepare(pop: PDB, c: ArrayLike, *points: ArrayLike):
     atoms are not merged here: see :func:`_merge_atoms`.
     """
     real_points = [p for p in points if not jnp.iscomplexobj(p)]
-    dtype = _float_dtype(*pop, c, *real_points)
+    dtype = float_dtype(*pop, c, *real_points)
     t, s1, s2, c = (jnp.asarray(v, dtype) for v in (*pop, c))
     valid = (
         (c > 0) & (c <= 1) & (t >= 0) & (t <= 1) & (s1 > 0) & (s2 > 0)
@@ -312,11 +307,17 @@ def critical_points(pop: PDB, c: ArrayLike) -> Array:
     Returns:
       Array of shape ``broadcast(pop, c).shape + (4,)``.
     """
-    t, s1, s2, c, valid = _prepare(pop, c)
-    s1, s2 = _merge_atoms(t, s1, s2)
-    a1, a2, a3, a4, separated = _critical(t, s1, s2, c)
+    (_, _, _, _, valid), (a1, a2, a3, a4, separated) = _with_critical(pop, c)
     gap = [jnp.where(separated, a, jnp.nan) for a in (a2, a3)]
     return _nan_where_invalid(valid[..., None], _stack_sorted([a1, *gap, a4]))
+
+
+def _with_critical(pop: PDB, c: ArrayLike, *points: ArrayLike):
+    """``((t, s1, s2, c, valid, *points), (a1, a2, a3, a4, separated))``: the prepared arguments with merged
+    atoms, and the critical points of ``g`` (finite placeholders for a merged bulk)."""
+    t, s1, s2, c, valid, *points = _prepare(pop, c, *points)
+    s1, s2 = _merge_atoms(t, s1, s2)
+    return (t, s1, s2, c, valid, *points), _critical(t, s1, s2, c)
 
 
 def _edge_values(t, s1, s2, c):
@@ -344,10 +345,9 @@ def edges(pop: PDB, c: ArrayLike) -> Array:
     >>> np.round(np.asarray(edges(PDB(0.5, 1.0, 10.0), 0.1)), 2)
     array([ 0.56,  1.43,  6.09, 15.03]...)
     """
-    t, s1, s2, c, valid = _prepare(pop, c)
-    s1, s2 = _merge_atoms(t, s1, s2)
-    b1, b2, b3, b4, separated = _edge_values(t, s1, s2, c)
-    gap = [jnp.where(separated, b, jnp.nan) for b in (b2, b3)]
+    (t, s1, s2, c, valid), crit = _with_critical(pop, c)
+    b1, b2, b3, b4 = (_g(a, t, s1, s2, c) for a in crit[:4])
+    gap = [jnp.where(crit[4], b, jnp.nan) for b in (b2, b3)]
     return _nan_where_invalid(valid[..., None], _stack_sorted([b1, *gap, b4]))
 
 
@@ -364,10 +364,8 @@ def lambda_plus(pop: PDB, c: ArrayLike) -> Array:
     >>> float(lambda_plus(PDB.pub(1.0), 0.25))
     2.25
     """
-    t, s1, s2, c, valid = _prepare(pop, c)
-    s1, s2 = _merge_atoms(t, s1, s2)
-    a4 = _critical(t, s1, s2, c)[3]
-    return _nan_where_invalid(valid, _g(a4, t, s1, s2, c))
+    (t, s1, s2, c, valid), crit = _with_critical(pop, c)
+    return _nan_where_invalid(valid, _g(crit[3], t, s1, s2, c))
 
 
 def spike_map(alpha: ArrayLike, pop: PDB, c: ArrayLike) -> Array:
@@ -380,12 +378,9 @@ def spike_map(alpha: ArrayLike, pop: PDB, c: ArrayLike) -> Array:
 
     Differentiable with respect to ``alpha``, ``c``, ``t``, ``sigma1_sq`` and ``sigma2_sq`` at admissible
     ``alpha`` (the admissible set only selects; ``d lambda = g'(alpha) d alpha + dg/dtheta . d theta``).
-    NaN entries carry no derivative; the ``t``-derivative is NaN at ``t in {0, 1}`` when
-    ``sigma1_sq != sigma2_sq``.
+    NaN entries carry no derivative (and ``t`` at ``{0, 1}``: module docstring).
     """
-    t, s1, s2, c, valid, alpha = _prepare(pop, c, alpha)
-    s1, s2 = _merge_atoms(t, s1, s2)
-    a1, a2, a3, a4, separated = _critical(t, s1, s2, c)
+    (t, s1, s2, c, valid, alpha), (a1, a2, a3, a4, separated) = _with_critical(pop, c, alpha)
     admissible = (alpha > a4) | (separated & (alpha > a2) & (alpha < a3)) | ((alpha > 0) & (alpha < a1))
     # Inadmissible alpha may sit on a pole of g: evaluate a finite stand-in there (double where).
     alpha = jnp.where(admissible, alpha, 2 * jnp.maximum(s1, s2))
@@ -404,12 +399,9 @@ def spike_inverse(lam: ArrayLike, pop: PDB, c: ArrayLike) -> Array:
     Differentiable with respect to ``lam``, ``c``, ``t``, ``sigma1_sq`` and ``sigma2_sq`` outside the
     support: ``d alpha = (d lam - dg/dtheta . d theta) / g'(alpha)`` (implicit function theorem; the
     interval only selects the root). It grows like ``1 / sqrt(lam - beta)`` next to an edge ``beta``.
-    NaN entries carry no derivative; the ``t``-derivative is NaN at ``t in {0, 1}`` when
-    ``sigma1_sq != sigma2_sq``.
+    NaN entries carry no derivative (and ``t`` at ``{0, 1}``: module docstring).
     """
-    t, s1, s2, c, valid, lam = _prepare(pop, c, lam)
-    s1, s2 = _merge_atoms(t, s1, s2)
-    a1, a2, a3, a4, separated = _critical(t, s1, s2, c)
+    (t, s1, s2, c, valid, lam), (a1, a2, a3, a4, separated) = _with_critical(pop, c, lam)
     g = lambda a: _g(a, t, s1, s2, c)  # noqa: E731
     above = lam > g(a4)
     in_gap = separated & (lam > g(a2)) & (lam < g(a3))
@@ -442,9 +434,30 @@ def stieltjes(z: ArrayLike, pop: PDB, c: ArrayLike) -> Array:
     return _nan_where_invalid(valid, _stieltjes(z, t, s1, s2, c))
 
 
+def _population_term(m, t, s1, s2, c):
+    r"""``c int tau dH(tau) / (1 + tau m) = c [t s1 / (1 + s1 m) + (1 - t) s2 / (1 + s2 m)]``."""
+    return c * (t * s1 / (1 + s1 * m) + (1 - t) * s2 / (1 + s2 * m))
+
+
+def silverstein_z(m: ArrayLike, t: ArrayLike, s1: ArrayLike, s2: ArrayLike, c: ArrayLike) -> Array:
+    r"""The Silverstein equation solved for ``z`` (spec section 3): the one home of its formula.
+
+    .. math::  z(m) = -\frac{1}{m} + c \left[\frac{t s_1}{1 + s_1 m} + \frac{(1 - t) s_2}{1 + s_2 m}\right].
+
+    Its inverse is the companion Stieltjes transform ``m(z)`` (:func:`stieltjes`); on the real line,
+    ``g(a) = z(-1/a)`` locates spikes and edges (:func:`spike_map`, :func:`edges`); PDBLS fits the
+    population by least squares on ``u_i - z(m_n(u_i))`` (:func:`pdbjax.fit_pdb`). Elementwise, no
+    validation (the callers validate), holomorphic in ``m``.
+
+    >>> float(silverstein_z(-0.5, 1.0, 1.0, 1.0, 0.25))  # Marchenko-Pastur: -1/m + c / (1 + m)
+    2.5
+    """
+    return -1 / m + _population_term(m, t, s1, s2, c)
+
+
 def _silverstein(m, z, t, s1, s2, c):
-    """``F(m) = z + 1/m - c int tau dH / (1 + tau m)``; zero at ``m = m(z)`` (holomorphic in ``m``, ``z``)."""
-    return z + 1 / m - c * (t * s1 / (1 + s1 * m) + (1 - t) * s2 / (1 + s2 * m))
+    """``F(m) = z - z(m)`` (:func:`silverstein_z`); zero at ``m = m(z)`` (holomorphic in ``m``, ``z``)."""
+    return z - silverstein_z(m, t, s1, s2, c)
 
 
 def _stieltjes(z, t, s1, s2, c):
@@ -461,7 +474,7 @@ def _silverstein_root(z, t, s1, s2, c, scale):
     y_start = jnp.maximum(y_target, scale)
 
     def fixed_step(m, zz):
-        return -1 / (zz - c * (t * s1 / (1 + s1 * m) + (1 - t) * s2 / (1 + s2 * m)))
+        return -1 / (zz - _population_term(m, t, s1, s2, c))
 
     def newton_step(m, zz):
         f = _silverstein(m, zz, t, s1, s2, c)

@@ -201,3 +201,10 @@ def test_sharded_over_four_devices_equals_single_device(tmp_path):
     # last bits (~1e-6 relative), which the least squares amplifies by its conditioning; 1e-4 still
     # catches a wrong row or a mixed-up order (the three matrices differ by far more).
     np.testing.assert_allclose(np.asarray(sharded, float), np.asarray(single, float), rtol=1e-4)
+
+
+def test_compress_method_is_keyword_only():
+    """A method name in where's position (the old positional signature) is a TypeError naming the fix."""
+    params = {"d": {"kernel": np.ones((16, 12), np.float32)}}
+    with pytest.raises(TypeError, match=r"method='svd'"):
+        pdbjax.compress(params, "svd")

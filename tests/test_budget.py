@@ -155,7 +155,7 @@ def test_budget_conflicts_and_empty_selection():
     with pytest.raises(ValueError, match="either rank= or budget="):
         pdbjax.compress(tree, rank="spikes", budget=0.5)
     with pytest.raises(ValueError, match="SLR"):
-        pdbjax.compress(tree, "slr", budget=0.5)
+        pdbjax.compress(tree, method="slr", budget=0.5)
     with pytest.raises(ValueError, match="no weight matrix selected"):
         pdbjax.compress({"d": {"bias": np.ones(3, np.float32)}}, budget=0.5)
 
@@ -273,7 +273,7 @@ def test_allocation_is_scale_invariant_per_layer():
     params = {f"l{i}": {"kernel": _pdb(10 + i, spikes=sp)} for i, sp in enumerate(((60.0, 40.0), (200.0,), (30.0, 25.0, 20.0)))}
     scaled = copy.deepcopy(params)
     scaled["l1"]["kernel"] = scaled["l1"]["kernel"] * 1000.0
-    reports = [pdbjax.compress(p, "svd", budget=0.12)[1] for p in (params, scaled)]
+    reports = [pdbjax.compress(p, method="svd", budget=0.12)[1] for p in (params, scaled)]
     _check_compliance(reports[1], 0.12)
     assert [r["keep"] for r in reports[0]] == [r["keep"] for r in reports[1]]
     # both scores, from the fits directly (float32 SVDs of W and 1000 W differ in the last bits)

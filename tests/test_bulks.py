@@ -65,7 +65,7 @@ def test_analyze_and_compress_agree_for_every_rule():
         for row in creport:
             assert row["keep"] == report[row["name"]]["rank_kept"][rule], (rule, row["name"])
     for method in ("pub-bema", "pub-kernel"):
-        _, creport = pdbjax.compress(tree, method, rank="spikes")
+        _, creport = pdbjax.compress(tree, method=method, rank="spikes")
         for row in creport:
             assert row["keep"] == report[row["name"]]["rank_kept"][method], (method, row["name"])
 

@@ -81,7 +81,7 @@ def worker(coordinator: str, process_id: int, out_dir: str) -> None:
     result["analyze"] = report.rows
     new, creport = distributed.compress(tree, **COMPRESS)
     result["compress"] = [creport.rows, creport.totals]
-    newf, freport = distributed.compress(tree, "svd", **FACTORED)
+    newf, freport = distributed.compress(tree, method="svd", **FACTORED)
     result["factored"] = [freport.rows, freport.totals]
     np.savez(os.path.join(out_dir, f"dense{process_id}.npz"), **flat_arrays(new))
     np.savez(os.path.join(out_dir, f"factored{process_id}.npz"), **flat_arrays(newf))
@@ -129,7 +129,7 @@ def single(tree):
         return {
             "analyze": pdbjax.analyze(tree, **ANALYZE),
             "compress": pdbjax.compress(tree, **COMPRESS),
-            "factored": pdbjax.compress(tree, "svd", **FACTORED),
+            "factored": pdbjax.compress(tree, method="svd", **FACTORED),
         }
 
 

@@ -67,21 +67,6 @@ def _truth(layers: Sequence[Layer]) -> list[dict[str, float]]:
     ]
 
 
-def _table(header: list[str], rows: list[list[Any]]) -> str:
-    cells = [[_cell(v) for v in row] for row in rows]
-    widths = [max(len(h), *(len(r[i]) for r in cells)) for i, h in enumerate(header)]
-    line = lambda vals: "  ".join(v.rjust(w) if i else v.ljust(w) for i, (v, w) in enumerate(zip(vals, widths)))  # noqa: E731
-    return "\n".join([line(header), line(["-" * w for w in widths])] + [line(r) for r in cells])
-
-
-def _cell(value: Any) -> str:
-    if value is None or (isinstance(value, float) and not math.isfinite(value)):
-        return "-"
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return str(value)
-
-
 def _f(row: dict[str, Any], key: str) -> float:
     value = row.get(key)
     return math.nan if value is None else float(value)
@@ -114,6 +99,7 @@ def _write_figures(report: Any, params: Any, where: Any, out: Path, title: str, 
 def _simulated(out: Path, quick: bool, log: Log, layers: Sequence[Layer]) -> tuple[Any, list[Path]]:
     from pdbjax.api import analyze
     from pdbjax.io import save
+    from pdbjax.report import text_table
 
     log("[a] Simulated PDB matrices with known truth: " + ", ".join(f"{N}x{p}" for _, N, p, _, _ in layers))
     params = simulated_model(layers=layers)
@@ -129,7 +115,7 @@ def _simulated(out: Path, quick: bool, log: Log, layers: Sequence[Layer]) -> tup
         rows.append(["", "", "PDB fit", row.get("K"), _f(row, "t"), _f(row, "sigma1_sq"), _f(row, "sigma2_sq"),
                      _f(row, "lambda_plus"), row.get("n_outliers")] + [_f(row, f"ks_{m}") for m in methods])
     names = {"pdb": "KS PDB", "bema": "KS BEMA", "kernel": "KS Kernel"}
-    log(_indent(_table(["matrix", "shape", "", "K", "t", "sigma1_sq", "sigma2_sq", "lambda_plus", "> lambda_plus"]
+    log(_indent(text_table(["matrix", "shape", "", "K", "t", "sigma1_sq", "sigma2_sq", "lambda_plus", "> lambda_plus"]
                        + [names[m] for m in methods], rows)))
     log("    K: spike count (EDA/EDB); t, sigma1_sq, sigma2_sq: the two-atom bulk population; > lambda_plus:\n"
         "    eigenvalues above the noise boundary; KS: Kolmogorov-Smirnov distance between the bulk\n"
@@ -169,6 +155,7 @@ def _mnist(out: Path, quick: bool, epochs: int | None, log: Log) -> tuple[dict[s
     from pdbjax.api import DEFAULT_RANK, analyze, compress
     from pdbjax.experiments.models import FCNN
     from pdbjax.experiments.train import TrainConfig, accuracy_with_state, train
+    from pdbjax.report import text_table
 
     digits = _load_digits(log)
     if digits is None:
@@ -196,11 +183,11 @@ def _mnist(out: Path, quick: bool, epochs: int | None, log: Log) -> tuple[dict[s
 
     log(f"    compressing the hidden kernels with PDB (rank rule {DEFAULT_RANK!r}) and with SVD at the same ranks ...")
     base = accuracy_with_state(graphdef, state, x_test, y_test)
-    pdb_state, pdb_report = compress(model, "pdb", hidden, rank=DEFAULT_RANK)
+    pdb_state, pdb_report = compress(model, hidden, rank=DEFAULT_RANK)
     keep = {row["name"]: int(row["keep"]) for row in pdb_report.rows}
     svd_state = state
     for name, k in keep.items():  # truncated SVD at the PDB ranks, one matrix at a time
-        svd_state, _ = compress(svd_state, "svd", lambda n, _, name=name: n == name, rank=k)
+        svd_state, _ = compress(svd_state, lambda n, _, name=name: n == name, method="svd", rank=k)
     results = {
         "epochs": epochs,
         "rank_rule": DEFAULT_RANK,
@@ -218,7 +205,7 @@ def _mnist(out: Path, quick: bool, epochs: int | None, log: Log) -> tuple[dict[s
     log(f"    test accuracy before and after compressing the hidden kernels (rank rule {DEFAULT_RANK!r}):")
     ranks = ", ".join(f"{keep[n]}/{p[n]}" for n in keep)
     table = [[method, ranks if method != "base" else "full", acc] for method, acc in results["test_accuracy"].items()]
-    log(_indent(_table(["method", "ranks kept", "test accuracy"], table)))
+    log(_indent(text_table(["method", "ranks kept", "test accuracy"], table)))
     log(f"    as low-rank factors the hidden kernels take {results['params_lowrank']:,} of "
         f"{results['params_before']:,} parameters (ratio {results['lowrank_compression_ratio']:.3f})")
 

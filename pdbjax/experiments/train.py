@@ -83,6 +83,14 @@ def epoch_permutation(seed: int, epoch: int, n: int) -> np.ndarray:
     return np.random.default_rng([seed, epoch]).permutation(n)
 
 
+def _labelled(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+    """``(x, y, n)`` as arrays with their common length; ``ValueError`` unless non-empty and matching."""
+    x, y = np.asarray(x), np.asarray(y)
+    if len(x) == 0 or len(y) != len(x):
+        raise ValueError(f"need matching non-empty inputs and labels, got {len(x)} and {len(y)}")
+    return x, y, len(x)
+
+
 def _loss_and_logits(model: nnx.Module, x: jax.Array, y: jax.Array) -> tuple[jax.Array, jax.Array]:
     logits = model(x)
     return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean(), logits
@@ -117,11 +125,7 @@ def train(
     ``seconds`` and, when a test set is given, ``test_acc``. ``log``, if given,
     receives the record of each epoch as it ends.
     """
-    x_train = np.asarray(x_train)
-    y_train = np.asarray(y_train)
-    n = len(x_train)
-    if n == 0 or len(y_train) != n:
-        raise ValueError(f"need matching non-empty inputs and labels, got {n} and {len(y_train)}")
+    x_train, y_train, n = _labelled(x_train, y_train)
     if (x_test is None) != (y_test is None):
         raise ValueError("give both x_test and y_test, or neither")
     steps = steps_per_epoch(n, config.batch_size)
@@ -181,11 +185,7 @@ def accuracy_with_state(
     was split in. The last batch is zero-padded to ``batch_size`` (and masked), so
     one compilation per graphdef and input shape serves every call.
     """
-    x = np.asarray(x)
-    y = np.asarray(y)
-    n = len(x)
-    if n == 0 or len(y) != n:
-        raise ValueError(f"need matching non-empty inputs and labels, got {n} and {len(y)}")
+    x, y, n = _labelled(x, y)
     batch = min(batch_size, n)
     correct = []
     for start in range(0, n, batch):

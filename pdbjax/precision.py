@@ -1,0 +1,98 @@
+r"""The precision policy of pdbjax: which float dtype each kind of computation runs in.
+
+Every choice of a working dtype in the package is made by one of these functions.
+
+* **Decompositions** (:mod:`pdbjax.linalg`) run in a working precision chosen by the caller,
+  :data:`Precision` ``"float32"`` (the default on every backend) or ``"float64"`` (computed under a
+  local ``jax.enable_x64``); ``None`` is JAX's default float (:func:`check_precision`). :func:`context`
+  opens that precision for concrete inputs, :func:`scope` keeps computing in the precision a result was
+  made in.
+* **Estimators** (:mod:`pdbjax.estimate`, :mod:`pdbjax.pub`, :mod:`pdbjax.quality`) compute in
+  :func:`work_dtype` of their input: float32 for half-precision and integer eigenvalues, the input's
+  own float dtype otherwise.
+* **Closed forms** (:mod:`pdbjax.spectral`) compute in :func:`float_dtype` of their arguments: the
+  promoted dtype, JAX's default float for integer arguments.
+* **Fits of concrete eigenvalues** run in float64 under :func:`float64` (a local ``jax.enable_x64``):
+  a layer's eigenvalues may span ``1e-60 .. 1e60`` (see :mod:`pdbjax.linalg`), and the fitted edges
+  decide discrete keep counts. Traced inputs are computed in the caller's precision.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Literal
+
+import jax
+import jax.numpy as jnp
+from jax.typing import ArrayLike, DTypeLike
+
+from pdbjax._validate import is_traced
+
+__all__ = ["Precision", "PRECISIONS", "check_precision", "context", "scope", "work_dtype", "as_work", "float_dtype",
+           "float64"]
+
+Precision = Literal["float32", "float64"]
+PRECISIONS = ("float32", "float64")
+
+
+def check_precision(precision: str | None) -> Precision:
+    """The working precision: ``precision`` itself, or for ``None`` JAX's default float (float64 only
+    when the caller enabled 64-bit mode).
+
+    >>> check_precision("float32")
+    'float32'
+    >>> check_precision(None)  # 64-bit JAX is off by default
+    'float32'
+    """
+    if precision is None:
+        return "float64" if jax.dtypes.canonicalize_dtype(jnp.float64) == jnp.float64 else "float32"
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS} or None; got {precision!r}")
+    return precision
+
+
+def float64() -> contextlib.AbstractContextManager:
+    """A local ``jax.enable_x64``: float64 arrays inside, the caller's setting restored on exit."""
+    return jax.enable_x64(True)
+
+
+def context(precision: str, *xs: ArrayLike) -> contextlib.AbstractContextManager:
+    """:func:`float64` for ``"float64"`` work on concrete inputs; the ambient precision otherwise (a
+    traced input is computed in its caller's precision)."""
+    if precision == "float64" and not is_traced(*xs):
+        return float64()
+    return contextlib.nullcontext()
+
+
+def scope(x: jax.Array | tuple) -> contextlib.AbstractContextManager:
+    """The precision context in which to keep computing with ``x``, an array or a NamedTuple of arrays
+    whose first field decides (float64 results stay float64)."""
+    first = x[0] if isinstance(x, tuple) else x
+    return context("float64" if jnp.asarray(first).dtype == jnp.float64 else "float32", first)
+
+
+def work_dtype(dtype: DTypeLike) -> jnp.dtype:
+    """The estimators' dtype for input of ``dtype``: float32 for half precision and integers, else itself.
+
+    >>> work_dtype(jnp.bfloat16), work_dtype(jnp.int32), work_dtype(jnp.float32)
+    (dtype('float32'), dtype('float32'), dtype('float32'))
+    """
+    dtype = jnp.dtype(dtype)
+    return dtype if dtype in (jnp.float32, jnp.float64) else jnp.dtype(jnp.float32)
+
+
+def as_work(x: jax.Array) -> jax.Array:
+    """``x`` cast to :func:`work_dtype` of its dtype."""
+    return x.astype(work_dtype(x.dtype))
+
+
+def float_dtype(*xs: ArrayLike) -> jnp.dtype:
+    """The closed forms' dtype: the promoted dtype of ``xs``, JAX's default float when that is not a float.
+
+    >>> float_dtype(1, 2)  # integers: JAX's default float
+    dtype('float32')
+    """
+    dtype = jnp.result_type(*[jnp.asarray(x).dtype for x in xs])
+    if not jnp.issubdtype(dtype, jnp.floating):
+        dtype = jnp.result_type(float)
+    return dtype
