@@ -33,8 +33,8 @@ from pdbjax.filter import (
     FilterInfo,
     Rank,
     Shrink,
-    estimate_fit,
     filter_matrix,
+    fit_spectrum,
     keep_counts,
     needs_fit,
     normalised_fit,
@@ -43,7 +43,7 @@ from pdbjax.filter import (
 )
 from pdbjax.fits import reason_text
 from pdbjax.linalg import Spectrum, raw_eigenvalues, spectrum
-from pdbjax.precision import Precision, check_precision, float64, scope
+from pdbjax.precision import Precision, check_precision, scope
 from pdbjax.quality import fit_quality, heavy_tailed, tail_slope
 from pdbjax.report import Report, to_jsonable
 from pdbjax.tree import LayerAxis, Selected, Where, from_matrices, map_groups, path_name, replace, select, to_matrices
@@ -70,23 +70,24 @@ def _analyze_rows(spec: Spectrum, N: np.ndarray, mode: Mode, baselines: bool) ->
     decisions from, and the keep counts from :func:`pdbjax.filter.keep_counts`, which evaluates the
     rules exactly as :func:`pdbjax.filter_matrix` does.
     """
-    lam = raw_eigenvalues(spec)
-    pdb = estimate_fit(lam, N, "pdb", mode)  # the fit compress makes of the same numbers
+    pdb = fit_spectrum(spec, N, "pdb", mode)  # the fit compress makes of the same numbers
     fits = {rule: pdb for rule in RULES}
     out = {"pdb": pdb}
     if baselines:
         for method in ("bema", "kernel"):
-            out[method] = fits[f"pub-{method}"] = estimate_fit(lam, N, f"pub-{method}")
-    with float64():
-        lam64 = jnp.asarray(lam, jnp.float64)
-        for name in ("pdb", "bema", "kernel") if baselines else ("pdb",):
-            out[f"q_{name}"] = jax.tree_util.tree_map(np.asarray, fit_quality(lam64, N, out[name]))
-        out["tail_slope"] = np.asarray(tail_slope(lam64))
-        out["heavy_tailed"] = np.asarray(heavy_tailed(lam64, N, pdb, out["q_pdb"]))
+            out[method] = fits[f"pub-{method}"] = fit_spectrum(spec, N, f"pub-{method}")
+    units = np.asarray(spec.scale, np.float64) ** 2  # normalised eigenvalues -> W's units
+    with scope(spec):  # every figure in the working precision, on the normalised eigenvalues
+        eigs = spec.s**2
+        normalised = {name: normalised_fit(out[name], spec) for name in (("pdb", "bema", "kernel") if baselines else ("pdb",))}
+        quality = {name: fit_quality(eigs, N, fit) for name, fit in normalised.items()}
+        out["tail_slope"] = np.asarray(tail_slope(eigs))
+        out["heavy_tailed"] = np.asarray(heavy_tailed(eigs, N, normalised["pdb"], quality["pdb"]))
+        out["n_outliers"] = np.asarray(jnp.sum(outlier_mask(eigs, normalised["pdb"]), axis=-1))
+    for name, q in quality.items():
+        out[f"q_{name}"] = jax.tree_util.tree_map(np.asarray, q).rescale(units)
     rules = {name: "spikes" if name.startswith("pub-") else name for name in fits}
     out["keep"] = {name: np.asarray(keep_counts(spec, fit, rules[name])) for name, fit in fits.items()}
-    with scope(spec):
-        out["n_outliers"] = np.asarray(jnp.sum(outlier_mask(spec.s**2, normalised_fit(pdb, spec)), axis=-1))
     return out
 
 
@@ -115,9 +116,11 @@ def analyze(
       conv_reshape, layer_axis: how leaves map to matrices (:func:`pdbjax.tree.select`).
       on_error: ``"raise"`` (a clear error naming the leaf) or ``"skip"`` (a row with the status).
       shard: shard each batch over the local devices when there are several.
-      precision: working precision of the decomposition (:mod:`pdbjax.linalg`): ``"float32"`` (every
-        backend), ``"float64"`` (CPU users who ask for it), or ``None`` (default: float64 only inside
-        ``jax.enable_x64``). The fits run in float64 on the host either way.
+      precision: working precision of the decomposition and of the fits (:mod:`pdbjax.precision`):
+        ``"float32"`` (every backend; nothing needs float64), ``"float64"`` (CPU users who ask for it), or
+        ``None`` (default: float64 only inside ``jax.enable_x64``). The fits run on the normalised spectra
+        (:func:`pdbjax.filter.fit_spectrum`), so float32 cannot overflow whatever the weights' units;
+        measured against float64 fits in ``benchmarks/results/precision.md``.
       progress: optional ``progress(done, total)`` callback, called with the number of matrices
         decomposed after each shape group or chunk (and ``(0, total)`` before the first).
       max_memory: bytes of working copies the decompositions may hold at once (each shape group is
@@ -370,7 +373,7 @@ def compress(
     if budget is not None or needs_fit(method, rank, shrink):  # passes 1 and 2: spectra, then one fit per length
         first = None if progress is None else (lambda done, total: progress(done, 2 * total))
         specs = _spectra(good, precision, shard, first, max_memory)
-        fits = _by_length(good, specs, lambda spec, N: estimate_fit(raw_eigenvalues(spec), N, method, mode))
+        fits = _by_length(good, specs, lambda spec, N: fit_spectrum(spec, N, method, mode))
         then = None if progress is None else (lambda done, total: progress(n + done, 2 * n))
         if budget is not None:
             alloc = _allocate(good, specs, fits, budget, factored, fill=shrink != "optimal")

@@ -189,8 +189,8 @@ def _add_input_options(p: argparse.ArgumentParser) -> None:
                    help="PDBLS estimator: 'scaled' (scale-invariant, multi-start; default) or 'reference' "
                         "(the official code's algorithm on raw eigenvalues)")
     g.add_argument("--precision", choices=("float32", "float64"), default="float32",
-                   help="working precision of the SVD: float32 (default, any device) or float64 (CPU); the "
-                        "fits run in float64 either way")
+                   help="working precision of the SVD and the fits: float32 (default, any device) or float64 "
+                        "(CPU)")
     g.add_argument("--max-memory", metavar="SIZE", type=parse_size, default=DEFAULT_MAX_MEMORY,
                    help="working memory for the decompositions, e.g. 512M or 4G: each group of equal-shape "
                         "matrices is read from a memory-mapped .safetensors file and decomposed in chunks "

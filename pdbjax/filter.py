@@ -395,7 +395,7 @@ def filter_matrix(
                 f"shrink={shrink!r} with method {method!r} needs a fit of the noise: pass fit= (a PDBFit or "
                 f"PUBFit) or a rule rank such as 'spikes'; got rank={rank!r} and no fit"
             )
-        fit = estimate_fit(raw_eigenvalues(spec), max(W.shape[-2:]), method, mode)
+        fit = fit_spectrum(spec, max(W.shape[-2:]), method, mode)
     else:
         _check_fit(fit, method, W.shape[:-2])
     # Fixed keep counts are a traced argument (a sweep over ranks or budgets compiles once); rules are static.
@@ -449,21 +449,44 @@ def keep_counts(spec: Spectrum, fit: Fit, rule: Rank) -> Array:
         return keep_count(spec.s**2, normalised_fit(fit, spec), rule)
 
 
-def estimate_fit(lam: Array, N: int, method: str, mode: Mode = "scaled") -> Fit:
-    """Fit the bulk with the estimator that belongs to ``method`` (``fit_pdb`` for svd/slr rules).
+def _dispatch(eigs: Array, N: int | np.ndarray, method: str, mode: Mode) -> Fit:
+    """The estimator that belongs to ``method`` (``fit_pdb`` for svd/slr rules), in ``eigs``' own precision."""
+    if method.startswith("pub-"):
+        return fit_pub(eigs, N, method=method.removeprefix("pub-"))
+    return fit_pdb(eigs, N, mode=mode, precision="input")
 
-    Concrete eigenvalues are fitted in float64 (they may span 1e-60..1e60: see :mod:`pdbjax.linalg`),
-    exactly as :func:`pdbjax.analyze` fits them; traced ones in the caller's precision.
+
+def estimate_fit(lam: Array, N: int | np.ndarray, method: str, mode: Mode = "scaled") -> Fit:
+    """Fit raw eigenvalues ``lam`` with the estimator that belongs to ``method``.
+
+    Concrete eigenvalues are fitted in float64 (raw eigenvalues may span 1e-60..1e60: see
+    :mod:`pdbjax.linalg`); traced ones in the caller's precision. The pipeline (:func:`filter_matrix`,
+    :func:`pdbjax.analyze`, :func:`pdbjax.compress`) fits spectra with :func:`fit_spectrum` instead.
     """
-    def fit(x):
-        if method.startswith("pub-"):
-            return fit_pub(x, N, method=method.removeprefix("pub-"))
-        return fit_pdb(x, N, mode=mode)
-
     if is_traced(lam):
-        return fit(lam)
+        return _dispatch(lam, N, method, mode)
     with float64():
-        return jax.tree_util.tree_map(np.asarray, fit(jnp.asarray(lam, jnp.float64)))
+        return jax.tree_util.tree_map(np.asarray, _dispatch(jnp.asarray(lam, jnp.float64), N, method, mode))
+
+
+def fit_spectrum(spec: Spectrum, N: int | np.ndarray, method: str, mode: Mode = "scaled") -> Fit:
+    """Fit the normalised eigenvalues ``spec.s**2`` in the spectrum's own precision; the fit in ``W``'s units.
+
+    The fit runs where and how the decomposition ran (float32 on any device by default, float64 when
+    the caller asked for ``precision="float64"``): ``spec.s`` belongs to ``W / scale``, whose entries
+    lie in ``[-1, 1]``, so ``s**2`` cannot overflow float32 whatever the weights' units, and every
+    estimator is scale-equivariant (``mode="scaled"``; PUB always), so this is the fit of the raw
+    eigenvalues. The result is multiplied back by ``scale^2`` (an exact power of four) on the host in
+    float64 when concrete (:meth:`PDBFit.rescale`), in the caller's precision under its ``jit``.
+    ``mode="reference"`` is not scale-equivariant and is fitted on the raw eigenvalues in float64.
+    """
+    if mode == "reference" and method == "pdb":
+        return estimate_fit(raw_eigenvalues(spec), N, method, mode)
+    with scope(spec):
+        fit = _dispatch(spec.s**2, N, method, mode)
+        if is_traced(fit, spec):
+            return fit.rescale(spec.scale.astype(spec.s.dtype) ** 2)
+    return jax.tree_util.tree_map(np.asarray, fit).rescale(np.asarray(spec.scale, np.float64) ** 2)
 
 
 def _check_fit(fit: Fit, method: str, batch: tuple[int, ...]) -> None:

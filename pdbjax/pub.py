@@ -69,7 +69,7 @@ import numpy as np
 from pdbjax.fits import PUBFit, Reason, demote, fit_result
 from pdbjax.inputs import check_eigs, median_units, placeholder, screen
 from pdbjax.lsq import least_squares_box
-from pdbjax.precision import as_work, float64
+from pdbjax.precision import as_work, host_float64
 from pdbjax.spectral import PDB, cdf, density
 
 __all__ = ["fit_pub", "TW1_QUANTILES"]
@@ -110,7 +110,7 @@ def _mp_table(c: float) -> tuple[np.ndarray, np.ndarray]:
     behaviour), computed once per ``c`` under a local ``jax.enable_x64``, eagerly even when called
     while tracing.
     """
-    with jax.ensure_compile_time_eval(), float64():
+    with jax.ensure_compile_time_eval(), host_float64():
         x, F = _mp_cdf_nodes(jnp.asarray(c, jnp.float64))
         return np.asarray(x), np.asarray(F)
 

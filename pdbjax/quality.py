@@ -79,6 +79,12 @@ class Quality(NamedTuple):
     l2: Array
     ok: Array
 
+    def rescale(self, factor) -> "Quality":
+        """The same figures for eigenvalues multiplied by ``factor`` (batch-shaped, e.g. float64 on the host):
+        the ``k``-th moments are multiplied by ``factor^k``; the distances and relative errors are unit-free."""
+        power = np.reshape(np.asarray(factor), np.shape(factor) + (1,)) ** np.arange(1, 4)
+        return self._replace(moments=self.moments * power, model_moments=self.model_moments * power)
+
 
 def _quality_one(eigs: Array, K: Array, pop: PDB, ok: Array, N: Array) -> Quality:
     lam = -jnp.sort(-eigs)

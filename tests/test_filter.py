@@ -11,9 +11,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from pdbjax.estimate import fit_pdb
-from pdbjax.filter import FilterInfo, filter_matrix, keep_count, outlier_mask, shrink_spikes, svd
+from pdbjax.filter import FilterInfo, filter_matrix, fit_spectrum, keep_count, outlier_mask, shrink_spikes, svd
 from pdbjax.fits import PDBFit, PUBFit, Reason
+from pdbjax.linalg import spectrum
 from pdbjax.pub import fit_pub
 from pdbjax.simulate import simulate
 from pdbjax.spectral import PDB, critical_points, edges, lambda_plus
@@ -428,7 +428,7 @@ def test_argument_checks(dense) -> None:
 def test_pdb_filter_with_estimated_fit(batch) -> None:
     W = batch[0]
     lam = np.asarray(svd(W)[1]) ** 2
-    fit = fit_pdb(lam, 120)
+    fit = fit_spectrum(spectrum(W), 120, "pdb")  # the fit filter_matrix estimates: float32, normalised spectrum
     assert np.asarray(fit.ok).all()
     out, info = filter_matrix(W, "pdb", "upper-bulk")
     ref, ref_info = filter_matrix(W, "pdb", "upper-bulk", fit=fit)

@@ -24,8 +24,16 @@ BATCH_PARTNERS = Tol(1e-6, 0.0, "same fit batched with other partners (solver to
 SAME_ARITHMETIC = Tol(1e-9, 0.0, "same arithmetic, one row of a vmap")
 #: A float32 result against float64 arithmetic: float32's eps is 1.2e-7; 50 ulp covers a short chain.
 FLOAT32 = Tol(1e-5, 0.0, "float32 against float64 arithmetic (eps 1.2e-7, a short chain of operations)")
-#: Results gathered from other processes: the same matrices, batched with other partners.
-OTHER_PROCESS = Tol(1e-5, 1e-6, "same matrices fitted in another process, batched with other partners")
+#: A whole pipeline fit in float32 against the same fit in float64 (simulated PDB matrices): the SVD carries
+#: relative errors ~1e-6 and the least squares stops at its float32 tolerance; measured at most 4e-4 relative
+#: on lambda_plus (benchmarks/results/precision.md), so 1e-3.
+FLOAT32_FIT = Tol(1e-3, 0.0, "PDBLS in float32 against float64 on simulated PDB matrices (measured <= 4e-4)")
+#: Results gathered from other processes: the same matrices, batched with other partners, fitted in float32
+#: (the pipeline's default precision). Batch partners change XLA's reduction order, and the float32 least
+#: squares stops within its tolerance: measured up to 1.5e-4 relative on sigma2_sq and 1e-4 on lambda_plus
+#: (6 simulated spectra fitted alone and in one batch), so 5e-4; the fit residual (~2e-3, dimensionless) sits at
+#: the solver's floor and moves by up to 4e-6 absolute, so atol 1e-5 (the simulated tests' values are O(1)).
+OTHER_PROCESS = Tol(5e-4, 1e-5, "same matrices fitted in float32 in another process, batched with other partners")
 
 
 def assert_close(actual, desired, tol: Tol, err_msg: str = "") -> None:

@@ -1,0 +1,76 @@
+"""The working precision (:mod:`pdbjax.precision`): float32 pipelines need no float64 on the device and
+give the ranks and fits of float64 pipelines."""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+import pytest
+from tolerances import FLOAT32_FIT, assert_close
+
+import pdbjax
+from pdbjax import precision
+from pdbjax.pub import _mp_table
+
+
+def _model() -> dict:
+    """Three simulated layers with clear outliers, one and two bulks, two spectrum lengths."""
+    key = jax.random.PRNGKey(3)
+    layers = [(600, 200, pdbjax.PDB(0.6, 1.0, 6.0), [80.0, 40.0]), (500, 200, pdbjax.PDB.pub(2.0), [30.0]),
+              (400, 120, pdbjax.PDB(0.7, 0.5, 3.0), [25.0])]
+    params = {}
+    for i, (n, p, pop, spikes) in enumerate(layers):
+        key, k = jax.random.split(key)
+        params[f"l{i}"] = {"kernel": np.asarray(pdbjax.simulate(k, n, p, pop, spikes=spikes))}
+    return params
+
+
+@pytest.fixture(scope="module")
+def model():
+    return _model()
+
+
+def test_float32_pipeline_asks_no_device_for_float64(model, monkeypatch):
+    """analyze and compress (rule, budget, optimal shrinkage) in float32 enter 64-bit JAX only for host
+    constants pinned to the CPU (as on a TPU, where the device has no float64)."""
+    _mp_table.cache_clear()  # BEMA's table is the one float64 constant: make it be computed here
+    calls = []
+    real = jax.enable_x64
+
+    def spy(*args, **kwargs):
+        calls.append(jax.config.jax_default_device)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(jax, "enable_x64", spy)
+    report = pdbjax.analyze(model, precision="float32")
+    pdbjax.compress(model, precision="float32")
+    pdbjax.compress(model, budget=0.3, precision="float32")
+    pdbjax.compress(model, shrink="optimal", precision="float32")
+    assert all(row["status"] == "ok" for row in report.rows)
+    assert calls, "the BEMA table was not computed: the spy saw nothing"
+    assert all(d is not None and d.platform == "cpu" for d in calls), calls
+
+
+def test_float32_and_float64_pipelines_agree(model):
+    """Same status, K, bulk count and keep counts; lambda_plus within FLOAT32_FIT. Keep counts are compared
+    only where float64's number is not at a rounding or edge threshold (no exact equality at a threshold)."""
+    r32 = pdbjax.analyze(model, precision="float32").rows
+    r64 = pdbjax.analyze(model, precision="float64").rows
+    for a, b in zip(r32, r64):
+        assert (a["status"], a["K"], a["bulks"]) == (b["status"], b["K"], b["bulks"]), a["name"]
+        assert_close(a["lambda_plus"], b["lambda_plus"], FLOAT32_FIT, a["name"])
+        eigs = np.linalg.svd(np.asarray(model[a["leaf"].split("/")[0]]["kernel"], np.float64), compute_uv=False) ** 2
+        for rule, edge in (("spikes", "lambda_plus"), ("pub-bema", "lambda_plus_bema"), ("pub-kernel", "lambda_plus_kernel")):
+            if np.min(np.abs(eigs / b[edge] - 1)) > 2 * FLOAT32_FIT.rtol:  # no eigenvalue at the edge
+                assert a["rank_kept"][rule] == b["rank_kept"][rule], (a["name"], rule)
+        if b["bulks"] == 2:
+            w = b["t"] if b["sigma1_sq"] > b["sigma2_sq"] else 1 - b["t"]
+            share = w * (b["p"] - b["n_outliers"])
+            if abs(share - np.floor(share) - 0.5) > 0.05:  # not at a rounding boundary
+                assert a["rank_kept"]["upper-bulk"] == b["rank_kept"]["upper-bulk"], a["name"]
+
+
+def test_precision_policy_names():
+    with pytest.raises(ValueError, match="precision must be one of"):
+        precision.check_precision("float16")
+    assert precision.work_dtype(np.float16) == np.float32
