@@ -270,10 +270,10 @@ def densify(params: Any, like: Any) -> Any:
     return jax.tree_util.tree_map_with_path(lambda path, x: updates.get(path_name(path), x), params, is_leaf=is_low)
 
 
-def _compress_stack(mats: jax.Array, fit: Any, method: str, rank: Rank, shrink: Shrink, factored: bool, mode: Mode,
-                    slr: tuple[float, float], precision: Precision):
+def _compress_stack(mats: jax.Array, fit: Any, spec: Spectrum | None, method: str, rank: Rank, shrink: Shrink, factored: bool,
+                    mode: Mode, slr: tuple[float, float], precision: Precision):
     out, info = filter_matrix(
-        mats, method, rank, fit=fit, shrink=shrink, factored=factored, slr_sr=slr[0], slr_rr=slr[1], mode=mode,
+        mats, method, rank, fit=fit, spec=spec, shrink=shrink, factored=factored, slr_sr=slr[0], slr_rr=slr[1], mode=mode,
         precision=precision,
     )
     return {"out": out, "info": info, "fit": fit}
@@ -370,22 +370,24 @@ def compress(
     good = [s for s in sels if s.ok]
     n = sum(s.num_matrices for s in good)
     alloc = None
+    slr = (slr_sr, slr_rr)
     if budget is not None or needs_fit(method, rank, shrink):  # passes 1 and 2: spectra, then one fit per length
         first = None if progress is None else (lambda done, total: progress(done, 2 * total))
         specs = _spectra(good, precision, shard, first, max_memory)
         fits = _by_length(good, specs, lambda spec, N: fit_spectrum(spec, N, method, mode))
         then = None if progress is None else (lambda done, total: progress(n + done, 2 * n))
+        # Pass 3 rebuilds with each matrix's fit and its pass-1 spectrum (no second values-only SVD), and the
+        # budget's keep counts when there is a budget.
+        aux = [{"fit": fit, "spec": spec} for fit, spec in zip(fits, specs)]
         if budget is not None:
             alloc = _allocate(good, specs, fits, budget, factored, fill=shrink != "optimal")
+            for item, keep in zip(aux, _split(alloc.keep.astype(np.int32), good)):
+                item["keep"] = keep
+        fn = lambda m, a: _compress_stack(m, a["fit"], Spectrum(*a["spec"]), method, a.get("keep", rank), shrink, factored,  # noqa: E731
+                                          mode, slr, precision)
     else:
-        fits, then = None, progress
-    if alloc is None:
-        fn = lambda m, fit=None: _compress_stack(m, fit, method, rank, shrink, factored, mode, (slr_sr, slr_rr), precision)  # noqa: E731
-        aux = fits
-    else:
-        fn = lambda m, a: _compress_stack(m, a["fit"], method, a["keep"], shrink, factored, mode, (slr_sr, slr_rr), precision)  # noqa: E731
-        keeps = _split(alloc.keep.astype(np.int32), good)
-        aux = [{"fit": fit, "keep": keep} for fit, keep in zip(fits, keeps)]
+        aux, then = None, progress
+        fn = lambda m: _compress_stack(m, None, None, method, rank, shrink, factored, mode, slr, precision)  # noqa: E731
     results = map_groups(fn, _matrices(good), shard=shard, progress=then, max_memory=max_memory, aux=aux)
     counted = None if alloc is None else _split(alloc.params, good)
     rows: list[dict[str, Any]] = [_skipped_row(s) for s in sels if not s.ok]

@@ -301,6 +301,7 @@ def filter_matrix(
     rank: Rank = "spikes",
     *,
     fit: Fit | None = None,
+    spec: Spectrum | None = None,
     shrink: Shrink | None = None,
     factored: bool = False,
     slr_sr: float = 0.5,
@@ -364,6 +365,9 @@ def filter_matrix(
         ``W.shape[:-2]`` (a :class:`~pdbjax.fits.PDBFit` for ``"pdb"``, a :class:`~pdbjax.fits.PUBFit`
         for ``"pub-*"``, either for rule ranks or shrinkage of ``"svd"``/``"slr"``; ignored by
         ``"svd"``/``"slr"`` with an ``int``/``float`` rank and ``shrink="none"``).
+      spec: ``W``'s values-only spectrum, :func:`pdbjax.linalg.spectrum` in the same ``precision``, when the
+        caller has it already (:func:`pdbjax.compress` keeps it from its first pass): the keep decisions
+        are taken from it, and one decomposition is saved. Its batch shape must be ``W.shape[:-2]``.
       shrink: ``"spikes"``, ``"optimal"``, ``"none"`` or ``None`` (the method's default), static.
       factored: return factors ``(A, B)`` with ``W' = A @ B`` instead of ``W'``.
       slr_sr: SLR sparsity rate: fraction of rows (columns) that are sparsified.
@@ -386,7 +390,11 @@ def filter_matrix(
         if not 0.0 <= value <= 1.0:
             raise ValueError(f"{name} must lie in [0, 1]; got {value}")
     W = _as_matrices(W)
-    spec = spectrum(W, precision=precision)
+    if spec is None:
+        spec = spectrum(W, precision=precision)
+    elif jnp.shape(spec.s) != W.shape[:-2] + (min(W.shape[-2:]),):
+        raise ValueError(f"spec holds singular values of shape {jnp.shape(spec.s)}; W of shape {W.shape} needs "
+                         f"{W.shape[:-2] + (min(W.shape[-2:]),)}")
     if not needs_fit(method, rank, shrink):
         fit = None
     elif fit is None:

@@ -11,6 +11,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import pdbjax
+import pdbjax.filter as filter_module
 from pdbjax.filter import FilterInfo, filter_matrix, fit_spectrum, keep_count, outlier_mask, shrink_spikes, svd
 from pdbjax.fits import PDBFit, PUBFit, Reason
 from pdbjax.linalg import spectrum
@@ -450,3 +452,21 @@ def test_pub_filter_with_estimated_fit(method) -> None:
     ref, _ = filter_matrix(W, method, "spikes", fit=fit)
     np.testing.assert_allclose(np.asarray(out), np.asarray(ref), atol=1e-6)
     assert int(info.n_outliers) >= 2 and bool(info.ok)
+
+
+def test_filter_with_a_precomputed_spectrum(batch, monkeypatch) -> None:
+    """``spec=`` gives the result of the spectrum filter_matrix would compute; a wrong shape is refused; and
+    compress passes its first pass's spectra, so it never decomposes values-only twice."""
+    W = batch[0]
+    ref, ref_info = filter_matrix(W, "pdb", "upper-bulk")
+    out, info = filter_matrix(W, "pdb", "upper-bulk", spec=spectrum(W))
+    np.testing.assert_array_equal(np.asarray(out), np.asarray(ref))
+    np.testing.assert_array_equal(np.asarray(info.keep), np.asarray(ref_info.keep))
+    with pytest.raises(ValueError, match="spec holds singular values of shape"):
+        filter_matrix(W, "pdb", "upper-bulk", spec=spectrum(W[:1]))
+    def refuse(*args, **kwargs):
+        raise AssertionError("filter_matrix decomposed again")
+
+    monkeypatch.setattr(filter_module, "spectrum", refuse)
+    new, report = pdbjax.compress({"d": {"kernel": np.asarray(W[0])}}, rank="upper-bulk")
+    assert report.rows[0]["status"] == "ok"
