@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import os
 import platform
 import subprocess
 import sys
@@ -177,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
             "when": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
             "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                                      cwd=ROOT).stdout.strip(),
-            "machine": f"{platform.machine()}, {platform.python_version()}, {len(__import__('os').sched_getaffinity(0))} cores",
+            "machine": f"{platform.machine()}, {platform.python_version()}, {len(os.sched_getaffinity(0))} cores",
             "models": {}}
     for name, (model, where) in models.items():
         res = {p: run(model, p, where) for p in ("float32", "float64")}

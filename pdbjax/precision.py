@@ -38,7 +38,7 @@ from pdbjax._validate import is_traced
 __all__ = ["Precision", "PRECISIONS", "check_precision", "context", "scope", "work_dtype", "as_work", "float_dtype",
            "float64", "host_float64"]
 
-Precision = Literal["float32", "float64", "host_float64"]
+Precision = Literal["float32", "float64"]
 PRECISIONS = ("float32", "float64")
 
 

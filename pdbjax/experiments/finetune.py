@@ -46,6 +46,8 @@ from pdbjax.api import LowRank, densify
 from pdbjax.experiments.train import (
     TrainConfig,
     epoch_permutation,
+    labelled,
+    loss_and_logits,
     make_optimizer,
     replace_arrays,
     steps_per_epoch,
@@ -148,10 +150,7 @@ def finetune(
       network they stand for (:func:`dense_state`); ``record`` holds ``loss`` and ``acc`` accumulated
       over the epoch (on the labels given), ``lr``, ``steps`` and ``seconds``.
     """
-    x_train, y_train = np.asarray(x_train), np.asarray(y_train)
-    n = len(x_train)
-    if n == 0 or len(y_train) != n:
-        raise ValueError(f"need matching non-empty inputs and labels, got {n} and {len(y_train)}")
+    x_train, y_train, n = labelled(x_train, y_train)
     flat = traverse_util.flatten_dict(dict(params))
     if balanced:
         flat = {path: balance(leaf) if _is_low(leaf) else leaf for path, leaf in flat.items()}
@@ -172,8 +171,7 @@ def finetune(
     def loss_fn(tree: dict, st: nnx.State, x: jax.Array, y: jax.Array):
         model = nnx.merge(graphdef, replace_arrays(st, traverse_util.flatten_dict(densify(tree, like))))
         model.train()
-        logits = model(x)
-        loss = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+        loss, logits = loss_and_logits(model, x, y)
         after = dict(nnx.to_flat_state(nnx.state(model)))
         return loss, (logits, [after[path].get_value() for path in carried])
 

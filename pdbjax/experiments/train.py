@@ -83,7 +83,7 @@ def epoch_permutation(seed: int, epoch: int, n: int) -> np.ndarray:
     return np.random.default_rng([seed, epoch]).permutation(n)
 
 
-def _labelled(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+def labelled(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
     """``(x, y, n)`` as arrays with their common length; ``ValueError`` unless non-empty and matching."""
     x, y = np.asarray(x), np.asarray(y)
     if len(x) == 0 or len(y) != len(x):
@@ -91,7 +91,8 @@ def _labelled(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, int
     return x, y, len(x)
 
 
-def _loss_and_logits(model: nnx.Module, x: jax.Array, y: jax.Array) -> tuple[jax.Array, jax.Array]:
+def loss_and_logits(model: nnx.Module, x: jax.Array, y: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Mean softmax cross-entropy of ``model(x)`` against integer labels ``y``, and the logits."""
     logits = model(x)
     return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean(), logits
 
@@ -101,7 +102,7 @@ def _train_step(
     model: nnx.Module, optimizer: nnx.Optimizer, x: jax.Array, y: jax.Array
 ) -> tuple[jax.Array, jax.Array]:
     """One SGD step in place; returns the batch loss and the number of correct predictions."""
-    (loss, logits), grads = nnx.value_and_grad(_loss_and_logits, has_aux=True)(model, x, y)
+    (loss, logits), grads = nnx.value_and_grad(loss_and_logits, has_aux=True)(model, x, y)
     optimizer.update(model, grads)
     return loss, jnp.sum(jnp.argmax(logits, axis=-1) == y)
 
@@ -125,7 +126,7 @@ def train(
     ``seconds`` and, when a test set is given, ``test_acc``. ``log``, if given,
     receives the record of each epoch as it ends.
     """
-    x_train, y_train, n = _labelled(x_train, y_train)
+    x_train, y_train, n = labelled(x_train, y_train)
     if (x_test is None) != (y_test is None):
         raise ValueError("give both x_test and y_test, or neither")
     steps = steps_per_epoch(n, config.batch_size)
@@ -185,7 +186,7 @@ def accuracy_with_state(
     was split in. The last batch is zero-padded to ``batch_size`` (and masked), so
     one compilation per graphdef and input shape serves every call.
     """
-    x, y, n = _labelled(x, y)
+    x, y, n = labelled(x, y)
     batch = min(batch_size, n)
     correct = []
     for start in range(0, n, batch):
