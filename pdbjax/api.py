@@ -31,6 +31,7 @@ from pdbjax.estimate import Mode
 from pdbjax.filter import (
     METHODS,
     FilterInfo,
+    Method,
     Rank,
     Shrink,
     filter_matrix,
@@ -46,7 +47,7 @@ from pdbjax.linalg import Spectrum, raw_eigenvalues, spectrum
 from pdbjax.precision import Precision, check_precision, scope
 from pdbjax.quality import fit_quality, heavy_tailed, tail_slope
 from pdbjax.report import Report, to_jsonable
-from pdbjax.tree import LayerAxis, Selected, Where, from_matrices, map_groups, path_name, replace, select, to_matrices
+from pdbjax.tree import ConvReshape, LayerAxis, OnError, Selected, Where, from_matrices, map_groups, path_name, replace, select, to_matrices
 
 __all__ = ["analyze", "compress", "LowRank", "densify", "DEFAULT_RANK", "RULES"]
 
@@ -93,13 +94,13 @@ def _analyze_rows(spec: Spectrum, N: np.ndarray, mode: Mode, baselines: bool) ->
 
 def analyze(
     params: Any,
-    where: Where | None = None,
+    where: Where = None,
     *,
     mode: Mode = "scaled",
     baselines: bool = True,
-    conv_reshape: str = "in",
+    conv_reshape: ConvReshape = "in",
     layer_axis: LayerAxis = None,
-    on_error: str = "raise",
+    on_error: OnError = "raise",
     shard: bool = True,
     precision: Precision | None = None,
     progress: Callable[[int, int], None] | None = None,
@@ -270,20 +271,11 @@ def densify(params: Any, like: Any) -> Any:
     return jax.tree_util.tree_map_with_path(lambda path, x: updates.get(path_name(path), x), params, is_leaf=is_low)
 
 
-def _compress_stack(mats: jax.Array, fit: Any, spec: Spectrum | None, method: str, rank: Rank, shrink: Shrink, factored: bool,
-                    mode: Mode, slr: tuple[float, float], precision: Precision):
-    out, info = filter_matrix(
-        mats, method, rank, fit=fit, spec=spec, shrink=shrink, factored=factored, slr_sr=slr[0], slr_rr=slr[1], mode=mode,
-        precision=precision,
-    )
-    return {"out": out, "info": info, "fit": fit}
-
-
 def compress(
     params: Any,
-    where: Where | None = None,
+    where: Where = None,
     *,
-    method: str = "pdb",
+    method: Method = "pdb",
     rank: Rank | None = None,
     budget: float | None = None,
     shrink: Shrink | None = None,
@@ -291,9 +283,9 @@ def compress(
     mode: Mode = "scaled",
     slr_sr: float = 0.5,
     slr_rr: float = 0.5,
-    conv_reshape: str = "in",
+    conv_reshape: ConvReshape = "in",
     layer_axis: LayerAxis = None,
-    on_error: str = "raise",
+    on_error: OnError = "raise",
     shard: bool = True,
     precision: Precision | None = None,
     progress: Callable[[int, int], None] | None = None,
@@ -370,7 +362,12 @@ def compress(
     good = [s for s in sels if s.ok]
     n = sum(s.num_matrices for s in good)
     alloc = None
-    slr = (slr_sr, slr_rr)
+    options = dict(shrink=shrink, factored=factored, mode=mode, slr_sr=slr_sr, slr_rr=slr_rr, precision=precision)
+
+    def rebuild(mats: jax.Array, keep: Rank, fit: Any = None, spec: Spectrum | None = None) -> dict[str, Any]:
+        out, info = filter_matrix(mats, method, keep, fit=fit, spec=spec, **options)
+        return {"out": out, "info": info, "fit": fit}
+
     if budget is not None or needs_fit(method, rank, shrink):  # passes 1 and 2: spectra, then one fit per length
         first = None if progress is None else (lambda done, total: progress(done, 2 * total))
         specs = _spectra(good, precision, shard, first, max_memory)
@@ -383,11 +380,10 @@ def compress(
             alloc = _allocate(good, specs, fits, budget, factored, fill=shrink != "optimal")
             for item, keep in zip(aux, _split(alloc.keep.astype(np.int32), good)):
                 item["keep"] = keep
-        fn = lambda m, a: _compress_stack(m, a["fit"], Spectrum(*a["spec"]), method, a.get("keep", rank), shrink, factored,  # noqa: E731
-                                          mode, slr, precision)
+        fn = lambda m, a: rebuild(m, a.get("keep", rank), a["fit"], Spectrum(*a["spec"]))  # noqa: E731
     else:
         aux, then = None, progress
-        fn = lambda m: _compress_stack(m, None, None, method, rank, shrink, factored, mode, slr, precision)  # noqa: E731
+        fn = lambda m: rebuild(m, rank)  # noqa: E731
     results = map_groups(fn, _matrices(good), shard=shard, progress=then, max_memory=max_memory, aux=aux)
     counted = None if alloc is None else _split(alloc.params, good)
     rows: list[dict[str, Any]] = [_skipped_row(s) for s in sels if not s.ok]

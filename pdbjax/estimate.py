@@ -41,7 +41,7 @@ from pdbjax.fits import PDBFit, Reason, demote, fit_result
 from pdbjax.inputs import check_eigs, median, placeholder, screen, screen_rtol
 from pdbjax.linalg import raw_eigenvalues, spectrum
 from pdbjax.lsq import least_squares_box
-from pdbjax.precision import as_work, check_precision, float64, work_dtype
+from pdbjax.precision import Precision, as_work, check_precision, float64, work_dtype
 from pdbjax.spectral import PDB, critical_points, edges, silverstein_z
 
 __all__ = ["eigenvalues", "spike_count", "fit_pdb"]
@@ -76,39 +76,46 @@ _STARTS = np.array([(0.5, 0.5, 0.5)] + [(t, a, b) for t in (0.3, 0.7) for a, b i
 # Eigenvalues
 
 
-def eigenvalues(W: jax.typing.ArrayLike, *, dtype=None, method: Literal["gram", "svd"] = "svd") -> Array:
+def eigenvalues(
+    W: jax.typing.ArrayLike, *, precision: Precision | None = None, solver: Literal["svd", "gram"] = "svd"
+) -> Array:
     r"""Descending eigenvalues ``lambda_j = s_j^2`` of a stack of matrices ``W`` of shape ``(..., a, b)``.
 
-    ``method="svd"`` (default) is the decomposition :func:`pdbjax.analyze` and :func:`pdbjax.compress`
+    ``solver="svd"`` (default) is the decomposition :func:`pdbjax.analyze` and :func:`pdbjax.compress`
     use (:func:`pdbjax.linalg.spectrum`: each matrix divided by a power of two, values-only SVD, QR
     first for very elongated matrices, so memory stays ``O(N p)``); ``"gram"``: one batched symmetric
     eigendecomposition ``eigh`` of the smaller Gram matrix (``W^T W`` or ``W W^T``, ``p x p``), whose
-    float32 eigenvalues carry absolute errors ``~eps * lambda_1``. ``dtype=jnp.float64`` computes
-    under a local ``jax.enable_x64`` (when the smallest eigenvalues matter); the default is float32
-    (float64 inside ``jax.enable_x64``), whatever the storage dtype. Complex input is rejected.
-    Eigenvalues of a matrix with NaN/Inf entries are NaN (the estimators flag them).
+    float32 eigenvalues carry absolute errors ``~eps * lambda_1``. ``precision`` is the working
+    precision (:mod:`pdbjax.precision`): ``"float64"`` computes under a local ``jax.enable_x64`` (when
+    the smallest eigenvalues matter); ``None`` is float32 (float64 inside ``jax.enable_x64``),
+    whatever the storage dtype. Complex input is rejected. Eigenvalues of a matrix with NaN/Inf
+    entries are NaN (the estimators flag them).
+
+    >>> import numpy as np, pdbjax
+    >>> W = np.diag([3.0, 2.0, 1.0])
+    >>> pdbjax.eigenvalues(W, precision="float64", solver="gram").round(6).tolist()
+    [9.0, 4.0, 1.0]
     """
-    W = jnp.asarray(W) if dtype is None or jnp.dtype(dtype) != jnp.float64 else np.asarray(W)
+    if solver not in ("gram", "svd"):
+        raise ValueError(f"solver must be 'gram' or 'svd'; got {solver!r}")
+    precision = check_precision(precision)
+    W = np.asarray(W) if precision == "float64" and not is_traced(W) else jnp.asarray(W)
     if np.ndim(W) < 2:
         raise ValueError(f"eigenvalues needs matrices of shape (..., a, b); got shape {np.shape(W)}")
-    if method not in ("gram", "svd"):
-        raise ValueError(f"method must be 'gram' or 'svd'; got {method!r}")
     if np.iscomplexobj(W):
         raise ValueError(f"eigenvalues needs real matrices; got dtype {W.dtype}")
-    precision = None if dtype is None else ("float64" if jnp.dtype(dtype) == jnp.float64 else "float32")
-    if method == "svd":
+    if solver == "svd":
         lam = raw_eigenvalues(spectrum(W, precision=precision))
         if is_traced(lam):
             return lam
-        if check_precision(precision) == "float64":
+        if precision == "float64":
             with float64():
                 return jnp.asarray(lam, jnp.float64)
         return jnp.asarray(lam, jnp.float32)
-    if dtype is not None and jnp.dtype(dtype) == jnp.float64 and not is_traced(W):
+    if precision == "float64" and not is_traced(W):
         with float64():
             return _gram_eigenvalues(jnp.asarray(W, jnp.float64))
-    work = work_dtype(W.dtype) if dtype is None else jnp.dtype(dtype)
-    return _gram_eigenvalues(W.astype(work))
+    return _gram_eigenvalues(W.astype(work_dtype(W.dtype) if precision == "float32" else jnp.float64))
 
 
 @jax.jit

@@ -304,9 +304,9 @@ def filter_matrix(
     spec: Spectrum | None = None,
     shrink: Shrink | None = None,
     factored: bool = False,
+    mode: Mode = "scaled",
     slr_sr: float = 0.5,
     slr_rr: float = 0.5,
-    mode: Mode = "scaled",
     precision: Precision | None = None,
 ) -> tuple[Array | tuple[Array, Array], FilterInfo]:
     r"""Filter (compress) a stack of weight matrices ``W`` of shape ``(..., a, b)``.
@@ -370,9 +370,9 @@ def filter_matrix(
         are taken from it, and one decomposition is saved. Its batch shape must be ``W.shape[:-2]``.
       shrink: ``"spikes"``, ``"optimal"``, ``"none"`` or ``None`` (the method's default), static.
       factored: return factors ``(A, B)`` with ``W' = A @ B`` instead of ``W'``.
+      mode: PDBLS mode when the fit is estimated here (:func:`pdbjax.fit_pdb`).
       slr_sr: SLR sparsity rate: fraction of rows (columns) that are sparsified.
       slr_rr: SLR reduction rate: fraction of the ``k`` components those rows (columns) keep.
-      mode: PDBLS mode when the fit is estimated here (:func:`pdbjax.fit_pdb`).
       precision: working precision of the decomposition, ``"float32"``, ``"float64"`` or ``None``
         (JAX's default float: float64 only inside ``jax.enable_x64``).
 
@@ -460,7 +460,7 @@ def keep_counts(spec: Spectrum, fit: Fit, rule: Rank) -> Array:
 def _dispatch(eigs: Array, N: int | np.ndarray, method: str, mode: Mode) -> Fit:
     """The estimator that belongs to ``method`` (``fit_pdb`` for svd/slr rules), in ``eigs``' own precision."""
     if method.startswith("pub-"):
-        return fit_pub(eigs, N, method=method.removeprefix("pub-"))
+        return fit_pub(eigs, N, method.removeprefix("pub-"))
     return fit_pdb(eigs, N, mode=mode, precision="input")
 
 

@@ -28,8 +28,9 @@ import jax
 import numpy as np
 
 from pdbjax._atomic import atomic_write
-from pdbjax.precision import float64
+from pdbjax.precision import Precision, float64
 from pdbjax.spectral import PDB, density
+from pdbjax.tree import ConvReshape, LayerAxis, Where, map_groups, select, to_matrices
 
 __all__ = ["plot_matrix", "plot_summary", "save_figures", "spectra", "require_matplotlib"]
 
@@ -60,11 +61,11 @@ def _new_figure(figsize: tuple[float, float]):
 
 def spectra(
     params: Any,
-    where: Any = None,
+    where: Where = None,
     *,
-    conv_reshape: str = "in",
-    layer_axis: Any = None,
-    precision: str | None = None,
+    conv_reshape: ConvReshape = "in",
+    layer_axis: LayerAxis = None,
+    precision: Precision | None = None,
 ) -> dict[str, np.ndarray]:
     """Descending eigenvalues (float64) of every selected matrix, keyed like :func:`pdbjax.analyze` rows.
 
@@ -74,7 +75,6 @@ def spectra(
     eigenvalues the report was fitted to. A stacked leaf (``layer_axis``) gives the keys ``"name[0]"``, ``"name[1]"``, ...
     """
     from pdbjax.linalg import raw_eigenvalues, spectrum
-    from pdbjax.tree import map_groups, select, to_matrices
 
     sels = [s for s in select(params, where, conv_reshape=conv_reshape, layer_axis=layer_axis, on_error="skip") if s.ok]
     stacks = map_groups(lambda m: raw_eigenvalues(spectrum(m, precision=precision)), [to_matrices(s.value, s) for s in sels])

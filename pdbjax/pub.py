@@ -8,7 +8,7 @@ separates noise from the ``K`` spikes. Both estimators take the input convention
 ``1/N``) on the last axis of a ``(..., p)`` array, ``N`` the larger matrix dimension (a Python int),
 ``c = p / N``.
 
-* ``method="bema"``: bulk eigenvalue matching analysis (Ke, Ma & Lin 2023) in its equal-variance
+* ``estimator="bema"``: bulk eigenvalue matching analysis (Ke, Ma & Lin 2023) in its equal-variance
   (Marchenko-Pastur) form, the PUB-BEMA baseline of Wu, Zhu & Li (2025). The
   ``k``-th largest eigenvalue is matched with the Marchenko-Pastur quantile (``sigma^2 = 1``, ratio
   ``c = p / N``) at CDF level ``1 - (k - 1/2) / p`` (the mid-point plotting position), for the trimmed
@@ -18,7 +18,7 @@ separates noise from the ``K`` spikes. Both estimators take the input convention
 
   ``K`` counts the eigenvalues above the Tracy-Widom corrected edge
   ``sigma^2 [(1 + sqrt c)^2 + q_{TW1}(1 - beta) N^{-2/3} c^{-1/6} (1 + sqrt c)^{4/3}]``.
-* ``method="kernel"``: kernel density matching, the PUB-Kernel baseline of Wu, Zhu & Li (2025). The
+* ``estimator="kernel"``: kernel density matching, the PUB-Kernel baseline of Wu, Zhu & Li (2025). The
   bulk is the spectrum below the BEMA threshold: ``n = p - K0`` eigenvalues, ratio ``c0 = n / N``. Its
   Gaussian kernel density estimate ``f_h`` (Silverman's bandwidth ``h = 1.06 sd n^{-1/5}``, ``sd`` the
   standard deviation of the bulk) is compared, on 128 equispaced points spanning the bulk, with the
@@ -76,7 +76,7 @@ __all__ = ["fit_pub", "TW1_QUANTILES"]
 
 Array = jax.Array
 ArrayLike = jax.typing.ArrayLike
-Method = Literal["bema", "kernel"]
+Estimator = Literal["bema", "kernel"]
 
 TW1_QUANTILES = {0.10: 0.4501, 0.05: 0.9793, 0.01: 2.0234}
 """Upper ``beta`` quantiles ``q_TW1(1 - beta)`` of the Tracy-Widom law of order 1, keyed by ``beta``."""
@@ -221,7 +221,7 @@ def _kernel(lam: Array, N: Array, table: _BemaTable, alpha: float) -> tuple[Arra
     return jnp.exp(sol.x[0]), c0, usable
 
 
-def _fit_pub_one(eigs: Array, N: Array, table: _BemaTable, method: str, alpha: float) -> PUBFit:
+def _fit_pub_one(eigs: Array, N: Array, table: _BemaTable, estimator: str, alpha: float) -> PUBFit:
     """One spectrum: screen, sort, scale the median into [1/2, 1), fit, count, scale back, flag."""
     eigs = -jnp.sort(-eigs)
     code = screen(eigs)
@@ -230,7 +230,7 @@ def _fit_pub_one(eigs: Array, N: Array, table: _BemaTable, method: str, alpha: f
     if eigs.shape[-1] < _MIN_BULK:  # screen reports TOO_SMALL: there is nothing to fit (or to compile)
         sigma_sq = c = lam_plus = threshold = jnp.full((), jnp.nan, lam.dtype)
         usable = jnp.zeros((), bool)
-    elif method == "bema":
+    elif estimator == "bema":
         sigma_sq, threshold, usable = _bema(lam, table, alpha)
         c = eigs.shape[-1] / N
         lam_plus = sigma_sq * (1 + jnp.sqrt(c)) ** 2
@@ -246,25 +246,25 @@ def _fit_pub_one(eigs: Array, N: Array, table: _BemaTable, method: str, alpha: f
                       K=jnp.where(code == Reason.OK, K, 0).astype(jnp.int32))
 
 
-@functools.partial(jax.jit, static_argnames=("method", "alpha"))
-def _fit_pub_batched(eigs: Array, N: Array, table: _BemaTable, method: str, alpha: float) -> PUBFit:
+@functools.partial(jax.jit, static_argnames=("estimator", "alpha"))
+def _fit_pub_batched(eigs: Array, N: Array, table: _BemaTable, estimator: str, alpha: float) -> PUBFit:
     batch, p = eigs.shape[:-1], eigs.shape[-1]
     flat = eigs.reshape(-1, p)
-    fit = jax.vmap(lambda v, n, tab: _fit_pub_one(v, n, tab, method, alpha))(flat, N.astype(flat.dtype), table)
+    fit = jax.vmap(lambda v, n, tab: _fit_pub_one(v, n, tab, estimator, alpha))(flat, N.astype(flat.dtype), table)
     return jax.tree_util.tree_map(lambda v: v.reshape(batch), fit)
 
 
 def fit_pub(
     eigs: ArrayLike,
     N: int | np.ndarray,
-    method: Method = "bema",
+    estimator: Estimator = "bema",
     *,
     alpha: float = 0.2,
     beta: float = 0.1,
 ) -> PUBFit:
     r"""Fit the PUB (Marchenko-Pastur) model to a batch of spectra by BEMA or kernel matching.
 
-    See the module docstring for the two methods. Computes in the input's float dtype (float32 for
+    See the module docstring for the two estimators. Computes in the input's float dtype (float32 for
     integer and half-precision inputs); pass float64 eigenvalues inside ``jax.enable_x64(True)`` for
     double precision.
 
@@ -272,7 +272,8 @@ def fit_pub(
       eigs: eigenvalues of ``W^T W``, shape ``(..., p)``, descending (an unsorted vector is sorted).
       N: larger matrix dimension, ``N >= p``: an int or an integer array broadcasting to
         ``eigs.shape[:-1]`` (concrete; data of the compiled fit, so every ``N`` shares one compilation).
-      method: ``"bema"`` or ``"kernel"`` (static).
+      estimator: ``"bema"`` or ``"kernel"`` (static; the filter methods ``"pub-bema"`` and
+        ``"pub-kernel"`` of :func:`pdbjax.filter_matrix` use them).
       alpha: BEMA trimming: ranks ``alpha p < k < (1 - alpha) p`` are matched, ``0 <= alpha < 1/2``.
         The kernel method uses it for its initial BEMA threshold.
       beta: Tracy-Widom level of the BEMA threshold: ``0.1``, ``0.05`` or ``0.01``.
@@ -294,8 +295,8 @@ def fit_pub(
     """
     eigs = jnp.asarray(eigs)
     check_eigs(eigs, N)
-    if method not in ("bema", "kernel"):
-        raise ValueError(f"method must be 'bema' or 'kernel'; got {method!r}")
+    if estimator not in ("bema", "kernel"):
+        raise ValueError(f"estimator must be 'bema' or 'kernel'; got {estimator!r}")
     p = eigs.shape[-1]
     if not 0 <= alpha < 0.5 or (p >= _MIN_BULK and _matched_ranks(p, alpha).size == 0):
         raise ValueError(
@@ -305,4 +306,4 @@ def fit_pub(
     n = np.broadcast_to(np.asarray(N, np.int64), eigs.shape[:-1]).reshape(-1)
     # MP quantiles tabulated on the host per distinct N (cached), so the fit compiles no solver.
     table = _bema_tables(n, p, float(alpha), float(beta)) if p >= _MIN_BULK else _BemaTable(np.zeros((n.size, 0)), np.zeros(n.size))
-    return _fit_pub_batched(as_work(eigs), n, table, method, float(alpha))
+    return _fit_pub_batched(as_work(eigs), n, table, estimator, float(alpha))

@@ -17,6 +17,7 @@ from flax import linen, nnx
 from tolerances import BATCH_PARTNERS, FLOAT32_FIT, assert_close
 
 import pdbjax
+import pdbjax.plot
 from pdbjax.experiments.models import FCNN
 
 A, B = 96, 48  # one matrix shape shared by most tests, so the estimators compile once
@@ -68,7 +69,7 @@ def test_analyze_rows_and_json_contract(params, report, tmp_path):
 def test_analyze_matches_direct_fit(params, report):
     """The pytree API gives the numbers of the matrix-level estimator: the same in float64, and within
     FLOAT32_FIT in its default float32 (the fit of the normalised spectrum, brought back to W's units)."""
-    lam = pdbjax.eigenvalues(params["dense2"]["kernel"], dtype=jnp.float64)
+    lam = pdbjax.eigenvalues(params["dense2"]["kernel"], precision="float64")
     fit = pdbjax.fit_pdb(lam, A)
     row64 = pdbjax.analyze(params, precision="float64", baselines=False)[1]
     for row, tol in ((row64, BATCH_PARTNERS), (report[1], FLOAT32_FIT)):
@@ -211,3 +212,38 @@ def test_compress_method_is_keyword_only():
     params = {"d": {"kernel": np.ones((16, 12), np.float32)}}
     with pytest.raises(TypeError, match=r"method='svd'"):
         pdbjax.compress(params, "svd")
+
+
+#: Functions that repeat an option of another (the selection of ``tree.select``, the precision of
+#: ``linalg.spectrum``, the filtering options of ``filter_matrix``). The options are declared in each
+#: signature so that ``help()`` and editors show them; this test is what keeps the copies one concept.
+_SHARING = [
+    pdbjax.analyze, pdbjax.compress, pdbjax.tree.select, pdbjax.plot.spectra, pdbjax.filter_matrix,
+    pdbjax.eigenvalues, pdbjax.linalg.spectrum, pdbjax.linalg.factors,
+]
+#: The one intended difference: ``filter_matrix`` is Algorithm 2 as published (``rank="spikes"``);
+#: ``compress`` defaults to the library's measured choice (``None`` -> ``DEFAULT_RANK``).
+_OWN_DEFAULT = {("compress", "rank"), ("filter_matrix", "rank")}
+
+
+def test_shared_options_agree_in_name_type_default_and_order():
+    import inspect
+
+    sigs = {f.__name__: inspect.signature(f).parameters for f in _SHARING}
+    seen: dict[str, tuple[str, object, str]] = {}
+    for fname, params in sigs.items():
+        for name, p in list(params.items())[1:]:  # the first is the data (params or W)
+            if (fname, name) in _OWN_DEFAULT:
+                continue
+            if name in seen:
+                assert (p.annotation, p.default) == seen[name][:2], (fname, name, seen[name][2])
+            else:
+                seen[name] = (p.annotation, p.default, fname)
+    # every pair of functions lists the options they share in the same order
+    names = {f: [n for n in params][1:] for f, params in sigs.items()}
+    for f, g in [(f, g) for f in names for g in names if f < g]:
+        shared = [n for n in names[f] if n in names[g]]
+        assert shared == [n for n in names[g] if n in names[f]], (f, g)
+    # every selection option of tree.select is accepted by analyze and compress
+    selection = set(names["select"]) - {"allow_empty"}
+    assert selection <= set(names["analyze"]) and selection <= set(names["compress"])

@@ -281,7 +281,7 @@ def test_allocation_is_scale_invariant_per_layer():
         per_tree = []
         for tree in (params, scaled):
             W = np.stack([tree[k]["kernel"] for k in sorted(tree)])
-            lam = np.asarray(pdbjax.eigenvalues(W, dtype=np.float64))
+            lam = np.asarray(pdbjax.eigenvalues(W, precision="float64"))
             scores = bud.component_scores(lam, estimate_fit(lam, A, "pdb"), name)
             per_tree.append((scores, bud.allocate(scores, [(A, B)] * 3, 0.12).keep))
         np.testing.assert_allclose(per_tree[0][0], per_tree[1][0], rtol=1e-6)  # measured 2.5e-8

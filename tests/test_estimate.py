@@ -127,13 +127,13 @@ def _np_eigs(W):
 def test_eigenvalues_gram_svd_agree_with_numpy(shape):
     W = np.random.default_rng(0).normal(size=shape).astype(np.float32)
     want = _np_eigs(W)
-    for method in ("gram", "svd"):
-        got = eigenvalues(W, method=method)
+    for solver in ("gram", "svd"):
+        got = eigenvalues(W, solver=solver)
         assert got.shape == shape[:-2] + (min(shape[-2:]),) and got.dtype == jnp.float32
         assert np.all(np.diff(np.asarray(got), axis=-1) <= 0), "not descending"
         np.testing.assert_allclose(got, want, rtol=0, atol=2e-5 * want.max())
-    transposed = eigenvalues(np.swapaxes(W, -1, -2), method="svd")
-    np.testing.assert_allclose(eigenvalues(W, method="gram"), transposed, rtol=1e-4, atol=1e-4)
+    transposed = eigenvalues(np.swapaxes(W, -1, -2), solver="svd")
+    np.testing.assert_allclose(eigenvalues(W, solver="gram"), transposed, rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16, BF16_NUMPY], ids=["bf16", "f16", "numpy-bf16"])
@@ -153,18 +153,20 @@ def test_eigenvalues_float64_resolves_small_eigenvalues():
     s = np.logspace(0, -6, 12)  # lambda from 1 down to 1e-12: below float32 resolution of the Gram
     W = ((U * s) @ V.T).astype(np.float32)
     want = _np_eigs(W)
-    for method in ("gram", "svd"):
-        got = eigenvalues(W, dtype=jnp.float64, method=method)
+    for solver in ("gram", "svd"):
+        got = eigenvalues(W, precision="float64", solver=solver)
         assert got.dtype == jnp.float64
-        np.testing.assert_allclose(got, want, rtol=1e-6 if method == "svd" else 0, atol=0 if method == "svd" else 1e-14)
-    lam32 = np.asarray(eigenvalues(W, method="gram"))  # float32 Gram: lambda_12 = 1e-12 is below its rounding noise
+        np.testing.assert_allclose(got, want, rtol=1e-6 if solver == "svd" else 0, atol=0 if solver == "svd" else 1e-14)
+    lam32 = np.asarray(eigenvalues(W, solver="gram"))  # float32 Gram: lambda_12 = 1e-12 is below its rounding noise
     assert lam32.dtype == np.float32 and np.all(lam32 >= 0)  # noise clipped, never negative
     assert not np.isclose(lam32[-1], want[-1], rtol=0.5, atol=0)
 
 
-def test_eigenvalues_bad_method():
-    with pytest.raises(ValueError, match="method"):
-        eigenvalues(np.ones((4, 3)), method="qr")
+def test_eigenvalues_bad_options():
+    with pytest.raises(ValueError, match="solver"):
+        eigenvalues(np.ones((4, 3)), solver="qr")
+    with pytest.raises(ValueError, match="precision"):
+        eigenvalues(np.ones((4, 3)), precision="float16")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -462,7 +464,7 @@ def test_power_law_spectrum_flagged_poor_fit():
     U, _, Vt = np.linalg.svd(rng.normal(size=(784, 512)), full_matrices=False)
     power = [(U * np.arange(1, 513) ** -a) @ Vt for a in (0.5, 0.75)]
     pdb = np.asarray(simulate(jax.random.PRNGKey(5), 784, 512, PDB(0.7, 1.0, 4.0), spikes=(40.0,)))
-    fit = fit_pdb(eigenvalues(np.stack([*power, pdb]), dtype=jnp.float64), 784)
+    fit = fit_pdb(eigenvalues(np.stack([*power, pdb]), precision="float64"), 784)
     assert np.asarray(fit.ok).tolist() == [False, False, True]
     assert np.asarray(fit.reason).tolist()[:2] == [Reason.POOR_FIT] * 2 and np.all(np.isnan(np.asarray(fit.lambda_plus)[:2]))
     assert float(fit.residual[2]) < POOR_FIT_RESIDUAL / 5

@@ -445,7 +445,7 @@ def test_pub_filter_with_estimated_fit(method) -> None:
     N, p, spikes = 120, 60, [20.0, 12.0]
     W = simulate(jax.random.PRNGKey(3), N, p, PDB.pub(1.0), spikes)
     lam = np.asarray(svd(W)[1]) ** 2
-    fit = fit_pub(lam, N, method=method.removeprefix("pub-"))
+    fit = fit_pub(lam, N, method.removeprefix("pub-"))
     assert bool(fit.ok)
     assert np.asarray(outlier_mask(lam, fit))[:2].all()
     out, info = filter_matrix(W, method, "spikes")

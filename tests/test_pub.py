@@ -154,7 +154,7 @@ def test_unsorted_input_is_sorted():
 
 
 _P, _N = 16, 24
-_jitted = jax.jit(fit_pub, static_argnames=("N", "method"))
+_jitted = jax.jit(fit_pub, static_argnames=("N", "estimator"))
 
 
 def _degenerate_rows() -> tuple[np.ndarray, list[int]]:
@@ -190,7 +190,7 @@ def _check_consistent(eigs: np.ndarray, fit) -> None:
 @pytest.mark.parametrize("method", METHODS)
 def test_degenerate_rows_eager_and_jit(method):
     eigs, codes = _degenerate_rows()
-    for fit in (fit_pub(eigs, _N, method), _jitted(eigs, N=_N, method=method)):
+    for fit in (fit_pub(eigs, _N, method), _jitted(eigs, N=_N, estimator=method)):
         np.testing.assert_array_equal(fit.reason, codes)
         _check_consistent(eigs, fit)
 
@@ -205,7 +205,7 @@ def test_too_small():
 @pytest.mark.parametrize(
     "kwargs, match",
     [
-        (dict(method="mean"), "method"),
+        (dict(estimator="mean"), "estimator"),
         (dict(beta=0.2), "beta"),
         (dict(alpha=0.5), "alpha"),
         (dict(alpha=0.49), "alpha"),  # p = 9 leaves no rank in (4.41, 4.59)
@@ -213,7 +213,7 @@ def test_too_small():
     ],
 )
 def test_invalid_arguments_raise(kwargs, match):
-    args = dict(N=20, method="bema") | kwargs
+    args = dict(N=20, estimator="bema") | kwargs
     with pytest.raises(ValueError, match=match):
         fit_pub(np.linspace(2.0, 1.0, 9), **args)
 
@@ -228,4 +228,4 @@ _values = st.one_of(
 @given(st.lists(st.lists(_values, min_size=_P, max_size=_P), min_size=7, max_size=7), st.sampled_from(METHODS))
 def test_arbitrary_input_gives_a_consistent_fit(rows, method):
     eigs = np.array(rows, np.float32)
-    _check_consistent(eigs, _jitted(eigs, N=_N, method=method))
+    _check_consistent(eigs, _jitted(eigs, N=_N, estimator=method))
