@@ -10,6 +10,8 @@ import os
 
 __all__ = ["MAX_BYTES", "cache_dir", "enable"]
 
+# JAX's file names for an entry and its access time (jax/_src/lru_cache.py).
+_CACHE_SUFFIX, _ATIME_SUFFIX = "-cache", "-atime"
 #: Size limit of the cache directory (least recently used entries are evicted beyond it).
 MAX_BYTES = 4 << 30
 
@@ -39,4 +41,32 @@ def enable(min_compile_time_s: float = 0.0) -> str | None:
     # process reading an entry that another process is still writing can crash deserialising it
     # (seen with two pdbjax processes on one cache). Least recently used entries go beyond MAX_BYTES.
     jax.config.update("jax_compilation_cache_max_size", MAX_BYTES)
+    _adopt_orphans(path)
     return path
+
+
+def _adopt_orphans(path: str) -> int:
+    """Give every entry without its ``KEY-atime`` file one that marks it least recently used.
+
+    With a size limit, JAX (up to at least 0.10.2) reads the access time of every entry before each
+    write, so a single ``KEY-cache`` without ``KEY-atime`` (written by a process with no size limit, or
+    one that stopped between the two writes) makes every later write fail with a warning: the cache still
+    serves hits but never grows, and each process recompiles what is missing (jax-ml/jax#39880, fixed
+    upstream by treating the missing time as 0). This writes that 0. Existing times are never replaced
+    (exclusive create), so a concurrent reader's fresh time wins. Returns the number of files written.
+    """
+    written = 0
+    try:
+        entries = os.listdir(path)
+    except OSError:
+        return 0
+    have = set(entries)
+    for name in entries:
+        if name.endswith(_CACHE_SUFFIX) and name[: -len(_CACHE_SUFFIX)] + _ATIME_SUFFIX not in have:
+            try:
+                with open(os.path.join(path, name[: -len(_CACHE_SUFFIX)] + _ATIME_SUFFIX), "xb") as f:
+                    f.write((0).to_bytes(8, "little"))
+                written += 1
+            except OSError:  # created meanwhile by another process, or a read-only cache: nothing to do
+                pass
+    return written
