@@ -2,16 +2,22 @@
 
 A model's fits compile to about 60 XLA programs of 0.01-5 s each (``benchmarks/results/compiles.md``);
 with the cache a second process loads them instead of compiling (it still traces and lowers them).
+:func:`enable` also turns on :mod:`pdbjax.exported`, which keeps the fits' traced programs, so that a
+second process does not trace them either.
 """
 
 from __future__ import annotations
 
 import os
 
+from pdbjax import exported
+
 __all__ = ["MAX_BYTES", "cache_dir", "enable"]
 
 # JAX's file names for an entry and its access time (jax/_src/lru_cache.py).
 _CACHE_SUFFIX, _ATIME_SUFFIX = "-cache", "-atime"
+#: Subdirectory of the cache directory that holds :mod:`pdbjax.exported`'s programs.
+EXPORTED = "pdbjax-exported"
 #: Size limit of the cache directory (least recently used entries are evicted beyond it).
 MAX_BYTES = 4 << 30
 
@@ -42,6 +48,10 @@ def enable(min_compile_time_s: float = 0.0) -> str | None:
     # (seen with two pdbjax processes on one cache). Least recently used entries go beyond MAX_BYTES.
     jax.config.update("jax_compilation_cache_max_size", MAX_BYTES)
     _adopt_orphans(path)
+    try:  # and the fits' traced programs, so that a warm process does not trace them either
+        exported.enable(os.path.join(path, EXPORTED))
+    except OSError:
+        pass
     return path
 
 

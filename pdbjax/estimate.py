@@ -36,6 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from pdbjax import exported
 from pdbjax._validate import is_traced
 from pdbjax.fits import PDBFit, Reason, demote, fit_result
 from pdbjax.inputs import check_eigs, median, placeholder, screen, screen_rtol
@@ -353,7 +354,7 @@ def fit_pdb(
     return _fit_pdb_batched(jnp.asarray(eigs, out_dtype), n, window, mode, n_iter, screen_rtol(eigs.dtype))
 
 
-@functools.partial(jax.jit, static_argnames=("mode", "n_iter", "rtol"))
+@exported.jit(static_argnames=("mode", "n_iter", "rtol"))
 def _fit_pdb_batched(eigs: Array, N: Array, window: Array, mode: str, n_iter: int, rtol: float) -> PDBFit:
     batch, p = eigs.shape[:-1], eigs.shape[-1]
     flat = -jnp.sort(-eigs.reshape(-1, p), axis=-1)  # descending, whatever order the caller used

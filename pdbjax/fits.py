@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from pdbjax import exported
 from pdbjax.spectral import PDB
 
 __all__ = ["PDBFit", "PUBFit", "Reason", "reason_text", "demote", "fit_result"]
@@ -69,6 +70,7 @@ def reason_text(code: int | Array) -> str:
         return f"unknown status {value}"
 
 
+@exported.register
 class PDBFit(NamedTuple):
     """PDBLS fit of one matrix (or a batch: every field carries the leading batch axes).
 
@@ -118,6 +120,7 @@ class PDBFit(NamedTuple):
         return _rescale(self, factor, ("sigma1_sq", "sigma2_sq", "edges", "critical", "lambda_plus"))
 
 
+@exported.register
 class PUBFit(NamedTuple):
     """PUB (single bulk, Marchenko-Pastur) fit: ``Sigma = diag(alpha_1..alpha_K, sigma^2 I)``.
 

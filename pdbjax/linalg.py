@@ -34,6 +34,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from pdbjax import exported
 from pdbjax._validate import is_traced
 from pdbjax.precision import Precision, check_precision, context
 
@@ -42,6 +43,7 @@ __all__ = ["Spectrum", "Factors", "normalise", "spectrum", "factors", "raw_eigen
 Array = jax.Array
 
 
+@exported.register
 class Spectrum(NamedTuple):
     """Singular values of the normalised matrices (a pytree; leading axes are the batch).
 
@@ -56,6 +58,7 @@ class Spectrum(NamedTuple):
     finite: Array
 
 
+@exported.register
 class Factors(NamedTuple):
     """Thin SVD ``W / scale = U diag(s) Vh`` of the normalised matrices (fields as in :class:`Spectrum`)."""
 
@@ -97,7 +100,7 @@ def _working(W: jax.typing.ArrayLike, precision: str) -> Array:
 QR_ASPECT = 2
 
 
-@jax.jit
+@exported.jit
 def _spectrum(W: Array) -> Spectrum:
     Wn, scale, finite = normalise(W)
     a, b = Wn.shape[-2:]
@@ -107,7 +110,7 @@ def _spectrum(W: Array) -> Spectrum:
     return Spectrum(jnp.linalg.svd(Wn, compute_uv=False), scale, finite)
 
 
-@jax.jit
+@exported.jit
 def _factors(W: Array) -> Factors:
     Wn, scale, finite = normalise(W)
     U, s, Vh = jnp.linalg.svd(Wn, full_matrices=False)

@@ -66,6 +66,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from pdbjax import exported
 from pdbjax.fits import PUBFit, Reason, demote, fit_result
 from pdbjax.inputs import check_eigs, median_units, placeholder, screen
 from pdbjax.lsq import least_squares_box
@@ -148,6 +149,7 @@ def _matched_ranks(p: int, alpha: float) -> np.ndarray:
     return k[(k > alpha * p) & (k < (1 - alpha) * p)]
 
 
+@exported.register
 class _BemaTable(NamedTuple):
     """What BEMA needs of ``MP(1, c = p / N)`` for one spectrum, tabulated on the host so that ``N`` is
     data of the compiled fit: the quantiles ``q`` of the matched ranks and the Tracy-Widom corrected
@@ -246,7 +248,7 @@ def _fit_pub_one(eigs: Array, N: Array, table: _BemaTable, estimator: str, alpha
                       K=jnp.where(code == Reason.OK, K, 0).astype(jnp.int32))
 
 
-@functools.partial(jax.jit, static_argnames=("estimator", "alpha"))
+@exported.jit(static_argnames=("estimator", "alpha"))
 def _fit_pub_batched(eigs: Array, N: Array, table: _BemaTable, estimator: str, alpha: float) -> PUBFit:
     batch, p = eigs.shape[:-1], eigs.shape[-1]
     flat = eigs.reshape(-1, p)

@@ -49,6 +49,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from pdbjax import exported
 from pdbjax.fits import PDBFit, PUBFit
 from pdbjax.inputs import check_eigs, median_units
 from pdbjax.precision import as_work
@@ -60,6 +61,7 @@ Array = jax.Array
 Fit = Union[PDBFit, PUBFit]
 
 
+@exported.register
 class Quality(NamedTuple):
     """Goodness of fit of a bulk model, batched like the fit (NaN where the fit is not ok).
 
@@ -129,7 +131,7 @@ def _quality_one(eigs: Array, K: Array, pop: PDB, ok: Array, N: Array) -> Qualit
     return Quality(nan(units(empirical)), nan(units(model)), nan(model / empirical - 1), nan(ks), nan(l2), ok)
 
 
-@jax.jit
+@exported.jit
 def _quality_batched(eigs: Array, K: Array, pop: PDB, ok: Array, N: Array) -> Quality:
     batch, p = eigs.shape[:-1], eigs.shape[-1]
     flat = lambda v: jnp.broadcast_to(v, batch).reshape(-1)  # noqa: E731
@@ -198,7 +200,7 @@ def _tail_slope_one(lam: Array) -> Array:
     return jnp.where(usable, zeta, jnp.nan)
 
 
-@jax.jit
+@exported.jit
 def _tail_slope_batched(eigs: Array) -> Array:
     return jnp.vectorize(_tail_slope_one, signature="(p)->()")(eigs)
 

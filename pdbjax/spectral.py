@@ -72,6 +72,7 @@ import numpy as np
 from jax import lax
 from jax.custom_derivatives import SymbolicZero
 
+from pdbjax import exported
 from pdbjax._validate import is_traced
 from pdbjax.precision import float_dtype
 
@@ -99,6 +100,7 @@ _NEWTON_ITERS = 3
 _POLISH_ITERS = 4
 
 
+@exported.register
 class PDB(NamedTuple):
     r"""Bulk population ``H = t delta(sigma1_sq) + (1 - t) delta(sigma2_sq)`` (a pytree).
 

@@ -1,0 +1,182 @@
+"""The fits' programs kept across processes as :mod:`jax.export` modules, so a warm process does not trace them.
+
+JAX's persistent compilation cache (:mod:`pdbjax.compilation_cache`) skips XLA's compile, but every
+process still traces each program to a jaxpr and lowers it to find the cache key. For the fits that is
+most of a warm process: ``_fit_pdb_batched`` on MiniLM's 36 spectra takes 1.57 s through ``jax.jit`` with
+a warm compilation cache, 0.41 s when its exported module is read back (``benchmarks/results/compiles.md``).
+
+:func:`jit` is ``jax.jit`` plus a cache keyed *before* tracing: by the function, a digest of the pdbjax
+source, JAX's version and flags, the backend, and the arguments' shapes, dtypes and static values. A miss
+exports the function (:func:`jax.export.export`: StableHLO of the same jaxpr) and stores it; a hit
+deserializes it and calls it (:meth:`jax.export.Exported.call`), which compiles through the persistent
+compilation cache. The key holds every input of the trace, so a hit runs the program ``jax.jit`` builds.
+
+Off until :func:`enable` (:func:`pdbjax.compilation_cache.enable`, which the CLI calls, turns it on). Used
+only for concrete arguments that are JAX or NumPy arrays on the default device of a single process;
+under a caller's ``jit``/``vmap``, with Python scalars, arrays on other or several devices, or a function
+JAX cannot export, the call is plain ``jax.jit``.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import inspect
+import os
+import pathlib
+from typing import Any, Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import jaxlib
+import numpy as np
+from jax import export
+
+from pdbjax._atomic import atomic_write_bytes
+from pdbjax._validate import is_traced
+
+__all__ = ["enable", "disable", "jit", "register", "stats"]
+
+#: Most modules kept; the least recently used are removed beyond it (MiniLM's fits use 5, 1-3 MB each).
+MAX_ENTRIES = 256
+_SUFFIX = ".jaxexport"
+
+_state: dict[str, Any] = {"dir": None, "memory": {}}
+_counts = {"loaded": 0, "exported": 0, "bypassed": 0}
+
+
+def enable(path: str | os.PathLike[str]) -> None:
+    """Keep exported programs in ``path`` (created if needed) from now on in this process."""
+    os.makedirs(path, exist_ok=True)
+    _state.update(dir=pathlib.Path(path), memory={})
+
+
+def disable() -> None:
+    """Stop using the cache (programs already read in this process are dropped)."""
+    _state.update(dir=None, memory={})
+
+
+def stats() -> dict[str, int]:
+    """Calls in this process served by a stored module (``loaded``), exported and stored (``exported``), or
+    run through plain ``jax.jit`` (``bypassed``); calls served from memory are not counted."""
+    return dict(_counts)
+
+
+def register(cls: type) -> type:
+    """Let :mod:`jax.export` store a NamedTuple result type (class decorator)."""
+    export.register_namedtuple_serialization(cls, serialized_name=f"{cls.__module__}.{cls.__qualname__}")
+    return cls
+
+
+def jit(fn: Callable | None = None, *, static_argnames: Sequence[str] | str = ()) -> Callable:
+    """``jax.jit(fn, static_argnames=...)`` whose traced programs are kept across processes.
+
+    Usable as ``@jit`` or ``@jit(static_argnames=...)``; called like the jitted function, which it is
+    whenever the cache does not apply (module docstring).
+    """
+    if fn is None:
+        return functools.partial(jit, static_argnames=static_argnames)
+    statics = (static_argnames,) if isinstance(static_argnames, str) else tuple(static_argnames)
+    jitted = jax.jit(fn, static_argnames=statics)
+    signature = inspect.signature(fn)
+    where = f"{fn.__module__}.{fn.__qualname__}"
+
+    @functools.wraps(fn)
+    def call(*args, **kwargs):
+        if _state["dir"] is None:
+            return jitted(*args, **kwargs)
+        bound = signature.bind(*args, **kwargs)
+        bound.apply_defaults()
+        names = [n for n in bound.arguments if n not in statics]
+        dynamic = [bound.arguments[n] for n in names]
+        static = {n: bound.arguments[n] for n in statics}
+        key = _key(where, dynamic, static)
+        program = None if key is None else (
+            _state["memory"].get(key) or _load(key) or _export(jitted, names, dynamic, static, key)
+        )
+        if program is None:
+            _counts["bypassed"] += 1
+            return jitted(*args, **kwargs)
+        _state["memory"][key] = program
+        return program.call(*jax.tree_util.tree_map(jnp.asarray, dynamic))
+
+    call.lower, call._cache_size = jitted.lower, jitted._cache_size  # jax.jit's AOT API and compile count
+    return call
+
+
+# --------------------------------------------------------------------------------------------------
+# keys
+
+
+@functools.cache
+def _environment() -> str:
+    """What every key shares: pdbjax's source, JAX's version and flags, the backend."""
+    source = hashlib.sha256()
+    for path in sorted(pathlib.Path(__file__).parent.rglob("*.py")):
+        source.update(path.read_bytes())
+    device = jax.devices()[0]
+    return repr((
+        source.hexdigest(), jax.__version__, jaxlib.__version__, device.platform, device.device_kind,
+        os.environ.get("XLA_FLAGS", ""), jax.config.jax_default_matmul_precision,
+    ))
+
+
+def _key(where: str, dynamic: list, static: dict[str, Any]) -> str | None:
+    """The cache key of a call, or None where the cache does not apply (module docstring)."""
+    if jax.process_count() > 1:
+        return None
+    device = jax.devices()[0]
+    leaves, tree = jax.tree_util.tree_flatten(dynamic)
+    avals = []
+    for x in leaves:
+        if is_traced(x):
+            return None
+        if isinstance(x, jax.Array):
+            if x.devices() != {device}:
+                return None
+            avals.append((x.shape, str(x.dtype), x.weak_type))
+        elif isinstance(x, np.ndarray):
+            avals.append((x.shape, str(jax.dtypes.canonicalize_dtype(x.dtype)), False))
+        else:  # a Python scalar's dtype depends on context (weak types): left to jax.jit
+            return None
+    text = repr((_environment(), where, str(tree), avals, sorted(static.items()), jax.config.jax_enable_x64))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+# --------------------------------------------------------------------------------------------------
+# store and read
+
+
+def _load(key: str) -> export.Exported | None:
+    path = _state["dir"] / (key + _SUFFIX)
+    try:
+        program = export.deserialize(bytearray(path.read_bytes()))
+    except FileNotFoundError:
+        return None
+    except Exception:  # noqa: BLE001 - a truncated or foreign entry: export again and replace it
+        return None
+    os.utime(path)  # least recently used goes first
+    _counts["loaded"] += 1
+    return program
+
+
+def _export(jitted, names: list[str], dynamic: list, static: dict[str, Any], key: str) -> export.Exported | None:
+    closed = lambda *values: jitted(**dict(zip(names, values)), **static)  # noqa: E731
+    try:
+        program = export.export(jax.jit(closed))(*jax.tree_util.tree_map(jnp.asarray, dynamic))
+        data = program.serialize()
+    except (ValueError, TypeError, NotImplementedError, ImportError):  # e.g. an unregistered result type
+        return None
+    try:
+        atomic_write_bytes(_state["dir"] / (key + _SUFFIX), bytes(data))
+        _evict(_state["dir"])
+    except OSError:  # a read-only directory: the program is used, not kept
+        pass
+    _counts["exported"] += 1
+    return program
+
+
+def _evict(directory: pathlib.Path) -> None:
+    entries = sorted(directory.glob("*" + _SUFFIX), key=lambda p: p.stat().st_mtime)
+    for path in entries[: max(0, len(entries) - MAX_ENTRIES)]:
+        path.unlink(missing_ok=True)

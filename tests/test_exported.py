@@ -1,0 +1,113 @@
+"""pdbjax.exported: the fits' traced programs kept across processes give the results of ``jax.jit``."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import jax
+import numpy as np
+import pytest
+
+import pdbjax
+from pdbjax import exported
+
+
+@pytest.fixture
+def cache(tmp_path):
+    exported.enable(tmp_path)
+    yield tmp_path
+    exported.disable()
+
+
+def _eigs(batch=3, p=40, seed=0):
+    W = np.random.default_rng(seed).standard_normal((batch, 100, p)).astype(np.float32)
+    return pdbjax.eigenvalues(W)
+
+
+def _count(before):
+    return {k: v - before[k] for k, v in exported.stats().items()}
+
+
+def test_stored_program_gives_the_jit_result_bit_for_bit(cache):
+    exported.disable()
+    eigs = _eigs()
+    want = pdbjax.fit_pdb(eigs, 100)
+    exported.enable(cache)
+    before = exported.stats()
+    first = pdbjax.fit_pdb(eigs, 100)  # exported and stored
+    exported.enable(cache)  # a fresh start: the program is read back from the directory
+    second = pdbjax.fit_pdb(eigs, 100)
+    assert _count(before) == {"loaded": 1, "exported": 1, "bypassed": 0}
+    assert len(list(cache.glob("*.jaxexport"))) == 1
+    for got in (first, second):
+        for a, b in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(want)):
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_key_separates_shapes_and_static_arguments(cache):
+    exported.disable()
+    eigs, fewer = _eigs(p=40), _eigs(batch=2, p=40)
+    exported.enable(cache)
+    pdbjax.fit_pdb(eigs, 100)
+    pdbjax.fit_pdb(eigs, 100, mode="reference")  # a static argument
+    pdbjax.fit_pdb(fewer, 100)  # another shape
+    pdbjax.fit_pdb(eigs, 100)  # the first again
+    assert len(list(cache.glob("*.jaxexport"))) == 3
+
+
+def test_traced_calls_and_python_scalars_bypass_the_cache(cache):
+    eigs = _eigs()
+    before = exported.stats()
+    jax.jit(lambda e: pdbjax.fit_pdb(e, 100).lambda_plus)(eigs)  # under the caller's jit: tracers
+    pdbjax.linalg._spectrum(np.ones((2, 8, 4), np.float32))  # NumPy arrays are keyed like jax.jit converts them
+    assert _count(before)["bypassed"] == 1
+    assert not any(exported._key("f", [x], {}) for x in (1.0, [1.0]))
+
+
+def test_damaged_entry_is_exported_again(cache):
+    exported.disable()
+    eigs = _eigs()
+    exported.enable(cache)
+    want = np.asarray(pdbjax.fit_pdb(eigs, 100).lambda_plus)
+    (entry,) = cache.glob("*.jaxexport")
+    entry.write_bytes(b"not a module")
+    exported.enable(cache)
+    before = exported.stats()
+    np.testing.assert_array_equal(np.asarray(pdbjax.fit_pdb(eigs, 100).lambda_plus), want)
+    assert _count(before) == {"loaded": 0, "exported": 1, "bypassed": 0}
+    assert entry.read_bytes() != b"not a module"
+
+
+_SCRIPT = textwrap.dedent(
+    """
+    import json, sys
+    import numpy as np
+    import pdbjax
+    from pdbjax import compilation_cache, exported
+    compilation_cache.enable()
+    if sys.argv[1] == "off":
+        exported.disable()
+    params = {"dense": {"kernel": np.random.default_rng(0).standard_normal((120, 48)).astype(np.float32)}}
+    rows = pdbjax.analyze(params).rows
+    print(json.dumps({"stats": exported.stats(), "rows": json.loads(json.dumps(rows, default=str))}))
+    """
+)
+
+
+def test_a_second_process_reads_the_programs_and_reports_the_same(tmp_path):
+    env = {**os.environ, "JAX_COMPILATION_CACHE_DIR": str(tmp_path), "JAX_PLATFORMS": "cpu"}
+    env.pop("XLA_FLAGS", None)
+
+    def run(mode):
+        out = subprocess.run([sys.executable, "-c", _SCRIPT, mode], env=env, capture_output=True, text=True, timeout=300)
+        assert out.returncode == 0, out.stderr
+        return json.loads(out.stdout.strip().splitlines()[-1])
+
+    plain, first, second = run("off"), run("on"), run("on")
+    assert first["stats"]["exported"] > 0 and first["stats"]["loaded"] == 0
+    assert second["stats"]["loaded"] == first["stats"]["exported"] and second["stats"]["exported"] == 0
+    assert plain["rows"] == first["rows"] == second["rows"]
