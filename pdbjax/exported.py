@@ -2,8 +2,8 @@
 
 JAX's persistent compilation cache (:mod:`pdbjax.compilation_cache`) skips XLA's compile, but every
 process still traces each program to a jaxpr and lowers it to find the cache key. For the fits that is
-most of a warm process: ``_fit_pdb_batched`` on MiniLM's 36 spectra takes 1.57 s through ``jax.jit`` with
-a warm compilation cache, 0.41 s when its exported module is read back (``benchmarks/results/compiles.md``).
+most of a warm process: a warm MiniLM load plus ``analyze`` takes 5.14 s with every program traced and
+3.00 s with them read back (``python benchmarks/exported.py``, ``benchmarks/results/exported.md``).
 
 :func:`jit` is ``jax.jit`` plus a cache keyed *before* tracing: by the function, a digest of the pdbjax
 source, JAX's version and flags, the backend, and the arguments' shapes, dtypes and static values. A miss
@@ -151,9 +151,7 @@ def _load(key: str) -> export.Exported | None:
     path = _state["dir"] / (key + _SUFFIX)
     try:
         program = export.deserialize(bytearray(path.read_bytes()))
-    except FileNotFoundError:
-        return None
-    except Exception:  # noqa: BLE001 - a truncated or foreign entry: export again and replace it
+    except Exception:  # noqa: BLE001 - missing, truncated or foreign: export again (and replace it)
         return None
     os.utime(path)  # least recently used goes first
     _counts["loaded"] += 1
