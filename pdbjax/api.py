@@ -47,7 +47,20 @@ from pdbjax.linalg import Spectrum, raw_eigenvalues, spectrum
 from pdbjax.precision import Precision, check_precision, scope
 from pdbjax.quality import fit_quality, heavy_tailed, tail_slope
 from pdbjax.report import Report, to_jsonable
-from pdbjax.tree import ConvReshape, LayerAxis, OnError, Selected, Where, from_matrices, map_groups, path_name, replace, select, to_matrices
+from pdbjax.tree import (
+    ConvReshape,
+    LayerAxis,
+    OnError,
+    Selected,
+    Where,
+    from_matrices,
+    is_nnx,
+    map_groups,
+    path_name,
+    replace,
+    select,
+    to_matrices,
+)
 
 __all__ = ["analyze", "compress", "LowRank", "densify", "DEFAULT_RANK", "RULES"]
 
@@ -356,7 +369,7 @@ def compress(
             raise ValueError("budget= counts keep (m + n) parameters per matrix, which SLR's sparse factors do not store; "
                              "use method 'pdb', 'pub-bema', 'pub-kernel' or 'svd'")
     rank = DEFAULT_RANK if rank is None else rank
-    if factored and _is_nnx(params):
+    if factored and is_nnx(params):
         raise ValueError("factored=True needs a plain pytree; pass nnx.state(model).to_pure_dict() instead")
     sels = select(params, where, conv_reshape=conv_reshape, layer_axis=layer_axis, on_error=on_error, allow_empty=False)
     good = [s for s in sels if s.ok]
@@ -443,12 +456,6 @@ def _allocate(sels: Sequence[Selected], specs: Sequence[Spectrum], fits: Sequenc
         fixed.append(np.full(sel.num_matrices, cost, np.int64))
     return allocate(np.concatenate(blocks), np.asarray(shapes), budget, allocatable=np.concatenate(ok),
                     fixed_params=np.concatenate(fixed), names=names, fill=fill)
-
-
-def _is_nnx(params: Any) -> bool:
-    from flax import nnx
-
-    return isinstance(params, (nnx.Module, nnx.State))
 
 
 def _new_leaf(sel: Selected, out: Any, info: FilterInfo, factored: bool) -> Any:

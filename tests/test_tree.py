@@ -431,3 +431,26 @@ def test_plain_names_and_ambiguous_names():
     clash = {"a/kernel": _rand(4, 3), "a": {"kernel": _rand(4, 3)}}
     with pytest.raises(ValueError, match="two leaves have the same name 'a/kernel'"):
         tree.select(clash)
+
+
+def test_plain_pytrees_never_import_flax():
+    """Flax is imported only by callers that build NNX objects: ``pdbjax analyze`` on a checkpoint (a plain
+    dict) does not pay for it, and an NNX model still works once its caller has imported Flax."""
+    script = textwrap.dedent(
+        """
+        import sys
+        import numpy as np
+        import pdbjax
+        W = np.random.default_rng(0).standard_normal((64, 32)).astype(np.float32)
+        rows = pdbjax.analyze({"dense": {"kernel": W}}, baselines=False).rows
+        assert rows[0]["status"] == "ok", rows[0]["status"]
+        print(sorted(m for m in sys.modules if m.split(".")[0] == "flax"))
+        """
+    )
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
+    proc = subprocess.run([sys.executable, "-c", script], env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip().splitlines()[-1] == "[]"
+    model = FCNN(nnx.Rngs(0), sizes=(32, 16, 4))
+    names = [s.name for s in tree.select(model)]
+    assert len(names) == 2 and names == [s.name for s in tree.select(nnx.state(model))]
