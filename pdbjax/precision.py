@@ -16,8 +16,8 @@ Every choice of a working dtype in the package is made by one of these functions
   :func:`pdbjax.analyze`, :func:`pdbjax.compress`) run in the decomposition's working precision, on the
   normalised eigenvalues of ``W / scale`` (no overflow in float32 whatever the units), and are brought
   back to ``W``'s units on the host in float64.
-* **Tabulated constants** (BEMA's Marchenko-Pastur quantiles) are computed once in float64 on the host
-  CPU (:func:`host_float64`), whatever the default device.
+* **Host constants** (BEMA's Marchenko-Pastur quantiles) are NumPy float64, computed on the host in
+  closed form; nothing asks a device for float64.
 * **Fits of raw concrete eigenvalues** (:func:`pdbjax.filter.estimate_fit`; :func:`pdbjax.fit_pdb`'s
   default) run in float64 under :func:`float64` (a local ``jax.enable_x64``): raw eigenvalues may span
   ``1e-60 .. 1e60``. Traced inputs are computed in the caller's precision.
@@ -26,7 +26,6 @@ Every choice of a working dtype in the package is made by one of these functions
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
 from typing import Literal
 
 import jax
@@ -36,7 +35,7 @@ from jax.typing import ArrayLike, DTypeLike
 from pdbjax._validate import is_traced
 
 __all__ = ["Precision", "PRECISIONS", "check_precision", "context", "scope", "work_dtype", "as_work", "float_dtype",
-           "float64", "host_float64"]
+           "float64"]
 
 Precision = Literal["float32", "float64"]
 PRECISIONS = ("float32", "float64")
@@ -61,14 +60,6 @@ def check_precision(precision: str | None) -> Precision:
 def float64() -> contextlib.AbstractContextManager:
     """A local ``jax.enable_x64``: float64 arrays inside, the caller's setting restored on exit."""
     return jax.enable_x64(True)
-
-
-@contextlib.contextmanager
-def host_float64() -> Iterator[None]:
-    """:func:`float64` on the host CPU (``jax.default_device``): for constants tabulated once and baked into
-    compiled programs (BEMA's Marchenko-Pastur quantiles), so that no accelerator is asked for float64."""
-    with jax.default_device(jax.devices("cpu")[0]), float64():
-        yield
 
 
 def context(precision: str, *xs: ArrayLike) -> contextlib.AbstractContextManager:

@@ -37,7 +37,7 @@ separates noise from the ``K`` spikes. Both estimators take the input convention
   ``sigma^2`` about threefold there. ``lambda_+ = sigma^2 (1 + sqrt c0)^2`` is the threshold: ``K``
   counts the eigenvalues above it.
 
-BEMA's quantiles invert :func:`pdbjax.spectral.cdf`, tabulated once per ratio ``c``. Both fits are
+BEMA's quantiles invert the closed-form Marchenko-Pastur distribution function on the host. Both fits are
 scale-equivariant: the eigenvalues are scaled by the power of 2 that brings their median into
 ``[1/2, 1)`` before fitting and ``sigma^2`` is scaled back, so scaling ``W`` by ``a`` multiplies
 ``sigma^2`` by ``a^2`` and leaves ``K`` unchanged. Unusable spectra (:func:`pdbjax.estimate.screen`:
@@ -58,7 +58,6 @@ References:
 
 from __future__ import annotations
 
-import functools
 import math
 from typing import Literal, NamedTuple
 
@@ -70,8 +69,8 @@ from pdbjax import exported
 from pdbjax.fits import PUBFit, Reason, demote, fit_result
 from pdbjax.inputs import check_eigs, median_units, placeholder, screen
 from pdbjax.lsq import least_squares_box
-from pdbjax.precision import as_work, host_float64
-from pdbjax.spectral import PDB, cdf, density
+from pdbjax.precision import as_work
+from pdbjax.spectral import PDB, density
 
 __all__ = ["fit_pub", "TW1_QUANTILES"]
 
@@ -82,7 +81,6 @@ Estimator = Literal["bema", "kernel"]
 TW1_QUANTILES = {0.10: 0.4501, 0.05: 0.9793, 0.01: 2.0234}
 """Upper ``beta`` quantiles ``q_TW1(1 - beta)`` of the Tracy-Widom law of order 1, keyed by ``beta``."""
 
-_TABLE_NODES = 1025  # Chebyshev nodes of the tabulated Marchenko-Pastur distribution function
 _MIN_BULK = 8  # fewest eigenvalues a fit accepts (the TOO_SMALL limit of screen)
 _KDE_POINTS = 128  # grid on which the kernel estimate and the smoothed model are compared
 _MODEL_NODES = 256  # quadrature nodes representing the Marchenko-Pastur law in the smoothed model
@@ -94,36 +92,45 @@ _LSQ_ITERS = 40
 # Marchenko-Pastur quantiles
 
 
-@jax.jit
-def _mp_cdf_nodes(c: Array) -> tuple[Array, Array]:
-    """:func:`pdbjax.spectral.cdf` of ``MP(1, c)`` on Chebyshev nodes of its support (traced ``c``)."""
-    lo, hi = (1 - jnp.sqrt(c)) ** 2, (1 + jnp.sqrt(c)) ** 2
-    x = (lo + hi) / 2 - (hi - lo) / 2 * jnp.cos(jnp.linspace(0.0, jnp.pi, _TABLE_NODES, dtype=c.dtype))
-    return x, cdf(x, PDB.pub(jnp.ones_like(c)), c)
+def _mp_cdf(x: np.ndarray, c: float) -> np.ndarray:
+    r"""Distribution function of ``MP(sigma^2 = 1, c)``, ``0 < c <= 1``, in closed form (float64 NumPy).
 
+    With ``a, b = (1 -+ sqrt c)^2`` and ``r = sqrt((b - x)(x - a))``, integrating the density
+    ``r / (2 pi c x)`` gives, on ``[a, b]``,
 
-@functools.lru_cache(maxsize=64)
-def _mp_table(c: float) -> tuple[np.ndarray, np.ndarray]:
-    r"""Tabulated distribution function ``(x, F(x))`` of ``MP(sigma^2 = 1, c)`` (float64 NumPy arrays).
+    .. math::
 
-    ``F`` is :func:`pdbjax.spectral.cdf` on ``1025`` Chebyshev nodes ``x = mid - half cos u`` of the
-    support ``[(1 - sqrt c)^2, (1 + sqrt c)^2]`` (dense at the edges, where ``F`` has square-root
-    behaviour), computed once per ``c`` under a local ``jax.enable_x64``, eagerly even when called
-    while tracing.
+        F(x) = \frac12 + \frac{1}{2 \pi c}\Big[r + (1 + c) \arcsin\frac{2x - a - b}{b - a}
+               - (1 - c) \arcsin\frac{(a + b) x - 2ab}{x (b - a)}\Big],
+
+    (``(a + b)/2 = 1 + c``, ``sqrt(ab) = 1 - c``), 0 below ``a`` and 1 above ``b``.
     """
-    with jax.ensure_compile_time_eval(), host_float64():
-        x, F = _mp_cdf_nodes(jnp.asarray(c, jnp.float64))
-        return np.asarray(x), np.asarray(F)
+    x = np.asarray(x, np.float64)
+    a, b = (1 - math.sqrt(c)) ** 2, (1 + math.sqrt(c)) ** 2
+    xc = np.clip(x, a, b)
+    r = np.sqrt(np.maximum((b - xc) * (xc - a), 0.0))
+    first = np.arcsin(np.clip((2 * xc - a - b) / (b - a), -1, 1))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        second = np.arcsin(np.clip(((a + b) * xc - 2 * a * b) / (xc * (b - a)), -1, 1))
+    second = np.where(xc > 0, second, -np.pi / 2)  # c = 1: its weight 1 - c is 0 anyway
+    F = 0.5 + (r + (1 + c) * first - (1 - c) * second) / (2 * math.pi * c)
+    return np.where(x <= a, 0.0, np.where(x >= b, 1.0, np.clip(F, 0.0, 1.0)))
 
 
 def _mp_quantile(level: np.ndarray, c: float) -> np.ndarray:
-    """Quantiles ``F^{-1}(level)`` of ``MP(1, c)``, by linear interpolation in :func:`_mp_table`.
+    """Quantiles ``F^{-1}(level)`` of ``MP(1, c)`` (:func:`_mp_cdf`), by bisection to float64 resolution.
 
-    ``c = p / N`` and the levels are static, so the quantiles are constants of the compiled fit: no
-    Stieltjes solver and no interpolation is compiled into it.
+    ``c = p / N`` and the levels are static, so the quantiles are host constants of the compiled fit:
+    nothing is compiled for them.
     """
-    x, F = _mp_table(c)
-    return np.interp(level, F, x)
+    level = np.asarray(level, np.float64)
+    lo = np.full(level.shape, (1 - math.sqrt(c)) ** 2)
+    hi = np.full(level.shape, (1 + math.sqrt(c)) ** 2)
+    for _ in range(60):  # the bracket (width <= 4) halves each step: 4 / 2^60 < 1e-17
+        mid = (lo + hi) / 2
+        below = _mp_cdf(mid, c) < level
+        lo, hi = np.where(below, mid, lo), np.where(below, hi, mid)
+    return (lo + hi) / 2
 
 
 # --------------------------------------------------------------------------------------------------
@@ -306,6 +313,6 @@ def fit_pub(
         )
     _tw_quantile(beta)
     n = np.broadcast_to(np.asarray(N, np.int64), eigs.shape[:-1]).reshape(-1)
-    # MP quantiles tabulated on the host per distinct N (cached), so the fit compiles no solver.
+    # MP quantiles computed on the host per distinct N, so the fit compiles no solver.
     table = _bema_tables(n, p, float(alpha), float(beta)) if p >= _MIN_BULK else _BemaTable(np.zeros((n.size, 0)), np.zeros(n.size))
     return _fit_pub_batched(as_work(eigs), n, table, estimator, float(alpha))

@@ -14,7 +14,8 @@ from hypothesis import strategies as st
 from scipy import integrate
 
 from pdbjax.fits import Reason
-from pdbjax.pub import TW1_QUANTILES, _mp_quantile, fit_pub
+from pdbjax.pub import TW1_QUANTILES, _mp_cdf, _mp_quantile, fit_pub
+from pdbjax.spectral import PDB, cdf
 
 METHODS = ("bema", "kernel")
 SIGMA_SQ = 2.5
@@ -50,12 +51,26 @@ def _mp_cdf_quad(x: float, c: float) -> float:
     return integrate.quad(lambda t: math.sqrt(max((b - t) * (t - a), 0.0)) / (2 * math.pi * c * t), a, x, limit=200)[0]
 
 
-@pytest.mark.parametrize("c, tol", [(0.25, 1e-5), (0.65, 1e-5), (1.0, 1e-3)])
-def test_mp_quantiles_invert_the_marchenko_pastur_cdf(c, tol):
-    # c = 1: spectral.cdf integrates the x^{-1/2} edge with an O(1/num) error (~6e-4), hence the tolerance.
+@pytest.mark.parametrize("c", [0.05, 0.25, 0.65, 1.0])
+def test_mp_cdf_closed_form_matches_quadrature_and_the_stieltjes_solver(c):
+    # quad of the density: ~1e-10 (its default tolerances); spectral.cdf: quadrature of the solved
+    # density, O(1/num^2) inside, O(1/num) at the x^{-1/2} edge of c = 1 (~6e-4).
+    a, b = (1 - math.sqrt(c)) ** 2, (1 + math.sqrt(c)) ** 2
+    x = np.linspace(a, b, 41)[1:-1]
+    F = _mp_cdf(x, c)
+    np.testing.assert_allclose(F, [_mp_cdf_quad(v, c) for v in x], atol=1e-8)
+    with jax.enable_x64(True):
+        solver = np.asarray(cdf(jnp.asarray(x), PDB.pub(1.0), c))
+    np.testing.assert_allclose(F, solver, atol=1e-3 if c == 1.0 else 1e-5)
+    assert _mp_cdf(np.array([a - 1e-3, b + 1e-3]), c).tolist() == [0.0, 1.0]
+
+
+@pytest.mark.parametrize("c", [0.25, 0.65, 1.0])
+def test_mp_quantiles_invert_the_marchenko_pastur_cdf(c):
+    # The quadrature oracle's own error (~1e-10) bounds the agreement.
     levels = np.array([0.01, 0.2, 0.5, 0.8, 0.99])
     q = _mp_quantile(levels, c)
-    np.testing.assert_allclose([_mp_cdf_quad(v, c) for v in q], levels, atol=tol)
+    np.testing.assert_allclose([_mp_cdf_quad(v, c) for v in q], levels, atol=1e-8)
 
 
 # --------------------------------------------------------------------------- recovery
