@@ -10,9 +10,10 @@ memory budget of working copies:
 
 1. **Spectra**: :func:`pdbjax.linalg.spectrum` of every matrix, one batched call per shape group (in
    chunks of at most ``max_memory``; :func:`pdbjax.tree.map_groups`).
-2. **Fits**: every spectrum of one length ``p`` is fitted in ONE batched call whatever its ``N`` (``N``
-   is data of the compiled estimators), so the 384 x 384, 1536 x 384 and 384 x 1536 matrices of a
-   transformer share one compiled fit.
+2. **Fits**: every spectrum of one length ``p`` goes through ONE compiled program whatever its ``N``
+   (``N`` is data): for ``analyze`` every figure of the report (:func:`pdbjax.figures.spectrum_figures`),
+   for ``compress`` the fit of its method; the 384 x 384, 1536 x 384 and 384 x 1536 matrices of a
+   transformer share it.
 3. ``compress`` only: each shape group (chunk) is decomposed with vectors and rebuilt with its fits.
    With a ``budget``, the keep counts come first from :func:`pdbjax.budget.allocate` over the spectra
    and fits of passes 1 and 2 (all matrices of the model at once), and travel with the fits.
@@ -28,24 +29,22 @@ import numpy as np
 
 from pdbjax.budget import Allocation, allocate, check_budget, component_scores
 from pdbjax.estimate import Mode
+from pdbjax.figures import spectrum_figures
 from pdbjax.filter import (
     METHODS,
+    RULES,
     FilterInfo,
     Method,
     Rank,
     Shrink,
     filter_matrix,
     fit_spectrum,
-    keep_counts,
     needs_fit,
-    normalised_fit,
-    outlier_mask,
     resolve_shrink,
 )
 from pdbjax.fits import reason_text
 from pdbjax.linalg import Spectrum, raw_eigenvalues, spectrum
-from pdbjax.precision import Precision, check_precision, scope
-from pdbjax.quality import fit_quality, heavy_tailed, tail_slope
+from pdbjax.precision import Precision, check_precision
 from pdbjax.report import Report, to_jsonable
 from pdbjax.tree import (
     ConvReshape,
@@ -66,8 +65,6 @@ __all__ = ["analyze", "compress", "LowRank", "densify", "DEFAULT_RANK", "RULES"]
 
 #: Default rank rule of :func:`compress` (chosen by measurement; see the README, "Choosing the rank").
 DEFAULT_RANK: Rank = "upper-bulk"
-#: Rules reported in ``rank_kept`` by :func:`analyze`.
-RULES = ("spikes", "upper-bulk")
 #: Default working-memory budget of :func:`analyze` and :func:`compress` (bytes; ``max_memory``): peak RSS
 #: 1.91x the file for a 400 MB float16 checkpoint at 512 MiB, 2.66x at 1 GiB, 1.40x at 256 MiB (benchmarks/results/memory.md).
 DEFAULT_MAX_MEMORY = 512 << 20
@@ -75,34 +72,6 @@ DEFAULT_MAX_MEMORY = 512 << 20
 
 # --------------------------------------------------------------------------------------------------
 # analyze
-
-
-def _analyze_rows(spec: Spectrum, N: np.ndarray, mode: Mode, baselines: bool) -> dict[str, Any]:
-    """All per-matrix figures of a batch of spectra of one length ``p`` (``N`` per row), batched.
-
-    The eigenvalues come from :func:`pdbjax.linalg.spectrum`, the decomposition ``compress`` takes its
-    decisions from, and the keep counts from :func:`pdbjax.filter.keep_counts`, which evaluates the
-    rules exactly as :func:`pdbjax.filter_matrix` does.
-    """
-    pdb = fit_spectrum(spec, N, "pdb", mode)  # the fit compress makes of the same numbers
-    fits = {rule: pdb for rule in RULES}
-    out = {"pdb": pdb}
-    if baselines:
-        for method in ("bema", "kernel"):
-            out[method] = fits[f"pub-{method}"] = fit_spectrum(spec, N, f"pub-{method}")
-    units = np.asarray(spec.scale, np.float64) ** 2  # normalised eigenvalues -> W's units
-    with scope(spec):  # every figure in the working precision, on the normalised eigenvalues
-        eigs = spec.s**2
-        normalised = {name: normalised_fit(out[name], spec) for name in (("pdb", "bema", "kernel") if baselines else ("pdb",))}
-        quality = {name: fit_quality(eigs, N, fit) for name, fit in normalised.items()}
-        out["tail_slope"] = np.asarray(tail_slope(eigs))
-        out["heavy_tailed"] = np.asarray(heavy_tailed(eigs, N, normalised["pdb"], quality["pdb"]))
-        out["n_outliers"] = np.asarray(jnp.sum(outlier_mask(eigs, normalised["pdb"]), axis=-1))
-    for name, q in quality.items():
-        out[f"q_{name}"] = jax.tree_util.tree_map(np.asarray, q).rescale(units)
-    rules = {name: "spikes" if name.startswith("pub-") else name for name in fits}
-    out["keep"] = {name: np.asarray(keep_counts(spec, fit, rules[name])) for name, fit in fits.items()}
-    return out
 
 
 def analyze(
@@ -148,7 +117,7 @@ def analyze(
     sels = select(params, where, conv_reshape=conv_reshape, layer_axis=layer_axis, on_error=on_error, allow_empty=False)
     good = [s for s in sels if s.ok]
     specs = _spectra(good, precision, shard, progress, max_memory)
-    results = _by_length(good, specs, lambda spec, N: _analyze_rows(spec, N, mode, baselines))
+    results = _by_length(good, specs, lambda spec, N: spectrum_figures(spec, N, mode, baselines))
     by_name = dict(zip((s.name for s in good), results))
     rows: list[dict[str, Any]] = []
     for sel in sels:

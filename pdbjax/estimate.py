@@ -136,8 +136,9 @@ def _max_spikes(N: int, p: int) -> int:
     return max(1, min(int(6 * N**0.1), p - 2))
 
 
-def _rows(eigs: np.ndarray | Array, N: int | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``N`` and the spike window :func:`_max_spikes` per spectrum, flattened over the batch (host ints)."""
+def fit_inputs(eigs: np.ndarray | Array, N: int | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``N`` and the spike window :func:`_max_spikes` per spectrum, flattened over the batch (host ints):
+    the data :func:`fit_pdb_batched` takes, so that ``N`` never enters a compiled program as a constant."""
     batch, p = eigs.shape[:-1], eigs.shape[-1]
     n = np.broadcast_to(np.asarray(N, np.int64), batch).reshape(-1)
     windows = {int(v): _max_spikes(int(v), p) for v in np.unique(n)}
@@ -181,7 +182,7 @@ def spike_count(eigs: jax.typing.ArrayLike, N: int | np.ndarray, *, mode: Mode =
     eigs = jnp.asarray(eigs)
     check_eigs(eigs, N)
     _check_mode(mode)
-    n, window = _rows(eigs, N)
+    n, window = fit_inputs(eigs, N)
     return _spike_count_batched(as_work(eigs), n, window, mode)
 
 
@@ -346,16 +347,18 @@ def fit_pdb(
     check_eigs(eigs, N)
     _check_mode(mode)
     out_dtype = work_dtype(eigs.dtype)
-    n, window = _rows(eigs, N)
+    n, window = fit_inputs(eigs, N)
     if precision == "float64" and not is_traced(eigs):
         with float64():
-            fit = _fit_pdb_batched(jnp.asarray(eigs, jnp.float64), n, window, mode, n_iter, screen_rtol(eigs.dtype))
+            fit = fit_pdb_batched(jnp.asarray(eigs, jnp.float64), n, window, mode, n_iter, screen_rtol(eigs.dtype))
             return jax.tree_util.tree_map(lambda x: x.astype(out_dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, fit)
-    return _fit_pdb_batched(jnp.asarray(eigs, out_dtype), n, window, mode, n_iter, screen_rtol(eigs.dtype))
+    return fit_pdb_batched(jnp.asarray(eigs, out_dtype), n, window, mode, n_iter, screen_rtol(eigs.dtype))
 
 
 @exported.jit(static_argnames=("mode", "n_iter", "rtol"))
-def _fit_pdb_batched(eigs: Array, N: Array, window: Array, mode: str, n_iter: int, rtol: float) -> PDBFit:
+def fit_pdb_batched(eigs: Array, N: Array, window: Array, mode: str, n_iter: int, rtol: float) -> PDBFit:
+    """The compiled core of :func:`fit_pdb`: unchecked work-dtype ``eigs`` ``(..., p)``, ``N`` and
+    ``window`` from :func:`fit_inputs`, ``rtol`` = ``screen_rtol`` of the caller's dtype (traceable)."""
     batch, p = eigs.shape[:-1], eigs.shape[-1]
     flat = -jnp.sort(-eigs.reshape(-1, p), axis=-1)  # descending, whatever order the caller used
     fit = jax.vmap(lambda v, n, w: _fit_pdb_one(v, n, w, mode, n_iter, rtol))(flat, N.astype(flat.dtype), window)

@@ -78,6 +78,10 @@ Array = jax.Array
 ArrayLike = jax.typing.ArrayLike
 Estimator = Literal["bema", "kernel"]
 
+ALPHA = 0.2
+"""Default BEMA trimming of :func:`fit_pub` (ranks ``alpha p < k < (1 - alpha) p`` are matched)."""
+BETA = 0.1
+"""Default Tracy-Widom level of :func:`fit_pub`'s BEMA threshold."""
 TW1_QUANTILES = {0.10: 0.4501, 0.05: 0.9793, 0.01: 2.0234}
 """Upper ``beta`` quantiles ``q_TW1(1 - beta)`` of the Tracy-Widom law of order 1, keyed by ``beta``."""
 
@@ -157,7 +161,7 @@ def _matched_ranks(p: int, alpha: float) -> np.ndarray:
 
 
 @exported.register
-class _BemaTable(NamedTuple):
+class BemaTable(NamedTuple):
     """What BEMA needs of ``MP(1, c = p / N)`` for one spectrum, tabulated on the host so that ``N`` is
     data of the compiled fit: the quantiles ``q`` of the matched ranks and the Tracy-Widom corrected
     edge ``(1 + sqrt c)^2 + q_TW1(1 - beta) N^{-2/3} c^{-1/6} (1 + sqrt c)^{4/3}``."""
@@ -166,8 +170,19 @@ class _BemaTable(NamedTuple):
     edge: np.ndarray
 
 
-def _bema_tables(N: np.ndarray, p: int, alpha: float, beta: float) -> _BemaTable:
-    """:class:`_BemaTable` rows for the per-spectrum ``N`` (one quantile table per distinct ``N``)."""
+def pub_inputs(eigs: np.ndarray | Array, N: int | np.ndarray, alpha: float, beta: float) -> tuple[np.ndarray, BemaTable]:
+    """``N`` per spectrum (flattened, host ints) and the :class:`BemaTable` rows :func:`fit_pub_batched`
+    takes (MP quantiles computed on the host per distinct ``N``, so the fit compiles no solver)."""
+    _tw_quantile(beta)
+    p = eigs.shape[-1]
+    n = np.broadcast_to(np.asarray(N, np.int64), eigs.shape[:-1]).reshape(-1)
+    if p < _MIN_BULK:
+        return n, BemaTable(np.zeros((n.size, 0)), np.zeros(n.size))
+    return n, _bema_tables(n, p, float(alpha), float(beta))
+
+
+def _bema_tables(N: np.ndarray, p: int, alpha: float, beta: float) -> BemaTable:
+    """:class:`BemaTable` rows for the per-spectrum ``N`` (one quantile table per distinct ``N``)."""
     ranks = _matched_ranks(p, alpha)
     levels = 1 - (ranks - 0.5) / p
     rows = {}
@@ -175,10 +190,10 @@ def _bema_tables(N: np.ndarray, p: int, alpha: float, beta: float) -> _BemaTable
         c = p / int(n)
         edge = (1 + math.sqrt(c)) ** 2 + _tw_quantile(beta) * int(n) ** (-2 / 3) * c ** (-1 / 6) * (1 + math.sqrt(c)) ** (4 / 3)
         rows[int(n)] = (_mp_quantile(levels, c), edge)
-    return _BemaTable(np.stack([rows[int(n)][0] for n in N]), np.array([rows[int(n)][1] for n in N]))
+    return BemaTable(np.stack([rows[int(n)][0] for n in N]), np.array([rows[int(n)][1] for n in N]))
 
 
-def _bema(lam: Array, table: _BemaTable, alpha: float) -> tuple[Array, Array, Array]:
+def _bema(lam: Array, table: BemaTable, alpha: float) -> tuple[Array, Array, Array]:
     """BEMA on descending ``lam`` (median in [1/2, 1)): returns ``(sigma_sq, threshold, usable)``.
 
     ``usable`` is False when the matched ranks have no spread (e.g. an orthogonal matrix): a single
@@ -195,7 +210,7 @@ def _gaussian(u: Array) -> Array:
     return jnp.exp(-0.5 * u**2) / math.sqrt(2 * math.pi)
 
 
-def _kernel(lam: Array, N: Array, table: _BemaTable, alpha: float) -> tuple[Array, Array, Array]:
+def _kernel(lam: Array, N: Array, table: BemaTable, alpha: float) -> tuple[Array, Array, Array]:
     """Kernel density matching on descending ``lam`` (median in [1/2, 1)): returns ``(sigma_sq, c0, usable)``.
 
     ``usable`` is False when BEMA's is, when fewer than 8 eigenvalues remain below the BEMA threshold,
@@ -230,7 +245,7 @@ def _kernel(lam: Array, N: Array, table: _BemaTable, alpha: float) -> tuple[Arra
     return jnp.exp(sol.x[0]), c0, usable
 
 
-def _fit_pub_one(eigs: Array, N: Array, table: _BemaTable, estimator: str, alpha: float) -> PUBFit:
+def _fit_pub_one(eigs: Array, N: Array, table: BemaTable, estimator: str, alpha: float) -> PUBFit:
     """One spectrum: screen, sort, scale the median into [1/2, 1), fit, count, scale back, flag."""
     eigs = -jnp.sort(-eigs)
     code = screen(eigs)
@@ -256,7 +271,9 @@ def _fit_pub_one(eigs: Array, N: Array, table: _BemaTable, estimator: str, alpha
 
 
 @exported.jit(static_argnames=("estimator", "alpha"))
-def _fit_pub_batched(eigs: Array, N: Array, table: _BemaTable, estimator: str, alpha: float) -> PUBFit:
+def fit_pub_batched(eigs: Array, N: Array, table: BemaTable, estimator: str, alpha: float) -> PUBFit:
+    """The compiled core of :func:`fit_pub`: unchecked work-dtype ``eigs`` ``(..., p)``, ``N`` and
+    ``table`` from :func:`pub_inputs` (traceable)."""
     batch, p = eigs.shape[:-1], eigs.shape[-1]
     flat = eigs.reshape(-1, p)
     fit = jax.vmap(lambda v, n, tab: _fit_pub_one(v, n, tab, estimator, alpha))(flat, N.astype(flat.dtype), table)
@@ -268,8 +285,8 @@ def fit_pub(
     N: int | np.ndarray,
     estimator: Estimator = "bema",
     *,
-    alpha: float = 0.2,
-    beta: float = 0.1,
+    alpha: float = ALPHA,
+    beta: float = BETA,
 ) -> PUBFit:
     r"""Fit the PUB (Marchenko-Pastur) model to a batch of spectra by BEMA or kernel matching.
 
@@ -311,8 +328,5 @@ def fit_pub(
         raise ValueError(
             f"alpha must lie in [0, 0.5) and leave ranks alpha p < k < (1 - alpha) p; got {alpha} for p={p}"
         )
-    _tw_quantile(beta)
-    n = np.broadcast_to(np.asarray(N, np.int64), eigs.shape[:-1]).reshape(-1)
-    # MP quantiles computed on the host per distinct N, so the fit compiles no solver.
-    table = _bema_tables(n, p, float(alpha), float(beta)) if p >= _MIN_BULK else _BemaTable(np.zeros((n.size, 0)), np.zeros(n.size))
-    return _fit_pub_batched(as_work(eigs), n, table, estimator, float(alpha))
+    n, table = pub_inputs(eigs, N, alpha, beta)
+    return fit_pub_batched(as_work(eigs), n, table, estimator, float(alpha))

@@ -132,7 +132,9 @@ def _quality_one(eigs: Array, K: Array, pop: PDB, ok: Array, N: Array) -> Qualit
 
 
 @exported.jit
-def _quality_batched(eigs: Array, K: Array, pop: PDB, ok: Array, N: Array) -> Quality:
+def quality_batched(eigs: Array, K: Array, pop: PDB, ok: Array, N: Array) -> Quality:
+    """The compiled core of :func:`fit_quality`: unchecked work-dtype ``eigs`` ``(..., p)``, the fit's
+    ``K`` (int32), population (in ``eigs``' dtype) and ``ok``, and ``N`` (int32), all batch-shaped."""
     batch, p = eigs.shape[:-1], eigs.shape[-1]
     flat = lambda v: jnp.broadcast_to(v, batch).reshape(-1)  # noqa: E731
     out = jax.vmap(lambda e, k, t, s1, s2, o, n: _quality_one(e, k, PDB(t, s1, s2), o, n))(
@@ -161,7 +163,7 @@ def fit_quality(eigs: jax.typing.ArrayLike, N: int | np.ndarray, fit: Fit) -> Qu
     eigs = as_work(eigs)
     pop = PDB(*(jnp.asarray(v, eigs.dtype) for v in fit.population))
     n = jnp.asarray(np.broadcast_to(np.asarray(N, np.int64), eigs.shape[:-1]), jnp.int32)
-    return _quality_batched(eigs, jnp.asarray(fit.K, jnp.int32), pop, jnp.asarray(fit.ok, bool), n)
+    return quality_batched(eigs, jnp.asarray(fit.K, jnp.int32), pop, jnp.asarray(fit.ok, bool), n)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -201,7 +203,8 @@ def _tail_slope_one(lam: Array) -> Array:
 
 
 @exported.jit
-def _tail_slope_batched(eigs: Array) -> Array:
+def tail_slope_batched(eigs: Array) -> Array:
+    """The compiled core of :func:`tail_slope` (unchecked work-dtype ``eigs``)."""
     return jnp.vectorize(_tail_slope_one, signature="(p)->()")(eigs)
 
 
@@ -247,7 +250,7 @@ def tail_slope(eigs: jax.typing.ArrayLike) -> Array:
     """
     eigs = jnp.asarray(eigs)
     check_eigs(eigs, eigs.shape[-1] if eigs.ndim else 0)
-    return _tail_slope_batched(as_work(eigs))
+    return tail_slope_batched(as_work(eigs))
 
 
 def heavy_tailed(eigs: jax.typing.ArrayLike, N: int | np.ndarray, fit: Fit, quality: Quality | None = None) -> Array:

@@ -64,14 +64,14 @@ def test_pub_and_quality_take_n_per_row():
 
 def test_one_compilation_serves_every_n():
     lam = np.stack(_spectra([(48, 48), (96, 48)], seed=2))
-    before = estimate._fit_pdb_batched._cache_size()
+    before = estimate.fit_pdb_batched._cache_size()
     for N in (48, 96, 200, 1000):
         pdbjax.fit_pdb(lam, N)
-    assert estimate._fit_pdb_batched._cache_size() - before <= 1
-    before = pub._fit_pub_batched._cache_size()
+    assert estimate.fit_pdb_batched._cache_size() - before <= 1
+    before = pub.fit_pub_batched._cache_size()
     for N in (48, 96, 200):
         pdbjax.fit_pub(lam.astype(np.float32), N, "kernel")
-    assert pub._fit_pub_batched._cache_size() - before <= 1
+    assert pub.fit_pub_batched._cache_size() - before <= 1
 
 
 @pytest.mark.parametrize("bad", [np.array([10, 20]), np.array([100, 3]), np.array([[100]] * 3)])
@@ -88,11 +88,11 @@ def test_analyze_fits_every_n_of_one_p_in_one_call():
               "c": {"kernel": rng.standard_normal((64, 256))}}
     params = jax.tree_util.tree_map(lambda x: x.astype(np.float32), params)
     pdbjax.analyze(params, baselines=False)  # warm every program
-    before = estimate._fit_pdb_batched._cache_size()
+    before = estimate.fit_pdb_batched._cache_size()
     params2 = {"d": {"kernel": params["a"]["kernel"]}, "e": {"kernel": params["c"]["kernel"].T.copy()},
                "f": {"kernel": params["b"]["kernel"].T.copy()}}
     report = pdbjax.analyze(params2, baselines=False)
-    assert estimate._fit_pdb_batched._cache_size() == before  # same p and batch size: no new fit program
+    assert estimate.fit_pdb_batched._cache_size() == before  # same p and batch size: no new fit program
     assert [r["N"] for r in report.rows] == [64, 256, 256]
 
 

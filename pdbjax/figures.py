@@ -1,0 +1,114 @@
+r"""Every per-matrix figure of :func:`pdbjax.analyze` for spectra of one length, in one compiled program.
+
+Pass 2 of :func:`pdbjax.analyze`: for a batch of spectra of one length ``p`` (any ``N``; ``N`` is data),
+:func:`spectrum_figures` runs
+
+* the PDB fit (Algorithm 1, :func:`pdbjax.fit_pdb`) and, with ``baselines``, the PUB-BEMA and
+  PUB-Kernel fits (:func:`pdbjax.fit_pub`);
+* their goodness of fit (:func:`pdbjax.quality.fit_quality`), the tail slope and the heavy-tail flag
+  (:func:`pdbjax.quality.heavy_tailed`);
+* the outliers (:func:`pdbjax.filter.outlier_mask`) and the keep count of every rule
+  (:func:`pdbjax.filter.keep_count`, as :func:`pdbjax.filter_matrix` evaluates it)
+
+as ONE program on the device, in the decomposition's working precision, on the normalised eigenvalues
+``s**2`` of ``W / scale`` (entries in ``[-1, 1]``: no overflow in float32 whatever the weights' units).
+The host prepares the data of the fits (``N``, spike windows, BEMA's quantiles) before the call and
+fetches the result once (``jax.device_get``); fits and moments are brought back to ``W``'s units on
+the host in float64 (``scale^2`` is an exact power of four, so this is exact).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from pdbjax import exported
+from pdbjax.estimate import Mode, fit_inputs, fit_pdb_batched
+from pdbjax.filter import RULES, fit_spectrum, keep_count, normalised_fit, outlier_mask
+from pdbjax.fits import PDBFit
+from pdbjax.inputs import screen_rtol
+from pdbjax.linalg import Spectrum
+from pdbjax.precision import scope
+from pdbjax.pub import ALPHA, BETA, BemaTable, fit_pub_batched, pub_inputs
+from pdbjax.quality import HEAVY_TAIL_KS, HEAVY_TAIL_SLOPE, quality_batched, tail_slope_batched
+from pdbjax.spectral import PDB
+
+__all__ = ["BASELINES", "spectrum_figures"]
+
+#: The PUB baselines, by their short name in the report (``K_bema``, ``ks_kernel``, ...).
+BASELINES = ("bema", "kernel")
+#: Iteration cap of the PDBLS fit (:func:`pdbjax.fit_pdb`'s default ``n_iter``).
+_N_ITER = 200
+
+
+def _keep_order(baselines: bool) -> tuple[str, ...]:
+    """The keys of ``rank_kept``: the PDB rules, then each baseline's ``"spikes"`` as ``"pub-<name>"``."""
+    return (*RULES, *(f"pub-{name}" for name in BASELINES if baselines))
+
+
+@exported.jit(static_argnames=("mode", "baselines", "rtol"))
+def _figures(s: jax.Array, N: jax.Array, window: jax.Array, table: BemaTable, pdb: PDBFit | None, *,
+             mode: str, baselines: bool, rtol: float) -> dict[str, Any]:
+    """The program: normalised singular values ``s`` ``(B, p)`` to every figure, in ``s``' dtype.
+    ``pdb``: a given (normalised) PDB fit, or ``None`` to fit it here."""
+    eigs = s**2
+    if pdb is None:
+        pdb = fit_pdb_batched(eigs, N, window, mode, _N_ITER, rtol)
+    fits = {"pdb": pdb}
+    if baselines:
+        fits.update({name: fit_pub_batched(eigs, N, table, name, ALPHA) for name in BASELINES})
+    n32 = N.astype(jnp.int32)
+    quality = {
+        name: quality_batched(eigs, fit.K.astype(jnp.int32), PDB(*(v.astype(eigs.dtype) for v in fit.population)),
+                              fit.ok, n32)
+        for name, fit in fits.items()
+    }
+    slope = tail_slope_batched(eigs)
+    keep = {rule: keep_count(eigs, fits[rule.removeprefix("pub-")] if rule.startswith("pub-") else pdb,
+                             "spikes" if rule.startswith("pub-") else rule)
+            for rule in _keep_order(baselines)}
+    return {
+        **fits,
+        **{f"q_{name}": q for name, q in quality.items()},
+        "tail_slope": slope,
+        "heavy_tailed": (slope > HEAVY_TAIL_SLOPE) & (quality["pdb"].ks > HEAVY_TAIL_KS),
+        "n_outliers": jnp.sum(outlier_mask(eigs, pdb), axis=-1),
+        "keep": keep,
+    }
+
+
+def spectrum_figures(spec: Spectrum, N: np.ndarray, mode: Mode = "scaled", baselines: bool = True) -> dict[str, Any]:
+    """Every figure :func:`pdbjax.analyze` reports for a batch of spectra of one length, as NumPy arrays.
+
+    Args:
+      spec: :class:`~pdbjax.linalg.Spectrum` with batch shape ``(B,)`` (from :func:`pdbjax.linalg.spectrum`).
+      N: the larger dimension of each matrix, shape ``(B,)`` (host integers, ``>= p``).
+      mode: PDBLS mode; ``"reference"`` fits the raw eigenvalues in float64 first
+        (:func:`pdbjax.filter.fit_spectrum`) and passes that fit to the program.
+      baselines: also fit PUB-BEMA and PUB-Kernel.
+
+    Returns:
+      ``{"pdb", "bema", "kernel"}``: fits in ``W``'s units (float64 where rescaled); ``"q_<name>"``:
+      their :class:`~pdbjax.quality.Quality` (moments in ``W``'s units); ``"tail_slope"``,
+      ``"heavy_tailed"``, ``"n_outliers"``; ``"keep"``: ``{rule: keep count}``. Every leaf has leading axis ``B``.
+    """
+    N = np.asarray(N)
+    given = fit_spectrum(spec, N, "pdb", mode) if mode == "reference" else None
+    with scope(spec):
+        n, window = fit_inputs(spec.s, N)
+        _, table = pub_inputs(spec.s, N, ALPHA, BETA) if baselines else (n, None)
+        out = jax.device_get(_figures(
+            spec.s, n, window, table, None if given is None else normalised_fit(given, spec),
+            mode=mode, baselines=baselines, rtol=screen_rtol(spec.s.dtype),
+        ))
+    units = np.asarray(spec.scale, np.float64) ** 2  # normalised eigenvalues -> W's units
+    for name in ("pdb", *BASELINES) if baselines else ("pdb",):
+        out[name] = out[name].rescale(units)
+        out[f"q_{name}"] = out[f"q_{name}"].rescale(units)
+    out["keep"] = {rule: out["keep"][rule] for rule in _keep_order(baselines)}  # device_get sorts dict keys
+    if given is not None:
+        out["pdb"] = given  # the float64 fit of the raw eigenvalues itself
+    return out

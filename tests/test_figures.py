@@ -1,0 +1,104 @@
+"""pdbjax.figures: analyze's one-program figures equal the public functions called one by one."""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+import pytest
+from tolerances import ONE_PROGRAM, assert_close
+
+import pdbjax
+from pdbjax import exported, figures
+from pdbjax.filter import fit_spectrum, keep_counts, normalised_fit, outlier_mask
+from pdbjax.linalg import spectrum
+from pdbjax.precision import scope
+from pdbjax.quality import fit_quality, heavy_tailed, tail_slope
+
+P = 40  # every matrix has p = 40; N differs (data of the program)
+
+
+def _spectra(shapes, seed=0):
+    """One Spectrum per (N, p) shape of simulated PDB matrices, concatenated into one batch of length p."""
+    mats = [np.asarray(pdbjax.simulate(jax.random.PRNGKey(seed + i), n, P, pdbjax.PDB(0.7, 1.0, 5.0), spikes=[40.0, 20.0]))
+            for i, (n, _) in enumerate(shapes)]
+    specs = [spectrum(m[None] * 0.01) for m in mats]  # units away from 1: the rescaling is exercised
+    spec = jax.tree_util.tree_map(lambda *xs: np.concatenate([np.asarray(x) for x in xs]), *specs)
+    return jax.tree_util.tree_map(jax.numpy.asarray, spec), np.array([n for n, _ in shapes])
+
+
+def _one_by_one(spec, N):
+    """The same figures from the public functions, each its own program."""
+    fits = {"pdb": fit_spectrum(spec, N, "pdb"), **{m: fit_spectrum(spec, N, f"pub-{m}") for m in figures.BASELINES}}
+    units = np.asarray(spec.scale, np.float64) ** 2
+    with scope(spec):
+        eigs = spec.s**2
+        normed = {name: normalised_fit(fit, spec) for name, fit in fits.items()}
+        quality = {name: fit_quality(eigs, N, fit) for name, fit in normed.items()}
+        out = {**fits, **{f"q_{n}": jax.tree_util.tree_map(np.asarray, q).rescale(units) for n, q in quality.items()}}
+        out["tail_slope"] = np.asarray(tail_slope(eigs))
+        out["heavy_tailed"] = np.asarray(heavy_tailed(eigs, N, normed["pdb"], quality["pdb"]))
+        out["n_outliers"] = np.asarray(outlier_mask(eigs, normed["pdb"]).sum(-1))
+    out["keep"] = {"spikes": keep_counts(spec, fits["pdb"], "spikes"), "upper-bulk": keep_counts(spec, fits["pdb"], "upper-bulk"),
+                   **{f"pub-{m}": keep_counts(spec, fits[m], "spikes") for m in figures.BASELINES}}
+    return out
+
+
+def test_one_program_equals_the_public_functions():
+    spec, N = _spectra([(80, P), (160, P), (80, P)])
+    got, want = figures.spectrum_figures(spec, N), _one_by_one(spec, N)
+    assert list(got["keep"]) == ["spikes", "upper-bulk", "pub-bema", "pub-kernel"]
+    for name in ("pdb", *figures.BASELINES):
+        for field in got[name]._fields:
+            a, b = np.asarray(getattr(got[name], field)), np.asarray(getattr(want[name], field))
+            if np.issubdtype(b.dtype, np.floating):
+                assert_close(a, b, ONE_PROGRAM, f"{name}.{field}")
+            else:
+                np.testing.assert_array_equal(a, b, err_msg=f"{name}.{field}")
+        for field in ("moments", "model_moments", "ks", "l2"):
+            assert_close(getattr(got[f"q_{name}"], field), getattr(want[f"q_{name}"], field), ONE_PROGRAM, f"q_{name}.{field}")
+    assert_close(got["tail_slope"], want["tail_slope"], ONE_PROGRAM)
+    for key in ("heavy_tailed", "n_outliers"):
+        np.testing.assert_array_equal(got[key], want[key], err_msg=key)
+    for rule, keep in want["keep"].items():
+        np.testing.assert_array_equal(got["keep"][rule], keep, err_msg=rule)
+    assert (got["pdb"].K >= 2).all() and got["pdb"].ok.all()  # the spikes are found: the comparison is not vacuous
+
+
+def test_reference_mode_reports_the_float64_fit_of_the_raw_eigenvalues():
+    spec, N = _spectra([(80, P), (120, P)], seed=7)
+    got = figures.spectrum_figures(spec, N, mode="reference", baselines=False)
+    want = fit_spectrum(spec, N, "pdb", mode="reference")
+    for field in want._fields:
+        np.testing.assert_array_equal(np.asarray(getattr(got["pdb"], field)), np.asarray(getattr(want, field)), err_msg=field)
+    assert set(got) == {"pdb", "q_pdb", "tail_slope", "heavy_tailed", "n_outliers", "keep"}
+    assert list(got["keep"]) == ["spikes", "upper-bulk"]
+
+
+def test_one_compiled_program_whatever_n(tmp_path):
+    """Spectra of one length and batch size share one program however their N differ; with the exported
+    cache on, a second process-like call (memory cleared) loads it instead of tracing again."""
+    spec, N = _spectra([(80, P), (160, P)], seed=3)
+    figures.spectrum_figures(spec, N)
+    before = figures._figures._cache_size()
+    figures.spectrum_figures(spec, np.array([400, 90]))
+    assert figures._figures._cache_size() == before
+    exported.enable(tmp_path)
+    try:
+        figures.spectrum_figures(spec, N)
+        exported._state["memory"].clear()
+        counts = exported.stats()
+        again = figures.spectrum_figures(spec, N)
+        assert exported.stats()["loaded"] == counts["loaded"] + 1
+        assert again["pdb"].ok.all()
+    finally:
+        exported.disable()
+
+
+@pytest.mark.parametrize("baselines", [True, False])
+def test_analyze_rows_come_from_the_program(baselines):
+    W = np.asarray(pdbjax.simulate(jax.random.PRNGKey(11), 120, P, pdbjax.PDB(0.7, 1.0, 5.0), spikes=[40.0]))
+    row = pdbjax.analyze({"w": W}, where="w", baselines=baselines).rows[0]
+    spec = spectrum(W[None])
+    fig = figures.spectrum_figures(spec, np.array([120]), baselines=baselines)
+    assert row["K"] == int(fig["pdb"].K[0]) and row["rank_kept"] == {k: int(v[0]) for k, v in fig["keep"].items()}
+    assert ("K_bema" in row) == baselines
