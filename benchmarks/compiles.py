@@ -26,6 +26,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from pdbjax._atomic import atomic_write_text
+
 ROOT = Path(__file__).resolve().parent.parent
 WHERE = r"^encoder\.layer\.\d+\.(attention\.self\.(query|key|value)|attention\.output\.dense|intermediate\.dense|output\.dense)\.weight$"
 
@@ -57,14 +59,20 @@ stats = pstats.Stats(prof).stats
 def cum(name):
     return max((v[3] for k, v in stats.items() if k[2] == name), default=0.0)
 print(json.dumps({"rows": len(report.rows), "programs": len(seconds), "compile_s": sum(seconds), "analyze_s": wall,
-                  "trace_s": cum("trace_to_jaxpr"), "lower_s": cum("lower_jaxpr_to_module")}))
+                  "trace_s": cum("trace_to_jaxpr"), "lower_s": cum("lower_jaxpr_to_module"),
+                  "module": pdbjax.__file__}))
 """
 
 
 def _run(tree: Path, cache: str) -> dict:
     env = {**os.environ, "PYTHONPATH": str(tree) + os.pathsep + os.environ.get("PYTHONPATH", ""), "JAX_PLATFORMS": "cpu"}
-    out = subprocess.run([sys.executable, "-c", _CHILD, cache, WHERE], env=env, capture_output=True, text=True, check=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    # cwd = the tree: ``python -c`` puts the working directory first on sys.path, before PYTHONPATH.
+    out = subprocess.run([sys.executable, "-c", _CHILD, cache, WHERE], env=env, cwd=tree, capture_output=True, text=True,
+                         check=True)
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    if Path(result["module"]).resolve().parent.parent != tree.resolve():
+        raise RuntimeError(f"the child imported {result['module']}, not the pdbjax of {tree}")
+    return result
 
 
 def main() -> None:
@@ -98,10 +106,7 @@ def main() -> None:
                      f"{warm['analyze_s']:.1f} | {warm['trace_s']:.1f} | {warm['lower_s']:.1f} |")
     text = "\n".join(lines) + "\n"
     print(text)
-    path = ROOT / "benchmarks" / "results" / "compiles.md"
-    tmp = path.with_suffix(".md.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
+    atomic_write_text(ROOT / "benchmarks" / "results" / "compiles.md", text)
 
 
 if __name__ == "__main__":

@@ -2,8 +2,8 @@
 
 JAX's persistent compilation cache (:mod:`pdbjax.compilation_cache`) skips XLA's compile, but every
 process still traces each program to a jaxpr and lowers it to find the cache key. For the fits that is
-most of a warm process: a warm MiniLM load plus ``analyze`` takes 5.14 s with every program traced and
-3.00 s with them read back (``python benchmarks/exported.py``, ``benchmarks/results/exported.md``).
+most of a warm process: a warm MiniLM load plus ``analyze`` takes 5.33 s with every program traced and
+2.89 s with them read back (``python benchmarks/exported.py``, ``benchmarks/results/exported.md``).
 
 :func:`jit` is ``jax.jit`` plus a cache keyed *before* tracing: by the function, a digest of the pdbjax
 source, JAX's version and flags, the backend, and the arguments' shapes, dtypes and static values. A miss
@@ -37,7 +37,7 @@ from pdbjax._validate import is_traced
 
 __all__ = ["enable", "disable", "jit", "register", "stats"]
 
-#: Most modules kept; the least recently used are removed beyond it (MiniLM's fits use 5, 1-3 MB each).
+#: Most modules kept; the least recently used are removed beyond it (MiniLM's analyze uses 4, 6-180 kB each).
 MAX_ENTRIES = 256
 _SUFFIX = ".jaxexport"
 
