@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from pdbjax.budget import Allocation, allocate, check_budget, component_scores
-from pdbjax.estimate import Mode
+from pdbjax.estimate import Mode, check_mode
 from pdbjax.figures import spectrum_figures
 from pdbjax.filter import (
     METHODS,
@@ -114,6 +114,7 @@ def analyze(
       A :class:`~pdbjax.report.Report`; columns are listed in the README ("Report columns").
     """
     precision = check_precision(precision)
+    check_mode(mode)  # before the decompositions, which may take long
     sels = select(params, where, conv_reshape=conv_reshape, layer_axis=layer_axis, on_error=on_error, allow_empty=False)
     good = [s for s in sels if s.ok]
     specs = _spectra(good, precision, shard, progress, max_memory)
@@ -330,6 +331,7 @@ def compress(
                         f"compress(params, method={where!r})")
     shrink = resolve_shrink(method, shrink)
     precision = check_precision(precision)
+    check_mode(mode)
     if budget is not None:
         budget = check_budget(budget)
         if rank is not None:

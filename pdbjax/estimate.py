@@ -181,7 +181,7 @@ def spike_count(eigs: jax.typing.ArrayLike, N: int | np.ndarray, *, mode: Mode =
     """
     eigs = jnp.asarray(eigs)
     check_eigs(eigs, N)
-    _check_mode(mode)
+    check_mode(mode)
     n, window = fit_inputs(eigs, N)
     return _spike_count_batched(as_work(eigs), n, window, mode)
 
@@ -282,7 +282,8 @@ def _two_bulks(stat: Array, t: Array, s1: Array, s2: Array, K: Array, p: int, N:
     return (stat > BULKS_Z) & ((N * v - 1) / 2 > BULKS_Z) & (jnp.minimum(t, 1 - t) * (p - K) >= 1)
 
 
-def _check_mode(mode: str) -> None:
+def check_mode(mode: str) -> None:
+    """``ValueError`` unless ``mode`` is a PDBLS mode (:data:`Mode`)."""
     if mode not in ("scaled", "reference"):
         raise ValueError(f"mode must be 'scaled' or 'reference'; got {mode!r}")
 
@@ -345,7 +346,7 @@ def fit_pdb(
     """
     eigs = jnp.asarray(eigs) if is_traced(eigs) else np.asarray(eigs)
     check_eigs(eigs, N)
-    _check_mode(mode)
+    check_mode(mode)
     out_dtype = work_dtype(eigs.dtype)
     n, window = fit_inputs(eigs, N)
     if precision == "float64" and not is_traced(eigs):

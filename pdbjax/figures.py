@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from pdbjax import exported
-from pdbjax.estimate import Mode, fit_inputs, fit_pdb_batched
+from pdbjax.estimate import Mode, check_mode, fit_inputs, fit_pdb_batched
 from pdbjax.filter import RULES, fit_spectrum, keep_count, normalised_fit, outlier_mask
 from pdbjax.fits import PDBFit
 from pdbjax.inputs import screen_rtol
@@ -95,6 +95,7 @@ def spectrum_figures(spec: Spectrum, N: np.ndarray, mode: Mode = "scaled", basel
       their :class:`~pdbjax.quality.Quality` (moments in ``W``'s units); ``"tail_slope"``,
       ``"heavy_tailed"``, ``"n_outliers"``; ``"keep"``: ``{rule: keep count}``. Every leaf has leading axis ``B``.
     """
+    check_mode(mode)
     N = np.asarray(N)
     given = fit_spectrum(spec, N, "pdb", mode) if mode == "reference" else None
     with scope(spec):

@@ -8,7 +8,7 @@ import pytest
 from tolerances import ONE_PROGRAM, assert_close
 
 import pdbjax
-from pdbjax import exported, figures
+from pdbjax import api, exported, figures
 from pdbjax.filter import fit_spectrum, keep_counts, normalised_fit, outlier_mask
 from pdbjax.linalg import spectrum
 from pdbjax.precision import scope
@@ -102,3 +102,15 @@ def test_analyze_rows_come_from_the_program(baselines):
     fig = figures.spectrum_figures(spec, np.array([120]), baselines=baselines)
     assert row["K"] == int(fig["pdb"].K[0]) and row["rank_kept"] == {k: int(v[0]) for k, v in fig["keep"].items()}
     assert ("K_bema" in row) == baselines
+
+
+def test_unknown_mode_is_refused_before_any_decomposition(monkeypatch):
+    calls = []
+    monkeypatch.setattr(api, "spectrum", lambda *args, **kwargs: calls.append(args))
+    W = np.ones((20, 10), np.float32)
+    for fn in (pdbjax.analyze, pdbjax.compress):
+        with pytest.raises(ValueError, match="mode must be .*'fast'"):
+            fn({"w": W}, where="w", mode="fast")
+    with pytest.raises(ValueError, match="mode must be .*'fast'"):
+        figures.spectrum_figures(spectrum(W[None]), np.array([20]), mode="fast")
+    assert calls == []
