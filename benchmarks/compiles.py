@@ -8,6 +8,9 @@ For the 36 MiniLM-L6 encoder matrices (24 x 384x384, 6 x 1536x384, 6 x 384x1536)
    cProfile: the seconds spent tracing (``trace_to_jaxpr``), lowering to StableHLO
    (``lower_jaxpr_to_module``) and in the whole ``analyze`` call.
 
+Also counts the eager primitive calls (``jax._src.dispatch.apply_primitive``: operations run one by one
+outside a jitted program) of the cold call.
+
     python benchmarks/compiles.py                      # this checkout
     python benchmarks/compiles.py --tree /tmp/old      # also a checkout of another commit (its pdbjax/)
 
@@ -46,6 +49,13 @@ class H(logging.Handler):
 h = H(); h.setLevel(logging.DEBUG)
 for name in ("jax._src.dispatch", "jax._src.interpreters.pxla", "jax._src.compiler"):
     lg = logging.getLogger(name); lg.addHandler(h); lg.setLevel(logging.DEBUG)
+from jax._src import dispatch
+eager = [0]
+_apply = dispatch.apply_primitive
+def counted(*args, **kwargs):
+    eager[0] += 1
+    return _apply(*args, **kwargs)
+dispatch.apply_primitive = counted
 import pdbjax
 from pdbjax import io
 params = io.load(io.minilm_path(), lazy=True)
@@ -60,7 +70,7 @@ def cum(name):
     return max((v[3] for k, v in stats.items() if k[2] == name), default=0.0)
 print(json.dumps({"rows": len(report.rows), "programs": len(seconds), "compile_s": sum(seconds), "analyze_s": wall,
                   "trace_s": cum("trace_to_jaxpr"), "lower_s": cum("lower_jaxpr_to_module"),
-                  "module": pdbjax.__file__}))
+                  "module": pdbjax.__file__, "eager": eager[0]}))
 """
 
 
@@ -97,12 +107,12 @@ def main() -> None:
         "cold = fresh process, empty persistent cache; warm = a second fresh process on that cache (cProfile on; "
         "its overhead is in every column). analyze with its defaults (PDB + PUB-BEMA + PUB-Kernel + quality).",
         "",
-        "| pdbjax | commit | programs compiled (cold) | compile s (cold) | analyze s (cold) "
+        "| pdbjax | commit | programs compiled (cold) | eager primitive calls | compile s (cold) | analyze s (cold) "
         "| analyze s (warm) | tracing s (warm) | lowering s (warm) |",
-        "|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for label, commit, cold, warm in rows:
-        lines.append(f"| {label} | {commit} | {cold['programs']} | {cold['compile_s']:.1f} | {cold['analyze_s']:.1f} | "
+        lines.append(f"| {label} | {commit} | {cold['programs']} | {cold['eager']} | {cold['compile_s']:.1f} | {cold['analyze_s']:.1f} | "
                      f"{warm['analyze_s']:.1f} | {warm['trace_s']:.1f} | {warm['lower_s']:.1f} |")
     text = "\n".join(lines) + "\n"
     print(text)
