@@ -498,8 +498,10 @@ def map_groups(
                 extra = jax.tree_util.tree_map(lambda *ys: _pad_rows(np.concatenate(ys), pad), *rows)
                 result = fn(stack, extra)
             _check_batched(result, stack.shape[0], (a, b))
-            for (i, _, hi), part in zip(chunk, _split_rows(result, [hi - lo for _, lo, hi in chunk])):
-                out_parts[i].append(part)
+            start = 0
+            for i, lo, hi in chunk:
+                out_parts[i].append(jax.tree_util.tree_map(lambda y, s=start, k=hi - lo: y[s : s + k], result))
+                start += hi - lo
                 if hi == sizes[i]:
                     _release(items[i])
             done += m
@@ -538,15 +540,6 @@ def _stack(parts: list[tuple[Any, int, int]], a: int, b: int, dtype: np.dtype) -
     if all(isinstance(p, np.ndarray) for p in pieces):
         return jnp.asarray(pieces[0] if len(pieces) == 1 else np.concatenate(pieces))
     return jnp.concatenate([jnp.asarray(p) for p in pieces])
-
-
-def _split_rows(result: Any, counts: list[int]) -> list[Any]:
-    """``result`` (leaves with a leading batch axis) cut into consecutive pieces of ``counts`` rows (padding
-    rows after them dropped): one ``split`` per leaf, not one slice per piece and leaf."""
-    leaves, treedef = jax.tree_util.tree_flatten(result)
-    cuts = np.cumsum(counts)
-    pieces = [(np.split if isinstance(y, np.ndarray) else jnp.split)(y, cuts) for y in leaves]
-    return [treedef.unflatten([p[j] for p in pieces]) for j in range(len(counts))]
 
 
 def _pad_rows(y: np.ndarray, pad: int) -> np.ndarray:
