@@ -282,6 +282,10 @@ def _two_bulks(stat: Array, t: Array, s1: Array, s2: Array, K: Array, p: int, N:
     return (stat > BULKS_Z) & ((N * v - 1) / 2 > BULKS_Z) & (jnp.minimum(t, 1 - t) * (p - K) >= 1)
 
 
+#: Default iteration cap of the PDBLS least squares (:func:`fit_pdb`'s ``n_iter``; :mod:`pdbjax.figures` too).
+N_ITER = 200
+
+
 def check_mode(mode: str) -> None:
     """``ValueError`` unless ``mode`` is a PDBLS mode (:data:`Mode`)."""
     if mode not in ("scaled", "reference"):
@@ -293,7 +297,7 @@ def fit_pdb(
     N: int | np.ndarray,
     *,
     mode: Mode = "scaled",
-    n_iter: int = 200,
+    n_iter: int = N_ITER,
     precision: Literal["float64", "input"] = "float64",
 ) -> PDBFit:
     r"""Fit the PDB model by PDBLS (Algorithm 1 of the paper; spec section 6), batched.

@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from pdbjax import exported
-from pdbjax.estimate import Mode, check_mode, fit_inputs, fit_pdb_batched
+from pdbjax.estimate import N_ITER, Mode, check_mode, fit_inputs, fit_pdb_batched
 from pdbjax.filter import RULES, fit_spectrum, keep_count, normalised_fit, outlier_mask
 from pdbjax.fits import PDBFit
 from pdbjax.inputs import screen_rtol
@@ -40,8 +40,6 @@ __all__ = ["BASELINES", "spectrum_figures"]
 
 #: The PUB baselines, by their short name in the report (``K_bema``, ``ks_kernel``, ...).
 BASELINES = ("bema", "kernel")
-#: Iteration cap of the PDBLS fit (:func:`pdbjax.fit_pdb`'s default ``n_iter``).
-_N_ITER = 200
 
 
 def _keep_order(baselines: bool) -> tuple[str, ...]:
@@ -56,7 +54,7 @@ def _figures(s: jax.Array, N: jax.Array, window: jax.Array, table: BemaTable, pd
     ``pdb``: a given (normalised) PDB fit, or ``None`` to fit it here."""
     eigs = s**2
     if pdb is None:
-        pdb = fit_pdb_batched(eigs, N, window, mode, _N_ITER, rtol)
+        pdb = fit_pdb_batched(eigs, N, window, mode, N_ITER, rtol)
     fits = {"pdb": pdb}
     if baselines:
         fits.update({name: fit_pub_batched(eigs, N, table, name, ALPHA) for name in BASELINES})
