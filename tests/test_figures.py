@@ -8,11 +8,11 @@ import pytest
 from tolerances import ONE_PROGRAM, assert_close
 
 import pdbjax
-from pdbjax import api, exported, figures
+from pdbjax import api, estimate, exported, figures
 from pdbjax.filter import fit_spectrum, keep_counts, normalised_fit, outlier_mask
 from pdbjax.linalg import spectrum
 from pdbjax.precision import scope
-from pdbjax.quality import fit_quality, heavy_tailed, tail_slope
+from pdbjax.quality import HEAVY_TAIL_KS, HEAVY_TAIL_SLOPE, fit_quality, heavy_tailed, tail_slope
 
 P = 40  # every matrix has p = 40; N differs (data of the program)
 
@@ -43,25 +43,50 @@ def _one_by_one(spec, N):
     return out
 
 
+def _near(eigs: np.ndarray, *thresholds: np.ndarray) -> np.ndarray:
+    """Per row, how many eigenvalues lie within twice ONE_PROGRAM's rtol of one of the thresholds: a count
+    that compares eigenvalues with such a threshold may differ by that many between the two programs."""
+    band = 2 * ONE_PROGRAM.rtol
+    return sum(np.sum(np.abs(eigs / np.asarray(t, np.float64)[:, None] - 1) <= band, axis=-1) for t in thresholds)
+
+
 def test_one_program_equals_the_public_functions():
     spec, N = _spectra([(80, P), (160, P), (80, P)])
     got, want = figures.spectrum_figures(spec, N), _one_by_one(spec, N)
     assert list(got["keep"]) == ["spikes", "upper-bulk", "pub-bema", "pub-kernel"]
+    eigs = np.asarray(spec.s, np.float64) ** 2 * np.asarray(spec.scale, np.float64)[:, None] ** 2  # W's units
+    # Counts at a threshold (no exact equality there): the floats agree to ONE_PROGRAM, so a count may move
+    # by the eigenvalues that sit that close to its threshold (a PUB-Kernel edge here is 2.7e-4 from one).
+    slack = {name: _near(eigs, want[name].lambda_plus) for name in ("pdb", *figures.BASELINES)}
+    pdb = want["pdb"]
+    edges = np.nan_to_num(np.asarray(pdb.edges, np.float64), nan=np.inf)
+    slack["outliers"] = slack["pdb"] + _near(eigs, edges[:, 1], edges[:, 2])
+    share = np.where(pdb.sigma1_sq > pdb.sigma2_sq, pdb.t, 1 - pdb.t) * (P - want["n_outliers"])
+    assert np.all(np.abs(share - np.floor(share) - 0.5) > 0.05)  # upper-bulk's rounding is not at a tie
+    assert np.all(np.abs(np.asarray(pdb.sphericity) - estimate.BULKS_Z) > 0.1)  # bulks is not at its threshold
     for name in ("pdb", *figures.BASELINES):
         for field in got[name]._fields:
             a, b = np.asarray(getattr(got[name], field)), np.asarray(getattr(want[name], field))
             if np.issubdtype(b.dtype, np.floating):
                 assert_close(a, b, ONE_PROGRAM, f"{name}.{field}")
+            elif field == "K":
+                assert np.all(np.abs(a - b) <= slack[name]), (name, a, b, slack[name])
             else:
                 np.testing.assert_array_equal(a, b, err_msg=f"{name}.{field}")
         for field in ("moments", "model_moments", "ks", "l2"):
             assert_close(getattr(got[f"q_{name}"], field), getattr(want[f"q_{name}"], field), ONE_PROGRAM, f"q_{name}.{field}")
     assert_close(got["tail_slope"], want["tail_slope"], ONE_PROGRAM)
-    for key in ("heavy_tailed", "n_outliers"):
-        np.testing.assert_array_equal(got[key], want[key], err_msg=key)
-    for rule, keep in want["keep"].items():
-        np.testing.assert_array_equal(got["keep"][rule], keep, err_msg=rule)
+    ks, slope = np.asarray(want["q_pdb"].ks), np.asarray(want["tail_slope"])
+    assert np.all(np.abs(ks - HEAVY_TAIL_KS) > 1e-3) and np.all(np.abs(slope - HEAVY_TAIL_SLOPE) > 1e-3)
+    np.testing.assert_array_equal(got["heavy_tailed"], want["heavy_tailed"])
+    allowed = {"n_outliers": slack["outliers"], "spikes": slack["pdb"], "upper-bulk": slack["outliers"],
+               **{f"pub-{m}": slack[m] for m in figures.BASELINES}}
+    pairs = [("n_outliers", got["n_outliers"], want["n_outliers"])]
+    pairs += [(rule, got["keep"][rule], np.asarray(keep)) for rule, keep in want["keep"].items()]
+    for key, a, b in pairs:
+        assert np.all(np.abs(np.asarray(a) - b) <= allowed[key]), (key, a, b, allowed[key])
     assert (got["pdb"].K >= 2).all() and got["pdb"].ok.all()  # the spikes are found: the comparison is not vacuous
+    assert sum(int(v.sum()) for v in slack.values()) < 3  # and nearly every count is compared exactly
 
 
 def test_reference_mode_reports_the_float64_fit_of_the_raw_eigenvalues():
