@@ -33,7 +33,7 @@ from pdbjax.inputs import screen_rtol
 from pdbjax.linalg import Spectrum
 from pdbjax.precision import scope
 from pdbjax.pub import ALPHA, BETA, BemaTable, fit_pub_batched, pub_inputs
-from pdbjax.quality import HEAVY_TAIL_KS, HEAVY_TAIL_SLOPE, quality_batched, tail_slope_batched
+from pdbjax.quality import heavy_tail_rule, quality_batched, tail_slope_batched
 from pdbjax.spectral import PDB
 
 __all__ = ["BASELINES", "spectrum_figures"]
@@ -43,7 +43,8 @@ BASELINES = ("bema", "kernel")
 
 
 def _keep_order(baselines: bool) -> tuple[str, ...]:
-    """The keys of ``rank_kept``: the PDB rules, then each baseline's ``"spikes"`` as ``"pub-<name>"``."""
+    """The keys of ``rank_kept`` in report order: the PDB rules, then each baseline's ``"spikes"`` as
+    ``"pub-<name>"`` (``jax.device_get`` returns dicts with sorted keys)."""
     return (*RULES, *(f"pub-{name}" for name in BASELINES if baselines))
 
 
@@ -65,14 +66,13 @@ def _figures(s: jax.Array, N: jax.Array, window: jax.Array, table: BemaTable, pd
         for name, fit in fits.items()
     }
     slope = tail_slope_batched(eigs)
-    keep = {rule: keep_count(eigs, fits[rule.removeprefix("pub-")] if rule.startswith("pub-") else pdb,
-                             "spikes" if rule.startswith("pub-") else rule)
-            for rule in _keep_order(baselines)}
+    keep = {rule: keep_count(eigs, pdb, rule) for rule in RULES}
+    keep.update({f"pub-{name}": keep_count(eigs, fits[name], "spikes") for name in BASELINES if baselines})
     return {
         **fits,
         **{f"q_{name}": q for name, q in quality.items()},
         "tail_slope": slope,
-        "heavy_tailed": (slope > HEAVY_TAIL_SLOPE) & (quality["pdb"].ks > HEAVY_TAIL_KS),
+        "heavy_tailed": heavy_tail_rule(slope, quality["pdb"].ks),
         "n_outliers": jnp.sum(outlier_mask(eigs, pdb), axis=-1),
         "keep": keep,
     }
@@ -107,7 +107,7 @@ def spectrum_figures(spec: Spectrum, N: np.ndarray, mode: Mode = "scaled", basel
     for name in ("pdb", *BASELINES) if baselines else ("pdb",):
         out[name] = out[name].rescale(units)
         out[f"q_{name}"] = out[f"q_{name}"].rescale(units)
-    out["keep"] = {rule: out["keep"][rule] for rule in _keep_order(baselines)}  # device_get sorts dict keys
+    out["keep"] = {rule: out["keep"][rule] for rule in _keep_order(baselines)}
     if given is not None:
         out["pdb"] = given  # the float64 fit of the raw eigenvalues itself
     return out

@@ -55,7 +55,7 @@ from pdbjax.inputs import check_eigs, median_units
 from pdbjax.precision import as_work
 from pdbjax.spectral import PDB, cdf, edges, moments
 
-__all__ = ["HEAVY_TAIL_KS", "HEAVY_TAIL_SLOPE", "Quality", "fit_quality", "heavy_tailed", "tail_slope"]
+__all__ = ["HEAVY_TAIL_KS", "HEAVY_TAIL_SLOPE", "Quality", "fit_quality", "heavy_tail_rule", "heavy_tailed", "tail_slope"]
 
 Array = jax.Array
 Fit = Union[PDBFit, PUBFit]
@@ -276,5 +276,10 @@ def heavy_tailed(eigs: jax.typing.ArrayLike, N: int | np.ndarray, fit: Fit, qual
       already says why).
     """
     quality = fit_quality(eigs, N, fit) if quality is None else quality
-    zeta = tail_slope(eigs)
-    return (zeta > HEAVY_TAIL_SLOPE) & (quality.ks > HEAVY_TAIL_KS)
+    return heavy_tail_rule(tail_slope(eigs), quality.ks)
+
+
+def heavy_tail_rule(zeta: Array, ks: Array) -> Array:
+    """The rule of :func:`heavy_tailed` on its two figures: ``zeta > HEAVY_TAIL_SLOPE`` and ``ks > HEAVY_TAIL_KS``
+    (NaN, for a fit that is not ok, gives False)."""
+    return (zeta > HEAVY_TAIL_SLOPE) & (ks > HEAVY_TAIL_KS)

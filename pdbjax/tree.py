@@ -89,6 +89,7 @@ __all__ = [
     "default_where",
     "from_matrices",
     "group_by_shape",
+    "is_nnx",
     "map_groups",
     "replace",
     "select",
