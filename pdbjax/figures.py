@@ -29,7 +29,7 @@ from pdbjax import exported
 from pdbjax.estimate import N_ITER, Mode, check_mode, fit_inputs, fit_pdb_batched
 from pdbjax.filter import RULES, fit_spectrum, keep_count, normalised_fit, outlier_mask
 from pdbjax.fits import PDBFit
-from pdbjax.inputs import screen_rtol
+from pdbjax.inputs import check_eigs, screen_rtol
 from pdbjax.linalg import Spectrum
 from pdbjax.precision import scope
 from pdbjax.pub import ALPHA, BETA, BemaTable, fit_pub_batched, pub_inputs
@@ -94,6 +94,7 @@ def spectrum_figures(spec: Spectrum, N: np.ndarray, mode: Mode = "scaled", basel
       ``"heavy_tailed"``, ``"n_outliers"``; ``"keep"``: ``{rule: keep count}``. Every leaf has leading axis ``B``.
     """
     check_mode(mode)
+    check_eigs(spec.s, N)  # shapes and N >= p (host-side: nothing leaves the device)
     N = np.asarray(N)
     given = fit_spectrum(spec, N, "pdb", mode) if mode == "reference" else None
     with scope(spec):

@@ -138,4 +138,6 @@ def test_unknown_mode_is_refused_before_any_decomposition(monkeypatch):
             fn({"w": W}, where="w", mode="fast")
     with pytest.raises(ValueError, match="mode must be .*'fast'"):
         figures.spectrum_figures(spectrum(W[None]), np.array([20]), mode="fast")
+    with pytest.raises(ValueError, match="N must be an int >= p"):
+        figures.spectrum_figures(spectrum(W[None]), np.array([5]))
     assert calls == []
