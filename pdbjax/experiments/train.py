@@ -51,12 +51,19 @@ class TrainConfig:
     """Hyper-parameters of the reference recipe (see the module docstring)."""
 
     learning_rate: float = 0.05
+    """Learning rate of the first epoch."""
     lr_decay: float = 0.88
+    """Factor applied to the learning rate at the start of every later epoch (staircase decay)."""
     momentum: float = 0.98
+    """Momentum coefficient of SGD."""
     nesterov: bool = False
+    """Nesterov momentum instead of heavy-ball momentum."""
     batch_size: int = 100
+    """Examples per optimiser step; a final short batch is kept."""
     epochs: int = 30
+    """Passes over the training set."""
     seed: int = 1
+    """Seed of every epoch's data order (the caller initialises the model)."""
 
 
 def steps_per_epoch(n: int, batch_size: int) -> int:
