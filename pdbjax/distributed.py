@@ -60,13 +60,12 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 from jax.experimental import multihost_utils
 
 from pdbjax import api
-from pdbjax.api import LowRank, _totals
-from pdbjax.report import Report
-from pdbjax.tree import Selected, Where, path_name, replace, select
+from pdbjax.api import LowRank
+from pdbjax.report import Report, compression_totals
+from pdbjax.tree import Selected, Where, is_variable, path_name, replace, select
 
 __all__ = ["initialize", "is_writer", "analyze", "compress", "assign"]
 
@@ -155,7 +154,7 @@ def compress(params: Any, where: Where | None = None, **options: Any) -> tuple[A
         new_params = jax.tree_util.tree_map_with_path(lambda path, x: updates.get(path_name(path), x), params)
     else:
         new_params = replace(params, updates)
-    return new_params, Report(report_rows, _totals(report_rows))
+    return new_params, Report(report_rows, compression_totals(report_rows))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -246,12 +245,12 @@ def _allgather_json(obj: Any) -> list[Any]:
 
 def _named_nodes(new_params: Any, names: set[str]) -> dict[str, Any]:
     """``{name: new leaf}`` for ``names``: host arrays, or :class:`LowRank` of host arrays."""
-    is_node = lambda x: isinstance(x, (LowRank, nnx.Variable))  # noqa: E731
+    is_node = lambda x: isinstance(x, LowRank) or is_variable(x)  # noqa: E731
     out = {}
     for path, node in jax.tree_util.tree_flatten_with_path(new_params, is_leaf=is_node)[0]:
         name = path_name(path)
         if name in names:
-            node = node.get_value() if isinstance(node, nnx.Variable) else node
+            node = node.get_value() if is_variable(node) else node
             out[name] = jax.tree_util.tree_map(lambda x: np.asarray(jax.device_get(x)), node)
     return out
 

@@ -300,13 +300,11 @@ def filter_matrix(
     method: Method = "pdb",
     rank: Rank = "spikes",
     *,
-    fit: Fit | None = None,
-    spec: Spectrum | None = None,
+    fit: Fit | None = None, spec: Spectrum | None = None,
     shrink: Shrink | None = None,
     factored: bool = False,
     mode: Mode = "scaled",
-    slr_sr: float = 0.5,
-    slr_rr: float = 0.5,
+    slr_sr: float = 0.5, slr_rr: float = 0.5,
     precision: Precision | None = None,
 ) -> tuple[Array | tuple[Array, Array], FilterInfo]:
     r"""Filter (compress) a stack of weight matrices ``W`` of shape ``(..., a, b)``.

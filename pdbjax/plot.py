@@ -63,8 +63,7 @@ def spectra(
     params: Any,
     where: Where = None,
     *,
-    conv_reshape: ConvReshape = "in",
-    layer_axis: LayerAxis = None,
+    conv_reshape: ConvReshape = "in", layer_axis: LayerAxis = None,
     precision: Precision | None = None,
 ) -> dict[str, np.ndarray]:
     """Descending eigenvalues (float64) of every selected matrix, keyed like :func:`pdbjax.analyze` rows.

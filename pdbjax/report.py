@@ -20,7 +20,7 @@ import numpy as np
 
 from pdbjax._atomic import atomic_write_text, check_destination
 
-__all__ = ["Report", "to_jsonable", "text_table"]
+__all__ = ["Report", "compression_totals", "to_jsonable", "text_table"]
 
 
 def to_jsonable(value: Any) -> Any:
@@ -40,6 +40,27 @@ def to_jsonable(value: Any) -> Any:
         return int(arr)
     x = float(arr)
     return x if math.isfinite(x) else None
+
+
+def compression_totals(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Model-level totals of :func:`pdbjax.compress` rows: matrices compressed, left unchanged (status
+    not ``ok``) and skipped; parameter counts before and after (dense, and as low-rank factors capped at
+    the dense count) and their ratios to the count before (``None`` when nothing was counted)."""
+    done = [r for r in rows if "params_before" in r]
+    before = sum(int(r["params_before"]) for r in done)
+    after = sum(int(r["params_after"]) for r in done)
+    lowrank = sum(min(int(r["params_lowrank"]), int(r["params_before"])) for r in done)
+    ratio = lambda x: x / before if before else None  # noqa: E731
+    return {
+        "matrices": len(done),
+        "unchanged": sum(1 for r in done if r["status"] != "ok"),
+        "skipped": len(rows) - len(done),
+        "params_before": before,
+        "params_after": after,
+        "compression_ratio": ratio(after),
+        "lowrank_params_after": lowrank,
+        "lowrank_compression_ratio": ratio(lowrank),
+    }
 
 
 @dataclass

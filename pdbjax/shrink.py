@@ -54,12 +54,11 @@ from typing import Union
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax import lax
 
 from pdbjax._validate import is_traced
 from pdbjax.fits import PDBFit, PUBFit
-from pdbjax.spectral import PDB, _raise_if_invalid, lambda_plus, spike_inverse
+from pdbjax.spectral import PDB, check_population, lambda_plus, spike_inverse
 
 __all__ = ["d_transform", "d_transform_derivative", "optimal_shrinker", "shrink_optimal"]
 
@@ -77,7 +76,7 @@ def _d_above(sigma: ArrayLike, pop: PDB, c: ArrayLike) -> tuple[Array, Array, Ar
     sigma = jnp.asarray(sigma)
     sigma = sigma.astype(jnp.result_type(sigma, float))
     if not is_traced(sigma, pop, c):
-        _raise_if_invalid(*(np.asarray(v) for v in (*pop, c)))
+        check_population(pop, c)
     return _d_above_jit(sigma, pop, c)
 
 

@@ -91,6 +91,7 @@ __all__ = [
     "spike_inverse",
     "moments",
     "silverstein_z",
+    "check_population",
 ]
 
 _BISECT_ITERS = 96
@@ -144,13 +145,19 @@ def _prepare(pop: PDB, c: ArrayLike, *points: ArrayLike):
         & jnp.isfinite(c) & jnp.isfinite(s1) & jnp.isfinite(s2)
     )
     if not is_traced(t, s1, s2, c):
-        _raise_if_invalid(np.asarray(t), np.asarray(s1), np.asarray(s2), np.asarray(c))
+        check_population(PDB(t, s1, s2), c)
     t, s1, s2, c = (jnp.where(valid, v, safe) for v, safe in ((t, 0.5), (s1, 1.0), (s2, 1.0), (c, 0.5)))
     cast = [jnp.asarray(p, jnp.result_type(dtype, 1j) if jnp.iscomplexobj(p) else dtype) for p in points]
     return (t, s1, s2, c, valid, *cast)
 
 
-def _raise_if_invalid(t: np.ndarray, s1: np.ndarray, s2: np.ndarray, c: np.ndarray) -> None:
+def check_population(pop: PDB, c: ArrayLike) -> None:
+    """Raise ``ValueError`` naming the first invalid entry of a concrete population: ``c = p / N`` in
+    ``(0, 1]``, ``t`` in ``[0, 1]``, ``sigma1_sq`` and ``sigma2_sq`` finite and positive.
+
+    Traced functions of this module cannot raise; they give NaN where these checks fail.
+    """
+    t, s1, s2, c = (np.asarray(v) for v in (*pop, c))
     checks = [
         (~((c > 0) & (c <= 1)), "c = p / N must lie in (0, 1]", c),
         (~((t >= 0) & (t <= 1)), "t must lie in [0, 1]", t),
@@ -160,7 +167,7 @@ def _raise_if_invalid(t: np.ndarray, s1: np.ndarray, s2: np.ndarray, c: np.ndarr
     for bad, message, value in checks:
         if np.any(bad):
             first = np.asarray(value)[bad] if np.ndim(value) else value
-            raise ValueError(f"{message}; got {np.ravel(first)[0]!r}")
+            raise ValueError(f"{message}; got {float(np.ravel(first)[0])!r}")
 
 
 def _nan_where_invalid(valid: Array, x: Array) -> Array:

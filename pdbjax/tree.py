@@ -90,6 +90,7 @@ __all__ = [
     "from_matrices",
     "group_by_shape",
     "is_nnx",
+    "is_variable",
     "map_groups",
     "replace",
     "select",
@@ -167,9 +168,7 @@ def select(
     params: Any,
     where: Where = None,
     *,
-    conv_reshape: ConvReshape = "in",
-    layer_axis: LayerAxis = None,
-    on_error: OnError = "raise",
+    conv_reshape: ConvReshape = "in", layer_axis: LayerAxis = None, on_error: OnError = "raise",
     allow_empty: bool = True,
 ) -> list[Selected]:
     """Select the weight matrices of a pytree (module docstring for the rules and conventions).
@@ -615,7 +614,7 @@ def replace(params: Any, updates: Mapping[str, Any]) -> Any:
         if name in updates:
             leaves.append(_new_leaf(leaf, updates[name], name))
         else:
-            leaves.append(leaf.replace() if _is_variable(leaf) else leaf)
+            leaves.append(leaf.replace() if is_variable(leaf) else leaf)
     return jax.tree_util.tree_unflatten(treedef, leaves)
 
 
@@ -629,7 +628,7 @@ def _new_leaf(old: Any, new: Any, name: str) -> Any:
         new = np.asarray(jax.device_get(new)).astype(old_value.dtype, copy=False)
     else:
         new = jnp.asarray(new).astype(old_value.dtype)
-    return old.replace(new) if _is_variable(old) else new
+    return old.replace(new) if is_variable(old) else new
 
 
 # --------------------------------------------------------------------------------------------------
@@ -656,16 +655,17 @@ def _flatten(params: Any):
     nnx = _nnx()
     if nnx is not None and isinstance(params, nnx.Module):
         params = nnx.state(params)
-    return jax.tree_util.tree_flatten_with_path(params, is_leaf=_is_variable)
+    return jax.tree_util.tree_flatten_with_path(params, is_leaf=is_variable)
 
 
-def _is_variable(x: Any) -> bool:
+def is_variable(x: Any) -> bool:
+    """Whether ``x`` is a Flax NNX ``Variable`` box (``nnx.Param``, ...), without importing Flax."""
     nnx = _nnx()
     return nnx is not None and isinstance(x, nnx.Variable)
 
 
 def _unwrap(leaf: Any) -> Any:
-    return leaf.get_value() if _is_variable(leaf) else leaf
+    return leaf.get_value() if is_variable(leaf) else leaf
 
 
 def _is_array(x: Any) -> bool:

@@ -732,6 +732,8 @@ def _check_invalid(t, s1, s2, c):
         for call in calls.values():
             with pytest.raises(ValueError):
                 call()
+        with pytest.raises(ValueError, match="must"):  # the shared check, naming the field that fails
+            spectral.check_population(pop, cc)
         outputs = _all_outputs_jit(pop, cc, pop, cc)
     assert set(outputs) == set(NAMES)
     for name, value in outputs.items():
@@ -742,6 +744,14 @@ def _check_invalid(t, s1, s2, c):
 @pytest.mark.parametrize("case", list(BAD))
 def test_invalid_input_raises_or_gives_nan_under_jit(case):
     _check_invalid(*BAD[case])
+
+
+def test_check_population_names_the_first_invalid_field_and_accepts_valid_batches():
+    with pytest.raises(ValueError, match=r"sigma2_sq must be a finite positive variance; got -2\.0"):
+        spectral.check_population(PDB(np.array([0.5, 0.5]), np.array([1.0, 1.0]), np.array([2.0, -2.0])), 0.5)
+    with pytest.raises(ValueError, match=r"c = p / N must lie in \(0, 1\]; got 1\.5"):
+        spectral.check_population(PDB(0.5, 1.0, 2.0), 1.5)
+    spectral.check_population(PDB(np.array([0.0, 1.0]), np.array([1e-6, 1.0]), np.array([1.0, 1e6])), np.array([1.0, 0.01]))
 
 
 _valid = {"t": st.floats(0.0, 1.0), "s": st.floats(1e-6, 1e6), "c": st.floats(1e-6, 1.0)}
