@@ -59,12 +59,14 @@ def _figures(s: jax.Array, N: jax.Array, window: jax.Array, table: BemaTable, pd
     fits = {"pdb": pdb}
     if baselines:
         fits.update({name: fit_pub_batched(eigs, N, table, name, ALPHA) for name in BASELINES})
-    n32 = N.astype(jnp.int32)
-    quality = {
-        name: quality_batched(eigs, fit.K.astype(jnp.int32), PDB(*(v.astype(eigs.dtype) for v in fit.population)),
-                              fit.ok, n32)
-        for name, fit in fits.items()
-    }
+    # One quality computation for all the fits: their fields stacked on a leading axis (compiled once).
+    stack = lambda get: jnp.stack([get(fit) for fit in fits.values()])  # noqa: E731
+    q = quality_batched(
+        jnp.broadcast_to(eigs, (len(fits), *eigs.shape)), stack(lambda f: f.K.astype(jnp.int32)),
+        PDB(*(stack(lambda f, i=i: f.population[i].astype(eigs.dtype)) for i in range(3))), stack(lambda f: f.ok),
+        jnp.broadcast_to(N.astype(jnp.int32), (len(fits), *N.shape)),
+    )
+    quality = {name: jax.tree_util.tree_map(lambda v, i=i: v[i], q) for i, name in enumerate(fits)}
     slope = tail_slope_batched(eigs)
     keep = {rule: keep_count(eigs, pdb, rule) for rule in RULES}
     keep.update({f"pub-{name}": keep_count(eigs, fits[name], "spikes") for name in BASELINES if baselines})
