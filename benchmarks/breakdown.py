@@ -64,7 +64,7 @@ def main() -> None:
         "  PDBLS": lambda: estimate.fit_pdb_batched(eigs, n, window, "scaled", 200, rtol),
         "  PUB-BEMA": lambda: pub.fit_pub_batched(eigs, n, table, "bema", pub.ALPHA),
         "  PUB-Kernel": lambda: pub.fit_pub_batched(eigs, n, table, "kernel", pub.ALPHA),
-        "  quality (one fit; the program runs three)": lambda: quality.quality_batched(
+        "  quality (one fit; the program computes the three fits' at once)": lambda: quality.quality_batched(
             eigs, fit.K.astype(jnp.int32), fit.population, fit.ok, jnp.asarray(n, jnp.int32)),
         "analyze (whole call)": lambda: api.analyze(params, WHERE),
     }
