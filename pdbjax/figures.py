@@ -1,4 +1,4 @@
-r"""Every per-matrix figure of :func:`pdbjax.analyze` for spectra of one length, in one compiled program.
+r"""Every per-matrix figure of :func:`pdbjax.analyze` for spectra of one length, in two compiled programs.
 
 Pass 2 of :func:`pdbjax.analyze`: for a batch of spectra of one length ``p`` (any ``N``; ``N`` is data),
 :func:`spectrum_figures` runs
@@ -10,9 +10,12 @@ Pass 2 of :func:`pdbjax.analyze`: for a batch of spectra of one length ``p`` (an
 * the outliers (:func:`pdbjax.filter.outlier_mask`) and the keep count of every rule
   (:func:`pdbjax.filter.keep_count`, as :func:`pdbjax.filter_matrix` evaluates it)
 
-as ONE program on the device, in the decomposition's working precision, on the normalised eigenvalues
-``s**2`` of ``W / scale`` (entries in ``[-1, 1]``: no overflow in float32 whatever the weights' units).
-The host prepares the data of the fits (``N``, spike windows, BEMA's quantiles) before the call and
+on the device, in the decomposition's working precision, on the normalised eigenvalues ``s**2`` of
+``W / scale`` (entries in ``[-1, 1]``: no overflow in float32 whatever the weights' units), as two
+programs: the fits, then everything computed from them (the fits stay on the device in between); one
+program of both halves needs more memory to compile and to load from the persistent cache (README,
+"Against WeightWatcher").
+The host prepares the data of the fits (``N``, spike windows, BEMA's quantiles) before the calls and
 fetches the result once (``jax.device_get``); fits and moments are brought back to ``W``'s units on
 the host in float64 (``scale^2`` is an exact power of four, so this is exact).
 """
@@ -28,7 +31,6 @@ import numpy as np
 from pdbjax import exported
 from pdbjax.estimate import N_ITER, Mode, check_mode, fit_inputs, fit_pdb_batched
 from pdbjax.filter import RULES, fit_spectrum, keep_count, normalised_fit, outlier_mask
-from pdbjax.fits import PDBFit
 from pdbjax.inputs import check_eigs, screen_rtol
 from pdbjax.linalg import Spectrum
 from pdbjax.precision import scope
@@ -48,17 +50,22 @@ def _keep_order(baselines: bool) -> tuple[str, ...]:
     return (*RULES, *(f"pub-{name}" for name in BASELINES if baselines))
 
 
-@exported.jit(static_argnames=("mode", "baselines", "rtol"))
-def _figures(s: jax.Array, N: jax.Array, window: jax.Array, table: BemaTable, pdb: PDBFit | None, *,
-             mode: str, baselines: bool, rtol: float) -> dict[str, Any]:
-    """The program: normalised singular values ``s`` ``(B, p)`` to every figure, in ``s``' dtype.
-    ``pdb``: a given (normalised) PDB fit, or ``None`` to fit it here."""
+@exported.jit(static_argnames=("with_pdb", "mode", "baselines", "rtol"))
+def _fits(s: jax.Array, N: jax.Array, window: jax.Array, table: BemaTable | None, *, with_pdb: bool, mode: str,
+          baselines: bool, rtol: float) -> dict[str, Any]:
+    """Program 1: the PDB fit (``with_pdb``) and the PUB baselines of normalised singular values ``s`` ``(B, p)``."""
     eigs = s**2
-    if pdb is None:
-        pdb = fit_pdb_batched(eigs, N, window, mode, N_ITER, rtol)
-    fits = {"pdb": pdb}
+    fits = {"pdb": fit_pdb_batched(eigs, N, window, mode, N_ITER, rtol)} if with_pdb else {}
     if baselines:
         fits.update({name: fit_pub_batched(eigs, N, table, name, ALPHA) for name in BASELINES})
+    return fits
+
+
+@exported.jit(static_argnames=("baselines",))
+def _figures(s: jax.Array, N: jax.Array, fits: dict[str, Any], *, baselines: bool) -> dict[str, Any]:
+    """Program 2: every figure of the fits ``{"pdb", "bema", "kernel"}`` (normalised), in ``s``' dtype."""
+    eigs = s**2
+    pdb = fits["pdb"]
     # One quality computation for all the fits: their fields stacked on a leading axis (compiled once).
     stack = lambda get: jnp.stack([get(fit) for fit in fits.values()])  # noqa: E731
     q = quality_batched(
@@ -71,7 +78,6 @@ def _figures(s: jax.Array, N: jax.Array, window: jax.Array, table: BemaTable, pd
     keep = {rule: keep_count(eigs, pdb, rule) for rule in RULES}
     keep.update({f"pub-{name}": keep_count(eigs, fits[name], "spikes") for name in BASELINES if baselines})
     return {
-        **fits,
         **{f"q_{name}": q for name, q in quality.items()},
         "tail_slope": slope,
         "heavy_tailed": heavy_tail_rule(slope, quality["pdb"].ks),
@@ -102,10 +108,11 @@ def spectrum_figures(spec: Spectrum, N: np.ndarray, mode: Mode = "scaled", basel
     with scope(spec):
         n, window = fit_inputs(spec.s, N)
         _, table = pub_inputs(spec.s, N, ALPHA, BETA) if baselines else (n, None)
-        out = jax.device_get(_figures(
-            spec.s, n, window, table, None if given is None else normalised_fit(given, spec),
-            mode=mode, baselines=baselines, rtol=screen_rtol(spec.s.dtype),
-        ))
+        fits = {} if given is None else {"pdb": normalised_fit(given, spec)}
+        if given is None or baselines:
+            fits.update(_fits(spec.s, n, window, table, with_pdb=given is None, mode=mode, baselines=baselines,
+                              rtol=screen_rtol(spec.s.dtype)))
+        out = jax.device_get({**fits, **_figures(spec.s, n, fits, baselines=baselines)})
     units = np.asarray(spec.scale, np.float64) ** 2  # normalised eigenvalues -> W's units
     for name in ("pdb", *BASELINES) if baselines else ("pdb",):
         out[name] = out[name].rescale(units)
