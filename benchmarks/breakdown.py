@@ -60,7 +60,7 @@ def main() -> None:
     fit = estimate.fit_pdb_batched(eigs, n, window, "scaled", 200, rtol)
     parts = {
         "spectra (3 shape groups)": spectra,
-        "figures (two programs: the fits, then their figures)": lambda: figures.spectrum_figures(spec, N),
+        "figures (three programs: PDB fit, PUB fits, their figures)": lambda: figures.spectrum_figures(spec, N),
         "  PDBLS": lambda: estimate.fit_pdb_batched(eigs, n, window, "scaled", 200, rtol),
         "  PUB-BEMA": lambda: pub.fit_pub_batched(eigs, n, table, "bema", pub.ALPHA),
         "  PUB-Kernel": lambda: pub.fit_pub_batched(eigs, n, table, "kernel", pub.ALPHA),
@@ -69,9 +69,10 @@ def main() -> None:
         "analyze (whole call)": lambda: api.analyze(params, WHERE),
     }
     rows = [(name, _best(fn, args.reps)) for name, fn in parts.items()]
-    fits = figures._fits(spec.s, n, window, table, with_pdb=True, mode="scaled", baselines=True, rtol=rtol)
+    fits = {"pdb": figures._fit_pdb(spec.s, n, window, mode="scaled", rtol=rtol), **figures._fit_baselines(spec.s, n, table)}
     lowered = {
-        "fits": figures._fits.lower(spec.s, n, window, table, with_pdb=True, mode="scaled", baselines=True, rtol=rtol),
+        "PDB fit": figures._fit_pdb.lower(spec.s, n, window, mode="scaled", rtol=rtol),
+        "PUB fits": figures._fit_baselines.lower(spec.s, n, table),
         "figures of the fits": figures._figures.lower(spec.s, n, fits, baselines=True),
     }
     temp_mb = {name: low.compile().memory_analysis().temp_size_in_bytes / 2**20 for name, low in lowered.items()}

@@ -1,4 +1,4 @@
-r"""Every per-matrix figure of :func:`pdbjax.analyze` for spectra of one length, in two compiled programs.
+r"""Every per-matrix figure of :func:`pdbjax.analyze` for spectra of one length, in three compiled programs.
 
 Pass 2 of :func:`pdbjax.analyze`: for a batch of spectra of one length ``p`` (any ``N``; ``N`` is data),
 :func:`spectrum_figures` runs
@@ -11,9 +11,9 @@ Pass 2 of :func:`pdbjax.analyze`: for a batch of spectra of one length ``p`` (an
   (:func:`pdbjax.filter.keep_count`, as :func:`pdbjax.filter_matrix` evaluates it)
 
 on the device, in the decomposition's working precision, on the normalised eigenvalues ``s**2`` of
-``W / scale`` (entries in ``[-1, 1]``: no overflow in float32 whatever the weights' units), as two
-programs: the fits, then everything computed from them (the fits stay on the device in between); one
-program of both halves needs more memory to compile and to load from the persistent cache (README,
+``W / scale`` (entries in ``[-1, 1]``: no overflow in float32 whatever the weights' units), as three
+programs: the PDB fit, the PUB fits, then everything computed from them (the fits stay on the device in
+between); one program of all of it needs more memory to compile and to load from the persistent cache (README,
 "Against WeightWatcher").
 The host prepares the data of the fits (``N``, spike windows, BEMA's quantiles) before the calls and
 fetches the result once (``jax.device_get``); fits and moments are brought back to ``W``'s units on
@@ -31,6 +31,7 @@ import numpy as np
 from pdbjax import exported
 from pdbjax.estimate import N_ITER, Mode, check_mode, fit_inputs, fit_pdb_batched
 from pdbjax.filter import RULES, fit_spectrum, keep_count, normalised_fit, outlier_mask
+from pdbjax.fits import PDBFit
 from pdbjax.inputs import check_eigs, screen_rtol
 from pdbjax.linalg import Spectrum
 from pdbjax.precision import scope
@@ -50,20 +51,21 @@ def _keep_order(baselines: bool) -> tuple[str, ...]:
     return (*RULES, *(f"pub-{name}" for name in BASELINES if baselines))
 
 
-@exported.jit(static_argnames=("with_pdb", "mode", "baselines", "rtol"))
-def _fits(s: jax.Array, N: jax.Array, window: jax.Array, table: BemaTable | None, *, with_pdb: bool, mode: str,
-          baselines: bool, rtol: float) -> dict[str, Any]:
-    """Program 1: the PDB fit (``with_pdb``) and the PUB baselines of normalised singular values ``s`` ``(B, p)``."""
-    eigs = s**2
-    fits = {"pdb": fit_pdb_batched(eigs, N, window, mode, N_ITER, rtol)} if with_pdb else {}
-    if baselines:
-        fits.update({name: fit_pub_batched(eigs, N, table, name, ALPHA) for name in BASELINES})
-    return fits
+@exported.jit(static_argnames=("mode", "rtol"))
+def _fit_pdb(s: jax.Array, N: jax.Array, window: jax.Array, *, mode: str, rtol: float) -> PDBFit:
+    """Program 1: the PDB fit of normalised singular values ``s`` ``(B, p)``."""
+    return fit_pdb_batched(s**2, N, window, mode, N_ITER, rtol)
+
+
+@exported.jit
+def _fit_baselines(s: jax.Array, N: jax.Array, table: BemaTable) -> dict[str, Any]:
+    """Program 2: the PUB baselines of normalised singular values ``s`` ``(B, p)``."""
+    return {name: fit_pub_batched(s**2, N, table, name, ALPHA) for name in BASELINES}
 
 
 @exported.jit(static_argnames=("baselines",))
 def _figures(s: jax.Array, N: jax.Array, fits: dict[str, Any], *, baselines: bool) -> dict[str, Any]:
-    """Program 2: every figure of the fits ``{"pdb", "bema", "kernel"}`` (normalised), in ``s``' dtype."""
+    """Program 3: every figure of the fits ``{"pdb", "bema", "kernel"}`` (normalised), in ``s``' dtype."""
     eigs = s**2
     pdb = fits["pdb"]
     # One quality computation for all the fits: their fields stacked on a leading axis (compiled once).
@@ -93,7 +95,7 @@ def spectrum_figures(spec: Spectrum, N: np.ndarray, mode: Mode = "scaled", basel
       spec: :class:`~pdbjax.linalg.Spectrum` with batch shape ``(B,)`` (from :func:`pdbjax.linalg.spectrum`).
       N: the larger dimension of each matrix, shape ``(B,)`` (host integers, ``>= p``).
       mode: PDBLS mode; ``"reference"`` fits the raw eigenvalues in float64 first
-        (:func:`pdbjax.filter.fit_spectrum`) and passes that fit to the program.
+        (:func:`pdbjax.filter.fit_spectrum`) and passes that fit to the figures program.
       baselines: also fit PUB-BEMA and PUB-Kernel.
 
     Returns:
@@ -108,10 +110,12 @@ def spectrum_figures(spec: Spectrum, N: np.ndarray, mode: Mode = "scaled", basel
     with scope(spec):
         n, window = fit_inputs(spec.s, N)
         _, table = pub_inputs(spec.s, N, ALPHA, BETA) if baselines else (n, None)
-        fits = {} if given is None else {"pdb": normalised_fit(given, spec)}
-        if given is None or baselines:
-            fits.update(_fits(spec.s, n, window, table, with_pdb=given is None, mode=mode, baselines=baselines,
-                              rtol=screen_rtol(spec.s.dtype)))
+        if given is None:
+            fits = {"pdb": _fit_pdb(spec.s, n, window, mode=mode, rtol=screen_rtol(spec.s.dtype))}
+        else:
+            fits = {"pdb": normalised_fit(given, spec)}
+        if baselines:
+            fits.update(_fit_baselines(spec.s, n, table))
         out = jax.device_get({**fits, **_figures(spec.s, n, fits, baselines=baselines)})
     units = np.asarray(spec.scale, np.float64) ** 2  # normalised eigenvalues -> W's units
     for name in ("pdb", *BASELINES) if baselines else ("pdb",):

@@ -100,11 +100,11 @@ def test_reference_mode_reports_the_float64_fit_of_the_raw_eigenvalues():
 
 
 def test_one_compilation_whatever_n(tmp_path):
-    """Spectra of one length and batch size share the two programs however their N differ; with the exported
+    """Spectra of one length and batch size share the three programs however their N differ; with the exported
     cache on, a second process-like call (memory cleared) loads them instead of tracing again."""
     spec, N = _spectra([(80, P), (160, P)], seed=3)
     figures.spectrum_figures(spec, N)
-    programs = (figures._fits, figures._figures)
+    programs = (figures._fit_pdb, figures._fit_baselines, figures._figures)
     before = [program._cache_size() for program in programs]
     figures.spectrum_figures(spec, np.array([400, 90]))
     assert [program._cache_size() for program in programs] == before
