@@ -73,7 +73,7 @@ def main() -> None:
     lowered = {
         "PDB fit": figures._fit_pdb.lower(spec.s, n, window, mode="scaled", rtol=rtol),
         "PUB fits": figures._fit_baselines.lower(spec.s, n, table),
-        "figures of the fits": figures._figures.lower(spec.s, n, fits, baselines=True),
+        "figures of the fits": figures._figures.lower(spec.s, n, fits),
     }
     temp_mb = {name: low.compile().memory_analysis().temp_size_in_bytes / 2**20 for name, low in lowered.items()}
     lines = [

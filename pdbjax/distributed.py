@@ -65,7 +65,7 @@ from jax.experimental import multihost_utils
 from pdbjax import api
 from pdbjax.api import LowRank
 from pdbjax.report import Report, compression_totals
-from pdbjax.tree import Selected, Where, is_variable, path_name, replace, select
+from pdbjax.tree import Selected, Where, is_variable, path_name, replace, select, unwrap
 
 __all__ = ["initialize", "is_writer", "analyze", "compress", "assign"]
 
@@ -250,8 +250,7 @@ def _named_nodes(new_params: Any, names: set[str]) -> dict[str, Any]:
     for path, node in jax.tree_util.tree_flatten_with_path(new_params, is_leaf=is_node)[0]:
         name = path_name(path)
         if name in names:
-            node = node.get_value() if is_variable(node) else node
-            out[name] = jax.tree_util.tree_map(lambda x: np.asarray(jax.device_get(x)), node)
+            out[name] = jax.tree_util.tree_map(lambda x: np.asarray(jax.device_get(x)), unwrap(node))
     return out
 
 

@@ -63,9 +63,9 @@ def _fit_baselines(s: jax.Array, N: jax.Array, table: BemaTable) -> dict[str, An
     return {name: fit_pub_batched(s**2, N, table, name, ALPHA) for name in BASELINES}
 
 
-@exported.jit(static_argnames=("baselines",))
-def _figures(s: jax.Array, N: jax.Array, fits: dict[str, Any], *, baselines: bool) -> dict[str, Any]:
-    """Program 3: every figure of the fits ``{"pdb", "bema", "kernel"}`` (normalised), in ``s``' dtype."""
+@exported.jit
+def _figures(s: jax.Array, N: jax.Array, fits: dict[str, Any]) -> dict[str, Any]:
+    """Program 3: every figure of the fits ``{"pdb"}`` or ``{"pdb", "bema", "kernel"}`` (normalised), in ``s``' dtype."""
     eigs = s**2
     pdb = fits["pdb"]
     # One quality computation for all the fits: their fields stacked on a leading axis (compiled once).
@@ -78,7 +78,7 @@ def _figures(s: jax.Array, N: jax.Array, fits: dict[str, Any], *, baselines: boo
     quality = {name: jax.tree_util.tree_map(lambda v, i=i: v[i], q) for i, name in enumerate(fits)}
     slope = tail_slope_batched(eigs)
     keep = {rule: keep_count(eigs, pdb, rule) for rule in RULES}
-    keep.update({f"pub-{name}": keep_count(eigs, fits[name], "spikes") for name in BASELINES if baselines})
+    keep.update({f"pub-{name}": keep_count(eigs, fits[name], "spikes") for name in BASELINES if name in fits})
     return {
         **{f"q_{name}": q for name, q in quality.items()},
         "tail_slope": slope,
@@ -109,14 +109,14 @@ def spectrum_figures(spec: Spectrum, N: np.ndarray, mode: Mode = "scaled", basel
     given = fit_spectrum(spec, N, "pdb", mode) if mode == "reference" else None
     with scope(spec):
         n, window = fit_inputs(spec.s, N)
-        _, table = pub_inputs(spec.s, N, ALPHA, BETA) if baselines else (n, None)
+        table = pub_inputs(spec.s, N, ALPHA, BETA)[1] if baselines else None
         if given is None:
             fits = {"pdb": _fit_pdb(spec.s, n, window, mode=mode, rtol=screen_rtol(spec.s.dtype))}
         else:
             fits = {"pdb": normalised_fit(given, spec)}
         if baselines:
             fits.update(_fit_baselines(spec.s, n, table))
-        out = jax.device_get({**fits, **_figures(spec.s, n, fits, baselines=baselines)})
+        out = jax.device_get({**fits, **_figures(spec.s, n, fits)})
     units = np.asarray(spec.scale, np.float64) ** 2  # normalised eigenvalues -> W's units
     for name in ("pdb", *BASELINES) if baselines else ("pdb",):
         out[name] = out[name].rescale(units)

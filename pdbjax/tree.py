@@ -95,6 +95,7 @@ __all__ = [
     "replace",
     "select",
     "to_matrices",
+    "unwrap",
 ]
 
 ConvReshape = Literal["in", "out"]
@@ -211,15 +212,15 @@ def select(
         raise ValueError(f"on_error must be 'raise' or 'skip'; got {on_error!r}")
     predicate = _predicate(where)
     flat = _flatten(params)[0]
-    if len(flat) == 1 and not flat[0][0] and _is_array(_unwrap(flat[0][1])):
-        value = _unwrap(flat[0][1])
+    if len(flat) == 1 and not flat[0][0] and _is_array(unwrap(flat[0][1])):
+        value = unwrap(flat[0][1])
         raise ValueError(
             f"params is a bare {value.dtype} array of shape {tuple(value.shape)}, not a tree of named "
             "weights; wrap it (e.g. {'kernel': W}) or pass the matrix to eigenvalues / fit_pdb / filter_matrix"
         )
     chosen = []
     for (path, leaf), name in zip(flat, _unique_names([path for path, _ in flat])):
-        value = _unwrap(leaf)
+        value = unwrap(leaf)
         if not _is_array(value):
             continue
         if predicate(name, value):
@@ -247,7 +248,7 @@ def _nothing_selected(params: Any, flat: list[tuple[KeyPath, Any]], where: Where
         structure = str(jax.tree_util.tree_structure(params))
         structure = structure if len(structure) <= 120 else structure[:117] + "..."
         return f"no weight matrix selected by {rule}: the tree holds no leaves ({structure})"
-    leaves = [f"{path_name(path)} {_describe_leaf(_unwrap(leaf))}" for path, leaf in flat[:shown]]
+    leaves = [f"{path_name(path)} {_describe_leaf(unwrap(leaf))}" for path, leaf in flat[:shown]]
     more = f", ... ({len(flat) - shown} more)" if len(flat) > shown else ""
     holds = f"{len(flat)} leaf" if len(flat) == 1 else f"{len(flat)} leaves"
     return f"no weight matrix selected by {rule}; the tree holds {holds}: {', '.join(leaves)}{more}"
@@ -347,7 +348,7 @@ def to_matrices(leaf: Any, sel: Selected) -> jax.Array:
     ``jit``; keeps the dtype. A NumPy leaf (e.g. a memory map from :func:`pdbjax.io.load`) gives a NumPy
     view, so nothing is copied or read until :func:`map_groups` takes its chunk.
     """
-    x = _unwrap(leaf)
+    x = unwrap(leaf)
     x = x if isinstance(x, np.ndarray) else jnp.asarray(x)
     xp = np if isinstance(x, np.ndarray) else jnp
     _check_ok(sel)
@@ -619,7 +620,7 @@ def replace(params: Any, updates: Mapping[str, Any]) -> Any:
 
 
 def _new_leaf(old: Any, new: Any, name: str) -> Any:
-    old_value, new = _unwrap(old), _unwrap(new)
+    old_value, new = unwrap(old), unwrap(new)
     if not _is_array(old_value):
         raise ValueError(f"{name}: is not an array leaf and cannot be replaced")
     if tuple(np.shape(new)) != tuple(old_value.shape):
@@ -659,12 +660,21 @@ def _flatten(params: Any):
 
 
 def is_variable(x: Any) -> bool:
-    """Whether ``x`` is a Flax NNX ``Variable`` box (``nnx.Param``, ...), without importing Flax."""
+    """Whether ``x`` is a Flax NNX ``Variable`` box (``nnx.Param``, ...), without importing Flax.
+
+    >>> import numpy as np
+    >>> from flax import nnx
+    >>> is_variable(nnx.Param(np.ones(2))), is_variable(np.ones(2))
+    (True, False)
+    >>> unwrap(nnx.Param(np.ones(2))).shape
+    (2,)
+    """
     nnx = _nnx()
     return nnx is not None and isinstance(x, nnx.Variable)
 
 
-def _unwrap(leaf: Any) -> Any:
+def unwrap(leaf: Any) -> Any:
+    """The array inside a Flax NNX ``Variable`` box; any other leaf as it is."""
     return leaf.get_value() if is_variable(leaf) else leaf
 
 
