@@ -45,7 +45,14 @@ def to_jsonable(value: Any) -> Any:
 def compression_totals(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     """Model-level totals of :func:`pdbjax.compress` rows: matrices compressed, left unchanged (status
     not ``ok``) and skipped; parameter counts before and after (dense, and as low-rank factors capped at
-    the dense count) and their ratios to the count before (``None`` when nothing was counted)."""
+    the dense count) and their ratios to the count before (``None`` when nothing was counted).
+
+    >>> rows = [{"status": "ok", "params_before": 100, "params_after": 40, "params_lowrank": 30},
+    ...         {"name": "emb", "status": "skipped: 1-D"}]
+    >>> t = compression_totals(rows)
+    >>> t["matrices"], t["skipped"], t["compression_ratio"], t["lowrank_compression_ratio"]
+    (1, 1, 0.4, 0.3)
+    """
     done = [r for r in rows if "params_before" in r]
     before = sum(int(r["params_before"]) for r in done)
     after = sum(int(r["params_after"]) for r in done)

@@ -156,6 +156,11 @@ def check_population(pop: PDB, c: ArrayLike) -> None:
     ``(0, 1]``, ``t`` in ``[0, 1]``, ``sigma1_sq`` and ``sigma2_sq`` finite and positive.
 
     Traced functions of this module cannot raise; they give NaN where these checks fail.
+
+    >>> check_population(PDB(0.5, 1.0, 2.0), 0.25)  # valid: returns None
+    >>> check_population(PDB(0.5, 1.0, -2.0), 0.25)
+    Traceback (most recent call last):
+    ValueError: sigma2_sq must be a finite positive variance; got -2.0
     """
     t, s1, s2, c = (np.asarray(v) for v in (*pop, c))
     checks = [
