@@ -99,6 +99,7 @@ _FIXED_ITERS = 32
 _CONT_STAGES = 32
 _NEWTON_ITERS = 3
 _POLISH_ITERS = 4
+_CUBIC_NEWTON = 3
 
 
 @exported.register
@@ -548,12 +549,50 @@ def density(x: ArrayLike, pop: PDB, c: ArrayLike, eta: ArrayLike | None = None) 
     return _nan_where_invalid(valid, f)
 
 
+def _density_on_line(x, t, s1, s2, c):
+    r"""The density at real ``x`` in the limit ``eta -> 0``, in closed form (the quadrature nodes of :func:`cdf`).
+
+    With ``a = -1/m``, the Silverstein equation ``x = g(a)`` (:func:`_g`) times ``(a - s1)(a - s2)`` is the
+    monic cubic
+
+    .. math::  a^3 + (c h_1 - s_1 - s_2 - x) a^2 + (s_1 s_2 (1 - c) + x (s_1 + s_2)) a - x s_1 s_2 = 0,
+               \qquad h_1 = t s_1 + (1 - t) s_2,
+
+    (a weight-0 atom only adds the real root ``a = s_i``). Inside the support it has one complex pair,
+    and ``m(x + i0) = -1/a`` with ``Im a > 0``: ``f(x) = Im m / (pi c) = Im a / (pi c |a|^2)``. The pair
+    comes from Cardano's formula in its stable form: for the depressed cubic ``y^3 + P y + Q`` with
+    ``D = Q^2/4 + P^3/27 > 0``, ``u = cbrt(-Q/2 - sign(Q) sqrt(D))``, ``v = -P / (3u)``, the pair is
+    ``-(u + v)/2 +- i (sqrt(3)/2) |u - v|`` with ``|u - v| = 2 sqrt(D) / (u^2 + uv + v^2)`` (no
+    cancellation). ``D <= 0`` (three real roots: outside the support) gives ``0``. Computed on
+    ``x / r``, ``s_i / r`` with ``r = max(s1, s2)``, so no power of the units overflows.
+    """
+    r = jnp.maximum(s1, s2)
+    x, s1, s2 = x / r, s1 / r, s2 / r
+    b = c * (t * s1 + (1 - t) * s2) - s1 - s2 - x
+    k = s1 * s2 * (1 - c) + x * (s1 + s2)
+    d = -x * s1 * s2
+    P = k - b**2 / 3
+    Q = 2 * b**3 / 27 - b * k / 3 + d
+    D = Q**2 / 4 + P**3 / 27
+    pair = (D > 0) & (x > 0)
+    S = jnp.sqrt(jnp.where(pair, D, 1.0))
+    u = jnp.cbrt(-Q / 2 - jnp.where(Q >= 0, S, -S))
+    v = -P / (3 * u)
+    im = jnp.sqrt(3.0) * S / (u**2 + u * v + v**2)
+    a = (-(u + v) / 2 - b / 3) + 1j * im
+    for _ in range(_CUBIC_NEWTON):  # Cardano's pair is off by ~eps |b| when |a| << |b| (near x = 0)
+        a = a - ((a + b) * a * a + k * a + d) / ((3 * a + 2 * b) * a + k)
+    f = jnp.imag(a) / (jnp.pi * c * jnp.abs(a) ** 2)
+    return jnp.where(pair & jnp.isfinite(f), f, 0.0) / r
+
+
 def cdf(x: ArrayLike, pop: PDB, c: ArrayLike, num: int = 2049) -> Array:
     r"""Distribution function ``F(x) = int_0^x f`` of the bulk law.
 
-    Integrates :func:`density` over each bulk interval with Gauss-Chebyshev quadrature of the second
-    kind in the variable ``u`` where ``lambda = (beta_lo + beta_hi)/2 + (beta_hi - beta_lo)/2 cos u``
-    (the density has square-root zeros at the edges, so the integrand is smooth in ``u``), then
+    Integrates the density (its ``eta -> 0`` limit, in closed form: ``_density_on_line``) over each bulk
+    interval with Gauss-Chebyshev quadrature of the second kind in the variable ``u`` where
+    ``lambda = (beta_lo + beta_hi)/2 + (beta_hi - beta_lo)/2 cos u`` (the density has square-root zeros
+    at the edges, so the integrand is smooth in ``u``), then
     interpolates linearly in ``u``. ``x`` must carry the evaluation points on its LAST axis; population
     fields broadcast against ``x[..., 0]``. Exact ``0`` below the support and ``1`` above it.
 
@@ -566,14 +605,15 @@ def cdf(x: ArrayLike, pop: PDB, c: ArrayLike, num: int = 2049) -> Array:
     t, s1, s2, c, valid, x = _prepare(pop, c, x)
     batch = jnp.broadcast_shapes(t.shape, s1.shape, s2.shape, c.shape, x.shape[:-1])
     t_, s1_, s2_, c_ = (jnp.broadcast_to(v, batch)[..., None] for v in (t, s1, s2, c))
-    b1, b2, b3, b4, separated = _edge_values(t_, *_merge_atoms(t_, s1_, s2_), c_)
+    atom1, atom2 = _merge_atoms(t_, s1_, s2_)  # a weight-0 atom drops out exactly (no rounding-level derivative)
+    b1, b2, b3, b4, separated = _edge_values(t_, atom1, atom2, c_)
     b2, b3 = jnp.where(separated, b2, b4), jnp.where(separated, b3, b4)
     u = jnp.linspace(0.0, jnp.pi, num, dtype=x.dtype)
 
     def interval_mass(lo, hi, points):
         half, mid = (hi - lo) / 2, (hi + lo) / 2
         lam = mid - half * jnp.cos(u)
-        f = density(lam, PDB(t_, s1_, s2_), c_)
+        f = _density_on_line(lam, t_, atom1, atom2, c_)
         w = f * half * jnp.sin(u)
         du = u[1] - u[0]
         cum = jnp.concatenate([jnp.zeros_like(w[..., :1]), jnp.cumsum((w[..., 1:] + w[..., :-1]) * du / 2, -1)], -1)
