@@ -67,7 +67,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-__all__ = ["BoxLSQResult", "Status", "least_squares_box"]
+__all__ = ["BoxLSQResult", "Status", "least_squares_box", "least_squares_scalar"]
 
 _LAMBDA_RANGE = (1e-12, 1e12)  # bounds of the relative damping lambda
 _GEODESIC_RATIO = 0.75  # largest accepted 2 ||a|| / ||v||
@@ -245,3 +245,85 @@ def least_squares_box(
     grad_norm = jnp.max(jnp.abs(jnp.where(fixed_set(out.y, g), 0.0, g)))
     converged = (status == Status.GTOL) | (status == Status.FTOL) | (status == Status.XTOL)
     return BoxLSQResult(lb + out.y * width, out.cost, grad_norm, out.steps, converged, status)
+
+
+class _Scalar(NamedTuple):
+    y: jax.Array  # point in unit-box coordinates
+    lo: jax.Array  # bracket of the minimiser: cost' < 0 at lo (or lo = 0), > 0 at hi (or hi = 1)
+    hi: jax.Array
+    cost: jax.Array
+    g: jax.Array  # d cost / dy
+    h: jax.Array  # d^2 cost / dy^2
+    steps: jax.Array
+    status: jax.Array
+
+
+def least_squares_scalar(
+    residual: Callable[[jax.Array], jax.Array], x0: jax.Array, lb: jax.Array, ub: jax.Array, max_steps: int = 60,
+    *, xtol: float = 1e-8,
+) -> BoxLSQResult:
+    r"""Solve ``min 0.5 ||residual(x)||^2`` over a scalar ``x`` in ``[lb, ub]`` (one problem; ``vmap`` it).
+
+    Safeguarded Newton on the derivative of the cost (``rtsafe``: Newton inside a bracket, bisection
+    where Newton would leave it or the curvature is not positive). With ``y = (x - lb) / (ub - lb)``,
+    ``cost' = r . r_y`` and ``cost'' = r_y . r_y + r . r_yy`` come from one forward-over-forward ``jvp``
+    of the residual: the exact second derivative, so the iteration converges quadratically also where
+    the residual at the minimum is not small (where Gauss-Newton, and so :func:`least_squares_box`,
+    converges only linearly). Downhill from the start ``y0`` lies one end ``e`` of the box: if ``cost'``
+    points out of the box there, that bound is the minimum (status ``GTOL``: the projected gradient
+    vanishes); otherwise ``y0`` and ``e`` bracket a stationary point, which stays bracketed by the sign of
+    ``cost'`` at each iterate (a local solve from ``y0``, like :func:`least_squares_box`'s). The solve
+    stops with ``XTOL`` when the last step, the next Newton step or the bracket is shorter than
+    ``tol (tol + |y|)`` with ``tol = max(xtol, 64 eps)`` (``eps`` of the dtype: the rounding of ``cost'``
+    limits the attainable step in float32), with ``GTOL`` when ``cost' = 0``, otherwise after
+    ``max_steps`` steps (``MAX_STEPS``); a non-finite cost at the start is ``NON_FINITE``, and a solve
+    that ends on a non-finite cost has not converged. ``grad_norm`` is ``|cost'|`` in unit coordinates
+    (0 on an active bound).
+
+    ``x0``, ``lb`` and ``ub`` are scalars; the result's ``x`` is a scalar in ``[lb, ub]``.
+    """
+    dtype = jnp.result_type(x0, lb, ub, float)
+    x0, lb, ub = (jnp.asarray(v, dtype) for v in (x0, lb, ub))
+    width = jnp.where(ub > lb, ub - lb, 1.0)
+    tol = max(xtol, 64 * float(jnp.finfo(dtype).eps))
+    one = jnp.ones((), dtype)
+
+    def derivatives(y):
+        """``(cost, cost', cost'')`` at ``y``; a non-finite cost is ``inf`` (its derivatives NaN)."""
+        unit = lambda z: residual(lb + z * width)  # noqa: E731
+        (r, r_y), (_, r_yy) = jax.jvp(lambda z: jax.jvp(unit, (z,), (one,)), (y,), (one,))
+        cost = 0.5 * jnp.sum(r**2)
+        return jnp.where(jnp.isfinite(cost), cost, jnp.inf), jnp.sum(r * r_y), jnp.sum(r_y**2) + jnp.sum(r * r_yy)
+
+    def body(s: _Scalar) -> _Scalar:
+        newton = s.y - s.g / jnp.where(s.h > 0, s.h, 1.0)
+        use_newton = (s.h > 0) & (newton > s.lo) & (newton < s.hi)
+        y = jnp.where(use_newton, newton, 0.5 * (s.lo + s.hi))
+        cost, g, h = derivatives(y)
+        lo, hi = jnp.where(g < 0, y, s.lo), jnp.where(g > 0, y, s.hi)
+        close = tol * (tol + jnp.abs(y))
+        small = (jnp.abs(y - s.y) <= close) | (hi - lo <= tol) | ((h > 0) & (jnp.abs(g) <= h * close))
+        code = jnp.where(g == 0, Status.GTOL, jnp.where(small, Status.XTOL, _RUNNING))
+        return _Scalar(y, lo, hi, cost, g, h, s.steps + 1, code.astype(jnp.int32))
+
+    def running(s: _Scalar):
+        return (s.status == _RUNNING) & (s.steps < max_steps)
+
+    y0 = jnp.clip((x0 - lb) / width, 0.0, 1.0)
+    points = jnp.stack([y0, jnp.zeros((), dtype), one])
+    costs, gs, hs = jax.vmap(derivatives)(points)
+    # Downhill from y0 lies the end e (1 if cost'(y0) < 0, else 0): if cost' there points out of the box,
+    # that bound is the minimum; otherwise [y0, e] (or [e, y0]) brackets one.
+    i = jnp.where(gs[0] < 0, 2, 1)
+    on_bound = jnp.where(gs[0] < 0, gs[2] <= 0, gs[1] >= 0) & (gs[0] != 0)
+    finite = jnp.isfinite(costs[0])
+    status0 = jnp.where(~finite, Status.NON_FINITE, jnp.where((gs[0] == 0) | on_bound, Status.GTOL, _RUNNING))
+    i = jnp.where(on_bound & finite, i, 0)
+    s0 = _Scalar(
+        y=points[i], lo=jnp.where(gs[0] < 0, y0, 0 * one), hi=jnp.where(gs[0] > 0, y0, one), cost=costs[i],
+        g=jnp.where(i > 0, 0 * one, gs[0]), h=hs[i], steps=jnp.zeros((), jnp.int32), status=status0.astype(jnp.int32),
+    )
+    out = lax.while_loop(running, body, s0)
+    status = jnp.where(out.status == _RUNNING, Status.MAX_STEPS, out.status).astype(jnp.int32)
+    converged = ((status == Status.GTOL) | (status == Status.XTOL)) & jnp.isfinite(out.cost)
+    return BoxLSQResult(lb + out.y * width, out.cost, jnp.abs(out.g), out.steps, converged, status)

@@ -31,7 +31,8 @@ separates noise from the ``K`` spikes. Both estimators take the input convention
   ``w_i`` proportional to :func:`pdbjax.spectral.density` times ``sin u_i`` (the integrand is smooth in
   ``u``, even for ``c0 = 1``). ``sigma^2`` minimises the sum of squared differences: a 1-D box least
   squares in ``log sigma^2`` on ``[mean / 4, 4 mean]`` of the bulk, started at the bulk mean
-  (:func:`pdbjax.lsq.least_squares_box`, at most 40 steps). Smoothing the model like the data removes the
+  (:func:`pdbjax.lsq.least_squares_scalar`: safeguarded Newton, at most 40 steps; a
+  solve that does not converge is ``NOT_CONVERGED``). Smoothing the model like the data removes the
   kernel's bias, which matters most for square layers (``c`` near 1): their density diverges like
   ``x^{-1/2}`` at 0, where no kernel estimate can follow it, and an unsmoothed match overestimates
   ``sigma^2`` about threefold there. ``lambda_+ = sigma^2 (1 + sqrt c0)^2`` is the threshold: ``K``
@@ -68,7 +69,7 @@ import numpy as np
 from pdbjax import exported
 from pdbjax.fits import PUBFit, Reason, demote, fit_result
 from pdbjax.inputs import check_eigs, median_units, placeholder, screen
-from pdbjax.lsq import least_squares_box
+from pdbjax.lsq import least_squares_scalar
 from pdbjax.precision import as_work
 from pdbjax.spectral import PDB, density
 
@@ -236,13 +237,13 @@ def _kernel(lam: Array, N: Array, table: BemaTable, alpha: float) -> tuple[Array
     mass = mass / jnp.sum(mass)
 
     def residual(log_s: Array) -> Array:
-        model = jnp.sum(mass * _gaussian((x[:, None] - jnp.exp(log_s[0]) * node) / h), axis=-1) / h
+        model = jnp.sum(mass * _gaussian((x[:, None] - jnp.exp(log_s) * node) / h), axis=-1) / h
         return kde - model
 
     center = jnp.log(jnp.where(usable, mean, 1.0))
     width = math.log(_SEARCH_FACTOR)
-    sol = least_squares_box(residual, center[None], (center - width)[None], (center + width)[None], _LSQ_ITERS)
-    return jnp.exp(sol.x[0]), c0, usable
+    sol = least_squares_scalar(residual, center, center - width, center + width, _LSQ_ITERS)
+    return jnp.where(sol.converged, jnp.exp(sol.x), jnp.nan), c0, usable  # NaN: NOT_CONVERGED
 
 
 def _fit_pub_one(eigs: Array, N: Array, table: BemaTable, estimator: str, alpha: float) -> PUBFit:

@@ -1,4 +1,5 @@
-"""Tests for pdbjax.lsq.least_squares_box: convergence status, bounds, saddle escape, scipy parity.
+"""Tests for pdbjax.lsq: least_squares_box (convergence status, bounds, saddle escape, scipy parity) and
+least_squares_scalar (scipy parity, bounds, status, vmap).
 
 The oracle is ``scipy.optimize.least_squares`` (trust-region reflective, the method behind the reference
 code's ``curve_fit(..., bounds=...)``) with its default tolerances ``ftol = xtol = gtol = 1e-8``, the
@@ -11,9 +12,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from scipy.optimize import least_squares
+from scipy.optimize import least_squares, minimize_scalar
 
-from pdbjax.lsq import Status, least_squares_box
+from pdbjax.lsq import Status, least_squares_box, least_squares_scalar
 
 X = np.linspace(0.0, 3.0, 40)
 MIX = (0.3, 1.0, 4.0)  # t, a, b of the exponential mixture below
@@ -133,3 +134,67 @@ def test_looser_tolerances_stop_sooner():
         loose = _solve(_rosenbrock, [-1.2, 1.0], [-2.0, -2.0], [2.0, 2.0], ftol=1e-3, xtol=1e-3, gtol=1e-3)
     assert bool(tight.converged) and bool(loose.converged)
     assert int(loose.steps) < int(tight.steps) and float(tight.cost) <= float(loose.cost)
+
+
+# ------------------------------------------------------------------------------ least_squares_scalar
+
+SCALAR = {  # residual of a scalar, start, lower and upper bound
+    "interior": (lambda a: jnp.exp(-a * X) - jnp.exp(-1.7 * X) + 0.05 * jnp.sin(7 * X), 3.0, 0.1, 5.0),
+    "upper bound": (lambda a: jnp.exp(-a * X) - jnp.exp(-9.0 * X), 1.0, 0.1, 5.0),
+    "lower bound": (lambda a: jnp.exp(-a * X) - jnp.exp(-0.01 * X), 1.0, 0.1, 5.0),
+    # cost 6.0 at the minimum x = 1.47 (Gauss-Newton converges only linearly), 15.5 on the bound 0.1
+    "large residual": (lambda a: jnp.sin(a * X) - 0.5 - jnp.cos(X), 1.0, 0.1, 3.0),
+}
+
+
+def _solve_scalar(residual, x0, lb, ub, dtype=np.float64, **kw):
+    lb, ub = jnp.asarray(lb, dtype), jnp.asarray(ub, dtype)
+    return jax.jit(lambda x: least_squares_scalar(residual, x, lb, ub, **kw))(jnp.asarray(x0, dtype))
+
+
+@pytest.mark.parametrize("name", list(SCALAR))
+def test_scalar_cost_no_worse_than_scipy_bounded(name):
+    """The local minimum downhill from the start, to scipy's bounded Brent at xatol = 1e-12 (float64):
+    same cost to rounding, inside the box, converged in few steps (Newton with the exact second derivative)."""
+    residual, x0, lb, ub = SCALAR[name]
+    with jax.enable_x64(True):
+        res = _solve_scalar(residual, x0, lb, ub)
+        cost = lambda a: 0.5 * float(np.sum(np.asarray(residual(jnp.asarray(a))) ** 2))  # noqa: E731
+        # scipy searches the whole box: on the multimodal case, only the start's basin [1, 3].
+        want = minimize_scalar(cost, bounds=(x0, ub) if name == "large residual" else (lb, ub), method="bounded",
+                               options={"xatol": 1e-12})
+    assert bool(res.converged) and int(res.status) in CONVERGED, (name, res)
+    assert float(res.cost) <= want.fun * (1 + 1e-9) + 1e-15, (name, float(res.cost), want.fun)
+    assert lb <= float(res.x) <= ub and int(res.steps) <= 10
+    if name.endswith("bound"):  # exactly on the bound, with a zero projected gradient
+        assert float(res.x) == (ub if name.startswith("upper") else lb) and float(res.grad_norm) == 0.0
+
+
+def test_scalar_float32_converges_to_the_float64_minimum():
+    """float32: 64 eps (not 1e-8) bounds the attainable step; the solve still converges, near float64's x."""
+    residual, x0, lb, ub = SCALAR["large residual"]
+    res32 = _solve_scalar(residual, x0, lb, ub, np.float32)
+    with jax.enable_x64(True):
+        res64 = _solve_scalar(residual, x0, lb, ub)
+    assert res32.x.dtype == jnp.float32 and bool(res32.converged), res32
+    np.testing.assert_allclose(float(res32.x), float(res64.x), rtol=1e-5)  # measured 2e-7
+
+
+def test_scalar_step_budget_and_non_finite_start_are_reported():
+    residual, x0, lb, ub = SCALAR["interior"]
+    with jax.enable_x64(True):
+        budget = _solve_scalar(residual, x0, lb, ub, max_steps=1)
+        bad = _solve_scalar(lambda a: jnp.log(a - 1.0) * jnp.ones(3), 1.0, 1.0, 5.0)  # log 0 at the start
+    assert int(budget.status) == Status.MAX_STEPS and not bool(budget.converged) and int(budget.steps) == 1
+    assert int(bad.status) == Status.NON_FINITE and not bool(bad.converged) and int(bad.steps) == 0
+
+
+def test_scalar_vmap_equals_single_solves():
+    residual, _, lb, ub = SCALAR["large residual"]
+    starts = np.array([1.0, 1.3, 2.5])
+    with jax.enable_x64(True):
+        batch = jax.jit(jax.vmap(lambda x: least_squares_scalar(residual, x, jnp.asarray(lb), jnp.asarray(ub))))(jnp.asarray(starts))
+        singles = [_solve_scalar(residual, x0, lb, ub) for x0 in starts]
+    for i, one in enumerate(singles):
+        for field in one._fields:
+            np.testing.assert_allclose(np.asarray(getattr(batch, field))[i], np.asarray(getattr(one, field)), rtol=1e-12, err_msg=field)
