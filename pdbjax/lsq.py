@@ -310,18 +310,17 @@ def least_squares_scalar(
         return (s.status == _RUNNING) & (s.steps < max_steps)
 
     y0 = jnp.clip((x0 - lb) / width, 0.0, 1.0)
-    points = jnp.stack([y0, jnp.zeros((), dtype), one])
-    costs, gs, hs = jax.vmap(derivatives)(points)
+    cost0, g0, h0 = derivatives(y0)
     # Downhill from y0 lies the end e (1 if cost'(y0) < 0, else 0): if cost' there points out of the box,
     # that bound is the minimum; otherwise [y0, e] (or [e, y0]) brackets one.
-    i = jnp.where(gs[0] < 0, 2, 1)
-    on_bound = jnp.where(gs[0] < 0, gs[2] <= 0, gs[1] >= 0) & (gs[0] != 0)
-    finite = jnp.isfinite(costs[0])
-    status0 = jnp.where(~finite, Status.NON_FINITE, jnp.where((gs[0] == 0) | on_bound, Status.GTOL, _RUNNING))
-    i = jnp.where(on_bound & finite, i, 0)
+    e = jnp.where(g0 < 0, one, 0 * one)
+    cost_e, g_e, h_e = derivatives(e)
+    on_bound = jnp.where(g0 < 0, g_e <= 0, g_e >= 0) & (g0 != 0) & jnp.isfinite(cost0)
+    status0 = jnp.where(~jnp.isfinite(cost0), Status.NON_FINITE, jnp.where((g0 == 0) | on_bound, Status.GTOL, _RUNNING))
     s0 = _Scalar(
-        y=points[i], lo=jnp.where(gs[0] < 0, y0, 0 * one), hi=jnp.where(gs[0] > 0, y0, one), cost=costs[i],
-        g=jnp.where(i > 0, 0 * one, gs[0]), h=hs[i], steps=jnp.zeros((), jnp.int32), status=status0.astype(jnp.int32),
+        y=jnp.where(on_bound, e, y0), lo=jnp.where(g0 < 0, y0, 0 * one), hi=jnp.where(g0 > 0, y0, one),
+        cost=jnp.where(on_bound, cost_e, cost0), g=jnp.where(on_bound, 0 * one, g0), h=jnp.where(on_bound, h_e, h0),
+        steps=jnp.zeros((), jnp.int32), status=status0.astype(jnp.int32),
     )
     out = lax.while_loop(running, body, s0)
     status = jnp.where(out.status == _RUNNING, Status.MAX_STEPS, out.status).astype(jnp.int32)
