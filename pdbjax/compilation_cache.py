@@ -1,6 +1,6 @@
 """JAX's persistent compilation cache, as the CLI, the test suite and the benchmarks set it up.
 
-A model's analysis compiles a handful of XLA programs (MiniLM-L6: 18, 8.8 s of compile in all,
+A model's analysis compiles a handful of XLA programs (MiniLM-L6: 18, 8.3 s of compile in all,
 ``benchmarks/results/compiles.md``); with the cache a second process loads them instead of compiling.
 :func:`enable` also turns on :mod:`pdbjax.exported`, which keeps the fits' traced programs, so that a
 second process does not trace them either.

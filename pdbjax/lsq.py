@@ -1,4 +1,5 @@
-r"""Box-constrained nonlinear least squares to a tolerance (projected Levenberg-Marquardt).
+r"""Box-constrained nonlinear least squares to a tolerance: :func:`least_squares_box` (projected
+Levenberg-Marquardt, described here) and, for one parameter, :func:`least_squares_scalar` (bracketed Newton).
 
 Minimises ``0.5 ||r(x)||^2`` subject to ``lb <= x <= ub``. Variables are rescaled to the unit box
 ``y = (x - lb) / (ub - lb)``, so parameters of different units are treated alike. Each step solves the
