@@ -99,11 +99,10 @@ def main() -> None:
         "| column | difference |",
         "|---|---|",
         *(f"| `{col}` | {text} |" for col, text in result.items()),
-        "",
     ]
-    text = "\n".join(lines)
-    print(text)
-    atomic_write_text(ROOT / "benchmarks" / "results" / "report_diff.md", text)
+    out = ROOT / "benchmarks" / "results" / "report_diff.md"
+    atomic_write_text(out, "\n".join(lines) + "\n")
+    print(out.read_text(), end="")
 
 
 if __name__ == "__main__":
