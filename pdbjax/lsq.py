@@ -281,11 +281,12 @@ def least_squares_scalar(
     that ends on a non-finite cost has not converged. ``grad_norm`` is ``|cost'|`` in unit coordinates
     (0 on an active bound).
 
-    ``x0``, ``lb`` and ``ub`` are scalars; the result's ``x`` is a scalar in ``[lb, ub]``.
+    ``x0``, ``lb`` and ``ub`` are scalars; the result's ``x`` is a scalar in ``[lb, ub]`` (``lb`` itself, with
+    ``GTOL`` and no step, when ``lb = ub``).
     """
     dtype = jnp.result_type(x0, lb, ub, float)
     x0, lb, ub = (jnp.asarray(v, dtype) for v in (x0, lb, ub))
-    width = jnp.where(ub > lb, ub - lb, 1.0)
+    width = jnp.where(ub > lb, ub - lb, 0.0)  # a point box: cost' = 0 at the start, which is returned
     tol = max(xtol, 64 * float(jnp.finfo(dtype).eps))
     one = jnp.ones((), dtype)
 
@@ -310,7 +311,7 @@ def least_squares_scalar(
     def running(s: _Scalar):
         return (s.status == _RUNNING) & (s.steps < max_steps)
 
-    y0 = jnp.clip((x0 - lb) / width, 0.0, 1.0)
+    y0 = jnp.clip((x0 - lb) / jnp.where(width > 0, width, 1.0), 0.0, 1.0) * (width > 0)
     cost0, g0, h0 = derivatives(y0)
     # Downhill from y0 lies the end e (1 if cost'(y0) < 0, else 0): if cost' there points out of the box,
     # that bound is the minimum; otherwise [y0, e] (or [e, y0]) brackets one.

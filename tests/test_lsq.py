@@ -189,6 +189,14 @@ def test_scalar_step_budget_and_non_finite_start_are_reported():
     assert int(bad.status) == Status.NON_FINITE and not bool(bad.converged) and int(bad.steps) == 0
 
 
+def test_scalar_point_box_returns_its_point():
+    """lb = ub: nothing to solve; the point itself, converged (GTOL), without a step."""
+    residual = SCALAR["interior"][0]
+    with jax.enable_x64(True):
+        res = _solve_scalar(residual, 3.0, 2.0, 2.0)
+    assert float(res.x) == 2.0 and int(res.status) == Status.GTOL and bool(res.converged) and int(res.steps) == 0
+
+
 def test_scalar_vmap_equals_single_solves():
     residual, _, lb, ub = SCALAR["large residual"]
     starts = np.array([1.0, 1.3, 2.5])
