@@ -133,11 +133,12 @@ def least_squares_box(
 
     ``residual`` maps a parameter vector of shape ``(n,)`` to residuals of shape ``(m,)``; non-finite
     residuals count as an infinite cost (the step is rejected). ``damping0`` is the initial relative
-    damping ``lambda``; ``max_steps`` caps the iterations. ``vmap`` over problems or starts.
+    damping ``lambda``; ``max_steps`` caps the iterations. A variable with ``lb = ub`` is held there.
+    ``vmap`` over problems or starts.
     """
     dtype = jnp.result_type(x0, lb, ub, float)
     x0, lb, ub = (jnp.asarray(v, dtype) for v in (x0, lb, ub))
-    width = jnp.where(ub > lb, ub - lb, 1.0)
+    width = jnp.where(ub > lb, ub - lb, 0.0)  # lb = ub fixes a variable: a zero Jacobian column, no step
     eps = jnp.finfo(dtype).eps
 
     def unit_residual(y):
@@ -235,7 +236,7 @@ def least_squares_box(
             status=jnp.where(escaped, _RUNNING, s.status).astype(jnp.int32),
         )
 
-    y0 = jnp.clip((x0 - lb) / width, 0.0, 1.0)
+    y0 = jnp.clip((x0 - lb) / jnp.where(width > 0, width, 1.0), 0.0, 1.0) * (width > 0)
     r0 = unit_residual(y0)
     cost0 = cost_of(r0)
     status0 = jnp.where(jnp.isfinite(cost0), _RUNNING, Status.NON_FINITE).astype(jnp.int32)

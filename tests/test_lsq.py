@@ -90,6 +90,18 @@ def test_cost_no_worse_than_scipy_trf(name, residual, x0, lb, ub):
     assert np.all(np.asarray(res.x) >= lb) and np.all(np.asarray(res.x) <= ub)
 
 
+
+def test_equal_bounds_fix_a_variable():
+    """lb = ub holds that variable at the bound exactly (whatever the start says); the others are solved
+    as with it known, here from a start in the truth's basin."""
+    lb, ub = MIX_LB.copy(), MIX_UB.copy()
+    lb[0] = ub[0] = MIX[0]
+    with jax.enable_x64(True):
+        res = _solve(_mixture_residual(), [0.9, 1.5, 3.5], lb, ub)
+    assert bool(res.converged) and float(res.x[0]) == MIX[0]
+    np.testing.assert_allclose(np.asarray(res.x), MIX, rtol=1e-6)  # the exact data: the truth is the minimum
+
+
 def test_step_budget_reports_not_converged():
     with jax.enable_x64(True):
         res = _solve(_rosenbrock, [-1.2, 1.0], [-2.0, -2.0], [2.0, 2.0], max_steps=3)
