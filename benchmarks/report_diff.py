@@ -3,7 +3,7 @@
 Runs ``pdbjax.analyze`` on the 36 MiniLM-L6 encoder matrices (defaults: PDB fit plus both PUB baselines)
 in a fresh process for this checkout and for ``--tree`` (a checkout of another commit, its ``pdbjax/``),
 then compares the two reports row by row: for each column, whether it is identical, and otherwise the
-largest relative difference ``|new - old| / |old|`` (integer and text columns: how many rows differ).
+largest relative difference ``|new - old| / |old|`` (integer and text columns: how many values differ).
 
     python benchmarks/report_diff.py --tree /tmp/old     # writes benchmarks/results/report_diff.md
 """
@@ -52,7 +52,7 @@ def _leaves(value, path: str = ""):
 
 
 def compare(old: list[dict], new: list[dict]) -> dict[str, str]:
-    """Per column: ``"identical"``, ``"max rel. diff X"`` (floats) or ``"N of M rows differ"`` (others)."""
+    """Per column: ``"identical"``, ``"max rel. diff X"`` (floats) or ``"N of M values differ"`` (others)."""
     if [r["name"] for r in old] != [r["name"] for r in new]:
         raise ValueError("the two reports list different matrices")
     worst: dict[str, float] = {}

@@ -117,6 +117,16 @@ class _State(NamedTuple):
     status: jax.Array  # _RUNNING or a Status
 
 
+def _unit_box(x0, lb, ub):
+    """``(dtype, lb, width, y0)``: the common float dtype, ``x = lb + y * width`` with ``width = ub - lb``
+    (0 where ``lb = ub``: that variable is held at ``lb``), and the start ``x0`` clipped into ``y in [0, 1]``."""
+    dtype = jnp.result_type(x0, lb, ub, float)
+    x0, lb, ub = (jnp.asarray(v, dtype) for v in (x0, lb, ub))
+    width = jnp.where(ub > lb, ub - lb, 0.0)
+    y0 = jnp.clip((x0 - lb) / jnp.where(width > 0, width, 1.0), 0.0, 1.0) * (width > 0)
+    return dtype, lb, width, y0
+
+
 def least_squares_box(
     residual: Callable[[jax.Array], jax.Array],
     x0: jax.Array,
@@ -136,9 +146,7 @@ def least_squares_box(
     damping ``lambda``; ``max_steps`` caps the iterations. A variable with ``lb = ub`` is held there.
     ``vmap`` over problems or starts.
     """
-    dtype = jnp.result_type(x0, lb, ub, float)
-    x0, lb, ub = (jnp.asarray(v, dtype) for v in (x0, lb, ub))
-    width = jnp.where(ub > lb, ub - lb, 0.0)  # lb = ub fixes a variable: a zero Jacobian column, no step
+    dtype, lb, width, y0 = _unit_box(x0, lb, ub)  # lb = ub fixes a variable: a zero Jacobian column, no step
     eps = jnp.finfo(dtype).eps
 
     def unit_residual(y):
@@ -236,7 +244,6 @@ def least_squares_box(
             status=jnp.where(escaped, _RUNNING, s.status).astype(jnp.int32),
         )
 
-    y0 = jnp.clip((x0 - lb) / jnp.where(width > 0, width, 1.0), 0.0, 1.0) * (width > 0)
     r0 = unit_residual(y0)
     cost0 = cost_of(r0)
     status0 = jnp.where(jnp.isfinite(cost0), _RUNNING, Status.NON_FINITE).astype(jnp.int32)
@@ -284,12 +291,19 @@ def least_squares_scalar(
 
     ``x0``, ``lb`` and ``ub`` are scalars; the result's ``x`` is a scalar in ``[lb, ub]`` (``lb`` itself, with
     ``GTOL`` and no step, when ``lb = ub``).
+
+    Example (a decay rate whose data are not an exact exponential, so the residual at the minimum is not 0):
+
+    >>> import jax.numpy as jnp
+    >>> t = jnp.linspace(0.0, 3.0, 40)
+    >>> data = jnp.exp(-1.7 * t) + 0.05 * jnp.sin(7 * t)
+    >>> sol = least_squares_scalar(lambda a: jnp.exp(-a * t) - data, 3.0, 0.1, 5.0)
+    >>> round(float(sol.x), 2), bool(sol.converged), Status(int(sol.status)).name
+    (1.69, True, 'XTOL')
     """
-    dtype = jnp.result_type(x0, lb, ub, float)
-    x0, lb, ub = (jnp.asarray(v, dtype) for v in (x0, lb, ub))
-    width = jnp.where(ub > lb, ub - lb, 0.0)  # a point box: cost' = 0 at the start, which is returned
+    dtype, lb, width, y0 = _unit_box(x0, lb, ub)  # a point box: cost' = 0 at the start, which is returned
     tol = max(xtol, 64 * float(jnp.finfo(dtype).eps))
-    one = jnp.ones((), dtype)
+    zero, one = jnp.zeros((), dtype), jnp.ones((), dtype)
 
     def derivatives(y):
         """``(cost, cost', cost'')`` at ``y``; a non-finite cost is ``inf`` (its derivatives NaN)."""
@@ -312,17 +326,16 @@ def least_squares_scalar(
     def running(s: _Scalar):
         return (s.status == _RUNNING) & (s.steps < max_steps)
 
-    y0 = jnp.clip((x0 - lb) / jnp.where(width > 0, width, 1.0), 0.0, 1.0) * (width > 0)
     cost0, g0, h0 = derivatives(y0)
     # Downhill from y0 lies the end e (1 if cost'(y0) < 0, else 0): if cost' there points out of the box,
     # that bound is the minimum; otherwise [y0, e] (or [e, y0]) brackets one.
-    e = jnp.where(g0 < 0, one, 0 * one)
+    e = jnp.where(g0 < 0, one, zero)
     cost_e, g_e, h_e = derivatives(e)
     on_bound = jnp.where(g0 < 0, g_e <= 0, g_e >= 0) & (g0 != 0) & jnp.isfinite(cost0)
     status0 = jnp.where(~jnp.isfinite(cost0), Status.NON_FINITE, jnp.where((g0 == 0) | on_bound, Status.GTOL, _RUNNING))
     s0 = _Scalar(
-        y=jnp.where(on_bound, e, y0), lo=jnp.where(g0 < 0, y0, 0 * one), hi=jnp.where(g0 > 0, y0, one),
-        cost=jnp.where(on_bound, cost_e, cost0), g=jnp.where(on_bound, 0 * one, g0), h=jnp.where(on_bound, h_e, h0),
+        y=jnp.where(on_bound, e, y0), lo=jnp.where(g0 < 0, y0, zero), hi=jnp.where(g0 > 0, y0, one),
+        cost=jnp.where(on_bound, cost_e, cost0), g=jnp.where(on_bound, zero, g0), h=jnp.where(on_bound, h_e, h0),
         steps=jnp.zeros((), jnp.int32), status=status0.astype(jnp.int32),
     )
     out = lax.while_loop(running, body, s0)

@@ -31,8 +31,8 @@ separates noise from the ``K`` spikes. Both estimators take the input convention
   ``w_i`` proportional to :func:`pdbjax.spectral.density` times ``sin u_i`` (the integrand is smooth in
   ``u``, even for ``c0 = 1``). ``sigma^2`` minimises the sum of squared differences: a 1-D box least
   squares in ``log sigma^2`` on ``[mean / 4, 4 mean]`` of the bulk, started at the bulk mean
-  (:func:`pdbjax.lsq.least_squares_scalar`: safeguarded Newton, at most 40 steps; a
-  solve that does not converge is ``NOT_CONVERGED``). Smoothing the model like the data removes the
+  (:func:`pdbjax.lsq.least_squares_scalar`: safeguarded Newton, at most 40 steps; a solve that does not
+  converge is ``NOT_CONVERGED``). Smoothing the model like the data removes the
   kernel's bias, which matters most for square layers (``c`` near 1): their density diverges like
   ``x^{-1/2}`` at 0, where no kernel estimate can follow it, and an unsmoothed match overestimates
   ``sigma^2`` about threefold there. ``lambda_+ = sigma^2 (1 + sqrt c0)^2`` is the threshold: ``K``

@@ -7,7 +7,7 @@ import importlib
 
 import pytest
 
-MODULES = ["spectral", "simulate", "estimate", "pub", "linalg", "precision", "report", "shrink", "tree", "distributed"]
+MODULES = ["spectral", "simulate", "estimate", "pub", "lsq", "linalg", "precision", "report", "shrink", "tree", "distributed"]
 
 
 @pytest.mark.parametrize("name", MODULES)

@@ -90,7 +90,6 @@ def test_cost_no_worse_than_scipy_trf(name, residual, x0, lb, ub):
     assert np.all(np.asarray(res.x) >= lb) and np.all(np.asarray(res.x) <= ub)
 
 
-
 def test_equal_bounds_fix_a_variable():
     """lb = ub holds that variable at the bound exactly (whatever the start says); the others are solved
     as with it known, here from a start in the truth's basin."""
