@@ -51,8 +51,9 @@ def main() -> None:
     params = io.load(io.minilm_path())
     good = [s for s in tree.select(params, WHERE) if s.ok]
     spectra = lambda: api._spectra(good, "float32", True, None, api.DEFAULT_MAX_MEMORY)  # noqa: E731
-    spec = jax.tree_util.tree_map(lambda *xs: jnp.concatenate(xs), *spectra())
-    N = np.concatenate([np.full(s.num_matrices, max(s.matrix_shape)) for s in good])
+    chunks = spectra()
+    spec = jax.tree_util.tree_map(lambda *xs: jnp.concatenate(xs), *(chunk.result for chunk in chunks))
+    N = np.asarray([max(good[i].matrix_shape) for c in chunks for i in api._row_owners(c)[0]])
     eigs = spec.s**2
     n, window = estimate.fit_inputs(eigs, N)
     _, table = pub.pub_inputs(eigs, N, pub.ALPHA, pub.BETA)

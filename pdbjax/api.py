@@ -47,6 +47,7 @@ from pdbjax.linalg import Spectrum, raw_eigenvalues, spectrum
 from pdbjax.precision import Precision, check_precision
 from pdbjax.report import Report, compression_totals, to_jsonable
 from pdbjax.tree import (
+    Chunk,
     ConvReshape,
     LayerAxis,
     OnError,
@@ -54,6 +55,7 @@ from pdbjax.tree import (
     Where,
     from_matrices,
     is_nnx,
+    map_chunks,
     map_groups,
     path_name,
     replace,
@@ -113,8 +115,8 @@ def analyze(
     check_mode(mode)  # before the decompositions, which may take long
     sels = select(params, where, conv_reshape=conv_reshape, layer_axis=layer_axis, on_error=on_error, allow_empty=False)
     good = [s for s in sels if s.ok]
-    specs = _spectra(good, precision, shard, progress, max_memory)
-    results = _by_length(good, specs, lambda spec, N: spectrum_figures(spec, N, mode, baselines))
+    chunks = _spectra(good, precision, shard, progress, max_memory)
+    _, results = _by_length(good, chunks, lambda spec, N: spectrum_figures(spec, N, mode, baselines))
     by_name = dict(zip((s.name for s in good), results))
     rows: list[dict[str, Any]] = []
     for sel in sels:
@@ -130,31 +132,48 @@ def _matrices(sels: Sequence[Selected]) -> list[jax.Array]:
     return [to_matrices(s.value, s) for s in sels]
 
 
-def _spectra(sels: Sequence[Selected], precision: Precision, shard: bool, progress, max_memory: int | None) -> list[Spectrum]:
-    """Pass 1: the :class:`~pdbjax.linalg.Spectrum` of every matrix, leading axis ``L`` per leaf."""
-    return map_groups(lambda m: spectrum(m, precision=precision), _matrices(sels), shard=shard, progress=progress, max_memory=max_memory)
+def _spectra(sels: Sequence[Selected], precision: Precision, shard: bool, progress, max_memory: int | None) -> list[Chunk]:
+    """Pass 1: the :class:`~pdbjax.linalg.Spectrum` of every matrix, one :class:`~pdbjax.tree.Chunk` per call."""
+    return map_chunks(lambda m: spectrum(m, precision=precision), _matrices(sels), shard=shard, progress=progress,
+                      max_memory=max_memory)
 
 
-def _by_length(sels: Sequence[Selected], specs: Sequence[Spectrum], fn: Callable[[Spectrum, np.ndarray], Any]) -> list[Any]:
-    """Pass 2: ``fn(spectra, N)`` once per spectrum length ``p`` over every leaf's rows, split back per leaf.
+_stack_rows = jax.jit(lambda trees: jax.tree_util.tree_map(lambda *ys: jnp.concatenate(ys), *trees))
+
+
+def _by_length(sels: Sequence[Selected], chunks: Sequence[Chunk], fn: Callable[[Spectrum, np.ndarray], Any]
+               ) -> tuple[list[Spectrum], list[Any]]:
+    """Pass 2: ``fn(spectra, N)`` once per spectrum length ``p`` over the rows of every chunk of that length.
 
     ``N`` is the per-row larger dimension; the estimators take it as data, so matrices of one ``p`` and
-    any ``N`` share one batched call and one compiled program.
+    any ``N`` share one batched call and one compiled program. The chunks of one length are stacked on
+    the device (one program), the spectra and ``fn``'s output come to the host in one ``jax.device_get``
+    and are split there.
+
+    Returns:
+      The spectra and ``fn``'s outputs, one per leaf of ``sels`` (leading axis ``L``), as NumPy arrays.
     """
-    by_p: dict[int, list[int]] = {}
-    for i, sel in enumerate(sels):
-        by_p.setdefault(min(sel.matrix_shape), []).append(i)
+    by_p: dict[int, list[Chunk]] = {}
+    for chunk in chunks:
+        by_p.setdefault(int(chunk.result.s.shape[-1]), []).append(chunk)
+    specs: list[Any] = [None] * len(sels)
     out: list[Any] = [None] * len(sels)
-    for members in by_p.values():
-        spec = jax.tree_util.tree_map(lambda *xs: jnp.concatenate(xs), *(specs[i] for i in members))
-        N = np.concatenate([np.full(sels[i].num_matrices, max(sels[i].matrix_shape)) for i in members])
-        result = fn(spec, N)
-        start = 0
-        for i in members:
-            n = sels[i].num_matrices
-            out[i] = jax.tree_util.tree_map(lambda y, s=start, n=n: y[s : s + n], result)
-            start += n
-    return out
+    for group in by_p.values():
+        spec = group[0].result if len(group) == 1 else _stack_rows([c.result for c in group])
+        owner, real = (np.concatenate(x) for x in zip(*(_row_owners(c) for c in group)))
+        N = np.asarray([max(sels[i].matrix_shape) for i in owner])
+        spec_host, result = jax.device_get((spec, fn(spec, N)))
+        for i in np.unique(owner[real]):
+            rows = np.flatnonzero(real & (owner == i))
+            specs[i], out[i] = jax.tree_util.tree_map(lambda y, rows=rows: np.asarray(y)[rows], (spec_host, result))
+    return specs, out
+
+
+def _row_owners(chunk: Chunk) -> tuple[np.ndarray, np.ndarray]:
+    """The item of each row of ``chunk`` and whether the row is real (padding rows copy the first item's matrix)."""
+    owners = np.concatenate([np.full(hi - lo, i) for i, lo, hi in chunk.runs])
+    pad = jax.tree_util.tree_leaves(chunk.result)[0].shape[0] - owners.size
+    return np.concatenate([owners, np.full(pad, chunk.runs[0][0])]), np.arange(owners.size + pad) < owners.size
 
 
 def _base_row(sel: Selected, index: int | None) -> dict[str, Any]:
@@ -345,8 +364,8 @@ def compress(
 
     if budget is not None or needs_fit(method, rank, shrink):  # passes 1 and 2: spectra, then one fit per length
         first = None if progress is None else (lambda done, total: progress(done, 2 * total))
-        specs = _spectra(good, precision, shard, first, max_memory)
-        fits = _by_length(good, specs, lambda spec, N: fit_spectrum(spec, N, method, mode))
+        chunks = _spectra(good, precision, shard, first, max_memory)
+        specs, fits = _by_length(good, chunks, lambda spec, N: fit_spectrum(spec, N, method, mode))
         then = None if progress is None else (lambda done, total: progress(n + done, 2 * n))
         # Pass 3 rebuilds with each matrix's fit and its pass-1 spectrum (no second values-only SVD), and the
         # budget's keep counts when there is a budget.
@@ -365,8 +384,9 @@ def compress(
     updates = {}
     for leaf, (sel, res) in enumerate(zip(good, results)):
         updates[sel.name] = _new_leaf(sel, res["out"], res["info"], factored)
+        figures = jax.device_get({k: v for k, v in res.items() if k != "out"})  # one transfer per leaf
         for i in range(sel.num_matrices):
-            item = jax.tree_util.tree_map(lambda x: np.asarray(x[i]), {k: v for k, v in res.items() if k != "out"})
+            item = jax.tree_util.tree_map(lambda x: np.asarray(x)[i], figures)
             row = _compress_row(sel, i, item, method, shrink)
             if factored and not isinstance(updates[sel.name], LowRank):
                 row["params_after"] = row["params_before"]  # the leaf stays dense

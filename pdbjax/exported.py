@@ -27,7 +27,6 @@ import pathlib
 from typing import Any, Callable, Sequence
 
 import jax
-import jax.numpy as jnp
 import jaxlib
 import numpy as np
 from jax import export
@@ -98,7 +97,7 @@ def jit(fn: Callable | None = None, *, static_argnames: Sequence[str] | str = ()
             _counts["bypassed"] += 1
             return jitted(*args, **kwargs)
         _state["memory"][key] = program
-        return program.call(*jax.tree_util.tree_map(jnp.asarray, dynamic))
+        return program.call(*jax.device_put(dynamic))
 
     call.lower, call._cache_size = jitted.lower, jitted._cache_size  # jax.jit's AOT API and compile count
     return call
@@ -161,7 +160,7 @@ def _load(key: str) -> export.Exported | None:
 def _export(jitted, names: list[str], dynamic: list, static: dict[str, Any], key: str) -> export.Exported | None:
     closed = lambda *values: jitted(**dict(zip(names, values)), **static)  # noqa: E731
     try:
-        program = export.export(jax.jit(closed))(*jax.tree_util.tree_map(jnp.asarray, dynamic))
+        program = export.export(jax.jit(closed))(*jax.device_put(dynamic))
         data = program.serialize()
     except (ValueError, TypeError, NotImplementedError, ImportError):  # e.g. an unregistered result type
         return None

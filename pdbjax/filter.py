@@ -406,7 +406,7 @@ def filter_matrix(
         _check_fit(fit, method, W.shape[:-2])
     # Fixed keep counts are a traced argument (a sweep over ranks or budgets compiles once); rules are static.
     rule = rank if isinstance(rank, str) else None
-    fixed = jnp.zeros(W.shape[:-2], jnp.int32) if rule else _fixed_keep(rank, spec.s.shape[-1], W.shape[:-2])
+    fixed = np.zeros(W.shape[:-2], np.int32) if rule else _fixed_keep(rank, spec.s.shape[-1], W.shape[:-2])
     slr = (float(slr_sr), float(slr_rr)) if method == "slr" else None
     f = factors(W, precision=precision)
     with scope(spec):
@@ -437,12 +437,13 @@ def normalised_fit(fit: Fit, spec: Spectrum) -> Fit:
     ``spec.s``'s dtype: the rescaling by ``scale^-2`` is exact (a power of four) and done in float64
     on concrete inputs, so no intermediate overflows or underflows."""
     if is_traced(fit, spec):
-        factor = spec.scale.astype(spec.s.dtype) ** -2
-    else:
-        factor = np.asarray(spec.scale, np.float64) ** -2
+        factor, xp = spec.scale.astype(spec.s.dtype) ** -2, jnp
+    else:  # on the host: a NumPy cast compiles nothing (jnp.asarray of a NumPy array runs a copy program)
+        factor, xp = np.asarray(spec.scale, np.float64) ** -2, np
         fit = jax.tree_util.tree_map(np.asarray, fit)
+
     def cast(x):
-        x = jnp.asarray(x)
+        x = xp.asarray(x)
         return x.astype(spec.s.dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x
 
     return jax.tree_util.tree_map(cast, fit.rescale(factor))

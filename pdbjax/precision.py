@@ -30,6 +30,7 @@ from typing import Literal
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.typing import ArrayLike, DTypeLike
 
 from pdbjax._validate import is_traced
@@ -74,7 +75,9 @@ def scope(x: jax.Array | tuple) -> contextlib.AbstractContextManager:
     """The precision context in which to keep computing with ``x``, an array or a NamedTuple of arrays
     whose first field decides (float64 results stay float64)."""
     first = x[0] if isinstance(x, tuple) else x
-    return context("float64" if jnp.asarray(first).dtype == jnp.float64 else "float32", first)
+    # a JAX array keeps its dtype; anything else gets the one jnp.asarray would give it (without running it)
+    dtype = first.dtype if isinstance(first, jax.Array) else jax.dtypes.canonicalize_dtype(np.result_type(first))
+    return context("float64" if dtype == jnp.float64 else "float32", first)
 
 
 def work_dtype(dtype: DTypeLike) -> jnp.dtype:

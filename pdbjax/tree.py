@@ -76,7 +76,7 @@ import mmap
 import re
 import sys
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -91,6 +91,8 @@ __all__ = [
     "group_by_shape",
     "is_nnx",
     "is_variable",
+    "Chunk",
+    "map_chunks",
     "map_groups",
     "replace",
     "select",
@@ -452,7 +454,62 @@ def map_groups(
     is called as ``fn(stack, aux_chunk)``.
 
     Returns:
-      One output pytree per item, in the order of ``matrices``.
+      One output pytree per item, in the order of ``matrices``. A chunk that holds one item whole is
+      returned as it is; the others are sliced per item on the device (:func:`map_chunks` gives the
+      chunks unsliced).
+    """
+    items = [_as_array(m) for m in matrices]
+    chunks = map_chunks(fn, items, shard=shard, progress=progress, max_memory=max_memory, aux=aux)
+    out_parts: list[list[Any]] = [[] for _ in items]
+    for chunk in chunks:
+        whole = len(chunk.runs) == 1 and chunk.rows == jax.tree_util.tree_leaves(chunk.result)[0].shape[0]
+        start = 0
+        for i, lo, hi in chunk.runs:
+            out_parts[i].append(chunk.result if whole else
+                                jax.tree_util.tree_map(lambda y, s=start, k=hi - lo: y[s : s + k], chunk.result))
+            start += hi - lo
+    out: list[Any] = []
+    for x, parts in zip(items, out_parts):
+        lead = tuple(x.shape[:-2])
+        joined = parts[0] if len(parts) == 1 else jax.tree_util.tree_map(lambda *ys: _concat(ys), *parts)
+        out.append(jax.tree_util.tree_map(lambda y, lead=lead: y.reshape(lead + y.shape[1:]), joined))
+    return out
+
+
+class Chunk(NamedTuple):
+    """One call of :func:`map_chunks`' ``fn``: its output and the matrices its rows hold.
+
+    Rows ``[offset, offset + stop - first)`` of every leaf of ``result`` are matrices ``first .. stop - 1``
+    of item ``item`` for the ``(item, first, stop)`` runs in order (``offset``: the sum of the earlier
+    runs' lengths); rows from :attr:`rows` on are padding (copies of the chunk's first matrix).
+    """
+
+    result: Any
+    runs: tuple[tuple[int, int, int], ...]
+
+    @property
+    def rows(self) -> int:
+        """Matrices of the items in the chunk (its padding excluded)."""
+        return sum(hi - lo for _, lo, hi in self.runs)
+
+
+def map_chunks(
+    fn: Callable[[jax.Array], Any],
+    matrices: Sequence[Any],
+    *,
+    shard: bool = True,
+    progress: Callable[[int, int], None] | None = None,
+    max_memory: int | None = None,
+    aux: Sequence[Any] | None = None,
+) -> list[Chunk]:
+    """:func:`map_groups` without its split: the output of each call of ``fn`` as it is, with the items it holds.
+
+    Same grouping, chunking, padding, sharding, ``progress`` and ``aux`` as :func:`map_groups`; a
+    consumer that regroups the rows anyway (``analyze`` stacks every spectrum of one length for its fits)
+    takes them from here and slices nothing on the device.
+
+    Returns:
+      One :class:`Chunk` per call, groups in order of first appearance, chunks in order.
     """
     items = [_as_array(m) for m in matrices]
     shapes = [tuple(int(d) for d in x.shape) for x in items]
@@ -467,7 +524,7 @@ def map_groups(
     devices = jax.local_devices()
     sharding = _batch_sharding(devices) if shard and len(devices) > 1 else None
     sizes = [math.prod(shape[:-2]) for shape in shapes]
-    out_parts: list[list[Any]] = [[] for _ in items]
+    chunks: list[Chunk] = []
     total, done = sum(sizes), 0
     if progress is not None:
         progress(0, total)
@@ -499,21 +556,14 @@ def map_groups(
                 extra = jax.tree_util.tree_map(lambda *ys: _pad_rows(np.concatenate(ys), pad), *rows)
                 result = fn(stack, extra)
             _check_batched(result, stack.shape[0], (a, b))
-            start = 0
-            for i, lo, hi in chunk:
-                out_parts[i].append(jax.tree_util.tree_map(lambda y, s=start, k=hi - lo: y[s : s + k], result))
-                start += hi - lo
+            chunks.append(Chunk(result, tuple(chunk)))
+            for i, _, hi in chunk:
                 if hi == sizes[i]:
                     _release(items[i])
             done += m
             if progress is not None:
                 progress(done, total)
-    out: list[Any] = []
-    for i, parts in enumerate(out_parts):
-        lead = shapes[i][:-2]
-        joined = parts[0] if len(parts) == 1 else jax.tree_util.tree_map(lambda *ys: _concat(ys), *parts)
-        out.append(jax.tree_util.tree_map(lambda y, lead=lead: y.reshape(lead + y.shape[1:]), joined))
-    return out
+    return chunks
 
 
 def _chunks(runs: list[tuple[int, int, int]], size: int):
@@ -539,8 +589,9 @@ def _stack(parts: list[tuple[Any, int, int]], a: int, b: int, dtype: np.dtype) -
         view = x.reshape(-1, a, b)[lo:hi]
         pieces.append(np.asarray(view, dtype) if isinstance(view, np.ndarray) else jnp.asarray(view, dtype))
     if all(isinstance(p, np.ndarray) for p in pieces):
-        return jnp.asarray(pieces[0] if len(pieces) == 1 else np.concatenate(pieces))
-    return jnp.concatenate([jnp.asarray(p) for p in pieces])
+        # device_put is a transfer; jnp.asarray of a NumPy array runs (and compiles) a copy program per shape.
+        return jax.device_put(pieces[0] if len(pieces) == 1 else np.concatenate(pieces))
+    return jnp.concatenate([jax.device_put(p) for p in pieces])
 
 
 def _pad_rows(y: np.ndarray, pad: int) -> np.ndarray:

@@ -17,7 +17,7 @@ import textwrap
 import jax
 import numpy as np
 import pytest
-from tolerances import BATCH_PARTNERS, SAME_ARITHMETIC, assert_close
+from tolerances import BATCH_PARTNERS, FLOAT32, OTHER_PROCESS, SAME_ARITHMETIC, assert_close
 
 import pdbjax
 from pdbjax import estimate, io, pub, quality, tree
@@ -117,6 +117,41 @@ def test_map_groups_chunks_give_the_same_result_with_aux_and_progress():
     assert calls[0] == (0, 9) and calls[-1] == (9, 9) and len(calls) == 5
     with pytest.raises(ValueError, match="max_memory"):
         tree.map_groups(fn, mats, aux=aux, max_memory=0)
+
+
+def test_map_chunks_runs_locate_every_row_and_the_padding():
+    """map_chunks returns each call's output whole: its runs name the items of its rows, the rest is padding."""
+    rng = np.random.default_rng(6)
+    mats = [rng.standard_normal((3, 20, 10)).astype(np.float32), rng.standard_normal((20, 10)).astype(np.float32),
+            rng.standard_normal((10, 20)).astype(np.float32), rng.standard_normal((4, 20, 10)).astype(np.float32)]
+    fn = lambda m: m.sum(axis=(-1, -2))  # noqa: E731
+    chunks = tree.map_chunks(fn, mats, shard=False, max_memory=tree.WORK_COPIES * 4 * 200 * 3)
+    # 8 matrices of 20x10 in 3 chunks of 3 (the last padded by 1), then the 10x20 alone
+    assert [c.runs for c in chunks] == [((0, 0, 3),), ((1, 0, 1), (3, 0, 2)), ((3, 2, 4),), ((2, 0, 1),)]
+    assert [c.rows for c in chunks] == [3, 3, 2, 1] and [c.result.shape[0] for c in chunks] == [3, 3, 3, 1]
+    for c in chunks:
+        start = 0
+        for i, lo, hi in c.runs:
+            want = mats[i].reshape(-1, *mats[i].shape[-2:])[lo:hi].sum(axis=(-1, -2))
+            assert_close(np.asarray(c.result[start : start + hi - lo]), want, FLOAT32)
+            start += hi - lo
+    padded = chunks[2]
+    assert_close(np.asarray(padded.result[2]), np.asarray(padded.result[0]), SAME_ARITHMETIC)  # copy of its first
+
+
+def test_analyze_rows_follow_the_leaves_when_chunks_interleave_shapes():
+    """Spectra of one p from several shape groups and padded chunks are fitted together and routed back:
+    each row equals the analysis of its leaf alone."""
+    rng = np.random.default_rng(8)
+    shapes = {"a": (96, 48), "b": (48, 48), "c": (96, 48), "d": (48, 96), "e": (48, 48), "f": (96, 48)}
+    params = {k: {"kernel": (rng.standard_normal(s) * (1 + i)).astype(np.float32)} for i, (k, s) in enumerate(shapes.items())}
+    # chunks of 2 matrices of 96 x 48: a, c then f and a padding copy; b, e together; d alone
+    report = pdbjax.analyze(params, baselines=False, max_memory=tree.WORK_COPIES * 4 * 96 * 48 * 2)
+    assert [r["name"] for r in report.rows] == [f"{k}/kernel" for k in shapes]
+    for row in report.rows:
+        alone = pdbjax.analyze({"x": params[row["name"][0]]}, baselines=False).rows[0]
+        assert row["N"] == alone["N"] and row["matrix_shape"] == alone["matrix_shape"]
+        assert_close(row["lambda_plus"], alone["lambda_plus"], OTHER_PROCESS, row["name"])
 
 
 def _f16_checkpoint(path, n=24, a=1024, b=512, seed=0):

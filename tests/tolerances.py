@@ -33,7 +33,8 @@ FLOAT32_FIT = Tol(1e-3, 0.0, "PDBLS in float32 against float64 on simulated PDB 
 #: squares stops within its tolerance: measured up to 1.5e-4 relative on sigma2_sq and 1e-4 on lambda_plus
 #: (6 simulated spectra fitted alone and in one batch), so 5e-4; the fit residual (~2e-3, dimensionless) sits at
 #: the solver's floor and moves by up to 4e-6 absolute, so atol 1e-5 (the simulated tests' values are O(1)).
-OTHER_PROCESS = Tol(5e-4, 1e-5, "same matrices fitted in float32 in another process, batched with other partners")
+#: Also the same matrices fitted in one process in chunks of another size (other partners, another batch size).
+OTHER_PROCESS = Tol(5e-4, 1e-5, "same matrices fitted in float32, batched with other partners (another process or chunk)")
 
 #: The same float32 fits compiled as one program with the other figures instead of one program each: XLA may
 #: fuse and order reductions differently, and the float32 least squares stops within its tolerance (as for
