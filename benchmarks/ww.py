@@ -202,7 +202,7 @@ def pdbjax_env(cache: Path | None = None) -> dict[str, str]:
 
 
 def pdbjax_cmd(path: Path, where: str, json_out: Path, quiet: bool = True) -> list[str]:
-    head = [sys.executable, "-m", "pdbjax"]  # = the `pdbjax` console script (pdbjax.cli:main), honours PYTHONPATH
+    head = [sys.executable, "-m", "pdbjax"]  # = the `pdbjax` console script (pdbjax.cli:console), honours PYTHONPATH
     return head + ["analyze", str(path), "--where", where, "--json", str(json_out)] + (["--quiet"] if quiet else [])
 
 

@@ -1,5 +1,5 @@
 """``python -m pdbjax``: the command-line interface."""
 
-from pdbjax.cli import main
+from pdbjax.cli import console
 
-raise SystemExit(main())
+console()

@@ -14,13 +14,14 @@ suffix, bad rank, refused overwrite, no matrix selected, a bad matrix, ...), rep
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import re
 import sys
 import time
 import traceback
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, NoReturn, Sequence
 
 from pdbjax import compilation_cache
 
@@ -639,5 +640,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
 
 
+def console() -> NoReturn:
+    """The ``pdbjax`` executable (and ``python -m pdbjax``): :func:`main`, then exit with its status.
+
+    Before exiting it freezes the garbage collector's objects (:func:`gc.freeze`), so the interpreter's
+    shutdown does not walk every object JAX created (README, "Against WeightWatcher"). Only the process's
+    own end is affected; a caller of :func:`main` keeps its collector as it was.
+    """
+    status = main()
+    gc.freeze()
+    sys.exit(status)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    console()

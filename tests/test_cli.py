@@ -373,3 +373,20 @@ def test_quiet_silences_progress_and_api_progress_callback(tmp_path, capsys):
     assert main(["analyze", str(path), "--no-baselines"]) == 0
     err = capsys.readouterr().err
     assert "analyzed 1 matrices" in err and "[#" not in err  # stderr is not a terminal here: no bar
+
+
+def test_console_exits_with_main_status_and_freezes_only_its_own_process():
+    """The executable exits with main's status after gc.freeze (its shutdown skips the final walk over JAX's
+    objects); main itself, as a library call, leaves the caller's collector alone."""
+    import gc
+    import subprocess
+    import sys
+
+    before = gc.get_freeze_count()
+    assert main([]) == 2 and gc.get_freeze_count() == before
+    probe = ("import atexit, gc, sys; from pdbjax.cli import console; "
+             "atexit.register(lambda: print('frozen', gc.get_freeze_count() > 0)); console()")
+    for args, status in (([], 2), (["--version"], 0)):
+        done = subprocess.run([sys.executable, "-c", probe, *args], capture_output=True, text=True, timeout=120)
+        assert done.returncode == status, done.stderr
+        assert done.stdout.strip().endswith("frozen True")
