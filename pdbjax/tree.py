@@ -447,7 +447,8 @@ def map_groups(
     runs data-parallel; the padding is dropped from the outputs.
 
     ``progress(done, total)``, if given, is called before the first chunk and after each chunk with
-    the number of matrices processed so far and in all (a stacked item counts its matrices).
+    the number of matrices processed so far and in all (a stacked item counts its matrices). Each call's
+    output is ready before the next chunk is read, so at most one chunk is held at a time.
 
     ``aux``, if given, holds one pytree per item whose leaves have the item's leading shape (one entry
     per matrix, e.g. a fit of each matrix); it is chunked and padded alongside the matrices and ``fn``
@@ -556,6 +557,10 @@ def map_chunks(
                 extra = jax.tree_util.tree_map(lambda *ys: _pad_rows(np.concatenate(ys), pad), *rows)
                 result = fn(stack, extra)
             _check_batched(result, stack.shape[0], (a, b))
+            # One chunk in flight: with JAX's asynchronous dispatch the host would stage the next chunks while
+            # the device is busy and hold many at once (a 403 MB float16 checkpoint: peak RSS 1.23 GiB against
+            # 0.51 GiB, benchmarks/results/ww_f16.md); progress then counts finished matrices.
+            jax.block_until_ready(result)
             chunks.append(Chunk(result, tuple(chunk)))
             for i, _, hi in chunk:
                 if hi == sizes[i]:

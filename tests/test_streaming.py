@@ -15,6 +15,7 @@ import sys
 import textwrap
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from tolerances import BATCH_PARTNERS, FLOAT32, OTHER_PROCESS, SAME_ARITHMETIC, assert_close
@@ -137,6 +138,24 @@ def test_map_chunks_runs_locate_every_row_and_the_padding():
             start += hi - lo
     padded = chunks[2]
     assert_close(np.asarray(padded.result[2]), np.asarray(padded.result[0]), SAME_ARITHMETIC)  # copy of its first
+
+
+def test_map_chunks_holds_one_chunk_at_a_time():
+    """Each chunk's output is ready before the next chunk is staged (asynchronous dispatch would otherwise queue
+    every chunk's working copies at once), so progress reports finished matrices."""
+    mats = [np.random.default_rng(i).standard_normal((2, 96, 96)).astype(np.float32) for i in range(4)]
+    slow = jax.jit(lambda m: jax.lax.fori_loop(0, 300, lambda _, x: jnp.tanh(x @ x / 96.0), m).sum(axis=(-1, -2)))
+    outputs, seen = [], []
+
+    def fn(stack):
+        outputs.append(slow(stack))
+        return outputs[-1]
+
+    def progress(done, total):
+        seen.append((done, all(out.is_ready() for out in outputs)))
+
+    tree.map_chunks(fn, mats, shard=False, progress=progress, max_memory=tree.WORK_COPIES * 4 * 96 * 96 * 2)
+    assert seen == [(0, True), (2, True), (4, True), (6, True), (8, True)]
 
 
 def test_analyze_rows_follow_the_leaves_when_chunks_interleave_shapes():
