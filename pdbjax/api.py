@@ -68,7 +68,7 @@ __all__ = ["analyze", "compress", "LowRank", "densify", "DEFAULT_RANK", "RULES"]
 #: Default rank rule of :func:`compress` (chosen by measurement; see the README, "Choosing the rank").
 DEFAULT_RANK: Rank = "upper-bulk"
 #: Default working-memory budget of :func:`analyze` and :func:`compress` (bytes; ``max_memory``): peak RSS
-#: 1.91x the file for a 400 MB float16 checkpoint at 512 MiB, 2.66x at 1 GiB, 1.40x at 256 MiB (benchmarks/results/memory.md).
+#: 1.41x the file for a 400 MB float16 checkpoint at 512 MiB, 2.18x at 1 GiB, 0.90x at 256 MiB (benchmarks/results/memory.md).
 DEFAULT_MAX_MEMORY = 512 << 20
 
 
