@@ -644,7 +644,7 @@ def console() -> NoReturn:
     """The ``pdbjax`` executable (and ``python -m pdbjax``): :func:`main`, then exit with its status.
 
     Before exiting it freezes the garbage collector's objects (:func:`gc.freeze`), so the interpreter's
-    shutdown does not walk every object JAX created (README, "Against WeightWatcher"). Only the process's
+    shutdown does not walk every object JAX created (``benchmarks/exit.py``). Only the process's
     own end is affected; a caller of :func:`main` keeps its collector as it was.
     """
     status = main()
