@@ -138,6 +138,7 @@ def _spectra(sels: Sequence[Selected], precision: Precision, shard: bool, progre
                       max_memory=max_memory)
 
 
+#: The chunks' outputs of one spectrum length as one batch: ``trees`` (a list of pytrees) concatenated leaf by leaf.
 _stack_rows = jax.jit(lambda trees: jax.tree_util.tree_map(lambda *ys: jnp.concatenate(ys), *trees))
 
 
@@ -384,9 +385,9 @@ def compress(
     updates = {}
     for leaf, (sel, res) in enumerate(zip(good, results)):
         updates[sel.name] = _new_leaf(sel, res["out"], res["info"], factored)
-        figures = jax.device_get({k: v for k, v in res.items() if k != "out"})  # one transfer per leaf
+        fields = jax.device_get({k: v for k, v in res.items() if k != "out"})  # one transfer per leaf
         for i in range(sel.num_matrices):
-            item = jax.tree_util.tree_map(lambda x: np.asarray(x)[i], figures)
+            item = jax.tree_util.tree_map(lambda x: np.asarray(x)[i], fields)
             row = _compress_row(sel, i, item, method, shrink)
             if factored and not isinstance(updates[sel.name], LowRank):
                 row["params_after"] = row["params_before"]  # the leaf stays dense
