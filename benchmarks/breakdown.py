@@ -70,9 +70,10 @@ def main() -> None:
         "analyze (whole call)": lambda: api.analyze(params, WHERE),
     }
     rows = [(name, _best(fn, args.reps)) for name, fn in parts.items()]
-    fits = {"pdb": figures._fit_pdb(spec.s, n, window, mode="scaled", rtol=rtol), **figures._fit_baselines(spec.s, n, table)}
+    fits = {"pdb": estimate.fit_pdb_singular_values(spec.s, n, window, mode="scaled", rtol=rtol),
+            **figures._fit_baselines(spec.s, n, table)}
     lowered = {
-        "PDB fit": figures._fit_pdb.lower(spec.s, n, window, mode="scaled", rtol=rtol),
+        "PDB fit": estimate.fit_pdb_singular_values.lower(spec.s, n, window, mode="scaled", rtol=rtol),
         "PUB fits": figures._fit_baselines.lower(spec.s, n, table),
         "figures of the fits": figures._figures.lower(spec.s, n, fits),
     }

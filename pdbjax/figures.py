@@ -29,9 +29,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from pdbjax import exported
-from pdbjax.estimate import N_ITER, Mode, check_mode, fit_inputs, fit_pdb_batched
+from pdbjax.estimate import Mode, check_mode, fit_inputs, fit_pdb_singular_values
 from pdbjax.filter import RULES, fit_spectrum, keep_count, normalised_fit, outlier_mask
-from pdbjax.fits import PDBFit
 from pdbjax.inputs import check_eigs, screen_rtol
 from pdbjax.linalg import Spectrum
 from pdbjax.precision import scope
@@ -49,12 +48,6 @@ def _keep_order(baselines: bool) -> tuple[str, ...]:
     """The keys of ``rank_kept`` in report order: the PDB rules, then each baseline's ``"spikes"`` as
     ``"pub-<name>"`` (``jax.device_get`` returns dicts with sorted keys)."""
     return (*RULES, *(f"pub-{name}" for name in BASELINES if baselines))
-
-
-@exported.jit(static_argnames=("mode", "rtol"))
-def _fit_pdb(s: jax.Array, N: jax.Array, window: jax.Array, *, mode: str, rtol: float) -> PDBFit:
-    """Program 1: the PDB fit of normalised singular values ``s`` ``(B, p)``."""
-    return fit_pdb_batched(s**2, N, window, mode, N_ITER, rtol)
 
 
 @exported.jit
@@ -111,7 +104,7 @@ def spectrum_figures(spec: Spectrum, N: np.ndarray, mode: Mode = "scaled", basel
         n, window = fit_inputs(spec.s, N)
         table = pub_inputs(spec.s, N, ALPHA, BETA)[1] if baselines else None
         if given is None:
-            fits = {"pdb": _fit_pdb(spec.s, n, window, mode=mode, rtol=screen_rtol(spec.s.dtype))}
+            fits = {"pdb": fit_pdb_singular_values(spec.s, n, window, mode=mode, rtol=screen_rtol(spec.s.dtype))}
         else:
             fits = {"pdb": normalised_fit(given, spec)}
         if baselines:

@@ -49,8 +49,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from pdbjax._validate import is_traced
-from pdbjax.estimate import Mode, fit_pdb
+from pdbjax.estimate import Mode, check_mode, fit_inputs, fit_pdb, fit_pdb_singular_values
 from pdbjax.fits import PDBFit, PUBFit, Reason
+from pdbjax.inputs import check_eigs, screen_rtol
 from pdbjax.linalg import Factors, Spectrum, factors, raw_eigenvalues, spectrum
 from pdbjax.precision import Precision, float64, scope
 from pdbjax.pub import fit_pub
@@ -490,7 +491,13 @@ def fit_spectrum(spec: Spectrum, N: int | np.ndarray, method: str, mode: Mode = 
     if mode == "reference" and method == "pdb":
         return estimate_fit(raw_eigenvalues(spec), N, method, mode)
     with scope(spec):
-        fit = _dispatch(spec.s**2, N, method, mode)
+        if method.startswith("pub-"):
+            fit = fit_pub(spec.s**2, N, method.removeprefix("pub-"))
+        else:  # the PDB fit in analyze's own program (s**2 inside it): compiled once for both
+            check_eigs(spec.s, N)
+            check_mode(mode)
+            n, window = fit_inputs(spec.s, N)
+            fit = fit_pdb_singular_values(spec.s, n, window, mode=mode, rtol=screen_rtol(spec.s.dtype))
         if is_traced(fit, spec):
             return fit.rescale(spec.scale.astype(spec.s.dtype) ** 2)
     return jax.tree_util.tree_map(np.asarray, fit).rescale(np.asarray(spec.scale, np.float64) ** 2)

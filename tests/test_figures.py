@@ -104,7 +104,7 @@ def test_one_compilation_whatever_n(tmp_path):
     cache on, a second process-like call (memory cleared) loads them instead of tracing again."""
     spec, N = _spectra([(80, P), (160, P)], seed=3)
     figures.spectrum_figures(spec, N)
-    programs = (figures._fit_pdb, figures._fit_baselines, figures._figures)
+    programs = (estimate.fit_pdb_singular_values, figures._fit_baselines, figures._figures)
     before = [program._cache_size() for program in programs]
     figures.spectrum_figures(spec, np.array([400, 90]))
     assert [program._cache_size() for program in programs] == before
@@ -142,3 +142,18 @@ def test_unknown_mode_is_refused_before_any_decomposition(monkeypatch):
     with pytest.raises(ValueError, match="N must be an int >= p"):
         figures.spectrum_figures(spectrum(W[None]), np.array([5]))
     assert calls == []
+
+
+def test_compress_fits_in_analyze_program():
+    """compress's PDB fit (rule ranks) is the program analyze compiled for the same spectra: a model analysed
+    first is not compiled again, and every rule keeps what analyze reported."""
+    params = {f"l{i}": {"kernel": np.asarray(pdbjax.simulate(jax.random.PRNGKey(20 + i), 120, P,
+                                                             pdbjax.PDB(0.7, 1.0, 5.0), spikes=[40.0]))}
+              for i in range(2)}
+    report = pdbjax.analyze(params, baselines=False)
+    programs = (estimate.fit_pdb_singular_values, estimate.fit_pdb_batched)  # the shared one; a fit of its own
+    before = [program._cache_size() for program in programs]
+    for rule in ("spikes", "upper-bulk"):
+        _, rep = pdbjax.compress(params, rank=rule)
+        assert [r["keep"] for r in rep] == [r["rank_kept"][rule] for r in report]
+    assert [program._cache_size() for program in programs] == before
