@@ -1,4 +1,4 @@
-"""How many XLA programs ``pdbjax.analyze`` compiles for a model, and what a warm cache leaves to pay.
+"""How many XLA programs ``pdbjax.analyze`` (then ``compress``) compiles for a model, and what a warm cache leaves to pay.
 
 For the 36 MiniLM-L6 encoder matrices (24 x 384x384, 6 x 1536x384, 6 x 384x1536), in fresh processes:
 
@@ -6,7 +6,9 @@ For the 36 MiniLM-L6 encoder matrices (24 x 384x384, 6 x 1536x384, 6 x 384x1536)
    (``jax_log_compiles``) and their compile seconds, and times the ``analyze`` call;
 2. **warm**: a second process on the same cache (every program stored: min compile time 0), under
    cProfile: the seconds spent tracing (``trace_to_jaxpr``), lowering to StableHLO
-   (``lower_jaxpr_to_module``) and in the whole ``analyze`` call.
+   (``lower_jaxpr_to_module``) and in the whole ``analyze`` call;
+3. **compress after analyze**: a third process on that cache runs ``compress`` (its defaults): the programs
+   and compile seconds that compressing an analysed model adds.
 
 Also counts the eager primitive calls (``jax._src.dispatch.apply_primitive``: operations run one by one
 outside a jitted program) of the cold call.
@@ -62,7 +64,10 @@ params = io.load(io.minilm_path(), lazy=True)
 prof = cProfile.Profile()
 start = time.perf_counter()
 prof.enable()
-report = pdbjax.analyze(params, where=sys.argv[2])
+if sys.argv[3] == "compress":
+    report = pdbjax.compress(params, where=sys.argv[2])[1]
+else:
+    report = pdbjax.analyze(params, where=sys.argv[2])
 prof.disable()
 wall = time.perf_counter() - start
 stats = pstats.Stats(prof).stats
@@ -74,10 +79,10 @@ print(json.dumps({"rows": len(report.rows), "programs": len(seconds), "compile_s
 """
 
 
-def _run(tree: Path, cache: str) -> dict:
+def _run(tree: Path, cache: str, verb: str = "analyze") -> dict:
     env = {**os.environ, "PYTHONPATH": str(tree) + os.pathsep + os.environ.get("PYTHONPATH", ""), "JAX_PLATFORMS": "cpu"}
     # cwd = the tree: ``python -c`` puts the working directory first on sys.path, before PYTHONPATH.
-    out = subprocess.run([sys.executable, "-c", _CHILD, cache, WHERE], env=env, cwd=tree, capture_output=True, text=True,
+    out = subprocess.run([sys.executable, "-c", _CHILD, cache, WHERE, verb], env=env, cwd=tree, capture_output=True, text=True,
                          check=True)
     result = json.loads(out.stdout.strip().splitlines()[-1])
     if Path(result["module"]).resolve().parent.parent != tree.resolve():
@@ -94,9 +99,9 @@ def main() -> None:
     for label, tree in trees:
         commit = subprocess.run(["git", "-C", str(tree), "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
         with tempfile.TemporaryDirectory() as cache:
-            cold, warm = _run(tree, cache), _run(tree, cache)
-        rows.append((label, commit, cold, warm))
-        print(label, commit, cold, warm, flush=True)
+            cold, warm, after = _run(tree, cache), _run(tree, cache), _run(tree, cache, "compress")
+        rows.append((label, commit, cold, warm, after))
+        print(label, commit, cold, warm, after, flush=True)
     lines = [
         "# Compiled programs and per-process cost of `analyze` on MiniLM-L6 (36 encoder matrices)",
         "",
@@ -105,15 +110,19 @@ def main() -> None:
         f"{datetime.datetime.now().isoformat(timespec='seconds')}",
         "",
         "cold = fresh process, empty persistent cache; warm = a second fresh process on that cache (cProfile on; "
-        "its overhead is in every column). analyze with its defaults (PDB + PUB-BEMA + PUB-Kernel + quality).",
+        "its overhead is in every column). analyze with its defaults (PDB + PUB-BEMA + PUB-Kernel + quality). "
+        "compress after analyze = a third process on that cache running `compress` with its defaults (PDB, "
+        "`upper-bulk`, spike shrinkage): what compressing an analysed model compiles.",
         "",
         "| pdbjax | commit | programs compiled (cold) | eager primitive calls | compile s (cold) | analyze s (cold) "
-        "| analyze s (warm) | tracing s (warm) | lowering s (warm) |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| analyze s (warm) | tracing s (warm) | lowering s (warm) | compress after analyze: programs compiled "
+        "| compile s | compress s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for label, commit, cold, warm in rows:
+    for label, commit, cold, warm, after in rows:
         lines.append(f"| {label} | {commit} | {cold['programs']} | {cold['eager']} | {cold['compile_s']:.1f} | {cold['analyze_s']:.1f} | "
-                     f"{warm['analyze_s']:.1f} | {warm['trace_s']:.1f} | {warm['lower_s']:.1f} |")
+                     f"{warm['analyze_s']:.1f} | {warm['trace_s']:.1f} | {warm['lower_s']:.1f} | {after['programs']} | "
+                     f"{after['compile_s']:.1f} | {after['analyze_s']:.1f} |")
     text = "\n".join(lines) + "\n"
     print(text)
     atomic_write_text(ROOT / "benchmarks" / "results" / "compiles.md", text)

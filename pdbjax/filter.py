@@ -412,7 +412,8 @@ def filter_matrix(
     f = factors(W, precision=precision)
     with scope(spec):
         fit_n = None if fit is None else normalised_fit(fit, spec)
-        out, info = _filter(W, f, spec.s, fit_n, fixed, shrink=shrink, rule=rule, factored=bool(factored), slr=slr)
+        decision = _decide(spec.s, spec.finite, fit_n, fixed, shrink=shrink, rule=rule)
+        out, info = _rebuild(W, f, decision, factored=bool(factored), slr=slr)
     return out, info
 
 
@@ -536,46 +537,58 @@ def _slr_masks(U: Array, Vh: Array, keep: Array, sr: float, rr: float) -> tuple[
     return side(U, math.floor(sr * a)), jnp.swapaxes(mask_v, -1, -2)
 
 
-@functools.partial(jax.jit, static_argnames=("shrink", "rule", "factored", "slr"))
-def _filter(
-    W: Array,
-    f: Factors,
-    s_val: Array,
-    fit: Fit | None,
-    fixed: Array,
-    *,
-    shrink: str,
-    rule: str | None,
-    factored: bool,
-    slr: tuple[float, float] | None,
-) -> tuple[Array | tuple[Array, Array], FilterInfo]:
-    """Steps 2-3 of Algorithm 2 (or the baselines) on the normalised decomposition, static shapes.
+class _Decision(NamedTuple):
+    """What :func:`filter_matrix` does to each matrix, decided from its values-only spectrum and fit alone."""
 
-    Keep counts, outliers and shrinkage targets (``shrink``: ``"spikes"``, ``"optimal"`` or ``"none"``)
-    come from the values-only ``s_val`` (as in ``analyze``); the rebuild uses ``f``
-    (:class:`pdbjax.linalg.Factors`) and multiplies the scale back. Rows that are not ok keep ``f.s``.
-    """
-    a, b = W.shape[-2:]
-    U, s, Vh, scale = f.U, f.s, f.Vh, f.scale
-    p, batch = s.shape[-1], s.shape[:-1]
+    keep: Array  # (...,) components kept; p where not ok
+    shrunk: Array  # (..., p) the new singular values (normalised units) where ``replace``
+    replace: Array  # (..., p) which singular values of the rebuild's factors are replaced
+    ok: Array  # (...,)
+    reason: Array  # (...,) Reason code
+    n_outliers: Array  # (...,) FilterInfo.n_outliers
+
+
+@functools.partial(jax.jit, static_argnames=("shrink", "rule"))
+def _decide(s_val: Array, finite: Array, fit: Fit | None, fixed: Array, *, shrink: str, rule: str | None) -> _Decision:
+    """Steps 2-3 of Algorithm 2 (or the baselines) on the normalised values-only spectrum ``s_val`` ``(..., p)``:
+    keep counts, outliers and shrinkage targets (``shrink``: ``"spikes"``, ``"optimal"`` or ``"none"``), as in
+    ``analyze``. Compiled per spectrum length and batch, whatever the matrices' shape (:func:`_rebuild` is the
+    per-shape part)."""
+    p, batch = s_val.shape[-1], s_val.shape[:-1]
     lam = s_val**2
     if fit is None:
         ok, reason = jnp.ones(batch, bool), jnp.full(batch, Reason.OK, jnp.int32)
     else:
         ok, reason = _ok(fit, batch), jnp.broadcast_to(jnp.asarray(fit.reason, jnp.int32), batch)
-    reason = jnp.where(f.finite, reason, Reason.NON_FINITE)
-    ok = ok & f.finite
+    reason = jnp.where(finite, reason, Reason.NON_FINITE)
+    ok = ok & finite
     keep = jnp.broadcast_to(fixed, batch) if rule is None else keep_count(lam, fit, rule)
     keep = jnp.where(ok, keep, p)
     if shrink == "spikes":
-        outliers = outlier_mask(lam, fit)
-        s = jnp.where(outliers, jnp.sqrt(shrink_spikes(lam, fit)), s)
-        n_outliers = jnp.sum(outliers, axis=-1, dtype=jnp.int32)
+        replace = outlier_mask(lam, fit)
+        shrunk = jnp.sqrt(shrink_spikes(lam, fit))
+        n_outliers = jnp.sum(replace, axis=-1, dtype=jnp.int32)
     elif shrink == "optimal":
-        s = jnp.where(ok[..., None], shrink_optimal(s_val, fit), s)
+        replace = jnp.broadcast_to(ok[..., None], s_val.shape)
+        shrunk = shrink_optimal(s_val, fit)
         n_outliers = jnp.sum(_above_edge(lam, fit), axis=-1, dtype=jnp.int32)
     else:
+        replace, shrunk = jnp.zeros(s_val.shape, bool), s_val
         n_outliers = jnp.zeros(batch, jnp.int32)
+    return _Decision(keep.astype(jnp.int32), shrunk, replace, ok, reason, jnp.where(ok, n_outliers, 0))
+
+
+@functools.partial(jax.jit, static_argnames=("factored", "slr"))
+def _rebuild(
+    W: Array, f: Factors, d: _Decision, *, factored: bool, slr: tuple[float, float] | None
+) -> tuple[Array | tuple[Array, Array], FilterInfo]:
+    """The weights from the factors ``f`` (:class:`pdbjax.linalg.Factors`) and the decision ``d`` of
+    :func:`_decide`, with the scale multiplied back; rows that are not ok are returned unchanged."""
+    a, b = W.shape[-2:]
+    U, Vh, scale = f.U, f.Vh, f.scale
+    p, batch = f.s.shape[-1], f.s.shape[:-1]
+    s = jnp.where(d.replace, d.shrunk, f.s)
+    ok, keep = d.ok, d.keep
     live = jnp.arange(p) < keep[..., None]
     mask_a, mask_b = live[..., None, :], live[..., :, None]
     if slr is not None:
@@ -601,12 +614,12 @@ def _filter(
     norm = jnp.linalg.norm(W_n, axis=(-2, -1))
     change = jnp.linalg.norm(W_hat - W_n, axis=(-2, -1))
     info = FilterInfo(
-        keep=keep.astype(jnp.int32),
-        n_outliers=jnp.where(ok, n_outliers, 0),
+        keep=keep,
+        n_outliers=d.n_outliers,
         params_before=jnp.broadcast_to(dims, batch),
         params_after=params.astype(jnp.int32),
         rel_change=jnp.where(ok & (norm > 0), change / jnp.where(norm > 0, norm, 1.0), 0.0),
         ok=ok,
-        reason=reason,
+        reason=d.reason,
     )
     return out, info
