@@ -173,8 +173,7 @@ def _by_length(sels: Sequence[Selected], chunks: Sequence[Chunk], fn: Callable[[
 def _row_owners(chunk: Chunk) -> tuple[np.ndarray, np.ndarray]:
     """The item of each row of ``chunk`` and whether the row is real (padding rows copy the first item's matrix)."""
     owners = np.concatenate([np.full(hi - lo, i) for i, lo, hi in chunk.runs])
-    pad = jax.tree_util.tree_leaves(chunk.result)[0].shape[0] - owners.size
-    return np.concatenate([owners, np.full(pad, chunk.runs[0][0])]), np.arange(owners.size + pad) < owners.size
+    return np.concatenate([owners, np.full(chunk.size - chunk.rows, chunk.runs[0][0])]), np.arange(chunk.size) < chunk.rows
 
 
 def _base_row(sel: Selected, index: int | None) -> dict[str, Any]:

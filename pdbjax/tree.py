@@ -463,7 +463,7 @@ def map_groups(
     chunks = map_chunks(fn, items, shard=shard, progress=progress, max_memory=max_memory, aux=aux)
     out_parts: list[list[Any]] = [[] for _ in items]
     for chunk in chunks:
-        whole = len(chunk.runs) == 1 and chunk.rows == jax.tree_util.tree_leaves(chunk.result)[0].shape[0]
+        whole = len(chunk.runs) == 1 and chunk.rows == chunk.size
         start = 0
         for i, lo, hi in chunk.runs:
             out_parts[i].append(chunk.result if whole else
@@ -492,6 +492,11 @@ class Chunk(NamedTuple):
     def rows(self) -> int:
         """Matrices of the items in the chunk (its padding excluded)."""
         return sum(hi - lo for _, lo, hi in self.runs)
+
+    @property
+    def size(self) -> int:
+        """Rows of ``result``: :attr:`rows` and the padding."""
+        return jax.tree_util.tree_leaves(self.result)[0].shape[0]
 
 
 def map_chunks(

@@ -129,7 +129,8 @@ def test_map_chunks_runs_locate_every_row_and_the_padding():
     chunks = tree.map_chunks(fn, mats, shard=False, max_memory=tree.WORK_COPIES * 4 * 200 * 3)
     # 8 matrices of 20x10 in 3 chunks of 3 (the last padded by 1), then the 10x20 alone
     assert [c.runs for c in chunks] == [((0, 0, 3),), ((1, 0, 1), (3, 0, 2)), ((3, 2, 4),), ((2, 0, 1),)]
-    assert [c.rows for c in chunks] == [3, 3, 2, 1] and [c.result.shape[0] for c in chunks] == [3, 3, 3, 1]
+    assert [c.rows for c in chunks] == [3, 3, 2, 1] and [c.size for c in chunks] == [3, 3, 3, 1]
+    assert [c.result.shape[0] for c in chunks] == [c.size for c in chunks]
     for c in chunks:
         start = 0
         for i, lo, hi in c.runs:
