@@ -365,7 +365,17 @@ def fit_pdb_singular_values(s: Array, N: Array, window: Array, *, mode: str, rto
     """:func:`fit_pdb_batched` of the eigenvalues ``s**2`` of singular values ``s`` ``(..., p)``, :data:`N_ITER`
     steps: the one program in which ``analyze`` (:mod:`pdbjax.figures`) and ``compress``
     (:func:`pdbjax.filter.fit_spectrum`) fit a spectrum, so a model analysed first is not compiled again
-    when it is compressed. ``N`` and ``window`` from :func:`fit_inputs`, ``rtol`` = ``screen_rtol`` of ``s``."""
+    when it is compressed. ``N`` and ``window`` from :func:`fit_inputs`, ``rtol`` = ``screen_rtol`` of ``s``.
+
+    >>> import jax, pdbjax
+    >>> from pdbjax.inputs import screen_rtol
+    >>> W = pdbjax.simulate(jax.random.PRNGKey(0), 800, 400, pdbjax.PDB(0.6, 1.0, 8.0), spikes=[60.0, 30.0])
+    >>> s = pdbjax.linalg.spectrum(W[None]).s  # singular values of W / scale, a batch of one
+    >>> n, window = fit_inputs(s, 800)
+    >>> fit = fit_pdb_singular_values(s, n, window, mode="scaled", rtol=screen_rtol(s.dtype))
+    >>> int(fit.bulks[0]), round(float(fit.t[0]), 1), pdbjax.reason_text(fit.reason[0])
+    (2, 0.6, 'ok')
+    """
     return fit_pdb_batched(s**2, N, window, mode, N_ITER, rtol)
 
 

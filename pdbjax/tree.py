@@ -516,6 +516,13 @@ def map_chunks(
 
     Returns:
       One :class:`Chunk` per call, groups in order of first appearance, chunks in order.
+
+    Two 4 x 3 matrices and a stack of three, then one 3 x 4: one call per shape.
+
+    >>> import numpy as np
+    >>> mats = [np.ones((4, 3)), np.ones((3, 4, 3)), np.ones((3, 4))]
+    >>> [(c.runs, c.rows, c.size) for c in map_chunks(lambda m: m.sum(axis=(1, 2)), mats, shard=False)]
+    [(((0, 0, 1), (1, 0, 3)), 4, 4), (((2, 0, 1),), 1, 1)]
     """
     items = [_as_array(m) for m in matrices]
     shapes = [tuple(int(d) for d in x.shape) for x in items]
