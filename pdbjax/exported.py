@@ -15,6 +15,12 @@ Off until :func:`enable` (:func:`pdbjax.compilation_cache.enable`, which the CLI
 only for concrete arguments that are JAX or NumPy arrays on the default device of a single process;
 under a caller's ``jit``/``vmap``, with Python scalars, arrays on other or several devices, or a function
 JAX cannot export, the call is plain ``jax.jit``.
+
+:func:`jit` also takes XLA ``compiler_options`` (those of ``jax.jit``), with or without the cache. Where the
+installed XLA does not know one of them (``No such compile option``), every later call in the process
+compiles without options (an option changes how fast a program compiles and runs, and its results only at
+the level of floating-point rounding).
+:data:`FAST_COMPILE` is the set the PDB fit and the figures programs take (``benchmarks/results/xla_options.md``).
 """
 
 from __future__ import annotations
@@ -34,14 +40,22 @@ from jax import export
 from pdbjax._atomic import atomic_write_bytes
 from pdbjax._validate import is_traced
 
-__all__ = ["enable", "disable", "jit", "register", "stats"]
+__all__ = ["FAST_COMPILE", "enable", "disable", "jit", "register", "stats"]
 
 #: Most modules kept; the least recently used are removed beyond it (MiniLM's analyze uses 4, 6-180 kB each).
 MAX_ENTRIES = 256
 _SUFFIX = ".jaxexport"
 
+#: XLA's loop emitters instead of its fusion emitters, for programs made of many small fused loops that run
+#: once per batch. On MiniLM-L6's attention matrices XLA:CPU compiles the PDB fit in 1.7 s instead of 3.4 s
+#: (same run time) and the figures in 1.8 s instead of 2.8 s (6 ms slower); the PUB fits would run 2.1x
+#: slower, so they keep XLA's defaults (``python benchmarks/xla_options.py``, ``xla_options.md``).
+#: Other backends ignore the option.
+FAST_COMPILE = {"xla_cpu_use_fusion_emitters": False}
+
 _state: dict[str, Any] = {"dir": None, "memory": {}}
 _counts = {"loaded": 0, "exported": 0, "bypassed": 0}
+_options = {"known": True}  # False once XLA has refused a compiler option in this process
 
 
 def enable(path: str | os.PathLike[str]) -> None:
@@ -67,40 +81,62 @@ def register(cls: type) -> type:
     return cls
 
 
-def jit(fn: Callable | None = None, *, static_argnames: Sequence[str] | str = ()) -> Callable:
-    """``jax.jit(fn, static_argnames=...)`` whose traced programs are kept across processes.
+def jit(
+    fn: Callable | None = None, *, static_argnames: Sequence[str] | str = (), compiler_options: dict[str, Any] | None = None,
+) -> Callable:
+    """``jax.jit(fn, static_argnames=..., compiler_options=...)`` whose traced programs are kept across processes.
 
-    Usable as ``@jit`` or ``@jit(static_argnames=...)``; called like the jitted function, which it is
-    whenever the cache does not apply (module docstring).
+    Usable as ``@jit`` or ``@jit(static_argnames=..., compiler_options=...)``; called like the jitted
+    function, which it is whenever the cache does not apply (module docstring).
     """
     if fn is None:
-        return functools.partial(jit, static_argnames=static_argnames)
+        return functools.partial(jit, static_argnames=static_argnames, compiler_options=compiler_options)
     statics = (static_argnames,) if isinstance(static_argnames, str) else tuple(static_argnames)
-    jitted = jax.jit(fn, static_argnames=statics)
+    plain = jax.jit(fn, static_argnames=statics)
+    tuned = jax.jit(fn, static_argnames=statics, compiler_options=compiler_options) if compiler_options else plain
     signature = inspect.signature(fn)
     where = f"{fn.__module__}.{fn.__qualname__}"
 
     @functools.wraps(fn)
     def call(*args, **kwargs):
         if _state["dir"] is None:
-            return jitted(*args, **kwargs)
+            return _run(tuned, plain, *args, **kwargs)
         bound = signature.bind(*args, **kwargs)
         bound.apply_defaults()
         names = [n for n in bound.arguments if n not in statics]
         dynamic = [bound.arguments[n] for n in names]
         static = {n: bound.arguments[n] for n in statics}
         key = _key(where, dynamic, static)
-        program = None if key is None else (
-            _state["memory"].get(key) or _load(key) or _export(jitted, names, dynamic, static, key)
-        )
-        if program is None:
+        entry = None if key is None else _state["memory"].get(key)
+        if entry is None and key is not None:
+            program = _load(key) or _export(plain, names, dynamic, static, key)
+            if program is not None:  # the module's call, and a jit of it that carries the compiler options
+                tuned_call = jax.jit(program.call, compiler_options=compiler_options) if compiler_options else program.call
+                entry = _state["memory"][key] = (tuned_call, program.call)
+        if entry is None:
             _counts["bypassed"] += 1
-            return jitted(*args, **kwargs)
-        _state["memory"][key] = program
-        return program.call(*jax.device_put(dynamic))
+            return _run(tuned, plain, *args, **kwargs)
+        return _run(*entry, *jax.device_put(dynamic))
 
-    call.lower, call._cache_size = jitted.lower, jitted._cache_size  # jax.jit's AOT API and compile count
+    call.lower, call._cache_size = tuned.lower, tuned._cache_size  # jax.jit's AOT API and compile count
     return call
+
+
+def _run(tuned: Callable, plain: Callable, *args, **kwargs):
+    """``tuned(*args, **kwargs)`` (a jit with compiler options) at the top level; ``plain`` inside a caller's
+    trace (JAX takes compiler options only from the outermost jit) or where XLA does not know an option."""
+    if tuned is plain or not _options["known"] or is_traced(args, kwargs):
+        return plain(*args, **kwargs)
+    try:
+        return tuned(*args, **kwargs)
+    except ValueError as err:  # constant arguments inside a caller's jit
+        if "top-level" not in str(err):
+            raise
+    except jax.errors.JaxRuntimeError as err:
+        if "No such compile option" not in str(err):
+            raise
+        _options["known"] = False
+    return plain(*args, **kwargs)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -82,6 +82,38 @@ def test_damaged_entry_is_exported_again(cache):
     assert entry.read_bytes() != b"not a module"
 
 
+def _double_sin(x):
+    return 2 * jax.numpy.sin(x)
+
+
+@pytest.mark.parametrize("stored", [False, True], ids=["jit", "stored module"])
+def test_compiler_options_reach_xla_and_an_unknown_one_falls_back(cache, monkeypatch, stored):
+    """An option the installed XLA does not know reaches its compile (also through a stored module), and the
+    process then compiles without options: the result is plain ``jax.jit``'s."""
+    monkeypatch.setitem(exported._options, "known", True)
+    if not stored:
+        exported.disable()
+    x = np.linspace(0.0, 1.0, 5, dtype=np.float32)
+    want = np.asarray(jax.jit(_double_sin)(x))
+    f = exported.jit(_double_sin, compiler_options={"xla_pdbjax_no_such_option": True})
+    np.testing.assert_array_equal(np.asarray(f(x)), want)
+    assert exported._options["known"] is False
+    assert len(list(cache.glob("*.jaxexport"))) == int(stored)
+
+
+def test_fast_compile_is_known_to_xla_and_taken_inside_a_callers_jit(monkeypatch):
+    """The installed XLA accepts :data:`FAST_COMPILE` (else the fits lose its shorter compile), and a function
+    that takes it runs under a caller's ``jit``, traced or with constant arguments (JAX takes compiler options
+    only at the top level). Tolerance: another emitter may round ``sin`` differently in float32."""
+    monkeypatch.setitem(exported._options, "known", True)
+    x = np.linspace(0.0, 1.0, 5, dtype=np.float32)
+    want = np.asarray(jax.jit(_double_sin)(x))
+    f = exported.jit(_double_sin, compiler_options=exported.FAST_COMPILE)
+    for got in (f(x), jax.jit(f)(x), jax.jit(lambda: f(x))()):
+        np.testing.assert_allclose(np.asarray(got), want, rtol=1e-6)
+    assert exported._options["known"] is True
+
+
 _SCRIPT = textwrap.dedent(
     """
     import json, sys
