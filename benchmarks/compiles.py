@@ -15,6 +15,7 @@ outside a jitted program) of the cold call.
 
     python benchmarks/compiles.py                      # this checkout
     python benchmarks/compiles.py --tree /tmp/old      # also a checkout of another commit (its pdbjax/)
+    python benchmarks/compiles.py --tree /tmp/old --rounds 4   # medians of 4 rounds, the trees alternating
 
 Writes ``benchmarks/results/compiles.md``.
 """
@@ -26,6 +27,7 @@ import datetime
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -79,6 +81,9 @@ print(json.dumps({"rows": len(report.rows), "programs": len(seconds), "compile_s
 """
 
 
+_FIELDS = ("programs", "eager", "compile_s", "analyze_s", "trace_s", "lower_s")
+
+
 def _run(tree: Path, cache: str, verb: str = "analyze") -> dict:
     env = {**os.environ, "PYTHONPATH": str(tree) + os.pathsep + os.environ.get("PYTHONPATH", ""), "JAX_PLATFORMS": "cpu"}
     # cwd = the tree: ``python -c`` puts the working directory first on sys.path, before PYTHONPATH.
@@ -93,23 +98,31 @@ def _run(tree: Path, cache: str, verb: str = "analyze") -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tree", action="append", default=[], help="another checkout whose pdbjax/ to measure too")
+    ap.add_argument("--rounds", type=int, default=1, help="cold, warm and compress processes per tree and round, the "
+                    "trees alternating within each round; the table gives medians (the machine is shared)")
     args = ap.parse_args()
     trees = [("this checkout", ROOT)] + [(t, Path(t)) for t in args.tree]
+    runs: dict[str, list[tuple[dict, dict, dict]]] = {label: [] for label, _ in trees}
+    for _ in range(args.rounds):
+        for label, tree in trees:
+            with tempfile.TemporaryDirectory() as cache:
+                runs[label].append((_run(tree, cache), _run(tree, cache), _run(tree, cache, "compress")))
+            print(label, *runs[label][-1], flush=True)
     rows = []
     for label, tree in trees:
         commit = subprocess.run(["git", "-C", str(tree), "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-        with tempfile.TemporaryDirectory() as cache:
-            cold, warm, after = _run(tree, cache), _run(tree, cache), _run(tree, cache, "compress")
+        cold, warm, after = ({key: statistics.median(r[i][key] for r in runs[label]) for key in _FIELDS} for i in range(3))
         rows.append((label, commit, cold, warm, after))
-        print(label, commit, cold, warm, after, flush=True)
     lines = [
         "# Compiled programs and per-process cost of `analyze` on MiniLM-L6 (36 encoder matrices)",
         "",
-        f"Command: `python benchmarks/compiles.py{''.join(' --tree ' + t for t in args.tree)}`  ",
+        f"Command: `python benchmarks/compiles.py{''.join(' --tree ' + t for t in args.tree)}"
+        f"{f' --rounds {args.rounds}' if args.rounds > 1 else ''}`  ",
         f"Machine: {platform.machine()}, {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}; "
         f"{datetime.datetime.now().isoformat(timespec='seconds')}",
         "",
-        "cold = fresh process, empty persistent cache; warm = a second fresh process on that cache (cProfile on; "
+        f"{args.rounds} round(s), medians. cold = fresh process, empty persistent cache; warm = a second fresh "
+        "process on that cache (cProfile on; "
         "its overhead is in every column). analyze with its defaults (PDB + PUB-BEMA + PUB-Kernel + quality). "
         "compress after analyze = a third process on that cache running `compress` with its defaults (PDB, "
         "`upper-bulk`, spike shrinkage): what compressing an analysed model compiles.",
@@ -120,8 +133,9 @@ def main() -> None:
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for label, commit, cold, warm, after in rows:
-        lines.append(f"| {label} | {commit} | {cold['programs']} | {cold['eager']} | {cold['compile_s']:.1f} | {cold['analyze_s']:.1f} | "
-                     f"{warm['analyze_s']:.1f} | {warm['trace_s']:.1f} | {warm['lower_s']:.1f} | {after['programs']} | "
+        lines.append(f"| {label} | {commit} | {cold['programs']:g} | {cold['eager']:g} | {cold['compile_s']:.1f} | "
+                     f"{cold['analyze_s']:.1f} | "
+                     f"{warm['analyze_s']:.1f} | {warm['trace_s']:.1f} | {warm['lower_s']:.1f} | {after['programs']:g} | "
                      f"{after['compile_s']:.1f} | {after['analyze_s']:.1f} |")
     text = "\n".join(lines) + "\n"
     print(text)
