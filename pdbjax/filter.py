@@ -48,6 +48,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from pdbjax import exported
 from pdbjax._validate import is_traced
 from pdbjax.estimate import Mode, check_mode, fit_inputs, fit_pdb, fit_pdb_singular_values
 from pdbjax.fits import PDBFit, PUBFit, Reason
@@ -537,6 +538,7 @@ def _slr_masks(U: Array, Vh: Array, keep: Array, sr: float, rr: float) -> tuple[
     return side(U, math.floor(sr * a)), jnp.swapaxes(mask_v, -1, -2)
 
 
+@exported.register
 class _Decision(NamedTuple):
     """What :func:`filter_matrix` does to each matrix, decided from its values-only spectrum and fit alone."""
 
@@ -548,7 +550,7 @@ class _Decision(NamedTuple):
     n_outliers: Array  # (...,) FilterInfo.n_outliers
 
 
-@functools.partial(jax.jit, static_argnames=("shrink", "rule"))
+@exported.jit(static_argnames=("shrink", "rule"), compiler_options=exported.FAST_COMPILE)
 def _decide(s_val: Array, finite: Array, fit: Fit | None, fixed: Array, *, shrink: str, rule: str | None) -> _Decision:
     """Steps 2-3 of Algorithm 2 (or the baselines) on the normalised values-only spectrum ``s_val`` ``(..., p)``:
     keep counts, outliers and shrinkage targets (``shrink``: ``"spikes"``, ``"optimal"`` or ``"none"``), as in
