@@ -1,11 +1,13 @@
-"""Compile time against run time of the three fitting programs under XLA compiler options (cold-start study).
+"""Compile time against run time of the fitting programs under XLA compiler options (cold-start study).
 
 A cold ``pdbjax analyze`` of MiniLM-L6 is mostly XLA compiling the three fitting programs of
-:mod:`pdbjax.figures` (the PDB fit, the PUB fits, their figures). This script lowers each once for the 24
+:mod:`pdbjax.figures` (the PDB fit, the PUB fits, their figures), and a cold ``compress`` also compiles its
+decisions (``filter._decide``, default rule and shrinkage). This script lowers each for the 24
 384 x 384 attention matrices of MiniLM-L6 and compiles it under each set of options given (``compile
-(..., compiler_options=...)``, the shorter of two compiles from fresh lowerings), then times a first and three
-more runs of the compiled program: whether an option buys a shorter compile without a slower run. The PDB fit
-and the figures programs are compiled with :data:`pdbjax.exported.FAST_COMPILE` because of this table.
+(..., compiler_options=...)``, the shortest of three compiles from fresh lowerings, the option sets taking
+turns), then times a first and ten more runs of the compiled program: whether an option buys a shorter
+compile without a slower run. The PDB fit, the figures and the decisions are compiled with
+:data:`pdbjax.exported.FAST_COMPILE` because of this table.
 
     python benchmarks/xla_options.py
 
@@ -25,7 +27,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from pdbjax import estimate, exported, figures, io, linalg
+from pdbjax import estimate, exported, figures, filter, io, linalg
 from pdbjax._atomic import atomic_write_text
 from pdbjax.estimate import fit_inputs
 from pdbjax.inputs import screen_rtol
@@ -41,11 +43,12 @@ OPTIONS = {
     "xla_llvm_disable_expensive_passes": {"xla_llvm_disable_expensive_passes": True},
     "FAST_COMPILE: " + ", ".join(f"{k}={v}" for k, v in exported.FAST_COMPILE.items()): exported.FAST_COMPILE,
 }
-REPS = 2  # compiles per program and option set (the shorter is kept: the machine is shared)
+REPS = 3  # compiles per program and option set (the shortest is kept: the machine is shared)
+RUNS = 10  # timed runs of each compiled program, after a first one
 
 
 def _programs(spec: linalg.Spectrum, N: np.ndarray) -> dict:
-    """The three programs' jitted functions and arguments, as :func:`pdbjax.figures.spectrum_figures` calls them."""
+    """The programs' functions and arguments, as :func:`pdbjax.figures.spectrum_figures` and :func:`pdbjax.filter_matrix` call them."""
     n, window = fit_inputs(spec.s, N)
     table = pub_inputs(spec.s, N, ALPHA, BETA)[1]
     rtol = screen_rtol(spec.s.dtype)
@@ -56,6 +59,10 @@ def _programs(spec: linalg.Spectrum, N: np.ndarray) -> dict:
         "PDB fit": (fit, (spec.s, n, window)),
         "PUB fits": (figures._fit_baselines.__wrapped__, (spec.s, n, table)),
         "figures": (figures._figures.__wrapped__, (spec.s, n, fits)),
+        "compress's decisions": (
+            lambda s, finite, fit, fixed: filter._decide.__wrapped__(s, finite, fit, fixed, shrink="spikes", rule="upper-bulk"),
+            (spec.s, spec.finite, fits["pdb"], np.zeros(len(N), np.int32)),
+        ),
     }
 
 
@@ -70,35 +77,37 @@ def main() -> None:
     with scope(spec):
         programs = _programs(spec, N)
         for name, (fn, args) in programs.items():
-            fusions = None
-            for label, options in OPTIONS.items():
-                compile_s = float("inf")
-                for _ in range(REPS):
+            compile_s = dict.fromkeys(OPTIONS, float("inf"))
+            compiled = {}
+            for _ in range(REPS):  # the option sets in turn within each repetition: the machine's load drifts
+                for label, options in OPTIONS.items():
                     jax.clear_caches()  # no compiled program is reused from memory (the figures' inputs compiled some)
                     lowered = jax.jit(fn).lower(*args)  # a fresh lowering: a Lowered keeps what it compiled
                     start = time.perf_counter()
-                    compiled = lowered.compile(compiler_options=options)
-                    compile_s = min(compile_s, time.perf_counter() - start)
-                jax.block_until_ready(compiled(*args))
+                    compiled[label] = lowered.compile(compiler_options=options)
+                    compile_s[label] = min(compile_s[label], time.perf_counter() - start)
+            fusions = len(re.findall(r"kind=kLoop", compiled["default"].as_text()))
+            for label in OPTIONS:
+                jax.block_until_ready(compiled[label](*args))
                 start = time.perf_counter()
-                for _ in range(3):
-                    jax.block_until_ready(compiled(*args))
-                run_s = (time.perf_counter() - start) / 3
-                if fusions is None:
-                    fusions = len(re.findall(r"kind=kLoop", compiled.as_text()))
-                rows.append((name, label, compile_s, run_s, fusions))
-                print(f"{name:9s} {label:36s} compile {compile_s:5.2f} s  run {run_s:.3f} s", flush=True)
+                for _ in range(RUNS):
+                    jax.block_until_ready(compiled[label](*args))
+                run_s = (time.perf_counter() - start) / RUNS
+                rows.append((name, label, compile_s[label], run_s, fusions))
+                print(f"{name:9s} {label:36s} compile {compile_s[label]:5.2f} s  run {run_s:.3f} s", flush=True)
     lines = [
-        "# Compile time against run time of the three fitting programs under XLA compiler options",
+        "# Compile time against run time of the fitting programs under XLA compiler options",
         "",
         "Command: `python benchmarks/xla_options.py`  ",
         f"Machine: {platform.machine()}, {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}, jax {jax.__version__}; "
         f"{datetime.datetime.now().isoformat(timespec='seconds')}",
         "",
-        f"The programs of `pdbjax.figures` for the {len(keys)} 384 x 384 attention matrices of MiniLM-L6 (one batch), "
-        f"compiled under each option set (compile = the shorter of {REPS}, each from a fresh lowering); run = mean of "
-        "three runs after a first one. Loop fusions counted in the default compile's optimised HLO. pdbjax compiles "
-        "the PDB fit and the figures programs with `pdbjax.exported.FAST_COMPILE`, the PUB fits with XLA's defaults.",
+        f"The programs of `pdbjax.figures` and `compress`'s decisions (`filter._decide`, rule `upper-bulk`, spike "
+        f"shrinkage) for the {len(keys)} 384 x 384 attention matrices of MiniLM-L6 (one batch), "
+        f"compiled under each option set (compile = the shortest of {REPS}, each from a fresh lowering, the option sets "
+        f"taking turns); run = mean of {RUNS} runs after a first one. Loop fusions counted in the default compile's "
+        "optimised HLO. pdbjax compiles "
+        "the PDB fit, the figures and the decisions with `pdbjax.exported.FAST_COMPILE`, the PUB fits with XLA's defaults.",
         "",
         "| program | options | compile s | run s | loop fusions |",
         "|---|---|---|---|---|",

@@ -20,7 +20,8 @@ JAX cannot export, the call is plain ``jax.jit``.
 installed XLA does not know one of them (``No such compile option``), every later call in the process
 compiles without options (an option changes how fast a program compiles and runs, and its results only at
 the level of floating-point rounding).
-:data:`FAST_COMPILE` is the set the PDB fit and the figures programs take (``benchmarks/results/xla_options.md``).
+:data:`FAST_COMPILE` is the set the PDB fit, the figures and ``compress``'s decisions (``filter._decide``)
+take (``benchmarks/results/xla_options.md``, ``compiles.md``).
 """
 
 from __future__ import annotations
@@ -47,10 +48,10 @@ MAX_ENTRIES = 256
 _SUFFIX = ".jaxexport"
 
 #: XLA's loop emitters instead of its fusion emitters, for programs made of many small fused loops that run
-#: once per batch. On MiniLM-L6's attention matrices XLA:CPU compiles the PDB fit in 1.7 s instead of 3.4 s
-#: (same run time) and the figures in 1.8 s instead of 2.8 s (6 ms slower); the PUB fits would run 2.1x
-#: slower, so they keep XLA's defaults (``python benchmarks/xla_options.py``, ``xla_options.md``).
-#: Other backends ignore the option.
+#: once per batch. On MiniLM-L6's attention matrices XLA:CPU compiles the PDB fit in 2.1 s instead of 3.0 s,
+#: the figures in 2.1 s instead of 2.7 s and ``compress``'s decisions in 0.43 s instead of 0.67 s, and runs
+#: the first two 7 and 11 ms slower per batch of 24; the PUB fits would run 2.2x slower, so they keep XLA's
+#: defaults (``python benchmarks/xla_options.py``, ``xla_options.md``). Other backends ignore the option.
 FAST_COMPILE = {"xla_cpu_use_fusion_emitters": False}
 
 _state: dict[str, Any] = {"dir": None, "memory": {}}
