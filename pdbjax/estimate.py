@@ -360,7 +360,7 @@ def fit_pdb(
     return fit_pdb_batched(jnp.asarray(eigs, out_dtype), n, window, mode, n_iter, screen_rtol(eigs.dtype))
 
 
-@exported.jit(static_argnames=("mode", "rtol"), compiler_options=exported.FAST_COMPILE)
+@exported.jit(static_argnames=("mode", "rtol"), cpu_compiler_options=exported.FAST_COMPILE)
 def fit_pdb_singular_values(s: Array, N: Array, window: Array, *, mode: str, rtol: float) -> PDBFit:
     """:func:`fit_pdb_batched` of the eigenvalues ``s**2`` of singular values ``s`` ``(..., p)``, :data:`N_ITER`
     steps: the one program in which ``analyze`` (:mod:`pdbjax.figures`) and ``compress``
@@ -379,7 +379,7 @@ def fit_pdb_singular_values(s: Array, N: Array, window: Array, *, mode: str, rto
     return fit_pdb_batched(s**2, N, window, mode, N_ITER, rtol)
 
 
-@exported.jit(static_argnames=("mode", "n_iter", "rtol"), compiler_options=exported.FAST_COMPILE)
+@exported.jit(static_argnames=("mode", "n_iter", "rtol"), cpu_compiler_options=exported.FAST_COMPILE)
 def fit_pdb_batched(eigs: Array, N: Array, window: Array, mode: str, n_iter: int, rtol: float) -> PDBFit:
     """The compiled core of :func:`fit_pdb`: unchecked work-dtype ``eigs`` ``(..., p)``, ``N`` and
     ``window`` from :func:`fit_inputs`, ``rtol`` = ``screen_rtol`` of the caller's dtype (traceable)."""

@@ -16,7 +16,8 @@ only for concrete arguments that are JAX or NumPy arrays on the default device o
 under a caller's ``jit``/``vmap``, with Python scalars, arrays on other or several devices, or a function
 JAX cannot export, the call is plain ``jax.jit``.
 
-:func:`jit` also takes XLA ``compiler_options`` (those of ``jax.jit``), with or without the cache. Where the
+:func:`jit` also takes XLA compiler options for the CPU backend (``cpu_compiler_options``, passed as
+``jax.jit``'s ``compiler_options`` when JAX's default backend is the CPU, with or without the cache). Where the
 installed XLA does not know one of them (``No such compile option``), every later call in the process
 compiles without options (an option changes how fast a program compiles and runs, and its results only at
 the level of floating-point rounding).
@@ -51,7 +52,7 @@ _SUFFIX = ".jaxexport"
 #: once per batch. On MiniLM-L6's attention matrices XLA:CPU compiles the PDB fit in 2.1 s instead of 3.0 s,
 #: the figures in 2.1 s instead of 2.7 s and ``compress``'s decisions in 0.43 s instead of 0.67 s, and runs
 #: the first two 7 and 11 ms slower per batch of 24; the PUB fits would run 2.2x slower, so they keep XLA's
-#: defaults (``python benchmarks/xla_options.py``, ``xla_options.md``). Other backends ignore the option.
+#: defaults (``python benchmarks/xla_options.py``, ``xla_options.md``). Used on the CPU backend only.
 FAST_COMPILE = {"xla_cpu_use_fusion_emitters": False}
 
 _state: dict[str, Any] = {"dir": None, "memory": {}}
@@ -83,18 +84,20 @@ def register(cls: type) -> type:
 
 
 def jit(
-    fn: Callable | None = None, *, static_argnames: Sequence[str] | str = (), compiler_options: dict[str, Any] | None = None,
+    fn: Callable | None = None, *, static_argnames: Sequence[str] | str = (), cpu_compiler_options: dict[str, Any] | None = None,
 ) -> Callable:
-    """``jax.jit(fn, static_argnames=..., compiler_options=...)`` whose traced programs are kept across processes.
+    """``jax.jit(fn, static_argnames=...)`` whose traced programs are kept across processes, compiled with
+    ``cpu_compiler_options`` on the CPU backend (module docstring).
 
-    Usable as ``@jit`` or ``@jit(static_argnames=..., compiler_options=...)``; called like the jitted
+    Usable as ``@jit`` or ``@jit(static_argnames=..., cpu_compiler_options=...)``; called like the jitted
     function, which it is whenever the cache does not apply (module docstring).
     """
     if fn is None:
-        return functools.partial(jit, static_argnames=static_argnames, compiler_options=compiler_options)
+        return functools.partial(jit, static_argnames=static_argnames, cpu_compiler_options=cpu_compiler_options)
+    options = cpu_compiler_options
     statics = (static_argnames,) if isinstance(static_argnames, str) else tuple(static_argnames)
     plain = jax.jit(fn, static_argnames=statics)
-    tuned = jax.jit(fn, static_argnames=statics, compiler_options=compiler_options) if compiler_options else plain
+    tuned = jax.jit(fn, static_argnames=statics, compiler_options=options) if options else plain
     signature = inspect.signature(fn)
     where = f"{fn.__module__}.{fn.__qualname__}"
 
@@ -112,7 +115,7 @@ def jit(
         if entry is None and key is not None:
             program = _load(key) or _export(plain, names, dynamic, static, key)
             if program is not None:  # the module's call, and a jit of it that carries the compiler options
-                tuned_call = jax.jit(program.call, compiler_options=compiler_options) if compiler_options else program.call
+                tuned_call = jax.jit(program.call, compiler_options=options) if options else program.call
                 entry = _state["memory"][key] = (tuned_call, program.call)
         if entry is None:
             _counts["bypassed"] += 1
@@ -124,9 +127,10 @@ def jit(
 
 
 def _run(tuned: Callable, plain: Callable, *args, **kwargs):
-    """``tuned(*args, **kwargs)`` (a jit with compiler options) at the top level; ``plain`` inside a caller's
-    trace (JAX takes compiler options only from the outermost jit) or where XLA does not know an option."""
-    if tuned is plain or not _options["known"] or is_traced(args, kwargs):
+    """``tuned(*args, **kwargs)`` (a jit with CPU compiler options) at the top level on the CPU backend;
+    ``plain`` on other backends, inside a caller's trace (JAX takes compiler options only from the outermost
+    jit) or where XLA does not know an option."""
+    if tuned is plain or not _options["known"] or jax.default_backend() != "cpu" or is_traced(args, kwargs):
         return plain(*args, **kwargs)
     try:
         return tuned(*args, **kwargs)

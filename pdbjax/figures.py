@@ -56,7 +56,7 @@ def _fit_baselines(s: jax.Array, N: jax.Array, table: BemaTable) -> dict[str, An
     return {name: fit_pub_batched(s**2, N, table, name, ALPHA) for name in BASELINES}
 
 
-@exported.jit(compiler_options=exported.FAST_COMPILE)
+@exported.jit(cpu_compiler_options=exported.FAST_COMPILE)
 def _figures(s: jax.Array, N: jax.Array, fits: dict[str, Any]) -> dict[str, Any]:
     """Program 3: every figure of the fits ``{"pdb"}`` or ``{"pdb", "bema", "kernel"}`` (normalised), in ``s``' dtype."""
     eigs = s**2

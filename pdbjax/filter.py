@@ -550,7 +550,7 @@ class _Decision(NamedTuple):
     n_outliers: Array  # (...,) FilterInfo.n_outliers
 
 
-@exported.jit(static_argnames=("shrink", "rule"), compiler_options=exported.FAST_COMPILE)
+@exported.jit(static_argnames=("shrink", "rule"), cpu_compiler_options=exported.FAST_COMPILE)
 def _decide(s_val: Array, finite: Array, fit: Fit | None, fixed: Array, *, shrink: str, rule: str | None) -> _Decision:
     """Steps 2-3 of Algorithm 2 (or the baselines) on the normalised values-only spectrum ``s_val`` ``(..., p)``:
     keep counts, outliers and shrinkage targets (``shrink``: ``"spikes"``, ``"optimal"`` or ``"none"``), as in

@@ -131,7 +131,7 @@ def _quality_one(eigs: Array, K: Array, pop: PDB, ok: Array, N: Array) -> Qualit
     return Quality(nan(units(empirical)), nan(units(model)), nan(model / empirical - 1), nan(ks), nan(l2), ok)
 
 
-@exported.jit(compiler_options=exported.FAST_COMPILE)
+@exported.jit(cpu_compiler_options=exported.FAST_COMPILE)
 def quality_batched(eigs: Array, K: Array, pop: PDB, ok: Array, N: Array) -> Quality:
     """The compiled core of :func:`fit_quality`: unchecked work-dtype ``eigs`` ``(..., p)``, the fit's
     ``K`` (int32), population (in ``eigs``' dtype) and ``ok``, and ``N`` (int32), all batch-shaped."""

@@ -95,10 +95,19 @@ def test_compiler_options_reach_xla_and_an_unknown_one_falls_back(cache, monkeyp
         exported.disable()
     x = np.linspace(0.0, 1.0, 5, dtype=np.float32)
     want = np.asarray(jax.jit(_double_sin)(x))
-    f = exported.jit(_double_sin, compiler_options={"xla_pdbjax_no_such_option": True})
+    f = exported.jit(_double_sin, cpu_compiler_options={"xla_pdbjax_no_such_option": True})
     np.testing.assert_array_equal(np.asarray(f(x)), want)
     assert exported._options["known"] is False
     assert len(list(cache.glob("*.jaxexport"))) == int(stored)
+
+
+def test_cpu_compiler_options_are_not_passed_on_another_backend(monkeypatch):
+    monkeypatch.setitem(exported._options, "known", True)
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    x = np.linspace(0.0, 1.0, 5, dtype=np.float32)
+    f = exported.jit(_double_sin, cpu_compiler_options={"xla_pdbjax_no_such_option": True})
+    np.testing.assert_array_equal(np.asarray(f(x)), np.asarray(jax.jit(_double_sin)(x)))
+    assert exported._options["known"] is True  # the option never reached XLA
 
 
 def test_fast_compile_is_known_to_xla_and_taken_inside_a_callers_jit(monkeypatch):
@@ -108,7 +117,7 @@ def test_fast_compile_is_known_to_xla_and_taken_inside_a_callers_jit(monkeypatch
     monkeypatch.setitem(exported._options, "known", True)
     x = np.linspace(0.0, 1.0, 5, dtype=np.float32)
     want = np.asarray(jax.jit(_double_sin)(x))
-    f = exported.jit(_double_sin, compiler_options=exported.FAST_COMPILE)
+    f = exported.jit(_double_sin, cpu_compiler_options=exported.FAST_COMPILE)
     for got in (f(x), jax.jit(f)(x), jax.jit(lambda: f(x))()):
         np.testing.assert_allclose(np.asarray(got), want, rtol=1e-6)
     assert exported._options["known"] is True
