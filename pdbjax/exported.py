@@ -94,10 +94,9 @@ def jit(
     """
     if fn is None:
         return functools.partial(jit, static_argnames=static_argnames, cpu_compiler_options=cpu_compiler_options)
-    options = cpu_compiler_options
     statics = (static_argnames,) if isinstance(static_argnames, str) else tuple(static_argnames)
     plain = jax.jit(fn, static_argnames=statics)
-    tuned = jax.jit(fn, static_argnames=statics, compiler_options=options) if options else plain
+    tuned = jax.jit(fn, static_argnames=statics, compiler_options=cpu_compiler_options) if cpu_compiler_options else plain
     signature = inspect.signature(fn)
     where = f"{fn.__module__}.{fn.__qualname__}"
 
@@ -115,7 +114,7 @@ def jit(
         if entry is None and key is not None:
             program = _load(key) or _export(plain, names, dynamic, static, key)
             if program is not None:  # the module's call, and a jit of it that carries the compiler options
-                tuned_call = jax.jit(program.call, compiler_options=options) if options else program.call
+                tuned_call = jax.jit(program.call, compiler_options=cpu_compiler_options) if cpu_compiler_options else program.call
                 entry = _state["memory"][key] = (tuned_call, program.call)
         if entry is None:
             _counts["bypassed"] += 1
