@@ -84,10 +84,10 @@ print(json.dumps({"rows": len(report.rows), "programs": len(seconds), "compile_s
 _FIELDS = ("programs", "eager", "compile_s", "analyze_s", "trace_s", "lower_s")
 
 
-def _run(tree: Path, cache: str, verb: str = "analyze") -> dict:
+def _run(tree: Path, cache: str, verb: str = "analyze", where: str = WHERE) -> dict:
     env = {**os.environ, "PYTHONPATH": str(tree) + os.pathsep + os.environ.get("PYTHONPATH", ""), "JAX_PLATFORMS": "cpu"}
     # cwd = the tree: ``python -c`` puts the working directory first on sys.path, before PYTHONPATH.
-    out = subprocess.run([sys.executable, "-c", _CHILD, cache, WHERE, verb], env=env, cwd=tree, capture_output=True, text=True,
+    out = subprocess.run([sys.executable, "-c", _CHILD, cache, where, verb], env=env, cwd=tree, capture_output=True, text=True,
                          check=True)
     result = json.loads(out.stdout.strip().splitlines()[-1])
     if Path(result["module"]).resolve().parent.parent != tree.resolve():

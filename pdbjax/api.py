@@ -13,7 +13,8 @@ memory budget of working copies:
 2. **Fits**: every spectrum of one length ``p`` goes through ONE compiled program whatever its ``N``
    (``N`` is data): for ``analyze`` every figure of the report (:func:`pdbjax.figures.spectrum_figures`),
    for ``compress`` the fit of its method; the 384 x 384, 1536 x 384 and 384 x 1536 matrices of a
-   transformer share it.
+   transformer share it. The batch is padded to :func:`fit_batch` rows, so counts that share a size
+   (another selection, another model) share the program too.
 3. ``compress`` only: each shape group (chunk) is decomposed with vectors and rebuilt with its fits.
    With a ``budget``, the keep counts come first from :func:`pdbjax.budget.allocate` over the spectra
    and fits of passes 1 and 2 (all matrices of the model at once), and travel with the fits.
@@ -138,8 +139,30 @@ def _spectra(sels: Sequence[Selected], precision: Precision, shard: bool, progre
                       max_memory=max_memory)
 
 
-#: The chunks' outputs of one spectrum length as one batch: ``trees`` (a list of pytrees) concatenated leaf by leaf.
-_stack_rows = jax.jit(lambda trees: jax.tree_util.tree_map(lambda *ys: jnp.concatenate(ys), *trees))
+def fit_batch(rows: int) -> int:
+    """The batch size at which pass 2 fits ``rows`` spectra of one length: the smallest of 1, 2, 3, 4, 6, 8,
+    12, 16, 24, ... (``2^k`` and ``3 * 2^k``) that holds them, at most 1.5x ``rows``.
+
+    Selections and models whose counts of one length share a size share the fits' compiled programs (all
+    36 encoder matrices of MiniLM-L6 run at 48, its 24 attention matrices at 24, any 33 to 48 at 48).
+
+    >>> [fit_batch(n) for n in (1, 2, 3, 5, 7, 24, 25, 36)]
+    [1, 2, 3, 6, 8, 24, 32, 48]
+    """
+    power = 1 << max(rows - 1, 0).bit_length()  # the smallest power of two >= rows
+    return power * 3 // 4 if power >= 4 and power * 3 // 4 >= rows else power
+
+
+@jax.jit(static_argnames="size")
+def _stack_rows(trees: list[Any], size: int) -> Any:
+    """The chunks' outputs of one spectrum length as one batch of ``size`` rows: ``trees`` (a list of
+    pytrees) concatenated leaf by leaf, then padded with copies of the first row."""
+
+    def join(*ys):
+        y = jnp.concatenate(ys)
+        return jnp.concatenate([y, jnp.broadcast_to(y[:1], (size - y.shape[0], *y.shape[1:]))])
+
+    return jax.tree_util.tree_map(join, *trees)
 
 
 def _by_length(sels: Sequence[Selected], chunks: Sequence[Chunk], fn: Callable[[Spectrum, np.ndarray], Any]
@@ -148,8 +171,9 @@ def _by_length(sels: Sequence[Selected], chunks: Sequence[Chunk], fn: Callable[[
 
     ``N`` is the per-row larger dimension; the estimators take it as data, so matrices of one ``p`` and
     any ``N`` share one batched call and one compiled program. The chunks of one length are stacked on
-    the device (one program), the spectra and ``fn``'s output come to the host in one ``jax.device_get``
-    and are split there.
+    the device (one program) and padded to :func:`fit_batch` rows with copies of the first (so counts
+    that share a size share ``fn``'s programs); the spectra and ``fn``'s output come to the host in one
+    ``jax.device_get`` and are split there.
 
     Returns:
       The spectra and ``fn``'s outputs, one per leaf of ``sels`` (leading axis ``L``), as NumPy arrays.
@@ -160,8 +184,11 @@ def _by_length(sels: Sequence[Selected], chunks: Sequence[Chunk], fn: Callable[[
     specs: list[Any] = [None] * len(sels)
     out: list[Any] = [None] * len(sels)
     for group in by_p.values():
-        spec = group[0].result if len(group) == 1 else _stack_rows([c.result for c in group])
         owner, real = (np.concatenate(x) for x in zip(*(_row_owners(c) for c in group)))
+        size = fit_batch(len(owner))
+        whole = len(group) == 1 and size == len(owner)
+        spec = group[0].result if whole else _stack_rows([c.result for c in group], size)
+        owner, real = np.pad(owner, (0, size - len(owner)), mode="edge"), np.pad(real, (0, size - len(real)))
         N = np.asarray([max(sels[i].matrix_shape) for i in owner])
         spec_host, result = jax.device_get((spec, fn(spec, N)))
         for i in np.unique(owner[real]):

@@ -18,6 +18,7 @@ from tolerances import BATCH_PARTNERS, FLOAT32_FIT, OTHER_PROCESS, assert_close
 
 import pdbjax
 import pdbjax.plot
+from pdbjax.api import fit_batch
 from pdbjax.experiments.models import FCNN
 
 A, B = 96, 48  # one matrix shape shared by most tests, so the estimators compile once
@@ -75,6 +76,31 @@ def test_analyze_matches_direct_fit(params, report):
     for row, tol in ((row64, BATCH_PARTNERS), (report[1], FLOAT32_FIT)):
         assert row["K"] == int(fit.K)
         assert_close([row["t"], row["sigma1_sq"], row["sigma2_sq"]], [fit.t, fit.sigma1_sq, fit.sigma2_sq], tol)
+
+
+def test_fit_batch_is_the_smallest_power_of_two_or_three_times_one_that_holds_the_rows():
+    sizes = sorted({2**k for k in range(12)} | {3 * 2**k for k in range(11)})
+    for rows in range(1, 1025):
+        assert fit_batch(rows) == min(s for s in sizes if s >= rows) <= 1.5 * rows
+
+
+def test_counts_that_share_a_fit_batch_share_the_compiled_fits():
+    """Five and six matrices of one length both run the fits at six rows: the second analysis compiles no fit
+    or figures program, and each row is its own matrix's fit (the padding shifts nothing): K and the
+    parameters of the direct float64 fit of each matrix (within FLOAT32_FIT, as in test_analyze_matches_direct_fit;
+    the six matrices' ``t`` differ from one another by more than 10x that, so a shifted row would fail)."""
+    spikes = [(), (60.0,), (60.0, 40.0), (80.0, 60.0, 40.0), (), (60.0,)]
+    mats = {f"m{i}": {"kernel": _pdb_matrix(10 + i, spikes=s)} for i, s in enumerate(spikes)}
+    programs = (pdbjax.estimate.fit_pdb_singular_values, pdbjax.figures._figures)
+    pdbjax.analyze({k: mats[k] for k in list(mats)[:5]})
+    compiled = [f._cache_size() for f in programs]
+    rows = pdbjax.analyze(mats).rows
+    assert [f._cache_size() for f in programs] == compiled
+    fits = pdbjax.fit_pdb(pdbjax.eigenvalues(np.stack([m["kernel"] for m in mats.values()]), precision="float64"), A)
+    assert [r["K"] for r in rows] == [int(k) for k in fits.K]
+    for i, row in enumerate(rows):
+        assert_close([row["t"], row["sigma1_sq"], row["sigma2_sq"]], [fits.t[i], fits.sigma1_sq[i], fits.sigma2_sq[i]],
+                     FLOAT32_FIT)
 
 
 def test_compress_dense_keeps_structure_and_dtypes(params):
