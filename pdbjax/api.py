@@ -15,9 +15,11 @@ memory budget of working copies:
    for ``compress`` the fit of its method; the 384 x 384, 1536 x 384 and 384 x 1536 matrices of a
    transformer share it. The batch is padded to :func:`fit_batch` rows, so counts that share a size
    (another selection, another model) share the program too.
-3. ``compress`` only: each shape group (chunk) is decomposed with vectors and rebuilt with its fits.
-   With a ``budget``, the keep counts come first from :func:`pdbjax.budget.allocate` over the spectra
-   and fits of passes 1 and 2 (all matrices of the model at once), and travel with the fits.
+3. ``compress`` only: the keep counts, outliers and shrinkage of every matrix are decided once per
+   spectrum length from the spectra and fits of passes 1 and 2 (:func:`pdbjax.filter.decide`, at
+   :func:`fit_batch` rows), then each shape group (chunk) is decomposed with vectors and rebuilt as decided
+   (:func:`pdbjax.filter.apply_decision`). With a ``budget``, the keep counts come first from
+   :func:`pdbjax.budget.allocate` over those spectra and fits (all matrices of the model at once).
 """
 
 from __future__ import annotations
@@ -38,6 +40,8 @@ from pdbjax.filter import (
     Method,
     Rank,
     Shrink,
+    apply_decision,
+    decide,
     filter_matrix,
     fit_spectrum,
     needs_fit,
@@ -383,28 +387,28 @@ def compress(
     good = [s for s in sels if s.ok]
     n = sum(s.num_matrices for s in good)
     alloc = None
-    options = dict(shrink=shrink, factored=factored, mode=mode, slr_sr=slr_sr, slr_rr=slr_rr, precision=precision)
+    rebuild_options = dict(factored=factored, slr_sr=slr_sr, slr_rr=slr_rr, precision=precision)
+    options = dict(shrink=shrink, mode=mode, **rebuild_options)
 
-    def rebuild(mats: jax.Array, keep: Rank, fit: Any = None, spec: Spectrum | None = None) -> dict[str, Any]:
-        out, info = filter_matrix(mats, method, keep, fit=fit, spec=spec, **options)
-        return {"out": out, "info": info, "fit": fit}
+    def rebuilt(result: tuple[Any, FilterInfo], fit: Any = None) -> dict[str, Any]:
+        return {"out": result[0], "info": result[1], "fit": fit}
 
     if budget is not None or needs_fit(method, rank, shrink):  # passes 1 and 2: spectra, then one fit per length
         first = None if progress is None else (lambda done, total: progress(done, 2 * total))
         chunks = _spectra(good, precision, shard, first, max_memory)
         specs, fits = _by_length(good, chunks, lambda spec, N: fit_spectrum(spec, N, method, mode))
         then = None if progress is None else (lambda done, total: progress(n + done, 2 * n))
-        # Pass 3 rebuilds with each matrix's fit and its pass-1 spectrum (no second values-only SVD), and the
-        # budget's keep counts when there is a budget.
-        aux = [{"fit": fit, "spec": spec} for fit, spec in zip(fits, specs)]
+        keeps = [rank] * len(good)
         if budget is not None:
             alloc = _allocate(good, specs, fits, budget, factored, fill=shrink != "optimal")
-            for item, keep in zip(aux, _split(alloc.keep.astype(np.int32), good)):
-                item["keep"] = keep
-        fn = lambda m, a: rebuild(m, a.get("keep", rank), a["fit"], Spectrum(*a["spec"]))  # noqa: E731
+            keeps = _split(alloc.keep.astype(np.int32), good)
+        # Pass 3 rebuilds each shape group as decided from the pass-1 spectra (no second values-only SVD),
+        # the fits and the rank or the budget's keep counts, once per spectrum length.
+        aux = [{"fit": fit, "decision": d} for fit, d in zip(fits, _decide_by_length(specs, fits, keeps, method, shrink))]
+        fn = lambda m, a: rebuilt(apply_decision(m, a["decision"], method, **rebuild_options), a["fit"])  # noqa: E731
     else:
         aux, then = None, progress
-        fn = lambda m: rebuild(m, rank)  # noqa: E731
+        fn = lambda m: rebuilt(filter_matrix(m, method, rank, **options))  # noqa: E731
     results = map_groups(fn, _matrices(good), shard=shard, progress=then, max_memory=max_memory, aux=aux)
     counted = None if alloc is None else _split(alloc.params, good)
     rows: list[dict[str, Any]] = [_skipped_row(s) for s in sels if not s.ok]
@@ -430,6 +434,38 @@ def compress(
         after = sum(r["budget_params"] for r in rows if "budget_params" in r)
         totals.update(budget=budget, budget_cap=alloc.cap, budget_params_after=after, budget_ratio=after / alloc.dense)
     return new_params, Report(rows, totals)
+
+
+def _decide_by_length(specs: Sequence[Spectrum], fits: Sequence[Any], keeps: Sequence[Rank], method: str,
+                      shrink: str) -> list[Any]:
+    """:func:`pdbjax.filter.decide` once per spectrum length for the leaves' host spectra, fits and ranks
+    (``keeps``: one rank for every leaf, or per-leaf keep counts), at :func:`fit_batch` rows (padded with
+    copies of the first row) and one ``jax.device_get``; returns each leaf's decision (leading axis ``L``).
+
+    As :func:`pdbjax.filter_matrix`, a method that needs no fit for its rank and shrinkage decides without it.
+    """
+    by_p: dict[int, list[int]] = {}
+    for leaf, spec in enumerate(specs):
+        by_p.setdefault(spec.s.shape[-1], []).append(leaf)
+    out: list[Any] = [None] * len(specs)
+    for leaves in by_p.values():
+        counts = [specs[leaf].s.shape[0] for leaf in leaves]
+        size = fit_batch(sum(counts))
+
+        def batch(*xs: np.ndarray) -> np.ndarray:
+            x = np.concatenate([np.asarray(v) for v in xs])
+            return np.concatenate([x, np.repeat(x[:1], size - len(x), axis=0)])
+
+        rank = keeps[leaves[0]]
+        if isinstance(rank, np.ndarray):
+            rank = batch(*(keeps[leaf] for leaf in leaves))
+        fit = jax.tree_util.tree_map(batch, *(fits[leaf] for leaf in leaves)) if needs_fit(method, rank, shrink) else None
+        spec = Spectrum(*jax.tree_util.tree_map(batch, *(specs[leaf] for leaf in leaves)))
+        decision = jax.device_get(decide(spec, fit, rank, shrink))
+        ends = np.cumsum(counts)
+        for leaf, lo, hi in zip(leaves, ends - counts, ends):
+            out[leaf] = jax.tree_util.tree_map(lambda x, lo=lo, hi=hi: x[lo:hi], decision)
+    return out
 
 
 def _split(values: np.ndarray, sels: Sequence[Selected]) -> list[np.ndarray]:

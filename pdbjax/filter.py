@@ -59,7 +59,7 @@ from pdbjax.pub import fit_pub
 from pdbjax.shrink import shrink_optimal
 from pdbjax.spectral import PDB, critical_points, spike_inverse
 
-__all__ = ["FilterInfo", "svd", "outlier_mask", "shrink_spikes", "keep_count", "filter_matrix"]
+__all__ = ["FilterInfo", "svd", "outlier_mask", "shrink_spikes", "keep_count", "filter_matrix", "decide", "apply_decision"]
 
 Array = jax.Array
 ArrayLike = jax.typing.ArrayLike
@@ -406,16 +406,38 @@ def filter_matrix(
         fit = fit_spectrum(spec, max(W.shape[-2:]), method, mode)
     else:
         _check_fit(fit, method, W.shape[:-2])
+    decision = decide(spec, fit, rank, shrink)
+    return apply_decision(W, decision, method, factored=factored, slr_sr=slr_sr, slr_rr=slr_rr, precision=precision)
+
+
+def decide(spec: Spectrum, fit: Fit | None, rank: Rank, shrink: str) -> _Decision:
+    """Steps 2-3 of :func:`filter_matrix` for the matrices of ``spec`` (their values-only spectrum): keep counts,
+    outliers and the new singular values, from ``spec`` and ``fit`` (in ``W``'s units, or None where the
+    method needs none) alone, in one program per spectrum length and batch (:func:`_decide`).
+
+    :func:`pdbjax.compress` decides once per spectrum length for the whole model, then rebuilds each shape
+    group with :func:`apply_decision`. ``rank`` as in :func:`filter_matrix` (checked), ``shrink`` resolved.
+    """
+    rank = _check_rank(rank)
+    batch = spec.s.shape[:-1]
     # Fixed keep counts are a traced argument (a sweep over ranks or budgets compiles once); rules are static.
     rule = rank if isinstance(rank, str) else None
-    fixed = np.zeros(W.shape[:-2], np.int32) if rule else _fixed_keep(rank, spec.s.shape[-1], W.shape[:-2])
-    slr = (float(slr_sr), float(slr_rr)) if method == "slr" else None
-    f = factors(W, precision=precision)
+    fixed = np.zeros(batch, np.int32) if rule else _fixed_keep(rank, spec.s.shape[-1], batch)
     with scope(spec):
         fit_n = None if fit is None else normalised_fit(fit, spec)
-        decision = _decide(spec.s, spec.finite, fit_n, fixed, shrink=shrink, rule=rule)
-        out, info = _rebuild(W, f, decision, factored=bool(factored), slr=slr)
-    return out, info
+        return _decide(spec.s, spec.finite, fit_n, fixed, shrink=shrink, rule=rule)
+
+
+def apply_decision(
+    W: Array, decision: _Decision, method: Method, *, factored: bool = False, slr_sr: float = 0.5, slr_rr: float = 0.5,
+    precision: Precision | None = None,
+) -> tuple[Array | tuple[Array, Array], FilterInfo]:
+    """Step 4 of :func:`filter_matrix`: the SVD with vectors of ``W`` ``(..., a, b)`` (matrices, as
+    :func:`filter_matrix` takes them) rebuilt as :func:`decide` decided (its batch shape is ``W``'s)."""
+    slr = (float(slr_sr), float(slr_rr)) if method == "slr" else None
+    f = factors(W, precision=precision)
+    with scope(f):
+        return _rebuild(W, f, decision, factored=bool(factored), slr=slr)
 
 
 def resolve_shrink(method: str, shrink: Shrink | None) -> Shrink:

@@ -103,6 +103,26 @@ def test_counts_that_share_a_fit_batch_share_the_compiled_fits():
                      FLOAT32_FIT)
 
 
+def test_compress_decides_once_per_spectrum_length():
+    """Five 96 x 48 and two 48 x 96 matrices are two shape groups of one spectrum length: compress rebuilds
+    each group apart but decides the keep counts and shrinkage of all seven in one compiled program (at
+    fit_batch(7) = 8 rows), with the same keeps as filter_matrix on each group with its own fits."""
+    tall = [_pdb_matrix(20 + i) for i in range(5)]
+    wide = [_pdb_matrix(30 + i).T for i in range(2)]
+    params = {f"t{i}": {"kernel": m} for i, m in enumerate(tall)} | {f"w{i}": {"kernel": m} for i, m in enumerate(wide)}
+    jax.clear_caches()
+    _, report = pdbjax.compress(params)
+    assert pdbjax.filter._decide._cache_size() == 1
+    for group in (tall, wide):
+        stack = np.stack(group)
+        spec = pdbjax.linalg.spectrum(stack)
+        fit = pdbjax.filter.fit_spectrum(spec, A, "pdb")
+        _, info = pdbjax.filter_matrix(stack, "pdb", pdbjax.DEFAULT_RANK, fit=fit, spec=spec)
+        names = [f"{'t' if group is tall else 'w'}{i}/kernel" for i in range(len(group))]
+        rows = {r["name"]: r for r in report}
+        assert [rows[n]["keep"] for n in names] == [int(k) for k in info.keep]
+
+
 def test_compress_dense_keeps_structure_and_dtypes(params):
     before = copy.deepcopy(params)
     new, rep = pdbjax.compress(params, rank="spikes")
