@@ -59,7 +59,7 @@ from pdbjax.pub import fit_pub
 from pdbjax.shrink import shrink_optimal
 from pdbjax.spectral import PDB, critical_points, spike_inverse
 
-__all__ = ["FilterInfo", "svd", "outlier_mask", "shrink_spikes", "keep_count", "filter_matrix", "decide", "apply_decision"]
+__all__ = ["FilterInfo", "svd", "outlier_mask", "shrink_spikes", "keep_count", "filter_matrix"]
 
 Array = jax.Array
 ArrayLike = jax.typing.ArrayLike
