@@ -62,6 +62,7 @@ from pdbjax.tree import (
     is_nnx,
     map_chunks,
     map_groups,
+    pad_rows,
     path_name,
     replace,
     select,
@@ -450,11 +451,8 @@ def _decide_by_length(specs: Sequence[Spectrum], fits: Sequence[Any], keeps: Seq
     out: list[Any] = [None] * len(specs)
     for leaves in by_p.values():
         counts = [specs[leaf].s.shape[0] for leaf in leaves]
-        size = fit_batch(sum(counts))
-
-        def batch(*xs: np.ndarray) -> np.ndarray:
-            x = np.concatenate([np.asarray(v) for v in xs])
-            return np.concatenate([x, np.repeat(x[:1], size - len(x), axis=0)])
+        pad = fit_batch(sum(counts)) - sum(counts)
+        batch = lambda *xs: pad_rows(np.concatenate(xs), pad)  # noqa: E731
 
         rank = keeps[leaves[0]]
         if isinstance(rank, np.ndarray):

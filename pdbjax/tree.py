@@ -566,7 +566,7 @@ def map_chunks(
                         lambda y, lo=lo, hi=hi: np.asarray(y).reshape(-1, *np.shape(y)[len(shapes[i]) - 2 :])[lo:hi], aux[i])
                     for i, lo, hi in chunk
                 ]
-                extra = jax.tree_util.tree_map(lambda *ys: _pad_rows(np.concatenate(ys), pad), *rows)
+                extra = jax.tree_util.tree_map(lambda *ys: pad_rows(np.concatenate(ys), pad), *rows)
                 result = fn(stack, extra)
             _check_batched(result, stack.shape[0], (a, b))
             # One chunk in flight: with JAX's asynchronous dispatch the host would stage the next chunks while
@@ -611,7 +611,9 @@ def _stack(parts: list[tuple[Any, int, int]], a: int, b: int, dtype: np.dtype) -
     return jnp.concatenate([jax.device_put(p) for p in pieces])
 
 
-def _pad_rows(y: np.ndarray, pad: int) -> np.ndarray:
+def pad_rows(y: np.ndarray, pad: int) -> np.ndarray:
+    """``y`` with ``pad`` more rows, copies of its first (host arrays): the padding of :func:`map_chunks`'
+    ``aux`` and of ``compress``'s decisions (:func:`pdbjax.api.fit_batch`)."""
     return np.concatenate([y, np.broadcast_to(y[:1], (pad, *y.shape[1:]))]) if pad else y
 
 
