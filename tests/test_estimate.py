@@ -237,13 +237,26 @@ def test_fit_reference_mode_matches_single_start_curve_fit(batch_a, fit_referenc
     Both solvers must leave the single-bulk saddle the midpoint starts them towards (scipy by the
     rounding of its finite differences, pdbjax along negative curvature). Compared on the rows that pdbjax
     reports ok; up to 2 of the 20 may instead be flagged (an allowed outcome of a fit on another CPU,
-    whose float32 eigenvalues differ by rounding: measured here 0 of 20), none may differ."""
-    cats = _tally(fit_reference, batch_a["lam"])
+    whose float32 eigenvalues differ by rounding: measured 0 of 20 on two CPUs), none may differ, except
+    where scipy did not leave the saddle: its collapsed ``s1 ~ s2`` then costs more than twice pdbjax's
+    optimum (measured on an AMD EPYC: row 13, scipy 0.21 against pdbjax 3.4e-8, where pdbjax recovers the
+    simulated population; 0 such rows on the CPU where the test was written)."""
+    lam = batch_a["lam"]
+    cats = _tally(fit_reference, lam)
     ok = np.asarray(fit_reference.ok)[:N_RANDOM]
     flagged = [i for i in range(N_RANDOM) if not ok[i]]
     assert len(flagged) <= 2, (flagged, np.asarray(fit_reference.reason)[flagged])
     assert all(int(fit_reference.reason[i]) in (Reason.NOT_CONVERGED, Reason.POOR_FIT) for i in flagged)
-    bad = {k: [i for i in v if ok[i]] for k, v in cats.items() if k not in ("ok", "collapsed_ok", "oracle_not_converged")}
+
+    def scipy_stayed_at_saddle(i: int) -> bool:
+        oracle = ref.pdbls(lam[i], N)
+        cost = _reference_cost(lam[i], oracle.K, (fit_reference.t[i], fit_reference.sigma1_sq[i], fit_reference.sigma2_sq[i]))
+        return cost < 0.5 * oracle.cost
+
+    stayed = [i for i in cats.get("collapsed_mismatch", []) if ok[i] and scipy_stayed_at_saddle(i)]
+    assert len(stayed) <= 2, stayed
+    agreeing = ("ok", "collapsed_ok", "oracle_not_converged")
+    bad = {k: [i for i in v if ok[i] and i not in stayed] for k, v in cats.items() if k not in agreeing}
     assert not any(bad.values()), cats
 
 
@@ -435,12 +448,15 @@ def test_degenerate_rows_flagged_under_jit(jit_fits, fit_degenerate):
     clean, fit = jit_fits
     assert np.all(np.asarray(clean.ok))
     _check_degenerate(fit, clean)
-    # float32 under jit, float64 eagerly: same verdicts, same optimum
+    # float32 under jit, float64 eagerly: same verdicts, same optimum. The simulated rows to 1e-3; the
+    # Student-t(1.5) row, whose bulk the model describes only roughly (residual 0.015, near POOR_FIT's
+    # 0.02), has a shallow optimum: float32 and float64 stop 0.5% apart on an AMD EPYC (sigma2_sq), so 2e-2.
     np.testing.assert_array_equal(np.asarray(fit.reason), np.asarray(fit_degenerate.reason))
     ok = np.asarray(fit.ok)
+    rtol = np.where(np.arange(ok.size) < N_GOOD, 1e-3, 2e-2)[ok]
     for key in ("t", "sigma1_sq", "sigma2_sq"):
         got, want = np.asarray(getattr(fit, key))[ok], np.asarray(getattr(fit_degenerate, key))[ok]
-        np.testing.assert_allclose(got, want, rtol=1e-3)
+        assert np.all(np.abs(got - want) <= rtol * np.abs(want)), (key, got, want)
 
 
 @pytest.mark.xfail(strict=True, reason="known limitation: Student-t(1.5) entries give a bulk the PDB law fits with "
