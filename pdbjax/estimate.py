@@ -43,7 +43,7 @@ from pdbjax.inputs import check_eigs, median, placeholder, screen, screen_rtol
 from pdbjax.linalg import raw_eigenvalues, spectrum
 from pdbjax.lsq import least_squares_box
 from pdbjax.precision import Precision, as_work, check_precision, float64, work_dtype
-from pdbjax.spectral import PDB, critical_points, edges, silverstein_z
+from pdbjax.spectral import PDB, critical_points, edges, silverstein_z, silverstein_z_derivatives
 
 __all__ = ["eigenvalues", "spike_count", "fit_pdb"]
 
@@ -243,11 +243,17 @@ def _fit_one(lam: Array, K: Array, N: Array, mode: str, n_iter: int):
             z = jnp.where(1 - theta[0] > 0, z, -200.0)
         return jnp.where(used, u - z, 0.0)
 
+    def derivatives(theta):
+        """The residual's Jacobian and second derivatives (``-`` those of ``z``, closed forms)."""
+        jac, curv = silverstein_z_derivatives(s, theta[0], theta[1], theta[2], c_k)
+        keep = used & (1 - theta[0] > 0) if mode == "reference" else used  # the reference's -200 is constant
+        return jnp.where(keep[:, None], -jac, 0.0), jnp.where(keep[:, None, None], -curv, 0.0)
+
     lb = jnp.stack([jnp.zeros((), dtype), l_min, l_min])
     ub = jnp.stack([jnp.ones((), dtype), l_max, l_max])
     starts = jnp.asarray(_STARTS[:1] if mode == "reference" else _STARTS, dtype)
     x0 = lb + starts * (ub - lb)
-    sols = jax.vmap(lambda x: least_squares_box(residual, x, lb, ub, n_iter))(x0)
+    sols = jax.vmap(lambda x: least_squares_box(residual, x, lb, ub, n_iter, derivatives=derivatives))(x0)
     best = jnp.argmin(jnp.where(jnp.isfinite(sols.cost), sols.cost, jnp.inf))
     theta = sols.x[best]
     rms = jnp.sqrt(jnp.sum(jnp.where(used, residual(theta) / u_scale, 0.0) ** 2) / jnp.sum(used))

@@ -12,7 +12,9 @@ damped linear least-squares subproblem on the free variables ``F`` for the veloc
 by a QR factorisation of the stacked matrix (never the normal equations ``J^T J + mu I``, whose
 condition number is the square of ``J``'s: the Jacobian is rank deficient at the symmetric starting
 point of PDBLS), and, with the same factors, the geodesic acceleration ``a`` from the right-hand side
-``-[r_vv; 0]``, where ``r_vv = d^2/ds^2 r(y + s v)`` at ``s = 0`` (one forward-over-forward ``jvp``).
+``-[r_vv; 0]``, where ``r_vv = d^2/ds^2 r(y + s v) = sum_jk T_jk v_j v_k`` at ``s = 0``, with
+``T_jk = d^2 r / dy_j dy_k``. ``J`` and ``T`` come from the caller's ``derivatives`` (closed forms, as
+PDBLS passes) or from forward-mode automatic differentiation of ``residual``.
 The trial point is ``y+ = clip(y + v + a / 2, 0, 1)``; it is accepted when the cost decreases and
 ``2 ||a|| <= 0.75 ||v||``. The acceleration follows curved valleys of the cost, where plain
 Levenberg-Marquardt crawls (PDBLS on eigenvalues of order ``1e-3``). A variable on a bound whose
@@ -138,11 +140,14 @@ def least_squares_box(
     ftol: float = 1e-8,
     xtol: float = 1e-8,
     gtol: float = 1e-8,
+    derivatives: Callable[[jax.Array], tuple[jax.Array, jax.Array]] | None = None,
 ) -> BoxLSQResult:
     """Solve ``min 0.5 ||residual(x)||^2`` on the box ``[lb, ub]`` from ``x0`` (one problem).
 
     ``residual`` maps a parameter vector of shape ``(n,)`` to residuals of shape ``(m,)``; non-finite
-    residuals count as an infinite cost (the step is rejected). ``damping0`` is the initial relative
+    residuals count as an infinite cost (the step is rejected). ``derivatives(x)``, when given, returns
+    the residual's exact Jacobian ``(m, n)`` and second derivatives ``(m, n, n)`` at ``x``; otherwise
+    both come from ``jax.jacfwd``. ``damping0`` is the initial relative
     damping ``lambda``; ``max_steps`` caps the iterations. A variable with ``lb = ub`` is held there.
     ``vmap`` over problems or starts.
     """
@@ -162,7 +167,17 @@ def least_squares_box(
     def fixed_set(y, g):
         return ((y <= 0) & (g > 0)) | ((y >= 1) & (g < 0))
 
-    def velocity_acceleration(y, jac, r, free, mu):
+    def unit_derivatives(y):
+        """``(J, T)`` in unit-box coordinates (chain rule: ``dx_j / dy_j = width_j``)."""
+        x = lb + y * width
+        if derivatives is None:
+            jac_x = jax.jacfwd(residual)
+            jac, curv = jac_x(x), jax.jacfwd(jac_x)(x)
+        else:
+            jac, curv = derivatives(x)
+        return jac * width, curv * width[:, None] * width[None, :]
+
+    def velocity_acceleration(jac, curv, r, free, mu):
         """``v`` and ``a`` from one QR of ``[J_F; sqrt(mu) I]`` (fixed variables get 0)."""
         n = jac.shape[1]
         aug = jnp.concatenate([jnp.where(free[None, :], jac, 0.0), jnp.sqrt(mu) * jnp.eye(n, dtype=dtype)])
@@ -173,15 +188,16 @@ def least_squares_box(
             return jnp.where(free, jax.scipy.linalg.solve_triangular(upper, q.T @ rhs), 0.0)
 
         v = solve(r)
-        r_vv = jax.jvp(lambda z: jax.jvp(unit_residual, (z,), (v,))[1], (y,), (v,))[1]
+        r_vv = jnp.einsum("ijk,j,k->i", curv, v, v)
         return v, solve(r_vv)
 
     def escape(y, cost):
         """Lowest point along the most negative curvature direction of the exact Hessian on ``F``."""
-        jac = jax.jacfwd(unit_residual)(y)
-        free = ~fixed_set(y, jac.T @ unit_residual(y))
+        jac, curv = unit_derivatives(y)
+        r = unit_residual(y)
+        free = ~fixed_set(y, jac.T @ r)
         jac_scale = jnp.max(jnp.sum(jac**2, axis=0))
-        hess = jax.hessian(unit_cost)(y)
+        hess = jac.T @ jac + jnp.einsum("i,ijk->jk", r, curv)  # nabla^2 (0.5 ||r||^2)
         hess = jnp.where(free[:, None] & free[None, :], hess, 0.0) + jnp.diag(jnp.where(free, 0.0, jac_scale + 1))
         evals, evecs = jnp.linalg.eigh(hess)
         length = 2.0 ** -jnp.arange(_ESCAPE_STEPS, dtype=dtype)
@@ -192,7 +208,7 @@ def least_squares_box(
         return found, trials[best], costs[best]
 
     def lm_body(s: _State) -> _State:
-        jac = jax.jacfwd(unit_residual)(s.y)
+        jac, curv = unit_derivatives(s.y)
         g = jac.T @ s.r
         free = ~fixed_set(s.y, g)
         col = jnp.linalg.norm(jac, axis=0)
@@ -201,7 +217,7 @@ def least_squares_box(
         gtol_ok = (cosine <= gtol) | (s.cost == 0)
 
         mu = s.lam * jnp.maximum(jnp.max(col**2), jnp.finfo(dtype).tiny)
-        v, a = velocity_acceleration(s.y, jac, s.r, free, mu)
+        v, a = velocity_acceleration(jac, curv, s.r, free, mu)
         y_try = jnp.clip(s.y + v + 0.5 * a, 0.0, 1.0)
         r_try = unit_residual(y_try)
         cost_try = cost_of(r_try)
@@ -247,10 +263,14 @@ def least_squares_box(
     r0 = unit_residual(y0)
     cost0 = cost_of(r0)
     status0 = jnp.where(jnp.isfinite(cost0), _RUNNING, Status.NON_FINITE).astype(jnp.int32)
-    one = jnp.ones((), dtype)
-    out = lax.while_loop(running, solve_and_check, _State(y0, r0, cost0, damping0 * one, 2 * one, jnp.zeros((), jnp.int32), status0))
+    # Every field of the state depends on the start, so that under vmap the loops' state is batched from
+    # the first step: JAX then batches each loop body once instead of again for each field that becomes
+    # batched (tracing, not the arithmetic).
+    one = jnp.where(status0 == _RUNNING, 1.0, 1.0).astype(dtype)
+    state0 = _State(y0, r0, cost0, damping0 * one, 2 * one, (0 * status0).astype(jnp.int32), status0)
+    out = lax.while_loop(running, solve_and_check, state0)
     status = jnp.where(out.status == _RUNNING, Status.MAX_STEPS, out.status).astype(jnp.int32)
-    g = jax.jacfwd(unit_residual)(out.y).T @ out.r
+    g = unit_derivatives(out.y)[0].T @ out.r
     grad_norm = jnp.max(jnp.abs(jnp.where(fixed_set(out.y, g), 0.0, g)))
     converged = (status == Status.GTOL) | (status == Status.FTOL) | (status == Status.XTOL)
     return BoxLSQResult(lb + out.y * width, out.cost, grad_norm, out.steps, converged, status)

@@ -91,6 +91,7 @@ __all__ = [
     "spike_inverse",
     "moments",
     "silverstein_z",
+    "silverstein_z_derivatives",
     "check_population",
 ]
 
@@ -468,6 +469,41 @@ def silverstein_z(m: ArrayLike, t: ArrayLike, s1: ArrayLike, s2: ArrayLike, c: A
     2.5
     """
     return -1 / m + _population_term(m, t, s1, s2, c)
+
+
+def silverstein_z_derivatives(m: ArrayLike, t: ArrayLike, s1: ArrayLike, s2: ArrayLike, c: ArrayLike) -> tuple[Array, Array]:
+    r"""First and second derivatives of :func:`silverstein_z` in the population ``theta = (t, s1, s2)``.
+
+    With ``a_k = 1 / (1 + s_k m)``,
+
+    .. math::  \partial_t z = c (s_1 a_1 - s_2 a_2), \quad \partial_{s_1} z = c\, t\, a_1^2, \quad
+               \partial_{s_2} z = c (1 - t)\, a_2^2,
+
+    .. math::  \partial_t^2 z = 0, \quad \partial_t \partial_{s_1} z = c\, a_1^2, \quad
+               \partial_t \partial_{s_2} z = -c\, a_2^2, \quad \partial_{s_1} \partial_{s_2} z = 0, \quad
+               \partial_{s_1}^2 z = -2 c\, t\, m\, a_1^3, \quad \partial_{s_2}^2 z = -2 c (1 - t)\, m\, a_2^3.
+
+    Returns ``(J, T)`` with ``J[..., j] = dz / d theta_j`` (shape ``(..., 3)``) and
+    ``T[..., j, k] = d^2 z / d theta_j d theta_k`` (shape ``(..., 3, 3)``), the arguments broadcast
+    together: the exact derivatives PDBLS's least squares takes (:func:`pdbjax.fit_pdb`), without
+    differentiating the formula at every use.
+
+    >>> J, T = silverstein_z_derivatives(-0.5, 0.5, 1.0, 1.0, 0.25)  # a_1 = a_2 = 2
+    >>> [round(float(v), 6) for v in J], round(float(T[1, 1]), 6)
+    ([0.0, 0.5, 0.5], 1.0)
+    """
+    m, t, s1, s2, c = jnp.broadcast_arrays(*(jnp.asarray(v) for v in (m, t, s1, s2, c)))
+    a1, a2 = 1 / (1 + s1 * m), 1 / (1 + s2 * m)
+    d_t1, d_t2 = c * a1**2, -c * a2**2
+    d_11, d_22 = -2 * c * t * m * a1**3, -2 * c * (1 - t) * m * a2**3
+    zero = jnp.zeros_like(m)
+    J = jnp.stack([c * (s1 * a1 - s2 * a2), t * d_t1, (t - 1) * d_t2], axis=-1)
+    T = jnp.stack([
+        jnp.stack([zero, d_t1, d_t2], axis=-1),
+        jnp.stack([d_t1, d_11, zero], axis=-1),
+        jnp.stack([d_t2, zero, d_22], axis=-1),
+    ], axis=-2)
+    return J, T
 
 
 def _silverstein(m, z, t, s1, s2, c):

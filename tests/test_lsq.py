@@ -55,6 +55,49 @@ def test_symmetric_start_escapes_the_single_component_saddle():
     assert 0 < int(res.steps) < 100
 
 
+def _mixture_derivatives(x=X):
+    """Closed-form Jacobian and second derivatives of :func:`_mixture_residual` (``r = data - model``)."""
+    x = jnp.asarray(x)
+
+    def derivatives(theta):
+        t, a, b = theta[0], theta[1], theta[2]
+        ea, eb = jnp.exp(-a * x), jnp.exp(-b * x)
+        zero = jnp.zeros_like(x)
+        jac = jnp.stack([eb - ea, t * x * ea, (1 - t) * x * eb], axis=-1)
+        curv = jnp.stack([
+            jnp.stack([zero, x * ea, -x * eb], axis=-1),
+            jnp.stack([x * ea, -t * x**2 * ea, zero], axis=-1),
+            jnp.stack([-x * eb, zero, -(1 - t) * x**2 * eb], axis=-1),
+        ], axis=-2)
+        return jac, curv
+
+    return derivatives
+
+
+def test_given_derivatives_replace_automatic_differentiation():
+    """``derivatives=`` (closed forms) solves the saddle-start problem as automatic differentiation does,
+    and is the only source of derivatives then: a residual that cannot be differentiated (its JVP raises)
+    still solves."""
+    start = (MIX_LB + MIX_UB) / 2
+    smooth = _mixture_residual()
+
+    @jax.custom_jvp
+    def opaque(theta):
+        return smooth(theta)
+
+    @opaque.defjvp
+    def _(primals, tangents):
+        raise AssertionError("the solver differentiated the residual instead of using derivatives=")
+
+    with jax.enable_x64(True):
+        auto = _solve(smooth, start, MIX_LB, MIX_UB)
+        given = _solve(opaque, start, MIX_LB, MIX_UB, derivatives=_mixture_derivatives())
+    # the same minimum to the solver's 1e-8 tolerances (the two stop at different steps: other rounding),
+    # so a cost of order (1e-8)^2 per residual
+    assert bool(given.converged) and float(given.cost) < 1e-12, given
+    np.testing.assert_allclose(np.asarray(given.x), np.asarray(auto.x), rtol=1e-7)
+
+
 def test_active_bound_is_exact_and_projected_gradient_vanishes():
     """A line fit whose slope is boxed below its free optimum (2): the slope sits exactly on its bound and
     the intercept is the least-squares intercept given that slope."""

@@ -1068,3 +1068,21 @@ def test_second_derivatives_match_finite_differences():
     fd = (np.asarray(first[1]) - np.asarray(first[2])) / (2 * step * c0)
     assert np.all(np.isfinite(fd))
     np.testing.assert_allclose(np.asarray(second), fd, rtol=1e-6, atol=1e-8 * np.abs(fd).max())
+
+
+def test_silverstein_z_derivatives_are_those_of_silverstein_z():
+    """The closed forms PDBLS's least squares takes, against automatic differentiation of the equation
+    itself (float64; real ``m`` of both signs, weights 0 to 1, a point near the pole ``m = -1/10``;
+    broadcast arguments)."""
+    m = np.array([-7.0, -0.7, -0.09, 0.01, 0.3, 2.5])
+    theta = np.array([[0.3, 1.7, 0.4], [1.0, 2.0, 2.0], [0.0, 0.5, 9.0], [0.8, 10.0, 1.0]])
+    c = 0.37
+    with x64():
+        z = lambda th, mm: spectral.silverstein_z(mm, th[0], th[1], th[2], c)  # noqa: E731
+        want_j = jax.vmap(lambda th: jax.vmap(lambda mm: jax.jacfwd(z)(th, mm))(jnp.asarray(m)))(jnp.asarray(theta))
+        want_t = jax.vmap(lambda th: jax.vmap(lambda mm: jax.hessian(z)(th, mm))(jnp.asarray(m)))(jnp.asarray(theta))
+        got_j, got_t = spectral.silverstein_z_derivatives(m[None, :], *(theta[:, i, None] for i in range(3)), c)
+    assert got_j.shape == (4, 6, 3) and got_t.shape == (4, 6, 3, 3)
+    # the same rational functions evaluated in another order: rounding of float64 relative to the largest
+    np.testing.assert_allclose(np.asarray(got_j), np.asarray(want_j), rtol=1e-12, atol=1e-12 * np.abs(want_j).max())
+    np.testing.assert_allclose(np.asarray(got_t), np.asarray(want_t), rtol=1e-12, atol=1e-12 * np.abs(want_t).max())
