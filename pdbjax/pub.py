@@ -28,8 +28,8 @@ separates noise from the ``K`` spikes. Both estimators take the input convention
              \approx \sum_i w_i\, \phi_h(x - \sigma^2 y_i),
 
   with ``y_i = 1 + c0 - 2 sqrt(c0) cos u_i`` at the 256 mid-points ``u_i`` of ``[0, pi]`` and weights
-  ``w_i`` proportional to :func:`pdbjax.spectral.density` times ``sin u_i`` (the integrand is smooth in
-  ``u``, even for ``c0 = 1``). ``sigma^2`` minimises the sum of squared differences: a 1-D box least
+  ``w_i`` proportional to the density times ``dy/du``, in closed form ``sin^2 u_i / y_i`` (the integrand
+  is smooth in ``u``, even for ``c0 = 1``). ``sigma^2`` minimises the sum of squared differences: a 1-D box least
   squares in ``log sigma^2`` on ``[mean / 4, 4 mean]`` of the bulk, started at the bulk mean
   (:func:`pdbjax.lsq.least_squares_scalar`: safeguarded Newton, at most 40 steps; a solve that does not
   converge is ``NOT_CONVERGED``). Smoothing the model like the data removes the
@@ -71,7 +71,6 @@ from pdbjax.fits import PUBFit, Reason, demote, fit_result
 from pdbjax.inputs import check_eigs, median_units, placeholder, screen
 from pdbjax.lsq import least_squares_scalar
 from pdbjax.precision import as_work
-from pdbjax.spectral import PDB, density
 
 __all__ = ["fit_pub", "TW1_QUANTILES"]
 
@@ -211,6 +210,20 @@ def _gaussian(u: Array) -> Array:
     return jnp.exp(-0.5 * u**2) / math.sqrt(2 * math.pi)
 
 
+def _mp_nodes(c0: Array) -> tuple[Array, Array]:
+    r"""``MP(1, c0)`` as :data:`_MODEL_NODES` weighted nodes: ``y_i = 1 + c0 - 2 sqrt(c0) cos u_i`` at the
+    mid-points ``u_i`` of ``[0, pi]``, weights ``w_i`` summing to 1.
+
+    The density ``r / (2 pi c0 y)`` has ``r = sqrt((b - y)(y - a)) = 2 sqrt(c0) sin u`` at ``y(u)``, and
+    ``dy / du = 2 sqrt(c0) sin u``, so ``w_i`` is proportional to ``sin^2 u_i / y_i`` (the mid-point rule
+    in ``u``; the integrand is smooth, also at ``c0 = 1`` where the density diverges at 0).
+    """
+    u = (jnp.arange(_MODEL_NODES, dtype=c0.dtype) + 0.5) * (jnp.pi / _MODEL_NODES)
+    node = 1 + c0 - 2 * jnp.sqrt(c0) * jnp.cos(u)
+    mass = jnp.sin(u) ** 2 / node
+    return node, mass / jnp.sum(mass)
+
+
 def _kernel(lam: Array, N: Array, table: BemaTable, alpha: float) -> tuple[Array, Array, Array]:
     """Kernel density matching on descending ``lam`` (median in [1/2, 1)): returns ``(sigma_sq, c0, usable)``.
 
@@ -229,12 +242,8 @@ def _kernel(lam: Array, N: Array, table: BemaTable, alpha: float) -> tuple[Array
     lo, hi = lam[-1], jnp.take(lam, jnp.minimum(K0, p - 1))
     x = lo + (hi - lo) * (jnp.arange(_KDE_POINTS, dtype=lam.dtype) + 0.5) / _KDE_POINTS
     kde = jnp.sum(weight * _gaussian((x[:, None] - lam) / h), axis=-1) / h
-    # MP(1, c0) as weighted nodes: mid-point rule in u on its support, lambda = mid - half cos u.
     c0 = n / N
-    u = (jnp.arange(_MODEL_NODES, dtype=lam.dtype) + 0.5) * (jnp.pi / _MODEL_NODES)
-    node = 1 + c0 - 2 * jnp.sqrt(c0) * jnp.cos(u)
-    mass = density(node, PDB.pub(jnp.ones_like(c0)), c0) * jnp.sin(u)
-    mass = mass / jnp.sum(mass)
+    node, mass = _mp_nodes(c0)
 
     def residual(log_s: Array) -> Array:
         model = jnp.sum(mass * _gaussian((x[:, None] - jnp.exp(log_s) * node) / h), axis=-1) / h
