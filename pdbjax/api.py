@@ -139,9 +139,10 @@ def _matrices(sels: Sequence[Selected]) -> list[jax.Array]:
 
 
 def _spectra(sels: Sequence[Selected], precision: Precision, shard: bool, progress, max_memory: int | None) -> list[Chunk]:
-    """Pass 1: the :class:`~pdbjax.linalg.Spectrum` of every matrix, one :class:`~pdbjax.tree.Chunk` per call."""
+    """Pass 1: the :class:`~pdbjax.linalg.Spectrum` of every matrix, one :class:`~pdbjax.tree.Chunk` per call
+    (a matrix and its transpose have the same singular values: the two orientations of a shape share one)."""
     return map_chunks(lambda m: spectrum(m, precision=precision), _matrices(sels), shard=shard, progress=progress,
-                      max_memory=max_memory)
+                      max_memory=max_memory, transpose_wide=True)
 
 
 def fit_batch(rows: int) -> int:

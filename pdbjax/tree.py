@@ -507,12 +507,16 @@ def map_chunks(
     progress: Callable[[int, int], None] | None = None,
     max_memory: int | None = None,
     aux: Sequence[Any] | None = None,
+    transpose_wide: bool = False,
 ) -> list[Chunk]:
     """:func:`map_groups` without its split: the output of each call of ``fn`` as it is, with the items it holds.
 
     Same grouping, chunking, padding, sharding, ``progress`` and ``aux`` as :func:`map_groups`; a
     consumer that regroups the rows anyway (``analyze`` stacks every spectrum of one length for its fits)
-    takes them from here and slices nothing on the device.
+    takes them from here and slices nothing on the device. With ``transpose_wide``, matrices ``(a, b)``
+    and ``(b, a)`` share a group: ``fn`` sees ``(B, max(a, b), min(a, b))`` stacks, each wide matrix
+    transposed as it is stacked (for an ``fn`` that does not care, such as singular values: one
+    compiled program and one call for both orientations).
 
     Returns:
       One :class:`Chunk` per call, groups in order of first appearance, chunks in order.
@@ -533,7 +537,8 @@ def map_chunks(
         raise ValueError(f"max_memory must be a positive number of bytes; got {max_memory}")
     groups: dict[tuple, list[int]] = {}
     for i, x in enumerate(items):
-        groups.setdefault((*shapes[i][-2:], _batch_dtype(x.dtype)), []).append(i)
+        a, b = shapes[i][-2:]
+        groups.setdefault((*((max(a, b), min(a, b)) if transpose_wide else (a, b)), _batch_dtype(x.dtype)), []).append(i)
     devices = jax.local_devices()
     sharding = _batch_sharding(devices) if shard and len(devices) > 1 else None
     sizes = [math.prod(shape[:-2]) for shape in shapes]
@@ -600,11 +605,15 @@ def _chunks(runs: list[tuple[int, int, int]], size: int):
 
 
 def _stack(parts: list[tuple[Any, int, int]], a: int, b: int, dtype: np.dtype) -> jax.Array:
-    """One ``(B, a, b)`` working stack from slices of items: NumPy items are read and cast on the host."""
+    """One ``(B, a, b)`` working stack from slices of items (a ``(b, a)`` item transposed): NumPy items are
+    read and cast on the host."""
     pieces = []
     for x, lo, hi in parts:
-        view = x.reshape(-1, a, b)[lo:hi]
-        pieces.append(np.asarray(view, dtype) if isinstance(view, np.ndarray) else jnp.asarray(view, dtype))
+        view = x.reshape(-1, *x.shape[-2:])[lo:hi]
+        if isinstance(view, np.ndarray):
+            pieces.append(np.asarray(view if view.shape[1:] == (a, b) else view.swapaxes(1, 2), dtype))
+        else:
+            pieces.append(jnp.asarray(view if view.shape[1:] == (a, b) else jnp.swapaxes(view, 1, 2), dtype))
     if all(isinstance(p, np.ndarray) for p in pieces):
         # device_put is a transfer; jnp.asarray of a NumPy array runs (and compiles) a copy program per shape.
         return jax.device_put(pieces[0] if len(pieces) == 1 else np.concatenate(pieces))

@@ -141,6 +141,36 @@ def test_map_chunks_runs_locate_every_row_and_the_padding():
     assert_close(np.asarray(padded.result[2]), np.asarray(padded.result[0]), SAME_ARITHMETIC)  # copy of its first
 
 
+def test_map_chunks_transpose_wide_shares_one_call_for_both_orientations():
+    """transpose_wide: a (10, 20) item joins the (20, 10) group transposed (NumPy and JAX items alike), so one
+    call sees all of them; each row is its matrix's transpose or itself, and the singular values are the item's."""
+    rng = np.random.default_rng(7)
+    mats = [rng.standard_normal((2, 20, 10)).astype(np.float32), jnp.asarray(rng.standard_normal((10, 20)), jnp.float32),
+            rng.standard_normal((3, 10, 20)).astype(np.float32)]
+    seen = []
+    chunks = tree.map_chunks(lambda m: seen.append(m.shape) or m, mats, shard=False, transpose_wide=True)
+    assert seen == [(6, 20, 10)] and [c.runs for c in chunks] == [((0, 0, 2), (1, 0, 1), (2, 0, 3))]
+    rows = np.asarray(chunks[0].result)
+    want = [*mats[0], np.asarray(mats[1]).T, *np.swapaxes(mats[2], 1, 2)]
+    assert_close(rows, np.stack(want), SAME_ARITHMETIC)  # copies: exact
+    # without it, one call per orientation
+    assert len(tree.map_chunks(lambda m: m, mats, shard=False)) == 2
+
+
+def test_analyze_decomposes_both_orientations_of_a_shape_in_one_program():
+    """analyze's spectra take a (48, 96) matrix transposed into the (96, 48) group: one compile of the
+    values-only SVD for both, and its row is the analysis of the matrix alone."""
+    rng = np.random.default_rng(9)
+    params = {name: {"kernel": rng.standard_normal(shape).astype(np.float32)} for name, shape in (("up", (96, 48)), ("down", (48, 96)))}
+    jax.clear_caches()
+    both = pdbjax.analyze(params, baselines=False)
+    assert pdbjax.linalg._spectrum._cache_size() == 1
+    alone = pdbjax.analyze({"down": params["down"]}, baselines=False).rows[0]
+    row = next(r for r in both.rows if r["name"] == "down/kernel")
+    assert row["K"] == alone["K"] and row["matrix_shape"] == [48, 96]
+    assert_close(row["lambda_plus"], alone["lambda_plus"], OTHER_PROCESS)
+
+
 def test_map_chunks_holds_one_chunk_at_a_time():
     """Each chunk's output is ready before the next chunk is staged (asynchronous dispatch would otherwise queue
     every chunk's working copies at once), so progress reports finished matrices."""
@@ -165,7 +195,7 @@ def test_analyze_rows_follow_the_leaves_when_chunks_interleave_shapes():
     rng = np.random.default_rng(8)
     shapes = {"a": (96, 48), "b": (48, 48), "c": (96, 48), "d": (48, 96), "e": (48, 48), "f": (96, 48)}
     params = {k: {"kernel": (rng.standard_normal(s) * (1 + i)).astype(np.float32)} for i, (k, s) in enumerate(shapes.items())}
-    # chunks of 2 matrices of 96 x 48: a, c then f and a padding copy; b, e together; d alone
+    # pass 1 (spectra) takes d (48 x 96) transposed: chunks of 2 matrices of 96 x 48, a, c then d, f; b, e together
     report = pdbjax.analyze(params, baselines=False, max_memory=tree.WORK_COPIES * 4 * 96 * 48 * 2)
     assert [r["name"] for r in report.rows] == [f"{k}/kernel" for k in shapes]
     for row in report.rows:
