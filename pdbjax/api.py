@@ -8,8 +8,8 @@ matrix. The caller's params are never modified.
 The work is organised so that a model compiles a handful of programs and never holds more than a
 memory budget of working copies:
 
-1. **Spectra**: :func:`pdbjax.linalg.spectrum` of every matrix, one batched call per shape group (in
-   chunks of at most ``max_memory``; :func:`pdbjax.tree.map_groups`).
+1. **Spectra**: :func:`pdbjax.linalg.spectrum` of every matrix, one batched call per shape group, both
+   orientations of a shape in one (in chunks of at most ``max_memory``; :func:`pdbjax.tree.map_chunks`).
 2. **Fits**: every spectrum of one length ``p`` goes through ONE compiled program whatever its ``N``
    (``N`` is data): for ``analyze`` every figure of the report (:func:`pdbjax.figures.spectrum_figures`),
    for ``compress`` the fit of its method; the 384 x 384, 1536 x 384 and 384 x 1536 matrices of a
