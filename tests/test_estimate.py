@@ -239,7 +239,7 @@ def test_fit_reference_mode_matches_single_start_curve_fit(batch_a, fit_referenc
     reports ok; up to 2 of the 20 may instead be flagged (an allowed outcome of a fit on another CPU,
     whose float32 eigenvalues differ by rounding: measured 0 of 20 on two CPUs), none may differ, except
     where scipy did not leave the saddle: its collapsed ``s1 ~ s2`` then costs more than twice pdbjax's
-    optimum (measured on an AMD EPYC: row 13, scipy 0.21 against pdbjax 3.4e-8, where pdbjax recovers the
+    optimum (measured on an AMD EPYC with AVX-512: row 13, scipy 0.21 against pdbjax 3.4e-8, where pdbjax recovers the
     simulated population; 0 such rows on the CPU where the test was written)."""
     lam = batch_a["lam"]
     cats = _tally(fit_reference, lam)
@@ -450,7 +450,7 @@ def test_degenerate_rows_flagged_under_jit(jit_fits, fit_degenerate):
     _check_degenerate(fit, clean)
     # float32 under jit, float64 eagerly: same verdicts, same optimum. The simulated rows to 1e-3; the
     # Student-t(1.5) row, whose bulk the model describes only roughly (residual 0.015, near POOR_FIT's
-    # 0.02), has a shallow optimum: float32 and float64 stop 0.5% apart on an AMD EPYC (sigma2_sq), so 2e-2.
+    # 0.02), has a shallow optimum: float32 and float64 stop 0.5% apart on an AMD EPYC with AVX-512 (sigma2_sq), so 2e-2.
     np.testing.assert_array_equal(np.asarray(fit.reason), np.asarray(fit_degenerate.reason))
     ok = np.asarray(fit.ok)
     rtol = np.where(np.arange(ok.size) < N_GOOD, 1e-3, 2e-2)[ok]
