@@ -610,10 +610,9 @@ def _stack(parts: list[tuple[Any, int, int]], a: int, b: int, dtype: np.dtype) -
     pieces = []
     for x, lo, hi in parts:
         view = x.reshape(-1, *x.shape[-2:])[lo:hi]
-        if isinstance(view, np.ndarray):
-            pieces.append(np.asarray(view if view.shape[1:] == (a, b) else view.swapaxes(1, 2), dtype))
-        else:
-            pieces.append(jnp.asarray(view if view.shape[1:] == (a, b) else jnp.swapaxes(view, 1, 2), dtype))
+        if view.shape[1:] != (a, b):
+            view = view.swapaxes(1, 2)  # a view of a NumPy item: read transposed by the cast below
+        pieces.append(np.asarray(view, dtype) if isinstance(view, np.ndarray) else jnp.asarray(view, dtype))
     if all(isinstance(p, np.ndarray) for p in pieces):
         # device_put is a transfer; jnp.asarray of a NumPy array runs (and compiles) a copy program per shape.
         return jax.device_put(pieces[0] if len(pieces) == 1 else np.concatenate(pieces))
