@@ -191,10 +191,9 @@ def least_squares_box(
         r_vv = jnp.einsum("ijk,j,k->i", curv, v, v)
         return v, solve(r_vv)
 
-    def escape(y, cost):
-        """Lowest point along the most negative curvature direction of the exact Hessian on ``F``."""
+    def escape(y, r, cost):
+        """Lowest point along the most negative curvature direction of the exact Hessian on ``F`` (``r``, ``cost``: at ``y``)."""
         jac, curv = unit_derivatives(y)
-        r = unit_residual(y)
         free = ~fixed_set(y, jac.T @ r)
         jac_scale = jnp.max(jnp.sum(jac**2, axis=0))
         hess = jac.T @ jac + jnp.einsum("i,ijk->jk", r, curv)  # nabla^2 (0.5 ||r||^2)
@@ -248,7 +247,7 @@ def least_squares_box(
         """Levenberg-Marquardt to a first-order point, then one second-order check (may resume)."""
         s = lax.while_loop(running, lm_body, s)
         stationary = (s.status == Status.GTOL) | (s.status == Status.FTOL) | (s.status == Status.XTOL)
-        found, y_esc, cost_esc = escape(s.y, s.cost)
+        found, y_esc, cost_esc = escape(s.y, s.r, s.cost)
         escaped = stationary & found & (s.steps < max_steps)
         return _State(
             y=jnp.where(escaped, y_esc, s.y),
