@@ -146,13 +146,19 @@ def least_squares_box(
 
     ``residual`` maps a parameter vector of shape ``(n,)`` to residuals of shape ``(m,)``; non-finite
     residuals count as an infinite cost (the step is rejected). ``derivatives(x)``, when given, returns
-    the residual's exact Jacobian ``(m, n)`` and second derivatives ``(m, n, n)`` at ``x``; otherwise
-    both come from ``jax.jacfwd``. ``damping0`` is the initial relative
+    the residual's exact Jacobian ``(m, n)`` and second derivatives ``(m, n, n)`` at ``x`` (other shapes:
+    ``ValueError``); otherwise both come from ``jax.jacfwd``. ``damping0`` is the initial relative
     damping ``lambda``; ``max_steps`` caps the iterations. A variable with ``lb = ub`` is held there.
     ``vmap`` over problems or starts.
     """
     dtype, lb, width, y0 = _unit_box(x0, lb, ub)  # lb = ub fixes a variable: a zero Jacobian column, no step
     eps = jnp.finfo(dtype).eps
+    if derivatives is not None:  # shapes only (traced once, nothing runs)
+        (m,), (n,) = jax.eval_shape(residual, lb).shape, lb.shape
+        got = tuple(v.shape for v in jax.eval_shape(derivatives, lb))
+        if got != ((m, n), (m, n, n)):
+            raise ValueError(f"derivatives must return the residual's Jacobian {(m, n)} and second derivatives "
+                             f"{(m, n, n)}; got shapes {got}")
 
     def unit_residual(y):
         return residual(lb + y * width)

@@ -486,7 +486,7 @@ def silverstein_z_derivatives(m: ArrayLike, t: ArrayLike, s1: ArrayLike, s2: Arr
     Returns ``(J, T)`` with ``J[..., j] = dz / d theta_j`` (shape ``(..., 3)``) and
     ``T[..., j, k] = d^2 z / d theta_j d theta_k`` (shape ``(..., 3, 3)``), the arguments broadcast
     together: the exact derivatives PDBLS's least squares takes (:func:`pdbjax.fit_pdb`), without
-    differentiating the formula at every use.
+    differentiating the formula at every use. Elementwise, no validation (as :func:`silverstein_z`).
 
     >>> J, T = silverstein_z_derivatives(-0.5, 0.5, 1.0, 1.0, 0.25)  # a_1 = a_2 = 2
     >>> [round(float(v), 6) for v in J], round(float(T[1, 1]), 6)

@@ -98,6 +98,14 @@ def test_given_derivatives_replace_automatic_differentiation():
     np.testing.assert_allclose(np.asarray(given.x), np.asarray(auto.x), rtol=1e-7)
 
 
+def test_derivatives_of_the_wrong_shape_are_refused():
+    """A ``derivatives`` that does not return ``(m, n)`` and ``(m, n, n)`` arrays is named before anything runs."""
+    exact = _mixture_derivatives()
+    transposed = lambda theta: (exact(theta)[0].T, exact(theta)[1])  # noqa: E731
+    with pytest.raises(ValueError, match=r"Jacobian \(40, 3\) and second derivatives \(40, 3, 3\); got shapes \(\(3, 40\)"):
+        _solve(_mixture_residual(), (MIX_LB + MIX_UB) / 2, MIX_LB, MIX_UB, derivatives=transposed)
+
+
 def test_active_bound_is_exact_and_projected_gradient_vanishes():
     """A line fit whose slope is boxed below its free optimum (2): the slope sits exactly on its bound and
     the intercept is the least-squares intercept given that slope."""

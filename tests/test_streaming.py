@@ -169,6 +169,8 @@ def test_analyze_decomposes_both_orientations_of_a_shape_in_one_program(monkeypa
     monkeypatch.undo()
     alone = pdbjax.analyze({"down": params["down"]}, baselines=False).rows[0]
     row = next(r for r in both.rows if r["name"] == "down/kernel")
+    # K: EDA/EDB's two best candidates differ by 8% and 20% here (float64, benchmarks/_reference.py), far
+    # from the rounding between the two batches
     assert row["K"] == alone["K"] and row["matrix_shape"] == [48, 96]
     assert_close(row["lambda_plus"], alone["lambda_plus"], OTHER_PROCESS)
 
