@@ -12,7 +12,22 @@ from __future__ import annotations
 import jax
 import pytest
 
+from pdbjax import exported
+
 jax.config.update("jax_enable_compilation_cache", False)
+
+
+@pytest.fixture(autouse=True)
+def _restore_exported_cache():
+    """Undo a test's :func:`pdbjax.exported.enable` (the CLI's ``main``, called in-process, turns it on): a
+    later test counting ``jax.jit``'s cache would otherwise see calls served by stored modules instead."""
+    before = exported._state["dir"]
+    yield
+    if exported._state["dir"] != before:
+        if before is None:
+            exported.disable()
+        else:
+            exported.enable(before)
 
 
 @pytest.fixture(autouse=True, scope="module")
