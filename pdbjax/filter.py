@@ -432,10 +432,12 @@ def apply_decision(
     W: Array, decision: _Decision, method: Method, *, factored: bool = False, slr_sr: float = 0.5, slr_rr: float = 0.5,
     precision: Precision | None = None,
 ) -> tuple[Array | tuple[Array, Array], FilterInfo]:
-    """Step 4 of :func:`filter_matrix`: the SVD with vectors of ``W`` ``(..., a, b)`` (matrices, as
-    :func:`filter_matrix` takes them) rebuilt as :func:`decide` decided (its batch shape is ``W``'s)."""
+    """Step 4 of :func:`filter_matrix`: ``W`` ``(..., a, b)`` (matrices, as :func:`filter_matrix` takes them)
+    rebuilt as :func:`decide` decided (its batch shape is ``W``'s), from the factors of its Gram matrix
+    (:func:`pdbjax.linalg.factors` with ``via="gram"``: the kept components span a subspace that fits ``W`` as
+    well as the SVD's; the decisions, from :func:`decide`, never use the Gram matrix's values)."""
     slr = (float(slr_sr), float(slr_rr)) if method == "slr" else None
-    f = factors(W, precision=precision)
+    f = factors(W, precision=precision, via="gram")
     with scope(f):
         return _rebuild(W, f, decision, factored=bool(factored), slr=slr)
 
