@@ -5,7 +5,8 @@ rule keeps the same count in both) and rebuilds from the vectors of the Gram mat
 (``pdbjax.linalg.factors(W, via="gram")``): two decompositions. This prints, for two stacks of 8 PDB
 matrices, 512 x 512 and 2048 x 512 (steady state, compile excluded): ``compress`` / the bare SVD with
 vectors (what a user would otherwise run to truncate), the floor of compress's own two decompositions,
-the Gram path / the SVD with vectors, and ``analyze`` (no baselines) / the bare values-only SVD; and
+the Gram path / the SVD with vectors, ``compress(method="svd", rank=0.5)`` (a fixed rank, which needs
+neither the values-only SVD nor a fit) / the SVD with vectors, and ``analyze`` (no baselines) / the bare values-only SVD; and
 writes ``benchmarks/results/one_path.md``. The calls are timed in turn in each of ``--rounds`` rounds, so
 a change of the machine's load touches numerator and denominator alike: the table gives the best time of
 each and the median (and range) of the per-round ratios.
@@ -56,6 +57,7 @@ def _workload(n: int, p: int, rounds: int) -> tuple[dict[str, np.ndarray], str]:
         "spectrum": lambda: jax.block_until_ready(linalg.spectrum(W)),
         "gram": lambda: jax.block_until_ready(linalg.factors(W, via="gram")),
         "compress": lambda: pdbjax.compress(tree, where="w", layer_axis=0),
+        "fixed": lambda: pdbjax.compress(tree, where="w", layer_axis=0, method="svd", rank=0.5),
         "analyze": lambda: pdbjax.analyze(tree, where="w", layer_axis=0, baselines=False),
     }
     for f in calls.values():
@@ -81,6 +83,8 @@ def _workload(n: int, p: int, rounds: int) -> tuple[dict[str, np.ndarray], str]:
             + row("`compress`, its defaults (values-only SVD + Gram vectors + fit + filter) / SVD with vectors", "compress", "vec")
             + row("its two decompositions alone (`linalg.spectrum` + `linalg.factors(via=\"gram\")`) / SVD with vectors", "floor", "vec")
             + row("the Gram path alone (`linalg.factors(via=\"gram\")`) / SVD with vectors", "gram", "vec")
+            + row("`compress(method=\"svd\", rank=0.5)` (a fixed rank: the Gram path alone, no values-only SVD, no fit) "
+                  "/ SVD with vectors", "fixed", "vec")
             + row("bare batched values-only SVD (`jnp.linalg.svd(compute_uv=False)`)", "val", None)
             + row("`analyze`, no baselines / values-only SVD", "analyze", "val"))
     return t, text

@@ -342,8 +342,11 @@ def filter_matrix(
 
     Decompositions follow :mod:`pdbjax.linalg`: each matrix is divided by a power of two, the fit and
     every keep decision use the values-only SVD (the same numbers :func:`pdbjax.analyze` sees, so a
-    rule keeps the same count in both), the rebuild uses the SVD with vectors; ``W`` and ``2^k W``
-    are filtered identically and no scale from ``1e-30`` to ``1e30`` overflows.
+    rule keeps the same count in both), the rebuild uses the vectors of the Gram matrix
+    (:func:`pdbjax.linalg.factors` with ``via="gram"``: a projection of ``W`` as close to it as the SVD
+    truncation); a fixed keep count without shrinkage (``"svd"``/``"slr"`` with an ``int``/``float``/array
+    rank) decides nothing from the values and takes that decomposition alone. ``W`` and ``2^k W`` are
+    filtered identically and no scale from ``1e-30`` to ``1e30`` overflows.
 
     A matrix that is not filtered is returned unchanged: the dense output is ``W`` itself (bitwise),
     ``info.ok`` is False, ``info.reason`` says why (the fit's code, or ``NON_FINITE`` for a matrix with
@@ -381,8 +384,8 @@ def filter_matrix(
       static full width ``p``: ``A = U diag(s')`` ``(..., a, p)`` and ``B = V^T`` ``(..., p, b)``
       with columns of ``A`` / rows of ``B`` from ``info.keep`` on exactly zero (for SLR also the
       sparsified entries), so ``A[..., :r], B[..., :r, :]`` with ``r = int(info.keep.max())`` is the
-      compact form with the same product. A matrix whose fit is not ok gets its exact full SVD
-      factors (``A @ B = W`` up to rounding; zeros for a non-finite matrix).
+      compact form with the same product. A matrix whose fit is not ok gets its full factors
+      (``A @ B = W`` up to rounding; zeros for a non-finite matrix).
     """
     shrink = resolve_shrink(method, shrink)
     rank = _check_rank(rank)
@@ -390,6 +393,12 @@ def filter_matrix(
         if not 0.0 <= value <= 1.0:
             raise ValueError(f"{name} must lie in [0, 1]; got {value}")
     W = _as_matrices(W)
+    if spec is None and not needs_fit(method, rank, shrink):
+        # A fixed keep count without shrinkage decides nothing from the values: one decomposition, the rebuild's.
+        f = factors(W, precision=precision, via="gram")
+        keep = _fixed_keep(rank, min(W.shape[-2:]), W.shape[:-2])
+        with scope(f):
+            return _rebuild_fixed(W, f, keep, factored=bool(factored), slr=_slr(method, slr_sr, slr_rr))
     if spec is None:
         spec = spectrum(W, precision=precision)
     elif jnp.shape(spec.s) != W.shape[:-2] + (min(W.shape[-2:]),):
@@ -436,10 +445,14 @@ def apply_decision(
     rebuilt as :func:`decide` decided (its batch shape is ``W``'s), from the factors of its Gram matrix
     (:func:`pdbjax.linalg.factors` with ``via="gram"``: the kept components span a subspace that fits ``W`` as
     well as the SVD's; the decisions, from :func:`decide`, never use the Gram matrix's values)."""
-    slr = (float(slr_sr), float(slr_rr)) if method == "slr" else None
     f = factors(W, precision=precision, via="gram")
     with scope(f):
-        return _rebuild(W, f, decision, factored=bool(factored), slr=slr)
+        return _rebuild(W, f, decision, factored=bool(factored), slr=_slr(method, slr_sr, slr_rr))
+
+
+def _slr(method: Method, slr_sr: float, slr_rr: float) -> tuple[float, float] | None:
+    """:func:`_rebuild`'s static ``slr``: SLR's two rates, or None for every other method."""
+    return (float(slr_sr), float(slr_rr)) if method == "slr" else None
 
 
 def resolve_shrink(method: str, shrink: Shrink | None) -> Shrink:
@@ -602,6 +615,20 @@ def _decide(s_val: Array, finite: Array, fit: Fit | None, fixed: Array, *, shrin
         replace, shrunk = jnp.zeros(s_val.shape, bool), s_val
         n_outliers = jnp.zeros(batch, jnp.int32)
     return _Decision(keep.astype(jnp.int32), shrunk, replace, ok, reason, jnp.where(ok, n_outliers, 0))
+
+
+@functools.partial(jax.jit, static_argnames=("factored", "slr"))
+def _rebuild_fixed(
+    W: Array, f: Factors, keep: Array, *, factored: bool, slr: tuple[float, float] | None
+) -> tuple[Array | tuple[Array, Array], FilterInfo]:
+    """:func:`_rebuild` of a fixed keep count ``keep`` ``(...,)`` without shrinkage, decided in the same program as
+    :func:`_decide` would (ok where finite, ``p`` kept otherwise): nothing needs the values-only spectrum."""
+    p, batch = f.s.shape[-1], f.s.shape[:-1]
+    ok = f.finite
+    reason = jnp.where(ok, Reason.OK, Reason.NON_FINITE).astype(jnp.int32)
+    d = _Decision(jnp.where(ok, keep, p).astype(jnp.int32), f.s, jnp.zeros(f.s.shape, bool), ok, reason,
+                  jnp.zeros(batch, jnp.int32))
+    return _rebuild(W, f, d, factored=factored, slr=slr)
 
 
 @functools.partial(jax.jit, static_argnames=("factored", "slr"))

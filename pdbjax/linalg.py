@@ -37,8 +37,8 @@ rank rule gives the same keep count whichever entry point evaluated it.
    kept is decided by rounding, as it is in the SVD within ``eps s_1 / (s_k - s_{k+1})``: the rebuilt
    matrix then differs from the float64 SVD truncation by up to ``theta s_k`` while fitting ``W`` as well.
    ``G`` and the products are formed at ``Precision.HIGHEST`` (TPUs otherwise multiply float32 in
-   bfloat16 passes). On CPU this takes 0.55x the time of the SVD with vectors for 512 x 512 matrices and
-   0.42x for 2048 x 512 ones (best times, ``benchmarks/results/one_path.md``).
+   bfloat16 passes). On CPU this takes 0.53x the time of the SVD with vectors for 512 x 512 matrices and
+   0.40x for 2048 x 512 ones (best times, ``benchmarks/results/one_path.md``).
 """
 
 from __future__ import annotations

@@ -470,3 +470,29 @@ def test_filter_with_a_precomputed_spectrum(batch, monkeypatch) -> None:
     monkeypatch.setattr(filter_module, "spectrum", refuse)
     new, report = pdbjax.compress({"d": {"kernel": np.asarray(W[0])}}, rank="upper-bulk")
     assert report.rows[0]["status"] == "ok"
+
+
+@pytest.mark.parametrize("method", ["svd", "slr"])
+def test_fixed_rank_without_shrinkage_decomposes_once(dense, method, monkeypatch) -> None:
+    """A fixed keep count without shrinkage needs no values-only spectrum: filter_matrix takes the rebuild's
+    decomposition alone, and gives what the decided path gives (an explicit spectrum takes that path), also
+    for an array of keeps and a non-finite matrix of the batch (kept whole, NON_FINITE)."""
+    W = np.stack([dense, dense * 2.0, np.where(np.arange(30) == 3, np.nan, dense)]).astype(np.float32)
+    keeps = np.array([7, 12, 5], np.int32)
+    decided = [filter_matrix(W, method, rank, spec=spectrum(W)) for rank in (7, 0.6, keeps)]
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("filter_matrix took a values-only spectrum for a fixed rank")
+
+    monkeypatch.setattr(filter_module, "spectrum", refuse)
+    for rank, (ref, ref_info) in zip((7, 0.6, keeps), decided):
+        out, info = filter_matrix(W, method, rank)
+        # The same factors and decision, rebuilt by two compiled programs: equal up to float32 rounding.
+        np.testing.assert_allclose(np.asarray(out), np.asarray(ref), rtol=0, atol=1e-6 * np.nanmax(np.abs(W)))
+        for field in ("keep", "ok", "reason", "n_outliers", "params_after"):
+            np.testing.assert_array_equal(np.asarray(getattr(info, field)), np.asarray(getattr(ref_info, field)))
+        assert list(np.asarray(info.reason)) == [Reason.OK, Reason.OK, Reason.NON_FINITE]
+        assert int(info.keep[2]) == 30
+    np.testing.assert_array_equal(np.asarray(filter_matrix(W, method, keeps)[1].keep), [7, 12, 30])
+    with pytest.raises(ValueError, match="do not broadcast"):
+        filter_matrix(W, method, np.array([1, 2], np.int32))
