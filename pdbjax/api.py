@@ -17,8 +17,10 @@ memory budget of working copies:
    (another selection, another model) share the program too.
 3. ``compress`` only: the keep counts, outliers and shrinkage of every matrix are decided once per
    spectrum length from the spectra and fits of passes 1 and 2 (:func:`pdbjax.filter.decide`, at
-   :func:`fit_batch` rows), then each shape group (chunk) is decomposed with vectors and rebuilt as decided
-   (:func:`pdbjax.filter.apply_decision`). With a ``budget``, the keep counts come first from
+   :func:`fit_batch` rows), then each shape group (chunk) takes its vectors from its Gram matrix
+   (:func:`pdbjax.linalg.factors` with ``via="gram"``) and is rebuilt as decided
+   (:func:`pdbjax.filter.apply_decision`). A fixed rank without shrinkage skips passes 1-3: each chunk is
+   decomposed once and rebuilt (:func:`pdbjax.filter_matrix`). With a ``budget``, the keep counts come first from
    :func:`pdbjax.budget.allocate` over those spectra and fits (all matrices of the model at once).
 """
 
