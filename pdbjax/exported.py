@@ -99,6 +99,8 @@ def jit(
     tuned = jax.jit(fn, static_argnames=statics, compiler_options=cpu_compiler_options) if cpu_compiler_options else plain
     signature = inspect.signature(fn)
     where = f"{fn.__module__}.{fn.__qualname__}"
+    # The stored module does not depend on the options, the compiled call kept in memory does.
+    options = repr(sorted((cpu_compiler_options or {}).items()))
 
     @functools.wraps(fn)
     def call(*args, **kwargs):
@@ -110,12 +112,12 @@ def jit(
         dynamic = [bound.arguments[n] for n in names]
         static = {n: bound.arguments[n] for n in statics}
         key = _key(where, dynamic, static)
-        entry = None if key is None else _state["memory"].get(key)
+        entry = None if key is None else _state["memory"].get((key, options))
         if entry is None and key is not None:
             program = _load(key) or _export(plain, names, dynamic, static, key)
             if program is not None:  # the module's call, and a jit of it that carries the compiler options
                 tuned_call = jax.jit(program.call, compiler_options=cpu_compiler_options) if cpu_compiler_options else program.call
-                entry = _state["memory"][key] = (tuned_call, program.call)
+                entry = _state["memory"][key, options] = (tuned_call, program.call)
         if entry is None:
             _counts["bypassed"] += 1
             return _run(tuned, plain, *args, **kwargs)

@@ -101,6 +101,21 @@ def test_compiler_options_reach_xla_and_an_unknown_one_falls_back(cache, monkeyp
     assert len(list(cache.glob("*.jaxexport"))) == int(stored)
 
 
+def test_a_function_wrapped_with_other_options_compiles_with_its_own(cache, monkeypatch):
+    """Two wrappers of one function share the stored module, not the compiled call: the second wrapper's
+    options reach XLA (a call kept in memory by the first, with an option XLA refuses, would turn the options off)."""
+    monkeypatch.setitem(exported._options, "known", True)
+    x = np.linspace(0.0, 1.0, 5, dtype=np.float32)
+    with monkeypatch.context() as m:
+        m.setattr(jax, "default_backend", lambda: "gpu")  # the bad option is kept, never compiled
+        exported.jit(_double_sin, cpu_compiler_options={"xla_pdbjax_no_such_option": True})(x)
+    before = exported.stats()
+    got = exported.jit(_double_sin, cpu_compiler_options=exported.FAST_COMPILE)(x)
+    np.testing.assert_allclose(np.asarray(got), np.asarray(jax.jit(_double_sin)(x)), rtol=1e-6)
+    assert exported._options["known"] is True
+    assert _count(before) == {"loaded": 1, "exported": 0, "bypassed": 0}  # the module was read, not traced again
+
+
 def test_cpu_compiler_options_are_not_passed_on_another_backend(monkeypatch):
     monkeypatch.setitem(exported._options, "known", True)
     monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
