@@ -17,10 +17,10 @@ from pdbjax import exported
 jax.config.update("jax_enable_compilation_cache", False)
 
 
-@pytest.fixture(autouse=True)
-def _restore_exported_cache():
-    """Undo a test's :func:`pdbjax.exported.enable` (the CLI's ``main``, called in-process, turns it on): a
-    later test counting ``jax.jit``'s cache would otherwise see calls served by stored modules instead."""
+def _exported_state():
+    """Undo :func:`pdbjax.exported.enable` or ``disable`` at the end of a scope (the CLI's ``main``, called
+    in-process by a test or a module's fixture, turns it on): a later test counting ``jax.jit``'s cache, or
+    one that wraps a function the scope stored, would otherwise be served by the stored modules."""
     before = exported._state["dir"]
     yield
     if exported._state["dir"] != before:
@@ -28,6 +28,10 @@ def _restore_exported_cache():
             exported.disable()
         else:
             exported.enable(before)
+
+
+_restore_exported_per_test = pytest.fixture(autouse=True)(_exported_state)
+_restore_exported_per_module = pytest.fixture(autouse=True, scope="module")(_exported_state)
 
 
 @pytest.fixture(autouse=True, scope="module")
