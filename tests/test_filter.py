@@ -496,3 +496,26 @@ def test_fixed_rank_without_shrinkage_decomposes_once(dense, method, monkeypatch
     np.testing.assert_array_equal(np.asarray(filter_matrix(W, method, keeps)[1].keep), [7, 12, 30])
     with pytest.raises(ValueError, match="do not broadcast"):
         filter_matrix(W, method, np.array([1, 2], np.int32))
+
+
+@pytest.mark.parametrize("method", ["pdb", "slr"])
+def test_both_orientations_share_the_rebuild_program(batch, method) -> None:
+    """A wide stack is rebuilt as its transpose: it compiles no rebuild of its own, and its dense and factored
+    outputs are the tall stack's transposed (A, B of W^T give B^T, A^T), with the same report fields."""
+    W, fits = batch
+    rank = "upper-bulk" if method == "pdb" else 20
+    jax.clear_caches()
+    tall, info = filter_matrix(W, method, rank, fit=fits)
+    (A, B), finfo = filter_matrix(W, method, rank, fit=fits, factored=True)
+    wide, info_w = filter_matrix(np.swapaxes(W, -1, -2), method, rank, fit=fits)
+    (Aw, Bw), finfo_w = filter_matrix(np.swapaxes(W, -1, -2), method, rank, fit=fits, factored=True)
+    rebuild = filter_module._rebuild if method == "pdb" else filter_module._rebuild_fixed
+    assert rebuild._cache_size() == 2  # dense and factored, each once for both orientations
+    assert Aw.shape == (3, 60, 60) and Bw.shape == (3, 60, 120)
+    # The same factors and products in both orientations: equal up to float32 rounding of the products.
+    atol = 1e-6 * np.abs(W).max()
+    np.testing.assert_allclose(np.asarray(wide), np.swapaxes(np.asarray(tall), -1, -2), rtol=0, atol=atol)
+    np.testing.assert_allclose(np.asarray(Aw @ Bw), np.swapaxes(np.asarray(A @ B), -1, -2), rtol=0, atol=atol)
+    for field in ("keep", "ok", "reason", "params_before", "params_after"):
+        np.testing.assert_array_equal(np.asarray(getattr(info_w, field)), np.asarray(getattr(info, field)))
+    np.testing.assert_array_equal(np.asarray(finfo_w.params_after), np.asarray(finfo.params_after))
