@@ -42,7 +42,7 @@ from __future__ import annotations
 import functools
 import math
 import numbers
-from typing import Callable, Literal, NamedTuple, Union
+from typing import Any, Callable, Literal, NamedTuple, Union
 
 import jax
 import jax.numpy as jnp
@@ -396,13 +396,8 @@ def filter_matrix(
     if spec is None and not needs_fit(method, rank, shrink):
         # A fixed keep count without shrinkage decides nothing from the values: one decomposition, the rebuild's.
         keep = _fixed_keep(rank, min(W.shape[-2:]), W.shape[:-2])
-
-        def fixed(M: Array) -> tuple[Array | tuple[Array, Array], FilterInfo]:
-            f = factors(M, precision=precision, via="gram")
-            with scope(f):
-                return _rebuild_fixed(M, f, keep, factored=bool(factored), slr=_slr(method, slr_sr, slr_rr))
-
-        return _as_tall(fixed, W, bool(factored))
+        return _rebuild_tall(_rebuild_fixed, W, keep, method, factored=factored, slr_sr=slr_sr, slr_rr=slr_rr,
+                             precision=precision)
     if spec is None:
         spec = spectrum(W, precision=precision)
     elif jnp.shape(spec.s) != W.shape[:-2] + (min(W.shape[-2:]),):
@@ -449,34 +444,31 @@ def apply_decision(
     rebuilt as :func:`decide` decided (its batch shape is ``W``'s), from the factors of its Gram matrix
     (:func:`pdbjax.linalg.factors` with ``via="gram"``: the kept components span a subspace that fits ``W`` as
     well as the SVD's; the decisions, from :func:`decide`, never use the Gram matrix's values)."""
-
-    def rebuild(M: Array) -> tuple[Array | tuple[Array, Array], FilterInfo]:
-        f = factors(M, precision=precision, via="gram")
-        with scope(f):
-            return _rebuild(M, f, decision, factored=bool(factored), slr=_slr(method, slr_sr, slr_rr))
-
-    return _as_tall(rebuild, W, bool(factored))
+    return _rebuild_tall(_rebuild, W, decision, method, factored=factored, slr_sr=slr_sr, slr_rr=slr_rr,
+                         precision=precision)
 
 
-def _as_tall(
-    rebuild: Callable[[Array], tuple[Array | tuple[Array, Array], FilterInfo]], W: Array, factored: bool
+def _rebuild_tall(
+    program: Callable[..., tuple[Array | tuple[Array, Array], FilterInfo]], W: Array, decided: Any, method: Method, *,
+    factored: bool, slr_sr: float, slr_rr: float, precision: Precision | None,
 ) -> tuple[Array | tuple[Array, Array], FilterInfo]:
-    """``rebuild(W)`` for a tall or square ``W``; a wide ``W`` is rebuilt as its transpose and the output
-    transposed back (``W' = (A B)^T = B^T A^T``), so both orientations of a shape share the decomposition's
-    and the rebuild's compiled programs (MiniLM: 1536 x 384 and 384 x 1536). Every decision, count and
-    ``rel_change`` is the transpose's (SLR sparsifies ``floor(sr m)`` rows of each side alike)."""
-    if W.shape[-2] >= W.shape[-1]:
-        return rebuild(W)
-    out, info = rebuild(jnp.swapaxes(W, -1, -2))
+    """``program(M, factors(M, via="gram"), decided, ...)`` (:func:`_rebuild` or :func:`_rebuild_fixed`) with ``M`` the
+    tall orientation of ``W``: a wide ``W`` is rebuilt as its transpose and the output transposed back
+    (``W' = (A B)^T = B^T A^T``), so both orientations of a shape share the decomposition's and the rebuild's
+    compiled programs (MiniLM: 1536 x 384 and 384 x 1536). Every decision, count and ``rel_change`` is the
+    transpose's (SLR sparsifies ``floor(sr m)`` rows of each side alike)."""
+    slr = (float(slr_sr), float(slr_rr)) if method == "slr" else None
+    wide = W.shape[-2] < W.shape[-1]
+    M = jnp.swapaxes(W, -1, -2) if wide else W
+    f = factors(M, precision=precision, via="gram")
+    with scope(f):
+        out, info = program(M, f, decided, factored=bool(factored), slr=slr)
+    if not wide:
+        return out, info
     if factored:
         A, B = out
         return (jnp.swapaxes(B, -1, -2), jnp.swapaxes(A, -1, -2)), info
     return jnp.swapaxes(out, -1, -2), info
-
-
-def _slr(method: Method, slr_sr: float, slr_rr: float) -> tuple[float, float] | None:
-    """:func:`_rebuild`'s static ``slr``: SLR's two rates, or None for every other method."""
-    return (float(slr_sr), float(slr_rr)) if method == "slr" else None
 
 
 def resolve_shrink(method: str, shrink: Shrink | None) -> Shrink:
