@@ -64,6 +64,7 @@ References:
 from __future__ import annotations
 
 import functools
+import math
 from typing import NamedTuple
 
 import jax
@@ -674,13 +675,40 @@ def cdf(x: ArrayLike, pop: PDB, c: ArrayLike, num: int = 2049) -> Array:
     return _nan_where_invalid(jnp.broadcast_to(valid, batch)[..., None], out)
 
 
-def moments(pop: PDB, c: ArrayLike, k: int = 3) -> Array:
-    r"""Moments ``gamma_1..gamma_k`` of the bulk law, ``gamma_j = lim (1/p) tr (W^T W)^j``.
+@functools.cache
+def _partitions(k: int) -> tuple[tuple[int, int, tuple[int, ...]], ...]:
+    """``(coefficient, size - 1, (i_1, ..., i_k))`` for every partition of ``k`` into ``i_j`` parts equal to
+    ``j`` (``size = sum_j i_j``), with ``coefficient = k! / ((k + 1 - size)! prod_j i_j!)``.
 
-    With ``h_j = t s1^j + (1 - t) s2^j`` and ``w = 1/z``, the companion transform is
-    ``m = -w M(w)`` where ``M(w) = sum_j c_j w^j`` (``c_0 = 1``, ``c_j = c gamma_j``) solves
-    ``M = 1 / (1 - c sum_{j >= 0} h_{j+1} w^{j+1} M^j)``; ``k`` iterations of this map on truncated power
-    series give the exact coefficients. In particular ``gamma_1 = h_1``,
+    >>> _partitions(3)
+    ((1, 0, (0, 0, 1)), (3, 1, (1, 1, 0)), (1, 2, (3, 0, 0)))
+    """
+    out = []
+
+    def parts(rest: int, largest: int, chosen: tuple[int, ...]) -> None:
+        if rest == 0:
+            mult = tuple(chosen.count(j) for j in range(1, k + 1))
+            size = sum(mult)
+            coef = math.factorial(k) // (math.factorial(k + 1 - size) * math.prod(math.factorial(i) for i in mult))
+            out.append((coef, size - 1, mult))
+        for j in range(min(rest, largest), 0, -1):
+            parts(rest - j, j, (*chosen, j))
+
+    parts(k, k, ())
+    return tuple(out)
+
+
+def moments(pop: PDB, c: ArrayLike, k: int = 3) -> Array:
+    r"""Moments ``gamma_1..gamma_k`` of the bulk law, ``gamma_n = lim (1/p) tr (W^T W)^n``.
+
+    With the population moments ``h_j = t s1^j + (1 - t) s2^j``, the moments of the generalised
+    Marchenko-Pastur law are the sum over the partitions of ``n`` into ``i_j`` parts equal to ``j``
+    (Yin 1986; Bai & Silverstein 2010, chapter 3)
+
+    .. math:: \gamma_n = \sum_{i_1 + 2 i_2 + \dots + n i_n = n} \frac{n!\, c^{s - 1}}{(n + 1 - s)!\, i_1! \cdots i_n!}
+              h_1^{i_1} \cdots h_n^{i_n}, \qquad s = i_1 + \dots + i_n,
+
+    the power-series solution of the Silverstein equation. In particular ``gamma_1 = h_1``,
     ``gamma_2 = h_2 + c h_1^2``, ``gamma_3 = h_3 + 3 c h_1 h_2 + c^2 h_1^3`` (spec section 5).
 
     A polynomial in ``t``, ``sigma1_sq``, ``sigma2_sq`` and ``c``: differentiable everywhere, including
@@ -692,26 +720,11 @@ def moments(pop: PDB, c: ArrayLike, k: int = 3) -> Array:
     if k < 1:
         raise ValueError(f"k must be >= 1; got {k}")
     t, s1, s2, c, valid = _prepare(pop, c)
-    t, s1, s2, c = (v[..., None] for v in jnp.broadcast_arrays(t, s1, s2, c))
-    order = jnp.arange(k + 1)
-    h = t * s1**order + (1 - t) * s2**order  # h[..., j] = h_j
+    t, s1, s2, c = jnp.broadcast_arrays(t, s1, s2, c)
+    h = [t * s1**j + (1 - t) * s2**j for j in range(1, k + 1)]
 
-    def mul(a, b):  # truncated product of power series in w (last axis: coefficient of w^j)
-        return jnp.stack([jnp.sum(a[..., : j + 1] * b[..., j::-1], -1) for j in range(k + 1)], -1)
+    def gamma(n: int) -> Array:
+        return sum(coef * c**e * math.prod((h[j] ** i for j, i in enumerate(mult) if i), start=1)
+                   for coef, e, mult in _partitions(n))
 
-    def inv(a):  # 1 / a for a series with a_0 = 1
-        out = [jnp.ones_like(a[..., 0])]
-        for j in range(1, k + 1):
-            out.append(-sum(a[..., i] * out[j - i] for i in range(1, j + 1)))
-        return jnp.stack(out, -1)
-
-    one = jnp.zeros_like(h).at[..., 0].set(1.0)
-    series = one
-    for _ in range(k):
-        power, acc = one, jnp.zeros_like(h)
-        for j in range(k):  # acc = sum_j h_{j+1} w^{j+1} M^j
-            shifted = jnp.concatenate([jnp.zeros_like(power[..., :j + 1]), power[..., : k - j]], -1)
-            acc = acc + h[..., j + 1 : j + 2] * shifted
-            power = mul(power, series)
-        series = inv(one - c * acc)
-    return _nan_where_invalid(valid[..., None], series[..., 1:] / c)
+    return _nan_where_invalid(valid[..., None], jnp.stack([gamma(n) for n in range(1, k + 1)], -1))

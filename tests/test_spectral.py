@@ -456,6 +456,10 @@ def test_moments_closed_forms():
     h1, h2, h3 = (t * s1**k + (1 - t) * s2**k for k in (1, 2, 3))
     want = np.stack([h1, h2 + c * h1**2, h3 + 3 * c * h1 * h2 + c**2 * h1**3], 1)
     np.testing.assert_allclose(gamma[:, :3], want, rtol=1e-12)
+    # gamma_4 (the five partitions of 4, derived by hand): h4 + 4c h1 h3 + 2c h2^2 + 6c^2 h1^2 h2 + c^3 h1^4.
+    h4 = t * s1**4 + (1 - t) * s2**4
+    want4 = h4 + 4 * c * h1 * h3 + 2 * c * h2**2 + 6 * c**2 * h1**2 * h2 + c**3 * h1**4
+    np.testing.assert_allclose(gamma[:, 3], want4, rtol=1e-12)
     np.testing.assert_allclose(pub[:, :3], np.stack([s1, s1**2 * (1 + c), s1**3 * (1 + 3 * c + c**2)], 1), rtol=1e-12)
     # Higher MP moments (Narayana polynomials): gamma_4 = s^4 (1 + 6c + 6c^2 + c^3),
     # gamma_5 = s^5 (1 + 10c + 20c^2 + 10c^3 + c^4).
