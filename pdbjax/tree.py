@@ -230,9 +230,13 @@ def select(
     if not chosen and not allow_empty:
         raise ValueError(_nothing_selected(params, flat, where))
     chosen = _check_finite(chosen)
+    # `where` replaces the default rule, so a name pattern also catches biases and norm scales: say how out.
+    hint = "" if where is None else (
+        "; `where` selected it (it replaces the default rule): narrow it, or pass on_error='skip' (CLI: --on-error skip)"
+        " to report such leaves as skipped")
     for sel in chosen:
         if not sel.ok and on_error == "raise":
-            raise ValueError(f"{sel.name}: {sel.status}")
+            raise ValueError(f"{sel.name}: {sel.status}{hint}")
     return chosen
 
 

@@ -135,8 +135,9 @@ def test_where_regex_and_predicate():
 )
 def test_bad_leaves_raise_naming_path_or_are_skipped(leaf, message):
     params = {"good": {"kernel": _rand(3, 3)}, "bad": {"layer": [leaf]}}
-    with pytest.raises(ValueError, match=re.escape("bad/layer/0: ") + ".*" + message):
+    with pytest.raises(ValueError, match=re.escape("bad/layer/0: ") + ".*" + message) as err:
         tree.select(params, where=lambda n, x: True)
+    assert "on_error='skip'" in str(err.value)  # a user's `where` caught it: the message says how out
     sels = tree.select(params, where=lambda n, x: True, on_error="skip")
     bad, good = sels  # flattening order: 'bad' < 'good'
     assert good.ok and good.name == "good/kernel"
@@ -149,8 +150,9 @@ def test_bad_leaves_raise_naming_path_or_are_skipped(leaf, message):
 
 def test_nan_in_default_selected_leaf_raises():
     params = {"dense": {"kernel": np.full((4, 4), np.nan, np.float32)}}
-    with pytest.raises(ValueError, match=re.escape("dense/kernel: contains NaN")):
+    with pytest.raises(ValueError, match=re.escape("dense/kernel: contains NaN")) as err:
         tree.select(params)
+    assert "where" not in str(err.value)  # the default rule chose it: no hint about `where`
 
 
 def test_nan_in_a_stacked_leaf_names_the_layers():
