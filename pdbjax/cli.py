@@ -450,7 +450,9 @@ def _run_api(args: argparse.Namespace, fn: Callable[..., Any], verb: str, done: 
     except ValueError as err:
         raise _input_error(args, err) from err
     report = out[1] if isinstance(out, tuple) else out
-    _progress(f"{done} {len(report.rows)} matrices in {time.perf_counter() - start:.1f} s")
+    skipped = sum(str(row.get("status", "")).startswith("skipped") for row in report.rows)
+    also = f" ({skipped} selected leaves skipped, see status)" if skipped else ""
+    _progress(f"{done} {len(report.rows) - skipped} matrices{also} in {time.perf_counter() - start:.1f} s")
     return out
 
 

@@ -135,6 +135,7 @@ def test_analyze_options_no_baselines_where_skip_safetensors(files, tmp_path):
     assert rows[0]["status"].startswith("skipped") and "floating" in rows[0]["status"] and rows[0]["K"] is None
     assert rows[1]["ks_bema"] is None and rows[1]["moments_kernel"] is None and rows[1]["ks_pdb"] is not None
     assert "ks_bema" not in out
+    assert "analyzed 2 matrices (1 selected leaves skipped, see status) in" in err
     assert _digest(files["st"]) == files["hash_st"]
 
 
@@ -150,7 +151,7 @@ def test_analyze_layer_axis(tmp_path):
     assert [r["layer"] for r in rows] == [0, 1] and all(r["status"] == "ok" for r in rows)
     # --on-error raise (the default) names the bad leaf
     rc, _, err = _run(["analyze", str(path), "--where", "layers", "--layer-axis", "0", "--no-baselines"])
-    assert rc == 2 and "layers/w" in err and "Traceback" not in err
+    assert rc == 2 and "layers/w" in err and "Traceback" not in err and "--on-error skip" in err
 
 
 # --------------------------------------------------------------------------------------------------
