@@ -73,10 +73,19 @@ def context(precision: str, *xs: ArrayLike) -> contextlib.AbstractContextManager
 
 def scope(x: jax.Array | tuple) -> contextlib.AbstractContextManager:
     """The precision context in which to keep computing with ``x``, an array or a NamedTuple of arrays
-    whose first field decides (float64 results stay float64)."""
+    whose first field decides (float64 results stay float64, on the device or fetched to the host).
+
+    >>> import numpy as np
+    >>> with scope(np.zeros(3)):  # a float64 spectrum on the host: float64 work
+    ...     jnp.asarray(np.zeros(3)).dtype
+    dtype('float64')
+    >>> with scope(1.0):  # a Python float: JAX's default float
+    ...     jnp.asarray(1.0).dtype
+    dtype('float32')
+    """
     first = x[0] if isinstance(x, tuple) else x
-    # a JAX array keeps its dtype; anything else gets the one jnp.asarray would give it (without running it)
-    dtype = first.dtype if isinstance(first, jax.Array) else jax.dtypes.canonicalize_dtype(np.result_type(first))
+    # a JAX or NumPy array keeps its dtype; anything else gets the one jnp.asarray would give it (without running it)
+    dtype = first.dtype if isinstance(first, (jax.Array, np.ndarray)) else jax.dtypes.canonicalize_dtype(np.result_type(first))
     return context("float64" if dtype == jnp.float64 else "float32", first)
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import jax
 import numpy as np
 import pytest
-from tolerances import FLOAT32_FIT, assert_close
+from tolerances import BATCH_PARTNERS, FLOAT32_FIT, assert_close
 
 import pdbjax
 from pdbjax import precision
@@ -67,6 +67,26 @@ def test_float32_and_float64_pipelines_agree(model):
             share = w * (b["p"] - b["n_outliers"])
             if abs(share - np.floor(share) - 0.5) > 0.05:  # not at a rounding boundary
                 assert a["rank_kept"]["upper-bulk"] == b["rank_kept"]["upper-bulk"], a["name"]
+
+
+def test_float64_compress_decides_in_float64(model, monkeypatch):
+    """compress fetches the spectra and fits to the host between its passes; with precision="float64" the
+    decisions (the new singular values) are still computed in float64, and analyze's fits agree with the
+    matrix-level float64 fit (a float64 host array keeps its precision, :func:`pdbjax.precision.scope`)."""
+    decided = []
+    real = pdbjax.api.decide
+
+    def spy(*args, **kwargs):
+        decided.append(real(*args, **kwargs))
+        return decided[-1]
+
+    monkeypatch.setattr(pdbjax.api, "decide", spy)
+    model64 = jax.tree_util.tree_map(lambda x: x.astype(np.float64), model)
+    pdbjax.compress(model64, precision="float64")
+    assert decided and all(d.shrunk.dtype == np.float64 for d in decided)
+    row = pdbjax.analyze(model64, precision="float64", baselines=False).rows[0]
+    direct = pdbjax.fit_pdb(pdbjax.eigenvalues(model64["l0"]["kernel"], precision="float64"), 600)
+    assert_close([row["t"], row["sigma1_sq"], row["sigma2_sq"]], [direct.t, direct.sigma1_sq, direct.sigma2_sq], BATCH_PARTNERS)
 
 
 def test_precision_policy_names():
