@@ -1,14 +1,18 @@
 """What a second selection of the same model compiles: ``analyze`` of four selections of MiniLM-L6 in turn,
 each a fresh process on one persistent cache (empty before the first).
 
-The fits run at :func:`pdbjax.api.fit_batch` rows per spectrum length (padded with copies of the first
-row), so a selection whose count of matrices falls in the size of one analysed before reuses its compiled
-fits; before that change every new count compiled them again. The selections:
+The fits run in calls of :data:`pdbjax.api.FIT_ROWS` rows per spectrum length (the last padded with copies
+of a first row), so any selection of matrices of lengths analysed before reuses their compiled fits. Before
+that (6e70be8 to c205b32) they ran at one of the sizes 1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, ...
+(``fit_batch``), so only a count in the size of one analysed before reused them; before 6e70be8 every new
+count compiled them again. The selections:
 
 1. the 36 encoder matrices (24 x 384x384, 6 x 1536x384, 6 x 384x1536), as in ``ww.py`` and ``compiles.py``;
 2. the same and the pooler (37, one more 384x384);
 3. the 30 matrices of layers 0-4;
-4. the 24 attention matrices.
+4. the 24 attention matrices;
+5. the 6 matrices of layer 0;
+6. one matrix (layer 0's query).
 
     python benchmarks/selections.py                  # this checkout
     python benchmarks/selections.py --tree /tmp/old  # and a checkout of another commit, alternating
@@ -39,6 +43,8 @@ SELECTIONS = (
     ("37: the 36 and the pooler", rf"^(encoder\.layer\.\d+\.{_LAYER}|pooler\.dense\.weight)$"),
     ("30: layers 0-4", rf"^encoder\.layer\.[0-4]\.{_LAYER}$"),
     ("24 attention matrices", r"^encoder\.layer\.\d+\.attention\.(self\.(query|key|value)|output\.dense)\.weight$"),
+    ("6: layer 0", rf"^encoder\.layer\.0\.{_LAYER}$"),
+    ("1: layer 0's query", r"^encoder\.layer\.0\.attention\.self\.query\.weight$"),
 )
 
 

@@ -13,11 +13,11 @@ memory budget of working copies:
 2. **Fits**: every spectrum of one length ``p`` goes through ONE compiled program whatever its ``N``
    (``N`` is data): for ``analyze`` every figure of the report (:func:`pdbjax.figures.spectrum_figures`),
    for ``compress`` the fit of its method; the 384 x 384, 1536 x 384 and 384 x 1536 matrices of a
-   transformer share it. The batch is padded to :func:`fit_batch` rows, so counts that share a size
-   (another selection, another model) share the program too.
+   transformer share it. It runs in calls of :data:`FIT_ROWS` rows (:func:`in_fit_rows`), so any count of
+   them (another selection, another model) shares the program too.
 3. ``compress`` only: the keep counts, outliers and shrinkage of every matrix are decided once per
-   spectrum length from the spectra and fits of passes 1 and 2 (:func:`pdbjax.filter.decide`, at
-   :func:`fit_batch` rows), then each shape group (chunk) takes its vectors from its Gram matrix
+   spectrum length from the spectra and fits of passes 1 and 2 (:func:`pdbjax.filter.decide`, in calls
+   of :data:`FIT_ROWS` rows), then each shape group (chunk) takes its vectors from its Gram matrix
    (:func:`pdbjax.linalg.factors` with ``via="gram"``) and is rebuilt as decided
    (:func:`pdbjax.filter.apply_decision`). A fixed rank without shrinkage skips passes 1-3: each chunk is
    decomposed once and rebuilt (:func:`pdbjax.filter_matrix`). With a ``budget``, the keep counts come first from
@@ -147,41 +147,40 @@ def _spectra(sels: Sequence[Selected], precision: Precision, shard: bool, progre
                       max_memory=max_memory, transpose_wide=True)
 
 
-def fit_batch(rows: int) -> int:
-    """The batch size at which pass 2 fits ``rows`` spectra of one length: the smallest of 1, 2, 3, 4, 6, 8,
-    12, 16, 24, ... (``2^k`` and ``3 * 2^k``) that holds them, at most 1.5x ``rows``.
+#: Rows per call of the fits, figures and decisions: every count of matrices of one spectrum length runs the
+#: same compiled programs in calls of this many rows (the last padded with copies of its first row), so
+#: another selection or model of the same widths compiles nothing new. On MiniLM-L6's spectra (p = 384) the
+#: figures' three programs take 2.9 ms a row in calls of 8 or 16 rows and 3.8 ms in calls of 32 or 48
+#: (ad hoc, 2-core AMD EPYC; the vmapped solvers' loops run until the slowest row of a call has converged).
+FIT_ROWS = 16
 
-    Selections and models whose counts of one length share a size share the fits' compiled programs (all
-    36 encoder matrices of MiniLM-L6 run at 48, its 24 attention matrices at 24, any 33 to 48 at 48).
 
-    >>> [fit_batch(n) for n in (1, 2, 3, 5, 7, 24, 25, 36)]
-    [1, 2, 3, 6, 8, 24, 32, 48]
+def in_fit_rows(fn: Callable[..., Any], *trees: Any) -> Any:
+    """``fn`` over consecutive :data:`FIT_ROWS`-row slices of the host pytrees ``trees`` (every leaf with the
+    same leading axis ``R``; ``None`` stays ``None``), the last slice padded with copies of its first row;
+    the outputs come to the host in one ``jax.device_get`` and are concatenated to their first ``R`` rows.
+
+    >>> import numpy as np
+    >>> in_fit_rows(lambda x: x * 2, np.arange(20)).tolist() == list(range(0, 40, 2))
+    True
     """
-    power = 1 << max(rows - 1, 0).bit_length()  # the smallest power of two >= rows
-    return power * 3 // 4 if power >= 4 and power * 3 // 4 >= rows else power
-
-
-@jax.jit(static_argnames="size")
-def _stack_rows(trees: list[Any], size: int) -> Any:
-    """The chunks' outputs of one spectrum length as one batch of ``size`` rows: ``trees`` (a list of
-    pytrees) concatenated leaf by leaf, then padded with copies of the first row."""
-
-    def join(*ys):
-        y = jnp.concatenate(ys)
-        return jnp.concatenate([y, jnp.broadcast_to(y[:1], (size - y.shape[0], *y.shape[1:]))])
-
-    return jax.tree_util.tree_map(join, *trees)
+    rows = len(jax.tree_util.tree_leaves(trees)[0])
+    out = []
+    for lo in range(0, rows, FIT_ROWS):
+        pad = max(lo + FIT_ROWS - rows, 0)
+        part = jax.tree_util.tree_map(lambda x, lo=lo, pad=pad: pad_rows(np.asarray(x)[lo : lo + FIT_ROWS], pad), trees)
+        out.append(fn(*part))
+    return jax.tree_util.tree_map(lambda *ys: np.concatenate(ys)[:rows], *jax.device_get(out))
 
 
 def _by_length(sels: Sequence[Selected], chunks: Sequence[Chunk], fn: Callable[[Spectrum, np.ndarray], Any]
                ) -> tuple[list[Spectrum], list[Any]]:
-    """Pass 2: ``fn(spectra, N)`` once per spectrum length ``p`` over the rows of every chunk of that length.
+    """Pass 2: ``fn(spectra, N)`` over the real rows of every chunk of one spectrum length ``p``, in calls of
+    :func:`in_fit_rows`.
 
     ``N`` is the per-row larger dimension; the estimators take it as data, so matrices of one ``p`` and
-    any ``N`` share one batched call and one compiled program. The chunks of one length are stacked on
-    the device (one program) and padded to :func:`fit_batch` rows with copies of the first (so counts
-    that share a size share ``fn``'s programs); the spectra and ``fn``'s output come to the host in one
-    ``jax.device_get`` and are split there.
+    any ``N`` share one batched call and one compiled program, and any count of them shares it too
+    (:data:`FIT_ROWS`). The spectra come to the host (one ``jax.device_get`` per length; they are reported).
 
     Returns:
       The spectra and ``fn``'s outputs, one per leaf of ``sels`` (leading axis ``L``), as NumPy arrays.
@@ -193,15 +192,13 @@ def _by_length(sels: Sequence[Selected], chunks: Sequence[Chunk], fn: Callable[[
     out: list[Any] = [None] * len(sels)
     for group in by_p.values():
         owner, real = (np.concatenate(x) for x in zip(*(_row_owners(c) for c in group)))
-        size = fit_batch(len(owner))
-        whole = len(group) == 1 and size == len(owner)
-        spec = group[0].result if whole else _stack_rows([c.result for c in group], size)
-        owner, real = np.pad(owner, (0, size - len(owner)), mode="edge"), np.pad(real, (0, size - len(real)))
-        N = np.asarray([max(sels[i].matrix_shape) for i in owner])
-        spec_host, result = jax.device_get((spec, fn(spec, N)))
-        for i in np.unique(owner[real]):
-            rows = np.flatnonzero(real & (owner == i))
-            specs[i], out[i] = jax.tree_util.tree_map(lambda y, rows=rows: np.asarray(y)[rows], (spec_host, result))
+        hosted = jax.device_get([c.result for c in group])
+        spec = jax.tree_util.tree_map(lambda *ys: np.concatenate(ys)[real], *hosted)
+        owner = owner[real]
+        result = in_fit_rows(fn, spec, np.asarray([max(sels[i].matrix_shape) for i in owner]))
+        for i in np.unique(owner):
+            rows = np.flatnonzero(owner == i)
+            specs[i], out[i] = jax.tree_util.tree_map(lambda y, rows=rows: y[rows], (spec, result))
     return specs, out
 
 
@@ -442,9 +439,9 @@ def compress(
 
 def _decide_by_length(specs: Sequence[Spectrum], fits: Sequence[Any], keeps: Sequence[Rank], method: str,
                       shrink: str) -> list[Any]:
-    """:func:`pdbjax.filter.decide` once per spectrum length for the leaves' host spectra, fits and ranks
-    (``keeps``: one rank for every leaf, or per-leaf keep counts), at :func:`fit_batch` rows (padded with
-    copies of the first row) and one ``jax.device_get``; returns each leaf's decision (leading axis ``L``).
+    """:func:`pdbjax.filter.decide` for the leaves' host spectra, fits and ranks (``keeps``: one rank for every
+    leaf, or per-leaf keep counts), every leaf of one spectrum length in calls of :func:`in_fit_rows`;
+    returns each leaf's decision (leading axis ``L``).
 
     As :func:`pdbjax.filter_matrix`, a method that needs no fit for its rank and shrinkage decides without it.
     """
@@ -453,18 +450,14 @@ def _decide_by_length(specs: Sequence[Spectrum], fits: Sequence[Any], keeps: Seq
         by_p.setdefault(spec.s.shape[-1], []).append(leaf)
     out: list[Any] = [None] * len(specs)
     for leaves in by_p.values():
-        counts = [specs[leaf].s.shape[0] for leaf in leaves]
-        pad = fit_batch(sum(counts)) - sum(counts)
-        batch = lambda *xs: pad_rows(np.concatenate(xs), pad)  # noqa: E731
-
+        cat = lambda parts: jax.tree_util.tree_map(lambda *xs: np.concatenate(xs), *parts)  # noqa: E731
         rank = keeps[leaves[0]]
-        if isinstance(rank, np.ndarray):
-            rank = batch(*(keeps[leaf] for leaf in leaves))
-        fit = jax.tree_util.tree_map(batch, *(fits[leaf] for leaf in leaves)) if needs_fit(method, rank, shrink) else None
-        spec = Spectrum(*jax.tree_util.tree_map(batch, *(specs[leaf] for leaf in leaves)))
-        decision = jax.device_get(decide(spec, fit, rank, shrink))
-        ends = np.cumsum(counts)
-        for leaf, lo, hi in zip(leaves, ends - counts, ends):
+        counts = cat([keeps[leaf] for leaf in leaves]) if isinstance(rank, np.ndarray) else None
+        fit = cat([fits[leaf] for leaf in leaves]) if needs_fit(method, rank, shrink) else None
+        spec = Spectrum(*cat([specs[leaf] for leaf in leaves]))
+        decision = in_fit_rows(lambda s, f, k: decide(s, f, rank if k is None else k, shrink), spec, fit, counts)
+        ends = np.cumsum([specs[leaf].s.shape[0] for leaf in leaves])
+        for leaf, lo, hi in zip(leaves, np.concatenate([[0], ends[:-1]]), ends):
             out[leaf] = jax.tree_util.tree_map(lambda x, lo=lo, hi=hi: x[lo:hi], decision)
     return out
 

@@ -625,7 +625,7 @@ def _stack(parts: list[tuple[Any, int, int]], a: int, b: int, dtype: np.dtype) -
 
 def pad_rows(y: np.ndarray, pad: int) -> np.ndarray:
     """``y`` with ``pad`` more rows, copies of its first (host arrays): the padding of :func:`map_chunks`'
-    ``aux`` and of ``compress``'s decisions (:func:`pdbjax.api.fit_batch`)."""
+    ``aux`` and of the fits' calls (:func:`pdbjax.api.in_fit_rows`)."""
     return np.concatenate([y, np.broadcast_to(y[:1], (pad, *y.shape[1:]))]) if pad else y
 
 

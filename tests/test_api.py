@@ -18,7 +18,7 @@ from tolerances import BATCH_PARTNERS, FLOAT32_FIT, OTHER_PROCESS, SAME_ARITHMET
 
 import pdbjax
 import pdbjax.plot
-from pdbjax.api import fit_batch
+from pdbjax.api import FIT_ROWS, in_fit_rows
 from pdbjax.experiments.models import FCNN
 
 A, B = 96, 48  # one matrix shape shared by most tests, so the estimators compile once
@@ -78,35 +78,47 @@ def test_analyze_matches_direct_fit(params, report):
         assert_close([row["t"], row["sigma1_sq"], row["sigma2_sq"]], [fit.t, fit.sigma1_sq, fit.sigma2_sq], tol)
 
 
-def test_fit_batch_is_the_smallest_power_of_two_or_three_times_one_that_holds_the_rows():
-    sizes = sorted({2**k for k in range(12)} | {3 * 2**k for k in range(11)})
-    for rows in range(1, 1025):
-        assert fit_batch(rows) == min(s for s in sizes if s >= rows) <= 1.5 * rows
+def test_in_fit_rows_calls_fixed_size_slices_and_drops_the_padding():
+    """Slices of FIT_ROWS rows, the last padded with copies of its own first row; None passes through; the
+    outputs concatenated to the input's rows."""
+    rows = 2 * FIT_ROWS + 3
+    seen = []
+
+    def fn(x, nothing, pair):
+        seen.append((x.shape, nothing, pair[1][:1].tolist()))
+        return {"sum": x.sum(axis=1), "first": pair[0]}
+
+    x = np.arange(rows * 2.0).reshape(rows, 2)
+    out = in_fit_rows(fn, x, None, (np.arange(rows), -np.arange(rows)))
+    assert seen == [((FIT_ROWS, 2), None, [0]), ((FIT_ROWS, 2), None, [-FIT_ROWS]), ((FIT_ROWS, 2), None, [-2 * FIT_ROWS])]
+    np.testing.assert_array_equal(out["sum"], x.sum(axis=1))
+    np.testing.assert_array_equal(out["first"], np.arange(rows))
 
 
-def test_counts_that_share_a_fit_batch_share_the_compiled_fits():
-    """Five and six matrices of one length both run the fits at six rows (the five padded with a copy of the
-    first): the second analysis compiles no fit or figures program, and each padded row is its own matrix's
-    fit: the K and, to SAME_ARITHMETIC, the parameters of that matrix in the unpadded batch of six, which runs
-    the same compiled program (no row of a vmap sees another). The six matrices' ``t`` differ by far more
-    than that tolerance (checked), so a shifted row would fail."""
+def test_any_count_of_one_length_shares_the_compiled_fits():
+    """One, five and six matrices of one length all run the fits in calls of FIT_ROWS rows (padded with
+    copies of a first row): the second and third analyses compile no fit or figures program, and each
+    row is its own matrix's fit: the K and, to SAME_ARITHMETIC, the parameters of that matrix in the
+    batch of six, which runs the same compiled program (no row of a vmap sees another). The six matrices'
+    ``t`` differ by far more than that tolerance (checked), so a shifted row would fail."""
     spikes = [(), (60.0,), (60.0, 40.0), (80.0, 60.0, 40.0), (), (60.0,)]
     mats = {f"m{i}": {"kernel": _pdb_matrix(10 + i, spikes=s)} for i, s in enumerate(spikes)}
     programs = (pdbjax.estimate.fit_pdb_singular_values, pdbjax.figures._figures)
-    padded = pdbjax.analyze({k: mats[k] for k in list(mats)[:5]}).rows
-    compiled = [f._cache_size() for f in programs]
     whole = pdbjax.analyze(mats).rows
+    compiled = [f._cache_size() for f in programs]
+    padded = pdbjax.analyze({k: mats[k] for k in list(mats)[:5]}).rows
+    alone = pdbjax.analyze({"m3": mats["m3"]}).rows
     assert [f._cache_size() for f in programs] == compiled
     assert np.min(np.diff(np.sort([r["t"] for r in whole]))) > 1e-4
-    assert [r["K"] for r in padded] == [r["K"] for r in whole[:5]]
-    for a, b in zip(padded, whole):
+    assert [r["K"] for r in padded] == [r["K"] for r in whole[:5]] and alone[0]["K"] == whole[3]["K"]
+    for a, b in zip([*padded, *alone], [*whole[:5], whole[3]]):
         assert_close([a["t"], a["sigma1_sq"], a["sigma2_sq"]], [b["t"], b["sigma1_sq"], b["sigma2_sq"]], SAME_ARITHMETIC)
 
 
 def test_compress_decides_once_per_spectrum_length():
     """Five 96 x 48 and two 48 x 96 matrices are two shape groups of one spectrum length: compress rebuilds
-    each group apart but decides the keep counts and shrinkage of all seven in one compiled program (at
-    fit_batch(7) = 8 rows), and keeps what analyze reports for each matrix (the same fit program, on the
+    each group apart but decides the keep counts and shrinkage of all seven in one compiled program (one
+    call of FIT_ROWS rows), and keeps what analyze reports for each matrix (the same fit program, on the
     same padded batch; the contract test_bulks.py checks for every rule)."""
     tall = [_pdb_matrix(20 + i) for i in range(5)]
     wide = [_pdb_matrix(30 + i).T for i in range(2)]
