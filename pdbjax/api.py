@@ -104,7 +104,8 @@ def analyze(
       baselines: also fit PUB-BEMA and PUB-Kernel.
       conv_reshape, layer_axis: how leaves map to matrices (:func:`pdbjax.tree.select`).
       on_error: ``"raise"`` (a clear error naming the leaf) or ``"skip"`` (a row with the status).
-      shard: shard each batch over the local devices when there are several.
+      shard: shard each batch of decompositions over the local devices when there are several (the fits
+        run on the default device, in calls of :data:`FIT_ROWS` rows).
       precision: working precision of the decomposition and of the fits (:mod:`pdbjax.precision`):
         ``"float32"`` (every backend; nothing needs float64), ``"float64"`` (CPU users who ask for it), or
         ``None`` (default: float64 only inside ``jax.enable_x64``). The fits run on the normalised spectra
