@@ -13,7 +13,7 @@ memory budget of working copies:
 2. **Fits**: every spectrum of one length ``p`` goes through ONE compiled program whatever its ``N``
    (``N`` is data): for ``analyze`` every figure of the report (:func:`pdbjax.figures.spectrum_figures`),
    for ``compress`` the fit of its method; the 384 x 384, 1536 x 384 and 384 x 1536 matrices of a
-   transformer share it. It runs in calls of :data:`FIT_ROWS` rows (:func:`in_fit_rows`), so any count of
+   transformer share it. It runs in calls of :data:`FIT_ROWS` (8) rows (:func:`in_fit_rows`), so any count of
    them (another selection, another model) shares the program too.
 3. ``compress`` only: the keep counts, outliers and shrinkage of every matrix are decided once per
    spectrum length from the spectra and fits of passes 1 and 2 (:func:`pdbjax.filter.decide`, in calls
@@ -150,10 +150,11 @@ def _spectra(sels: Sequence[Selected], precision: Precision, shard: bool, progre
 
 #: Rows per call of the fits, figures and decisions: every count of matrices of one spectrum length runs the
 #: same compiled programs in calls of this many rows (the last padded with copies of its first row), so
-#: another selection or model of the same widths compiles nothing new. On MiniLM-L6's spectra (p = 384) the
-#: figures' three programs take 2.9 ms a row in calls of 8 or 16 rows and 3.8 ms in calls of 32 or 48
-#: (ad hoc, 2-core AMD EPYC; the vmapped solvers' loops run until the slowest row of a call has converged).
-FIT_ROWS = 16
+#: another selection or model of the same widths compiles nothing new. A row costs about the same in calls
+#: of 4 to 48 rows (3.3-4.0 ms on MiniLM-L6's spectra, p = 384), so a small call wastes the least on padding:
+#: MiniLM's 36 spectra take 0.82x the time of one call of 48 rows in calls of 8, 1.04x in calls of 16
+#: (``python benchmarks/fit_rows.py``, ``benchmarks/results/fit_rows.md``).
+FIT_ROWS = 8
 
 
 def in_fit_rows(fn: Callable[..., Any], *trees: Any) -> Any:
