@@ -6,7 +6,7 @@
 pass 2) on MiniLM-L6's 36 encoder spectra (p = 384; rows cycled to fill a call) in calls of ``--sizes``
 rows, steady state (each size compiled before timing; compile excluded), the sizes taking turns in each
 of ``--rounds`` rounds; and then the whole pass over the 36 spectra as ``analyze`` runs it
-(:func:`pdbjax.api.in_fit_rows`) in calls of ``FIT_ROWS`` and of 8 rows, against one call of 48 rows (36
+(:func:`pdbjax.api.in_fit_rows`) in calls of 8 and 16 rows (and ``FIT_ROWS``), against one call of 48 rows (36
 padded: the size it ran at before).
 Writes ``benchmarks/results/fit_rows.md``.
 
@@ -73,7 +73,7 @@ def main() -> None:
 
     runs = {
         **{f"call of {b}": (lambda b=b: figures.spectrum_figures(*calls[b])) for b in args.sizes},
-        **{f"36 in calls of {r}": (lambda r=r: in_calls_of(r)) for r in sorted({8, chosen})},
+        **{f"36 in calls of {r}": (lambda r=r: in_calls_of(r)) for r in sorted({8, 16, chosen})},
         "36 in one call of 48": lambda: figures.spectrum_figures(*whole48),
     }
     for f in runs.values():  # compile
@@ -101,7 +101,7 @@ def main() -> None:
         lines.append(f"| {name} | {min(ts):.4f} | {statistics.median(ts):.4f} | {1e3 * min(ts) / n:.2f} |")
     before = times["36 in one call of 48"]
     lines.append("")
-    for r in sorted({8, chosen}):
+    for r in sorted({8, 16, chosen}):
         ours = times[f"36 in calls of {r}"]
         ratio = [a / b for a, b in zip(ours, before)]
         lines.append(f"* 36 spectra in calls of {r} / in one call of 48: best {min(ours) / min(before):.2f}x, "
