@@ -151,7 +151,7 @@ def _spectra(sels: Sequence[Selected], precision: Precision, shard: bool, progre
 #: Rows per call of the fits, figures and decisions: every count of matrices of one spectrum length runs the
 #: same compiled programs in calls of this many rows (the last padded with copies of its first row), so
 #: another selection or model of the same widths compiles nothing new. A row costs about the same in calls
-#: of 4 to 48 rows (3.4-4.1 ms on MiniLM-L6's spectra, p = 384), so a small call wastes the least on padding:
+#: of 4 to 48 rows (3.4-4.05 ms on MiniLM-L6's spectra, p = 384), so a small call wastes the least on padding:
 #: MiniLM's 36 spectra take 0.82x the time of one call of 48 rows in calls of 8, 1.03x in calls of 16
 #: (``python benchmarks/fit_rows.py``, ``benchmarks/results/fit_rows.md``).
 FIT_ROWS = 8
