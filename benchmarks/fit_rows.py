@@ -8,7 +8,8 @@ rows, steady state (each size compiled before timing; compile excluded), the siz
 of ``--rounds`` rounds; and then the whole pass over the 36 spectra as ``analyze`` runs it
 (:func:`pdbjax.api.in_fit_rows`) in calls of 8 and 16 rows (and ``FIT_ROWS``), against one call of 48 rows (36
 padded: the size it ran at before).
-Writes ``benchmarks/results/fit_rows.md``.
+Writes ``benchmarks/results/fit_rows.md`` (``fit_rows_<tag>.md`` with ``--tag``; ``benchmarks/gpu.sh`` runs it
+with ``--tag gpu``: whether an accelerator wants larger calls than the CPU).
 
     python benchmarks/fit_rows.py --rounds 7
 """
@@ -56,6 +57,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--sizes", type=int, nargs="+", default=[4, 8, 16, 32, 48])
+    ap.add_argument("--tag", default="", help="results file fit_rows_<tag>.md (e.g. gpu); default fit_rows.md")
     args = ap.parse_args()
     spec, N = _spectra()
     rows = len(N)
@@ -86,8 +88,10 @@ def main() -> None:
     lines = [
         "# The fits' call size: seconds per row of `spectrum_figures` (analyze's pass 2)",
         "",
-        f"Command: `python benchmarks/fit_rows.py --rounds {args.rounds} --sizes {' '.join(map(str, args.sizes))}`  ",
-        f"Machine: {platform.machine()} ({platform.processor() or 'cpu'}), {os.cpu_count()} CPUs, load "
+        f"Command: `python benchmarks/fit_rows.py --rounds {args.rounds} --sizes {' '.join(map(str, args.sizes))}"
+        f"{' --tag ' + args.tag if args.tag else ''}`  ",
+        f"Machine: {platform.machine()} ({platform.processor() or 'cpu'}), {os.cpu_count()} CPUs, device "
+        f"{jax.devices()[0].device_kind}, load "
         f"{os.getloadavg()[0]:.1f}; jax {jax.__version__}; {datetime.datetime.now().isoformat(timespec='seconds')}",
         "",
         f"MiniLM-L6's 36 encoder spectra (p = 384), PDB + PUB fits + figures, steady state (compile excluded), "
@@ -108,7 +112,7 @@ def main() -> None:
                      f"per-round median {statistics.median(ratio):.2f}x ({min(ratio):.2f}-{max(ratio):.2f}).")
     text = "\n".join(lines) + "\n"
     print(text)
-    atomic_write_text(ROOT / "benchmarks" / "results" / "fit_rows.md", text)
+    atomic_write_text(ROOT / "benchmarks" / "results" / f"fit_rows{'_' + args.tag if args.tag else ''}.md", text)
 
 
 if __name__ == "__main__":

