@@ -443,7 +443,9 @@ def _input_error(args: argparse.Namespace, err: ValueError) -> CLIError:
 def _run_api(args: argparse.Namespace, fn: Callable[..., Any], verb: str, done: str, **options: Any) -> Any:
     """``fn(params, **options)`` (``analyze`` or ``compress``) with the input options every command shares, a
     progress bar named ``verb``, and ``done N matrices in T s`` on stderr; an error about the weights names the file."""
-    start = time.perf_counter()
+    from pdbjax import exported
+
+    start, built = time.perf_counter(), exported.stats()["exported"]
     try:
         out = fn(on_error=args.on_error, mode=args.mode, progress=_Status.bar(verb), max_memory=args.max_memory,
                  **options, **_selection(args))
@@ -453,6 +455,10 @@ def _run_api(args: argparse.Namespace, fn: Callable[..., Any], verb: str, done: 
     skipped = sum(str(row.get("status", "")).startswith("skipped") for row in report.rows)
     also = f" ({skipped} selected leaves skipped, see status)" if skipped else ""
     _progress(f"{done} {len(report.rows) - skipped} matrices{also} in {time.perf_counter() - start:.1f} s")
+    built = exported.stats()["exported"] - built
+    if built:  # programs traced and compiled in this run: say why a first run is slower, and that it is once
+        _progress(f"(first use of these matrix shapes: {built} programs compiled and kept in "
+                  f"{compilation_cache.cache_dir()}; later runs read them)")
     return out
 
 

@@ -376,6 +376,22 @@ def test_quiet_silences_progress_and_api_progress_callback(tmp_path, capsys):
     assert "analyzed 1 matrices" in err and "[#" not in err  # stderr is not a terminal here: no bar
 
 
+def test_a_first_run_says_it_compiled_and_a_second_does_not(tmp_path, capsys, monkeypatch):
+    """The programs a run compiles for new matrix shapes are named once on stderr (why a first run is slower),
+    with the directory that keeps them; a second run on that cache reads them and says nothing of it."""
+    monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", str(tmp_path / "cache"))
+    path = tmp_path / "w.npz"
+    np.savez(path, **{"params/a/kernel": np.random.default_rng(1).standard_normal((72, 36)).astype(np.float32)})
+    assert main(["analyze", str(path), "--no-baselines"]) == 0
+    first = capsys.readouterr().err
+    assert "first use of these matrix shapes:" in first and str(tmp_path / "cache") in first, first
+    assert main(["analyze", str(path), "--no-baselines"]) == 0
+    second = capsys.readouterr().err
+    assert "analyzed 1 matrices" in second and "first use" not in second, second
+    assert main(["analyze", str(path), "--no-baselines", "--quiet"]) == 0
+    assert capsys.readouterr().err == ""
+
+
 def test_console_exits_with_main_status_and_freezes_only_its_own_process():
     """The executable exits with main's status after gc.freeze (its shutdown skips the final walk over JAX's
     objects); main itself, as a library call, leaves the caller's collector alone."""
