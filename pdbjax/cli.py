@@ -175,7 +175,9 @@ def _add_input_options(p: argparse.ArgumentParser) -> None:
                    help="""select the leaves whose name matches REGEX (re.search; names are the keys joined by '/', as
                        printed in the reports: encoder.layer.0.attention.self.query.weight for .safetensors,
                        params/Dense_0/kernel for .npz and Orbax trees). Default: floating leaves with >= 2 axes
-                       whose last key is kernel/weight/w, embeddings excluded""")
+                       whose last key is kernel/weight/w, embeddings excluded. REGEX replaces that rule, so
+                       it also catches the biases and norm scales it matches: an error, or skipped rows with
+                       --on-error skip""")
     g.add_argument("--layer-axis", metavar="N", type=int, default=None,
                    help="""axis of stacked (scanned) layers in every selected leaf: each index along it is one matrix,
                        reported as NAME[i] (default: none)""")
