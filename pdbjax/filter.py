@@ -637,13 +637,10 @@ def _decide(s_val: Array, finite: Array, fit: Fit | None, fixed: Array, *, shrin
 def _rebuild_fixed(
     W: Array, f: Factors, keep: Array, *, factored: bool, slr: tuple[float, float] | None
 ) -> tuple[Array | tuple[Array, Array], FilterInfo]:
-    """:func:`_rebuild` of a fixed keep count ``keep`` ``(...,)`` without shrinkage, decided in the same program as
-    :func:`_decide` would (ok where finite, ``p`` kept otherwise): nothing needs the values-only spectrum."""
-    p, batch = f.s.shape[-1], f.s.shape[:-1]
-    ok = f.finite
-    reason = jnp.where(ok, Reason.OK, Reason.NON_FINITE).astype(jnp.int32)
-    d = _Decision(jnp.where(ok, keep, p).astype(jnp.int32), f.s, jnp.zeros(f.s.shape, bool), ok, reason,
-                  jnp.zeros(batch, jnp.int32))
+    """:func:`_rebuild` of a fixed keep count ``keep`` ``(...,)`` without shrinkage, decided by :func:`_decide` in
+    the same program (ok where finite, ``p`` kept otherwise): with no fit, no rule and no shrinkage nothing
+    needs the values-only spectrum, so the factors' own ``s`` stands in for it."""
+    d = _decide(f.s, f.finite, None, keep, shrink="none", rule=None)
     return _rebuild(W, f, d, factored=factored, slr=slr)
 
 
