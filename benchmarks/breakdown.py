@@ -55,27 +55,27 @@ def main() -> None:
     spec = jax.tree_util.tree_map(lambda *xs: jnp.concatenate(xs), *(chunk.result for chunk in chunks))
     N = np.asarray([max(good[i].matrix_shape) for c in chunks for i in api._row_owners(c)[0]])
     eigs = spec.s**2
-    n, window = estimate.fit_inputs(eigs, N)
-    _, table = pub.pub_inputs(eigs, N, pub.ALPHA, pub.BETA)
+    n, window, length = estimate.fit_inputs(eigs, N)
+    _, table, _ = pub.pub_inputs(eigs, N, pub.ALPHA, pub.BETA)
     rtol = screen_rtol(eigs.dtype)
-    fit = estimate.fit_pdb_batched(eigs, n, window, "scaled", 200, rtol)
+    fit = estimate.fit_pdb_batched(eigs, n, window, length, "scaled", 200, rtol)
     parts = {
         "spectra (3 shape groups)": spectra,
         "figures (three programs: PDB fit, PUB fits, their figures)": lambda: figures.spectrum_figures(spec, N),
-        "  PDBLS": lambda: estimate.fit_pdb_batched(eigs, n, window, "scaled", 200, rtol),
-        "  PUB-BEMA": lambda: pub.fit_pub_batched(eigs, n, table, "bema", pub.ALPHA),
-        "  PUB-Kernel": lambda: pub.fit_pub_batched(eigs, n, table, "kernel", pub.ALPHA),
+        "  PDBLS": lambda: estimate.fit_pdb_batched(eigs, n, window, length, "scaled", 200, rtol),
+        "  PUB-BEMA": lambda: pub.fit_pub_batched(eigs, n, table, length, "bema"),
+        "  PUB-Kernel": lambda: pub.fit_pub_batched(eigs, n, table, length, "kernel"),
         "  quality (one fit; the program computes the three fits' at once)": lambda: quality.quality_batched(
-            eigs, fit.K.astype(jnp.int32), fit.population, fit.ok, jnp.asarray(n, jnp.int32)),
+            eigs, fit.K.astype(jnp.int32), fit.population, fit.ok, jnp.asarray(n, jnp.int32), length),
         "analyze (whole call)": lambda: api.analyze(params, WHERE),
     }
     rows = [(name, _best(fn, args.reps)) for name, fn in parts.items()]
-    fits = {"pdb": estimate.fit_pdb_singular_values(spec.s, n, window, mode="scaled", rtol=rtol),
-            **figures._fit_baselines(spec.s, n, table)}
+    fits = {"pdb": estimate.fit_pdb_singular_values(spec.s, n, window, length, mode="scaled", rtol=rtol),
+            **figures._fit_baselines(spec.s, n, table, length)}
     lowered = {
-        "PDB fit": estimate.fit_pdb_singular_values.lower(spec.s, n, window, mode="scaled", rtol=rtol),
-        "PUB fits": figures._fit_baselines.lower(spec.s, n, table),
-        "figures of the fits": figures._figures.lower(spec.s, n, fits),
+        "PDB fit": estimate.fit_pdb_singular_values.lower(spec.s, n, window, length, mode="scaled", rtol=rtol),
+        "PUB fits": figures._fit_baselines.lower(spec.s, n, table, length),
+        "figures of the fits": figures._figures.lower(spec.s, n, fits, length),
     }
     temp_mb = {name: low.compile().memory_analysis().temp_size_in_bytes / 2**20 for name, low in lowered.items()}
     lines = [

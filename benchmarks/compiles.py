@@ -38,8 +38,10 @@ from pdbjax._atomic import atomic_write_text
 ROOT = Path(__file__).resolve().parent.parent
 WHERE = r"^encoder\.layer\.\d+\.(attention\.self\.(query|key|value)|attention\.output\.dense|intermediate\.dense|output\.dense)\.weight$"
 
-_CHILD = r"""
-import cProfile, json, logging, pstats, re, sys, time
+#: The start of a child process: the persistent cache in ``sys.argv[1]`` (every program kept) and ``seconds``, the
+#: compile seconds of each XLA program it compiles (``jax_log_compiles``).
+COMPILE_LOG = r"""
+import json, logging, re, sys, time
 import jax
 jax.config.update("jax_compilation_cache_dir", sys.argv[1])
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
@@ -53,6 +55,10 @@ class H(logging.Handler):
 h = H(); h.setLevel(logging.DEBUG)
 for name in ("jax._src.dispatch", "jax._src.interpreters.pxla", "jax._src.compiler"):
     lg = logging.getLogger(name); lg.addHandler(h); lg.setLevel(logging.DEBUG)
+"""
+
+_CHILD = COMPILE_LOG + r"""
+import cProfile, pstats
 from jax._src import dispatch
 eager = [0]
 _apply = dispatch.apply_primitive
@@ -85,10 +91,15 @@ _FIELDS = ("programs", "eager", "compile_s", "analyze_s", "trace_s", "lower_s")
 
 
 def _run(tree: Path, cache: str, verb: str = "analyze", where: str = WHERE) -> dict:
+    return run_child(tree, _CHILD, cache, where, verb)
+
+
+def run_child(tree: Path, child: str, *argv: str) -> dict:
+    """Run the script ``child`` with ``argv`` in a fresh CPU process importing the pdbjax of ``tree``; its last
+    line of output, a JSON object whose ``module`` (``pdbjax.__file__``) must lie in ``tree``."""
     env = {**os.environ, "PYTHONPATH": str(tree) + os.pathsep + os.environ.get("PYTHONPATH", ""), "JAX_PLATFORMS": "cpu"}
     # cwd = the tree: ``python -c`` puts the working directory first on sys.path, before PYTHONPATH.
-    out = subprocess.run([sys.executable, "-c", _CHILD, cache, where, verb], env=env, cwd=tree, capture_output=True, text=True,
-                         check=True)
+    out = subprocess.run([sys.executable, "-c", child, *argv], env=env, cwd=tree, capture_output=True, text=True, check=True)
     result = json.loads(out.stdout.strip().splitlines()[-1])
     if Path(result["module"]).resolve().parent.parent != tree.resolve():
         raise RuntimeError(f"the child imported {result['module']}, not the pdbjax of {tree}")

@@ -49,19 +49,20 @@ RUNS = 10  # timed runs of each compiled program, after a first one
 
 def _programs(spec: linalg.Spectrum, N: np.ndarray) -> dict:
     """The programs' functions and arguments, as :func:`pdbjax.figures.spectrum_figures` and :func:`pdbjax.filter_matrix` call them."""
-    n, window = fit_inputs(spec.s, N)
+    n, window, length = fit_inputs(spec.s, N)
     table = pub_inputs(spec.s, N, ALPHA, BETA)[1]
     rtol = screen_rtol(spec.s.dtype)
-    fit = lambda s, n, w: estimate.fit_pdb_singular_values.__wrapped__(s, n, w, mode="scaled", rtol=rtol)  # noqa: E731
-    fits = {"pdb": estimate.fit_pdb_singular_values(spec.s, n, window, mode="scaled", rtol=rtol),
-            **figures._fit_baselines(spec.s, n, table)}
+    fit = lambda s, n, w, q: estimate.fit_pdb_singular_values.__wrapped__(s, n, w, q, mode="scaled", rtol=rtol)  # noqa: E731
+    fits = {"pdb": estimate.fit_pdb_singular_values(spec.s, n, window, length, mode="scaled", rtol=rtol),
+            **figures._fit_baselines(spec.s, n, table, length)}
     return {
-        "PDB fit": (fit, (spec.s, n, window)),
-        "PUB fits": (figures._fit_baselines.__wrapped__, (spec.s, n, table)),
-        "figures": (figures._figures.__wrapped__, (spec.s, n, fits)),
+        "PDB fit": (fit, (spec.s, n, window, length)),
+        "PUB fits": (figures._fit_baselines.__wrapped__, (spec.s, n, table, length)),
+        "figures": (figures._figures.__wrapped__, (spec.s, n, fits, length)),
         "compress's decisions": (
-            lambda s, finite, fit, fixed: filter._decide.__wrapped__(s, finite, fit, fixed, shrink="spikes", rule="upper-bulk"),
-            (spec.s, spec.finite, fits["pdb"], np.zeros(len(N), np.int32)),
+            lambda s, finite, fit, fixed, q: filter._decide.__wrapped__(s, finite, fit, fixed, q, shrink="spikes",
+                                                                         rule="upper-bulk"),
+            (spec.s, spec.finite, fits["pdb"], np.zeros(len(N), np.int32), length),
         ),
     }
 

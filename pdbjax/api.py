@@ -10,13 +10,14 @@ memory budget of working copies:
 
 1. **Spectra**: :func:`pdbjax.linalg.spectrum` of every matrix, one batched call per shape group, both
    orientations of a shape in one (in chunks of at most ``max_memory``; :func:`pdbjax.tree.map_chunks`).
-2. **Fits**: every spectrum of one length ``p`` goes through ONE compiled program whatever its ``N``
-   (``N`` is data): for ``analyze`` every figure of the report (:func:`pdbjax.figures.spectrum_figures`),
-   for ``compress`` the fit of its method; the 384 x 384, 1536 x 384 and 384 x 1536 matrices of a
-   transformer share it. It runs in calls of :data:`FIT_ROWS` (8) rows (:func:`in_fit_rows`), so any count of
-   them (another selection, another model) shares the program too.
+2. **Fits**: every spectrum whose length ``p`` pads to one length ``P`` (:func:`padded_length`: 64, 256, 1024,
+   ...) goes through ONE compiled program whatever its ``N`` and ``p`` (both are data): for ``analyze`` every
+   figure of the report (:func:`pdbjax.figures.spectrum_figures`), for ``compress`` the fit of its method;
+   the 384 x 384, 1536 x 384 and 384 x 1536 matrices of a transformer share it, and so do an FCNN's
+   512- and 350-wide kernels. It runs in calls of :data:`FIT_ROWS` (8) rows (:func:`in_fit_rows`), so any
+   count of them (another selection, another model) shares the program too.
 3. ``compress`` only: the keep counts, outliers and shrinkage of every matrix are decided once per
-   spectrum length from the spectra and fits of passes 1 and 2 (:func:`pdbjax.filter.decide`, in calls
+   padded length from the spectra and fits of passes 1 and 2 (:func:`pdbjax.filter.decide`, in calls
    of :data:`FIT_ROWS` rows), then each shape group (chunk) takes its vectors from its Gram matrix
    (:func:`pdbjax.linalg.factors` with ``via="gram"``) and is rebuilt as decided
    (:func:`pdbjax.filter.apply_decision`). A fixed rank without shrinkage skips passes 1-3: each chunk is
@@ -125,7 +126,7 @@ def analyze(
     sels = select(params, where, conv_reshape=conv_reshape, layer_axis=layer_axis, on_error=on_error, allow_empty=False)
     good = [s for s in sels if s.ok]
     chunks = _spectra(good, precision, shard, progress, max_memory)
-    _, results = _by_length(good, chunks, lambda spec, N: spectrum_figures(spec, N, mode, baselines))
+    _, results = _by_length(good, chunks, lambda spec, N, length: spectrum_figures(spec, N, mode, baselines, length), mode)
     by_name = dict(zip((s.name for s in good), results))
     rows: list[dict[str, Any]] = []
     for sel in sels:
@@ -148,7 +149,7 @@ def _spectra(sels: Sequence[Selected], precision: Precision, shard: bool, progre
                       max_memory=max_memory, transpose_wide=True)
 
 
-#: Rows per call of the fits, figures and decisions: every count of matrices of one spectrum length runs the
+#: Rows per call of the fits, figures and decisions: every count of matrices of one padded length runs the
 #: same compiled programs in calls of this many rows (the last padded with copies of its first row), so
 #: another selection or model of the same widths compiles nothing new. A row costs about the same in calls
 #: of 4 to 48 rows (3.4-4.05 ms on MiniLM-L6's spectra, p = 384), so a small call wastes the least on padding:
@@ -175,32 +176,59 @@ def in_fit_rows(fn: Callable[..., Any], *trees: Any) -> Any:
     return jax.tree_util.tree_map(lambda *ys: np.concatenate(ys)[:rows], *jax.device_get(out))
 
 
-def _by_length(sels: Sequence[Selected], chunks: Sequence[Chunk], fn: Callable[[Spectrum, np.ndarray], Any]
-               ) -> tuple[list[Spectrum], list[Any]]:
-    """Pass 2: ``fn(spectra, N)`` over the real rows of every chunk of one spectrum length ``p``, in calls of
-    :func:`in_fit_rows`.
+def padded_length(p: int, mode: Mode = "scaled") -> int:
+    """The length ``P`` the fits of a spectrum of ``p`` singular values run at: the least power of four ``>= p``
+    (16, 64, 256, 1024, 4096, ...), so spectra of several lengths share one set of compiled programs; ``p``
+    itself below 8 (too small to fit: nothing is compiled for them) and for ``mode="reference"`` (fitted
+    unpadded in float64). The estimators mask the zeros after ``p`` (:mod:`pdbjax.inputs`); a spectrum
+    padded to ``P`` costs about what one of length ``P`` costs, which changes little with the length while
+    compiling each length costs seconds (``python benchmarks/padding.py``, ``benchmarks/results/padding.md``).
 
-    ``N`` is the per-row larger dimension; the estimators take it as data, so matrices of one ``p`` and
-    any ``N`` share one batched call and one compiled program, and any count of them shares it too
-    (:data:`FIT_ROWS`). The spectra come to the host (one ``jax.device_get`` per length; they are reported).
+    >>> [padded_length(p) for p in (5, 10, 64, 65, 384, 4096)]
+    [5, 16, 64, 256, 1024, 4096]
+    """
+    if p < 8 or mode == "reference":
+        return p
+    size = 16
+    while size < p:
+        size *= 4
+    return size
+
+
+def _pad_spectrum(spec: Spectrum, size: int) -> Spectrum:
+    """Host spectra ``(B, p)`` with zeros after their ``p`` singular values, to ``(B, size)``."""
+    return spec._replace(s=np.pad(spec.s, [(0, 0), (0, size - spec.s.shape[-1])]))
+
+
+def _by_length(sels: Sequence[Selected], chunks: Sequence[Chunk], fn: Callable[[Spectrum, np.ndarray, np.ndarray], Any],
+               mode: Mode) -> tuple[list[Spectrum], list[Any]]:
+    """Pass 2: ``fn(spectra, N, length)`` over the real rows of every chunk whose spectrum length ``p`` pads to
+    one length ``P`` (:func:`padded_length`), in calls of :func:`in_fit_rows`.
+
+    ``N`` and ``length`` (``p``) are per-row data of the estimators, so matrices of any ``N`` and of every
+    ``p`` of one padded length share one batched call and one compiled program, and any count of them
+    shares it too (:data:`FIT_ROWS`). The spectra come to the host (one ``jax.device_get`` per padded
+    length; they are reported).
 
     Returns:
-      The spectra and ``fn``'s outputs, one per leaf of ``sels`` (leading axis ``L``), as NumPy arrays.
+      The (unpadded) spectra and ``fn``'s outputs, one per leaf of ``sels`` (leading axis ``L``), as NumPy arrays.
     """
-    by_p: dict[int, list[Chunk]] = {}
+    by_size: dict[int, list[Chunk]] = {}
     for chunk in chunks:
-        by_p.setdefault(int(chunk.result.s.shape[-1]), []).append(chunk)
+        by_size.setdefault(padded_length(int(chunk.result.s.shape[-1]), mode), []).append(chunk)
     specs: list[Any] = [None] * len(sels)
     out: list[Any] = [None] * len(sels)
-    for group in by_p.values():
+    for size, group in by_size.items():
         owner, real = (np.concatenate(x) for x in zip(*(_row_owners(c) for c in group)))
-        hosted = jax.device_get([c.result for c in group])
+        hosted = [_pad_spectrum(spec, size) for spec in jax.device_get([c.result for c in group])]
         spec = jax.tree_util.tree_map(lambda *ys: np.concatenate(ys)[real], *hosted)
         owner = owner[real]
-        result = in_fit_rows(fn, spec, np.asarray([max(sels[i].matrix_shape) for i in owner]))
+        length = np.concatenate([np.full(c.size, c.result.s.shape[-1], np.int32) for c in group])[real]
+        result = in_fit_rows(fn, spec, np.asarray([max(sels[i].matrix_shape) for i in owner]), length)
         for i in np.unique(owner):
             rows = np.flatnonzero(owner == i)
             specs[i], out[i] = jax.tree_util.tree_map(lambda y, rows=rows: y[rows], (spec, result))
+            specs[i] = specs[i]._replace(s=specs[i].s[:, : length[rows[0]]])
     return specs, out
 
 
@@ -399,15 +427,16 @@ def compress(
     if budget is not None or needs_fit(method, rank, shrink):  # passes 1 and 2: spectra, then one fit per length
         first = None if progress is None else (lambda done, total: progress(done, 2 * total))
         chunks = _spectra(good, precision, shard, first, max_memory)
-        specs, fits = _by_length(good, chunks, lambda spec, N: fit_spectrum(spec, N, method, mode))
+        specs, fits = _by_length(good, chunks, lambda spec, N, length: fit_spectrum(spec, N, method, mode, length), mode)
         then = None if progress is None else (lambda done, total: progress(n + done, 2 * n))
         keeps = [rank] * len(good)
         if budget is not None:
             alloc = _allocate(good, specs, fits, budget, factored, fill=shrink != "optimal")
             keeps = _split(alloc.keep.astype(np.int32), good)
         # Pass 3 rebuilds each shape group as decided from the pass-1 spectra (no second values-only SVD),
-        # the fits and the rank or the budget's keep counts, once per spectrum length.
-        aux = [{"fit": fit, "decision": d} for fit, d in zip(fits, _decide_by_length(specs, fits, keeps, method, shrink))]
+        # the fits and the rank or the budget's keep counts, once per padded length.
+        decisions = _decide_by_length(specs, fits, keeps, method, shrink, mode)
+        aux = [{"fit": fit, "decision": d} for fit, d in zip(fits, decisions)]
         fn = lambda m, a: rebuilt(apply_decision(m, a["decision"], method, **rebuild_options), a["fit"])  # noqa: E731
     else:
         aux, then = None, progress
@@ -440,27 +469,30 @@ def compress(
 
 
 def _decide_by_length(specs: Sequence[Spectrum], fits: Sequence[Any], keeps: Sequence[Rank], method: str,
-                      shrink: str) -> list[Any]:
+                      shrink: str, mode: Mode) -> list[Any]:
     """:func:`pdbjax.filter.decide` for the leaves' host spectra, fits and ranks (``keeps``: one rank for every
-    leaf, or per-leaf keep counts), every leaf of one spectrum length in calls of :func:`in_fit_rows`;
-    returns each leaf's decision (leading axis ``L``).
+    leaf, or per-leaf keep counts), every leaf of one padded length (:func:`padded_length`) in calls of
+    :func:`in_fit_rows`; returns each leaf's decision (leading axis ``L``, its own length ``p``).
 
     As :func:`pdbjax.filter_matrix`, a method that needs no fit for its rank and shrinkage decides without it.
     """
-    by_p: dict[int, list[int]] = {}
+    by_size: dict[int, list[int]] = {}
     for leaf, spec in enumerate(specs):
-        by_p.setdefault(spec.s.shape[-1], []).append(leaf)
+        by_size.setdefault(padded_length(spec.s.shape[-1], mode), []).append(leaf)
     out: list[Any] = [None] * len(specs)
-    for leaves in by_p.values():
+    for size, leaves in by_size.items():
         cat = lambda parts: jax.tree_util.tree_map(lambda *xs: np.concatenate(xs), *parts)  # noqa: E731
         rank = keeps[leaves[0]]
         counts = cat([keeps[leaf] for leaf in leaves]) if isinstance(rank, np.ndarray) else None
         fit = cat([fits[leaf] for leaf in leaves]) if needs_fit(method, rank, shrink) else None
-        spec = Spectrum(*cat([specs[leaf] for leaf in leaves]))
-        decision = in_fit_rows(lambda s, f, k: decide(s, f, rank if k is None else k, shrink), spec, fit, counts)
+        spec = Spectrum(*cat([_pad_spectrum(specs[leaf], size) for leaf in leaves]))
+        length = np.concatenate([np.full(specs[leaf].s.shape[0], specs[leaf].s.shape[-1], np.int32) for leaf in leaves])
+        decision = in_fit_rows(lambda s, f, k, q: decide(s, f, rank if k is None else k, shrink, q), spec, fit, counts, length)
         ends = np.cumsum([specs[leaf].s.shape[0] for leaf in leaves])
         for leaf, lo, hi in zip(leaves, np.concatenate([[0], ends[:-1]]), ends):
-            out[leaf] = jax.tree_util.tree_map(lambda x, lo=lo, hi=hi: x[lo:hi], decision)
+            p = specs[leaf].s.shape[-1]
+            d = jax.tree_util.tree_map(lambda x, lo=lo, hi=hi: x[lo:hi], decision)
+            out[leaf] = d._replace(shrunk=d.shrunk[:, :p], replace=d.replace[:, :p])
     return out
 
 

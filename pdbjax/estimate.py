@@ -28,7 +28,6 @@ References:
 from __future__ import annotations
 
 import functools
-import math
 from typing import Literal
 
 import jax
@@ -39,7 +38,7 @@ from jax import lax
 from pdbjax import exported
 from pdbjax._validate import is_traced
 from pdbjax.fits import PDBFit, Reason, demote, fit_result
-from pdbjax.inputs import check_eigs, median, placeholder, screen, screen_rtol
+from pdbjax.inputs import check_eigs, median, placeholder, screen, screen_rtol, sort_valid
 from pdbjax.linalg import raw_eigenvalues, spectrum
 from pdbjax.lsq import least_squares_box
 from pdbjax.precision import Precision, as_work, check_precision, float64, work_dtype
@@ -136,35 +135,40 @@ def _max_spikes(N: int, p: int) -> int:
     return max(1, min(int(6 * N**0.1), p - 2))
 
 
-def fit_inputs(eigs: np.ndarray | Array, N: int | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``N`` and the spike window :func:`_max_spikes` per spectrum, flattened over the batch (host ints):
-    the data :func:`fit_pdb_batched` takes, so that ``N`` never enters a compiled program as a constant."""
-    batch, p = eigs.shape[:-1], eigs.shape[-1]
+def fit_inputs(eigs: np.ndarray | Array, N: int | np.ndarray, length: np.ndarray | None = None
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``N``, the spike window :func:`_max_spikes` and the length ``p`` of each spectrum, flattened over the batch
+    (host ints): the data :func:`fit_pdb_batched` takes, so that neither ``N`` nor ``p`` enters a compiled
+    program as a constant. ``length``: each spectrum's ``p`` when ``eigs`` is padded (default: all of it)."""
+    batch = eigs.shape[:-1]
     n = np.broadcast_to(np.asarray(N, np.int64), batch).reshape(-1)
-    windows = {int(v): _max_spikes(int(v), p) for v in np.unique(n)}
-    return n, np.array([windows[int(v)] for v in n], np.int32).reshape(n.shape)
+    p = np.broadcast_to(np.asarray(eigs.shape[-1] if length is None else length, np.int32), batch).reshape(-1)
+    windows = {(int(v), int(q)): _max_spikes(int(v), int(q)) for v, q in set(zip(n.tolist(), p.tolist()))}
+    return n, np.array([windows[int(v), int(q)] for v, q in zip(n, p)], np.int32).reshape(n.shape), p
 
 
-def _spike_count_one(lam: Array, N: Array, window: Array) -> Array:
+def _spike_count_one(lam: Array, N: Array, window: Array, length: Array) -> Array:
     r"""EDA/EDB spike count of one descending vector (reference ``removebike``), in log space.
 
     ``log theta~_k = logsumexp(2 (lambda_i - lambda_{i+1}), i > k) - log(p - k - 1)``, which equals the
-    reference's ``log(mean(exp(...)))`` wherever that is finite. ``N`` (float) and the window
-    ``w = `` :func:`_max_spikes` are data: the criteria are evaluated for ``k = 1..p-2`` and searched
-    over ``k <= w``.
+    reference's ``log(mean(exp(...)))`` wherever that is finite. ``N`` (float), the window
+    ``w = `` :func:`_max_spikes` and the length ``p`` (of ``lam``'s first entries; the rest is padding) are
+    data: the criteria are evaluated for ``k = 1..P-2`` and searched over ``k <= w <= p - 2``.
     """
-    p = lam.shape[-1]
-    if p < _MIN_BULK:  # TOO_SMALL spectra: no window to search (and no gaps to index when p < 3)
+    size = lam.shape[-1]
+    if size < _MIN_BULK:  # TOO_SMALL spectra: no window to search (and no gaps to index when p < 3)
         return jnp.zeros((), jnp.int32)
-    gaps2 = 2 * (lam[:-1] - lam[1:])  # 2 (lambda_i - lambda_{i+1}), i = 1..p-1
+    p = length.astype(lam.dtype)
+    i = jnp.arange(size - 1)
+    gaps2 = jnp.where(i < length - 1, 2 * (lam[:-1] - lam[1:]), -jnp.inf)  # 2 (lambda_i - lambda_{i+1}), i = 1..p-1
     tail_lse = lax.cumlogsumexp(gaps2, reverse=True)  # tail_lse[j] = LSE(gaps2[j:])
-    k = jnp.arange(1, p - 1)
-    n_tail = p - k - 1
+    k = jnp.arange(1, size - 1)
+    n_tail = jnp.maximum(length - k - 1, 1)
     log_theta = tail_lse[k] - jnp.log(n_tail.astype(lam.dtype))
     drop = lam[0] - lam[k]  # lambda_1 - lambda_{k+1}
     fit = N * n_tail * log_theta
     eda = -N * drop + fit + 2 * p * k
-    edb = -N * math.log(p) * drop + fit + p * k * jnp.log(N)
+    edb = -N * jnp.log(p) * drop + fit + p * k * jnp.log(N)
     searched = lambda crit: jnp.argmin(jnp.where(k <= window, crit, jnp.inf))  # noqa: E731
     return jnp.maximum(searched(eda), searched(edb)).astype(jnp.int32) + 1
 
@@ -182,19 +186,19 @@ def spike_count(eigs: jax.typing.ArrayLike, N: int | np.ndarray, *, mode: Mode =
     eigs = jnp.asarray(eigs)
     check_eigs(eigs, N)
     check_mode(mode)
-    n, window = fit_inputs(eigs, N)
-    return _spike_count_batched(as_work(eigs), n, window, mode)
+    n, window, length = fit_inputs(eigs, N)
+    return _spike_count_batched(as_work(eigs), n, window, length, mode)
 
 
 @functools.partial(jax.jit, static_argnames="mode")
-def _spike_count_batched(eigs: Array, N: Array, window: Array, mode: str) -> Array:
+def _spike_count_batched(eigs: Array, N: Array, window: Array, length: Array, mode: str) -> Array:
     batch, p = eigs.shape[:-1], eigs.shape[-1]
     flat = eigs.reshape(-1, p)
-    code = screen(flat)
-    lam = placeholder(flat, code)
+    code = screen(flat, length=length)
+    lam = placeholder(flat, code, length)
     if mode == "scaled":
-        lam = lam / median(lam)[..., None]
-    count = jax.vmap(_spike_count_one)(lam, N.astype(lam.dtype), window)
+        lam = lam / median(lam, length)[..., None]
+    count = jax.vmap(_spike_count_one)(lam, N.astype(lam.dtype), window, length)
     return jnp.where(code == Reason.OK, count, 0).reshape(batch)
 
 
@@ -208,7 +212,7 @@ def _part(a: Array, b: Array, n: int) -> Array:
     return a + i * (b - a) / (n + 1)
 
 
-def _fit_one(lam: Array, K: Array, N: Array, mode: str, n_iter: int):
+def _fit_one(lam: Array, K: Array, N: Array, length: Array, mode: str, n_iter: int):
     r"""PDBLS on one descending vector ``lam`` with ``K`` spikes removed.
 
     Returns ``(theta, residual, c_K, converged)``: the lowest-cost start's ``(t, s1, s2)``, its residual
@@ -216,15 +220,15 @@ def _fit_one(lam: Array, K: Array, N: Array, mode: str, n_iter: int):
     ``u_i`` (each segment measured on its own scale, so the ``(5 l_max, 10 l_max)`` segment cannot hide
     a misfit of the others), and whether the least squares converged from that start. The
     ``(0, l_min / 2)`` segment is computed always and masked out of the residual when ``p = N``, so
-    ``N`` stays data.
+    ``N`` stays data; so is ``p = length`` (the entries of ``lam`` after it are padding).
     """
-    p = lam.shape[-1]
+    p = length
     dtype = lam.dtype
-    bulk = jnp.arange(p) >= K
+    bulk = _bulk(lam, K, length)
     n_bulk = (p - K).astype(dtype)
     c_k = n_bulk / N
     l_max = jnp.take(lam, K)
-    l_min = lam[-1]
+    l_min = jnp.take(lam, p - 1)
     grids = [
         _part(jnp.asarray(-10.0, dtype), jnp.asarray(0.0, dtype), _GRID_POINTS),
         _part(jnp.zeros((), dtype), 0.5 * l_min, _GRID_POINTS),
@@ -260,7 +264,13 @@ def _fit_one(lam: Array, K: Array, N: Array, mode: str, n_iter: int):
     return theta, rms, c_k, sols.converged[best]
 
 
-def _sphericity(lam: Array, K: Array, N: Array) -> Array:
+def _bulk(lam: Array, K: Array, length: Array) -> Array:
+    """Mask of the bulk ``lambda_{K+1..p}`` of one padded vector (``p = length``)."""
+    j = jnp.arange(lam.shape[-1])
+    return (j >= K) & (j < length)
+
+
+def _sphericity(lam: Array, K: Array, N: Array, length: Array) -> Array:
     r"""John's sphericity statistic of the bulk ``lambda_{K+1..p}``, standardised (spec section 10).
 
     With ``n = p - K`` and the bulk moments ``gamma_k = (1/n) sum_{j>K} lambda_j^k``,
@@ -268,17 +278,16 @@ def _sphericity(lam: Array, K: Array, N: Array) -> Array:
     (``Sigma = sigma^2 I``, Gaussian entries) ``N U - n -> N(1, 4)`` as ``n, N -> inf`` with any ratio
     (Ledoit & Wolf 2002), so ``T`` is approximately standard normal; for a two-atom population
     ``U -> v + c`` with ``v = t (1 - t) (s1 - s2)^2 / h_1^2``, so ``T ~ N v / 2`` grows with ``N``.
-    Scale-invariant; computed on ``lambda / gamma_1`` so it cannot overflow.
+    Scale-invariant; computed on ``lambda / gamma_1`` so it cannot overflow. ``p = length`` (data).
     """
-    p = lam.shape[-1]
-    bulk = jnp.arange(p) >= K
-    n = (p - K).astype(lam.dtype)
+    bulk = _bulk(lam, K, length)
+    n = (length - K).astype(lam.dtype)
     g1 = jnp.sum(jnp.where(bulk, lam, 0.0)) / n
     r = jnp.where(bulk, lam / g1, 0.0)
     return (N * (jnp.sum(r * r) / n - 1) - n - 1) / 2
 
 
-def _two_bulks(stat: Array, t: Array, s1: Array, s2: Array, K: Array, p: int, N: Array) -> Array:
+def _two_bulks(stat: Array, t: Array, s1: Array, s2: Array, K: Array, p: Array, N: Array) -> Array:
     """Whether the two-atom population is identified (spec section 10): the bulk is not one
     Marchenko-Pastur bulk (``stat > BULKS_Z``), the fitted population's own dispersion would be
     detected at the same level (``(N v - 1) / 2 > BULKS_Z``), and the minority atom holds at least
@@ -358,58 +367,60 @@ def fit_pdb(
     check_eigs(eigs, N)
     check_mode(mode)
     out_dtype = work_dtype(eigs.dtype)
-    n, window = fit_inputs(eigs, N)
+    n, window, length = fit_inputs(eigs, N)
     if precision == "float64" and not is_traced(eigs):
         with float64():
-            fit = fit_pdb_batched(jnp.asarray(eigs, jnp.float64), n, window, mode, n_iter, screen_rtol(eigs.dtype))
+            fit = fit_pdb_batched(jnp.asarray(eigs, jnp.float64), n, window, length, mode, n_iter, screen_rtol(eigs.dtype))
             return jax.tree_util.tree_map(lambda x: x.astype(out_dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, fit)
-    return fit_pdb_batched(jnp.asarray(eigs, out_dtype), n, window, mode, n_iter, screen_rtol(eigs.dtype))
+    return fit_pdb_batched(jnp.asarray(eigs, out_dtype), n, window, length, mode, n_iter, screen_rtol(eigs.dtype))
 
 
 @exported.jit(static_argnames=("mode", "rtol"), cpu_compiler_options=exported.FAST_COMPILE)
-def fit_pdb_singular_values(s: Array, N: Array, window: Array, *, mode: str, rtol: float) -> PDBFit:
-    """:func:`fit_pdb_batched` of the eigenvalues ``s**2`` of singular values ``s`` ``(..., p)``, :data:`N_ITER`
+def fit_pdb_singular_values(s: Array, N: Array, window: Array, length: Array, *, mode: str, rtol: float) -> PDBFit:
+    """:func:`fit_pdb_batched` of the eigenvalues ``s**2`` of singular values ``s`` ``(..., P)``, :data:`N_ITER`
     steps: the one program in which ``analyze`` (:mod:`pdbjax.figures`) and ``compress``
     (:func:`pdbjax.filter.fit_spectrum`) fit a spectrum, so a model analysed first is not compiled again
-    when it is compressed. ``N`` and ``window`` from :func:`fit_inputs`, ``rtol`` = ``screen_rtol`` of ``s``.
+    when it is compressed. ``N``, ``window`` and ``length`` from :func:`fit_inputs`, ``rtol`` = ``screen_rtol`` of ``s``.
 
     >>> import jax, pdbjax
     >>> from pdbjax.inputs import screen_rtol
     >>> W = pdbjax.simulate(jax.random.PRNGKey(0), 800, 400, pdbjax.PDB(0.6, 1.0, 8.0), spikes=[60.0, 30.0])
     >>> s = pdbjax.linalg.spectrum(W[None]).s  # singular values of W / scale, a batch of one
-    >>> n, window = fit_inputs(s, 800)
-    >>> fit = fit_pdb_singular_values(s, n, window, mode="scaled", rtol=screen_rtol(s.dtype))
+    >>> n, window, length = fit_inputs(s, 800)
+    >>> fit = fit_pdb_singular_values(s, n, window, length, mode="scaled", rtol=screen_rtol(s.dtype))
     >>> int(fit.bulks[0]), round(float(fit.t[0]), 1), pdbjax.reason_text(fit.reason[0])
     (2, 0.6, 'ok')
     """
-    return fit_pdb_batched(s**2, N, window, mode, N_ITER, rtol)
+    return fit_pdb_batched(s**2, N, window, length, mode, N_ITER, rtol)
 
 
 @exported.jit(static_argnames=("mode", "n_iter", "rtol"), cpu_compiler_options=exported.FAST_COMPILE)
-def fit_pdb_batched(eigs: Array, N: Array, window: Array, mode: str, n_iter: int, rtol: float) -> PDBFit:
-    """The compiled core of :func:`fit_pdb`: unchecked work-dtype ``eigs`` ``(..., p)``, ``N`` and
-    ``window`` from :func:`fit_inputs`, ``rtol`` = ``screen_rtol`` of the caller's dtype (traceable)."""
+def fit_pdb_batched(eigs: Array, N: Array, window: Array, length: Array, mode: str, n_iter: int, rtol: float) -> PDBFit:
+    """The compiled core of :func:`fit_pdb`: unchecked work-dtype ``eigs`` ``(..., P)``, padded after each
+    spectrum's ``length`` entries (:mod:`pdbjax.inputs`), ``N``, ``window`` and ``length`` from
+    :func:`fit_inputs`, ``rtol`` = ``screen_rtol`` of the caller's dtype (traceable)."""
     batch, p = eigs.shape[:-1], eigs.shape[-1]
-    flat = -jnp.sort(-eigs.reshape(-1, p), axis=-1)  # descending, whatever order the caller used
-    fit = jax.vmap(lambda v, n, w: _fit_pdb_one(v, n, w, mode, n_iter, rtol))(flat, N.astype(flat.dtype), window)
+    length = length.reshape(-1)
+    flat = sort_valid(eigs.reshape(-1, p), length)  # descending, whatever order the caller used
+    fit = jax.vmap(lambda v, n, w, q: _fit_pdb_one(v, n, w, q, mode, n_iter, rtol))(flat, N.astype(flat.dtype), window, length)
     return jax.tree_util.tree_map(lambda x: x.reshape(batch + x.shape[1:]), fit)
 
 
-def _fit_pdb_one(eigs: Array, N: Array, window: Array, mode: str, n_iter: int, rtol: float) -> PDBFit:
-    code = screen(eigs, rtol)
+def _fit_pdb_one(eigs: Array, N: Array, window: Array, length: Array, mode: str, n_iter: int, rtol: float) -> PDBFit:
+    code = screen(eigs, rtol, length)
     screened = code == Reason.OK  # K and the sphericity describe the spectrum, fit or not
-    lam = placeholder(eigs, code)
-    scale = median(lam) if mode == "scaled" else jnp.ones((), lam.dtype)
+    lam = placeholder(eigs, code, length)
+    scale = median(lam, length) if mode == "scaled" else jnp.ones((), lam.dtype)
     lam = lam / scale
-    K = _spike_count_one(lam, N, window)
-    theta, rms, c_k, converged = _fit_one(lam, K, N, mode, n_iter)
+    K = _spike_count_one(lam, N, window, length)
+    theta, rms, c_k, converged = _fit_one(lam, K, N, length, mode, n_iter)
     t, s1, s2 = theta[0], theta[1], theta[2]
     t, s1, s2 = jnp.where(t < 0.5, 1 - t, t), jnp.where(t < 0.5, s2, s1), jnp.where(t < 0.5, s1, s2)
-    stat = _sphericity(lam, K, N)
-    two = _two_bulks(stat, t, s1, s2, K, lam.shape[-1], N)
+    stat = _sphericity(lam, K, N, length)
+    two = _two_bulks(stat, t, s1, s2, K, length, N)
     # One bulk: Marchenko-Pastur with sigma^2 = gamma_1, the bulk's mean eigenvalue (gamma_1 = h_1 exactly
     # under the model, and no solver is involved: a degenerate two-atom least squares cannot spoil it).
-    gamma1 = jnp.sum(jnp.where(jnp.arange(lam.shape[-1]) >= K, lam, 0.0)) / (lam.shape[-1] - K)
+    gamma1 = jnp.sum(jnp.where(_bulk(lam, K, length), lam, 0.0)) / (length - K)
     t, s1, s2 = jnp.where(two, t, 1.0), jnp.where(two, s1, gamma1), jnp.where(two, s2, gamma1)
     pop = PDB(t, s1, s2)
     beta = edges(pop, c_k) * scale
@@ -419,7 +430,7 @@ def _fit_pdb_one(eigs: Array, N: Array, window: Array, mode: str, n_iter: int, r
     solved = (converged | (stat <= BULKS_Z)) & jnp.all(jnp.isfinite(theta)) & jnp.isfinite(lam_plus) & (s1 > 0) & (s2 > 0)
     code = demote(code, ~solved, Reason.NOT_CONVERGED)
     code = demote(code, rms > POOR_FIT_RESIDUAL, Reason.POOR_FIT)
-    code = demote(code, eigs.shape[-1] - K < _MIN_BULK, Reason.NO_BULK)
+    code = demote(code, length - K < _MIN_BULK, Reason.NO_BULK)
     return fit_result(
         PDBFit, code,
         dict(t=t, sigma1_sq=s1 * scale, sigma2_sq=s2 * scale, c=c_k, edges=beta, critical=alpha, lambda_plus=lam_plus,

@@ -1,6 +1,7 @@
-r"""Every per-matrix figure of :func:`pdbjax.analyze` for spectra of one length, in three compiled programs.
+r"""Every per-matrix figure of :func:`pdbjax.analyze` for spectra of one (padded) length, in three compiled programs.
 
-Pass 2 of :func:`pdbjax.analyze`: for a batch of spectra of one length ``p`` (any ``N``; ``N`` is data),
+Pass 2 of :func:`pdbjax.analyze`: for a batch of spectra of one length ``P`` (any ``N`` and, zero-padded,
+any ``p <= P``: both are data, :mod:`pdbjax.inputs`),
 :func:`spectrum_figures` runs
 
 * the PDB fit (Algorithm 1, :func:`pdbjax.fit_pdb`) and, with ``baselines``, the PUB-BEMA and
@@ -51,14 +52,15 @@ def _keep_order(baselines: bool) -> tuple[str, ...]:
 
 
 @exported.jit
-def _fit_baselines(s: jax.Array, N: jax.Array, table: BemaTable) -> dict[str, Any]:
-    """Program 2: the PUB baselines of normalised singular values ``s`` ``(B, p)``."""
-    return {name: fit_pub_batched(s**2, N, table, name, ALPHA) for name in BASELINES}
+def _fit_baselines(s: jax.Array, N: jax.Array, table: BemaTable, length: jax.Array) -> dict[str, Any]:
+    """Program 2: the PUB baselines of normalised singular values ``s`` ``(B, P)`` (padded after ``length``)."""
+    return {name: fit_pub_batched(s**2, N, table, length, name) for name in BASELINES}
 
 
 @exported.jit(cpu_compiler_options=exported.FAST_COMPILE)
-def _figures(s: jax.Array, N: jax.Array, fits: dict[str, Any]) -> dict[str, Any]:
-    """Program 3: every figure of the fits ``{"pdb"}`` or ``{"pdb", "bema", "kernel"}`` (normalised), in ``s``' dtype."""
+def _figures(s: jax.Array, N: jax.Array, fits: dict[str, Any], length: jax.Array) -> dict[str, Any]:
+    """Program 3: every figure of the fits ``{"pdb"}`` or ``{"pdb", "bema", "kernel"}`` (normalised), in ``s``' dtype,
+    of the spectra ``s`` ``(B, P)`` padded after ``length``."""
     eigs = s**2
     pdb = fits["pdb"]
     # One quality computation for all the fits: their fields stacked on a leading axis (compiled once).
@@ -66,12 +68,12 @@ def _figures(s: jax.Array, N: jax.Array, fits: dict[str, Any]) -> dict[str, Any]
     q = quality_batched(
         jnp.broadcast_to(eigs, (len(fits), *eigs.shape)), stack(lambda f: f.K.astype(jnp.int32)),
         PDB(*(stack(lambda f, i=i: f.population[i].astype(eigs.dtype)) for i in range(3))), stack(lambda f: f.ok),
-        jnp.broadcast_to(N.astype(jnp.int32), (len(fits), *N.shape)),
+        jnp.broadcast_to(N.astype(jnp.int32), (len(fits), *N.shape)), jnp.broadcast_to(length, (len(fits), *length.shape)),
     )
     quality = {name: jax.tree_util.tree_map(lambda v, i=i: v[i], q) for i, name in enumerate(fits)}
-    slope = tail_slope_batched(eigs)
-    keep = {rule: keep_count(eigs, pdb, rule) for rule in RULES}
-    keep.update({f"pub-{name}": keep_count(eigs, fits[name], "spikes") for name in BASELINES if name in fits})
+    slope = tail_slope_batched(eigs, length)
+    keep = {rule: keep_count(eigs, pdb, rule, length) for rule in RULES}
+    keep.update({f"pub-{name}": keep_count(eigs, fits[name], "spikes", length) for name in BASELINES if name in fits})
     return {
         **{f"q_{name}": q for name, q in quality.items()},
         "tail_slope": slope,
@@ -81,15 +83,19 @@ def _figures(s: jax.Array, N: jax.Array, fits: dict[str, Any]) -> dict[str, Any]
     }
 
 
-def spectrum_figures(spec: Spectrum, N: np.ndarray, mode: Mode = "scaled", baselines: bool = True) -> dict[str, Any]:
-    """Every figure :func:`pdbjax.analyze` reports for a batch of spectra of one length, as NumPy arrays.
+def spectrum_figures(spec: Spectrum, N: np.ndarray, mode: Mode = "scaled", baselines: bool = True,
+                     length: np.ndarray | None = None) -> dict[str, Any]:
+    """Every figure :func:`pdbjax.analyze` reports for a batch of spectra, as NumPy arrays.
 
     Args:
-      spec: :class:`~pdbjax.linalg.Spectrum` with batch shape ``(B,)`` (from :func:`pdbjax.linalg.spectrum`).
+      spec: :class:`~pdbjax.linalg.Spectrum` with batch shape ``(B,)`` (from :func:`pdbjax.linalg.spectrum`),
+        its singular values possibly padded with zeros to a common length ``P`` (:mod:`pdbjax.inputs`).
       N: the larger dimension of each matrix, shape ``(B,)`` (host integers, ``>= p``).
       mode: PDBLS mode; ``"reference"`` fits the raw eigenvalues in float64 first
         (:func:`pdbjax.filter.fit_spectrum`) and passes that fit to the figures program.
       baselines: also fit PUB-BEMA and PUB-Kernel.
+      length: the number ``p`` of singular values of each row of a padded ``spec`` (host integers; default:
+        all of them). ``mode="reference"`` takes unpadded spectra only.
 
     Returns:
       ``{"pdb", "bema", "kernel"}``: fits in ``W``'s units (float64 where rescaled); ``"q_<name>"``:
@@ -97,19 +103,19 @@ def spectrum_figures(spec: Spectrum, N: np.ndarray, mode: Mode = "scaled", basel
       ``"heavy_tailed"``, ``"n_outliers"``; ``"keep"``: ``{rule: keep count}``. Every leaf has leading axis ``B``.
     """
     check_mode(mode)
-    check_eigs(spec.s, N)  # shapes and N >= p (host-side: nothing leaves the device)
+    check_eigs(spec.s, N, length)  # shapes and N >= p (host-side: nothing leaves the device)
     N = np.asarray(N)
-    given = fit_spectrum(spec, N, "pdb", mode) if mode == "reference" else None
+    given = fit_spectrum(spec, N, "pdb", mode, length) if mode == "reference" else None
     with scope(spec):
-        n, window = fit_inputs(spec.s, N)
-        table = pub_inputs(spec.s, N, ALPHA, BETA)[1] if baselines else None
+        n, window, length = fit_inputs(spec.s, N, length)
+        table = pub_inputs(spec.s, N, ALPHA, BETA, length)[1] if baselines else None
         if given is None:
-            fits = {"pdb": fit_pdb_singular_values(spec.s, n, window, mode=mode, rtol=screen_rtol(spec.s.dtype))}
+            fits = {"pdb": fit_pdb_singular_values(spec.s, n, window, length, mode=mode, rtol=screen_rtol(spec.s.dtype))}
         else:
             fits = {"pdb": normalised_fit(given, spec)}
         if baselines:
-            fits.update(_fit_baselines(spec.s, n, table))
-        out = jax.device_get({**fits, **_figures(spec.s, n, fits)})
+            fits.update(_fit_baselines(spec.s, n, table, length))
+        out = jax.device_get({**fits, **_figures(spec.s, n, fits, length)})
     units = np.asarray(spec.scale, np.float64) ** 2  # normalised eigenvalues -> W's units
     for name in ("pdb", *BASELINES) if baselines else ("pdb",):
         out[name] = out[name].rescale(units)

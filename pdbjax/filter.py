@@ -52,10 +52,10 @@ from pdbjax import exported
 from pdbjax._validate import is_traced
 from pdbjax.estimate import Mode, check_mode, fit_inputs, fit_pdb, fit_pdb_singular_values
 from pdbjax.fits import PDBFit, PUBFit, Reason
-from pdbjax.inputs import check_eigs, screen_rtol
+from pdbjax.inputs import check_eigs, screen_rtol, valid
 from pdbjax.linalg import Factors, Spectrum, factors, raw_eigenvalues, spectrum
 from pdbjax.precision import Precision, float64, scope
-from pdbjax.pub import fit_pub
+from pdbjax.pub import ALPHA, BETA, fit_pub, fit_pub_batched, pub_inputs
 from pdbjax.shrink import shrink_optimal
 from pdbjax.spectral import PDB, critical_points, spike_inverse
 
@@ -237,10 +237,16 @@ def _check_rank(rank: Rank) -> Rank:
     raise TypeError(f"rank must be an int, a float removed fraction, an integer array of keep counts or one of {RULES}; got {rank!r}")
 
 
-def _fixed_keep(rank: int | float | Array, p: int, batch: tuple[int, ...] = ()) -> Array:
+def _fixed_keep(rank: int | float | Array, p: int | np.ndarray, batch: tuple[int, ...] = ()) -> Array:
     """Keep counts ``(*batch,)`` (int32) of an ``int`` rank (``min(rank, p)``), a ``float`` removed
     fraction (``round((1 - rank) p)``) or an integer array of keep counts (``min(k_i, p)``, broadcast to
-    ``batch``; a clear error if it does not broadcast)."""
+    ``batch``; a clear error if it does not broadcast). ``p``: an int, or host integers broadcasting to
+    ``batch`` (the lengths of padded spectra)."""
+    if not isinstance(p, int):
+        p = np.broadcast_to(np.asarray(p), batch)
+        if isinstance(rank, (int, float)):  # float64 on the host, half to even: Python's round per row
+            keep = np.minimum(rank, p) if isinstance(rank, int) else np.round((1.0 - rank) * p)
+            return jnp.asarray(keep.astype(np.int32))
     if isinstance(rank, (np.ndarray, jax.Array)):
         try:
             fits = np.broadcast_shapes(rank.shape, batch) == batch
@@ -248,7 +254,7 @@ def _fixed_keep(rank: int | float | Array, p: int, batch: tuple[int, ...] = ()) 
             fits = False
         if not fits:
             raise ValueError(f"keep counts of shape {rank.shape} do not broadcast to the batch shape {batch} of the weights")
-        return jnp.broadcast_to(jnp.minimum(jnp.asarray(rank).astype(jnp.int32), p), batch)
+        return jnp.broadcast_to(jnp.minimum(jnp.asarray(rank).astype(jnp.int32), jnp.asarray(p, jnp.int32)), batch)
     keep = min(rank, p) if isinstance(rank, int) else round((1.0 - rank) * p)
     return jnp.full(batch, keep, jnp.int32)
 
@@ -263,7 +269,7 @@ def _upper_weight(fit: Fit) -> Array:
 
 
 @functools.partial(jax.jit, static_argnames="rule")
-def keep_count(eigs: ArrayLike, fit: Fit | None, rule: Rank) -> Array:
+def keep_count(eigs: ArrayLike, fit: Fit | None, rule: Rank, length: ArrayLike | None = None) -> Array:
     r"""Number of singular values to keep per matrix (int32, shape ``eigs.shape[:-1]``).
 
     * ``int`` ``r``: ``min(r, p)``.
@@ -277,11 +283,15 @@ def keep_count(eigs: ArrayLike, fit: Fit | None, rule: Rank) -> Array:
 
     Rules need a fit and give ``p`` (keep everything) where it is not ok; ``int``/``float`` ignore it.
     ``rule`` is a static (hashable) argument here; :func:`filter_matrix` also takes an integer array of
-    per-matrix keep counts.
+    per-matrix keep counts. ``length``: with a rule, the number ``p`` of eigenvalues of each row of
+    zero-padded ``eigs`` (:mod:`pdbjax.inputs`; default: all of them).
     """
     rule = _check_rank(rule)
-    p, batch = eigs.shape[-1], eigs.shape[:-1]
+    batch = eigs.shape[:-1]
+    p = eigs.shape[-1] if length is None else jnp.asarray(length)
     if not isinstance(rule, str):
+        if length is not None:
+            raise ValueError("keep_count takes length with a rule string only (a fixed rank's count is decided on the host)")
         return _fixed_keep(rule, p, batch)
     if fit is None:
         raise ValueError(f"rank rule {rule!r} needs a fit")
@@ -418,22 +428,25 @@ def filter_matrix(
     return apply_decision(W, decision, method, factored=factored, slr_sr=slr_sr, slr_rr=slr_rr, precision=precision)
 
 
-def decide(spec: Spectrum, fit: Fit | None, rank: Rank, shrink: str) -> _Decision:
+def decide(spec: Spectrum, fit: Fit | None, rank: Rank, shrink: str, length: np.ndarray | None = None) -> _Decision:
     """Steps 2-3 of :func:`filter_matrix` for the matrices of ``spec`` (their values-only spectrum): keep counts,
     outliers and the new singular values, from ``spec`` and ``fit`` (in ``W``'s units, or None where the
-    method needs none) alone, in one program per spectrum length and batch (:func:`_decide`).
+    method needs none) alone, in one program per (padded) spectrum length and batch (:func:`_decide`).
 
-    :func:`pdbjax.compress` decides once per spectrum length for the whole model, then rebuilds each shape
+    :func:`pdbjax.compress` decides once per padded length for the whole model, then rebuilds each shape
     group with :func:`apply_decision`. ``rank`` as in :func:`filter_matrix` (checked), ``shrink`` resolved.
+    ``length``: the number ``p`` of singular values of each row of a zero-padded ``spec`` (host integers;
+    default: all); the decision's ``shrunk`` and ``replace`` keep the padded length.
     """
     rank = _check_rank(rank)
     batch = spec.s.shape[:-1]
+    length = np.broadcast_to(np.asarray(spec.s.shape[-1] if length is None else length, np.int32), batch)
     # Fixed keep counts are a traced argument (a sweep over ranks or budgets compiles once); rules are static.
     rule = rank if isinstance(rank, str) else None
-    fixed = np.zeros(batch, np.int32) if rule else _fixed_keep(rank, spec.s.shape[-1], batch)
+    fixed = np.zeros(batch, np.int32) if rule else _fixed_keep(rank, length, batch)
     with scope(spec):
         fit_n = None if fit is None else normalised_fit(fit, spec)
-        return _decide(spec.s, spec.finite, fit_n, fixed, shrink=shrink, rule=rule)
+        return _decide(spec.s, spec.finite, fit_n, fixed, length, shrink=shrink, rule=rule)
 
 
 def apply_decision(
@@ -532,7 +545,8 @@ def estimate_fit(lam: Array, N: int | np.ndarray, method: str, mode: Mode = "sca
         return jax.tree_util.tree_map(np.asarray, _dispatch(jnp.asarray(lam, jnp.float64), N, method, mode))
 
 
-def fit_spectrum(spec: Spectrum, N: int | np.ndarray, method: str, mode: Mode = "scaled") -> Fit:
+def fit_spectrum(spec: Spectrum, N: int | np.ndarray, method: str, mode: Mode = "scaled",
+                 length: np.ndarray | None = None) -> Fit:
     """Fit the normalised eigenvalues ``spec.s**2`` in the spectrum's own precision; the fit in ``W``'s units.
 
     The fit runs where and how the decomposition ran (float32 on any device by default, float64 when
@@ -542,17 +556,22 @@ def fit_spectrum(spec: Spectrum, N: int | np.ndarray, method: str, mode: Mode = 
     eigenvalues. The result is multiplied back by ``scale^2`` (an exact power of four) on the host in
     float64 when concrete (:meth:`PDBFit.rescale`), in the caller's precision under its ``jit``.
     ``mode="reference"`` is not scale-equivariant and is fitted on the raw eigenvalues in float64.
+    ``length``: the number ``p`` of singular values of each row of a zero-padded ``spec`` (host integers,
+    :mod:`pdbjax.inputs`; default: all); ``mode="reference"`` takes unpadded spectra only.
     """
+    check_eigs(spec.s, N, length)
+    check_mode(mode)
     if mode == "reference" and method == "pdb":
+        if length is not None and np.any(np.asarray(length) < spec.s.shape[-1]):
+            raise ValueError("mode='reference' fits unpadded spectra only")
         return estimate_fit(raw_eigenvalues(spec), N, method, mode)
     with scope(spec):
         if method.startswith("pub-"):
-            fit = fit_pub(spec.s**2, N, method.removeprefix("pub-"))
+            n, table, length = pub_inputs(spec.s, N, ALPHA, BETA, length)
+            fit = fit_pub_batched(spec.s**2, n, table, length, method.removeprefix("pub-"))
         else:  # the PDB fit in analyze's own program (s**2 inside it): compiled once for both
-            check_eigs(spec.s, N)
-            check_mode(mode)
-            n, window = fit_inputs(spec.s, N)
-            fit = fit_pdb_singular_values(spec.s, n, window, mode=mode, rtol=screen_rtol(spec.s.dtype))
+            n, window, length = fit_inputs(spec.s, N, length)
+            fit = fit_pdb_singular_values(spec.s, n, window, length, mode=mode, rtol=screen_rtol(spec.s.dtype))
         if is_traced(fit, spec):
             return fit.rescale(spec.scale.astype(spec.s.dtype) ** 2)
     return jax.tree_util.tree_map(np.asarray, fit).rescale(np.asarray(spec.scale, np.float64) ** 2)
@@ -604,12 +623,13 @@ class _Decision(NamedTuple):
 
 
 @exported.jit(static_argnames=("shrink", "rule"), cpu_compiler_options=exported.FAST_COMPILE)
-def _decide(s_val: Array, finite: Array, fit: Fit | None, fixed: Array, *, shrink: str, rule: str | None) -> _Decision:
-    """Steps 2-3 of Algorithm 2 (or the baselines) on the normalised values-only spectrum ``s_val`` ``(..., p)``:
-    keep counts, outliers and shrinkage targets (``shrink``: ``"spikes"``, ``"optimal"`` or ``"none"``), as in
-    ``analyze``. Compiled per spectrum length and batch, whatever the matrices' shape (:func:`_rebuild` is the
-    per-shape part)."""
-    p, batch = s_val.shape[-1], s_val.shape[:-1]
+def _decide(s_val: Array, finite: Array, fit: Fit | None, fixed: Array, length: Array, *, shrink: str,
+            rule: str | None) -> _Decision:
+    """Steps 2-3 of Algorithm 2 (or the baselines) on the normalised values-only spectrum ``s_val`` ``(..., P)``,
+    zero-padded after each row's ``length`` ``p`` (:mod:`pdbjax.inputs`): keep counts, outliers and shrinkage
+    targets (``shrink``: ``"spikes"``, ``"optimal"`` or ``"none"``), as in ``analyze``. Compiled per padded length
+    and batch, whatever the matrices' shape (:func:`_rebuild` is the per-shape part)."""
+    p, batch = length, s_val.shape[:-1]
     lam = s_val**2
     if fit is None:
         ok, reason = jnp.ones(batch, bool), jnp.full(batch, Reason.OK, jnp.int32)
@@ -617,7 +637,7 @@ def _decide(s_val: Array, finite: Array, fit: Fit | None, fixed: Array, *, shrin
         ok, reason = _ok(fit, batch), jnp.broadcast_to(jnp.asarray(fit.reason, jnp.int32), batch)
     reason = jnp.where(finite, reason, Reason.NON_FINITE)
     ok = ok & finite
-    keep = jnp.broadcast_to(fixed, batch) if rule is None else keep_count(lam, fit, rule)
+    keep = jnp.broadcast_to(fixed, batch) if rule is None else keep_count(lam, fit, rule, length)
     keep = jnp.where(ok, keep, p)
     if shrink == "spikes":
         replace = outlier_mask(lam, fit)
@@ -630,6 +650,7 @@ def _decide(s_val: Array, finite: Array, fit: Fit | None, fixed: Array, *, shrin
     else:
         replace, shrunk = jnp.zeros(s_val.shape, bool), s_val
         n_outliers = jnp.zeros(batch, jnp.int32)
+    replace = replace & valid(s_val, length)  # the padding after p is never replaced
     return _Decision(keep.astype(jnp.int32), shrunk, replace, ok, reason, jnp.where(ok, n_outliers, 0))
 
 
@@ -640,7 +661,7 @@ def _rebuild_fixed(
     """:func:`_rebuild` of a fixed keep count ``keep`` ``(...,)`` without shrinkage, decided by :func:`_decide` in
     the same program (ok where finite, ``p`` kept otherwise): with no fit, no rule and no shrinkage nothing
     needs the values-only spectrum, so the factors' own ``s`` stands in for it."""
-    d = _decide(f.s, f.finite, None, keep, shrink="none", rule=None)
+    d = _decide(f.s, f.finite, None, keep, jnp.full(keep.shape, f.s.shape[-1], jnp.int32), shrink="none", rule=None)
     return _rebuild(W, f, d, factored=factored, slr=slr)
 
 

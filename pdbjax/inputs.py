@@ -6,6 +6,12 @@ matrix dimension: a Python int, or an integer array broadcasting to the batch sh
 spectrum). ``N`` is passed to the compiled estimators as data, so spectra of one length ``p`` from
 matrices of different ``N`` share one batched call and one compilation.
 
+Padded spectra: the compiled cores (``fit_pdb_batched``, ``fit_pub_batched``, ``quality_batched``, ...) also
+take each spectrum's ``length`` ``p`` as data, so spectra of several lengths share one program at a common
+padded length ``P >= p`` (:func:`pdbjax.api.padded_length`): the eigenvalues sit in the first ``p`` entries,
+descending, and the ``P - p`` entries after them are zeros that every estimator masks out (:func:`valid`).
+The result is the fit of the unpadded spectrum, to rounding (tests/test_padded.py).
+
 This module holds what every estimator does to that input before its own fit: :func:`check_eigs`
 validates it, :func:`screen` gives each spectrum its status code before fitting (:class:`pdbjax.Reason`),
 :func:`placeholder` replaces the unusable ones so that a batch computes finite numbers everywhere, and
@@ -24,14 +30,14 @@ from pdbjax._validate import is_traced
 from pdbjax.fits import Reason
 from pdbjax.precision import work_dtype
 
-__all__ = ["check_eigs", "screen", "screen_rtol", "placeholder", "median", "median_units"]
+__all__ = ["check_eigs", "screen", "screen_rtol", "placeholder", "median", "median_units", "valid", "sort_valid"]
 
 Array = jax.Array
 
 
-def check_eigs(eigs: Array, N: int | np.ndarray) -> None:
+def check_eigs(eigs: Array, N: int | np.ndarray, length: np.ndarray | None = None) -> None:
     """Raise ``ValueError`` unless ``eigs`` is ``(..., p)`` with ``p >= 1`` and ``N`` concrete integers ``>= p``
-    broadcasting to the batch shape ``eigs.shape[:-1]``."""
+    broadcasting to the batch shape ``eigs.shape[:-1]`` (``p`` the smallest ``length`` of padded spectra)."""
     if eigs.ndim < 1:
         raise ValueError("eigs must have shape (..., p); got a scalar")
     p = eigs.shape[-1]
@@ -40,15 +46,20 @@ def check_eigs(eigs: Array, N: int | np.ndarray) -> None:
     if is_traced(N) or isinstance(N, (bool, np.bool_)):
         raise ValueError(f"N must be an int >= p = {p}; got N={N!r} (a concrete value: N is data of the compiled fit, not a tracer)")
     n = np.asarray(N)
-    if not np.issubdtype(n.dtype, np.integer) or n.size == 0 or np.any(n < p):
-        raise ValueError(f"N must be an int >= p = eigs.shape[-1] = {p}; got N={N!r} (an integer array, one N per spectrum, also works)")
     try:
-        np.broadcast_to(n, eigs.shape[:-1])
+        rows = np.broadcast_to(n, eigs.shape[:-1])
     except ValueError:
         raise ValueError(f"N of shape {n.shape} does not broadcast to the batch shape {eigs.shape[:-1]}") from None
+    if length is not None:
+        length = np.broadcast_to(np.asarray(length), eigs.shape[:-1])
+        if np.issubdtype(n.dtype, np.integer) and np.any((length < 1) | (length > p) | (rows < length)):
+            raise ValueError(f"padded spectra need 1 <= length <= {p} and N >= length per row; got length={length!r}, N={N!r}")
+        p = 1
+    if not np.issubdtype(n.dtype, np.integer) or n.size == 0 or np.any(n < p):
+        raise ValueError(f"N must be an int >= p = eigs.shape[-1] = {p}; got N={N!r} (an integer array, one N per spectrum, also works)")
 
 
-def screen(eigs: Array, rtol: float | None = None) -> Array:
+def screen(eigs: Array, rtol: float | None = None, length: Array | None = None) -> Array:
     """Status code (:class:`Reason`) of each eigenvalue vector before fitting (int32, batched).
 
     NaN/Inf -> ``NON_FINITE``; an eigenvalue below ``-rtol * max |lambda|`` -> ``NEGATIVE`` (tiny
@@ -56,17 +67,20 @@ def screen(eigs: Array, rtol: float | None = None) -> Array:
     than 5% of the eigenvalues below ``rtol * lambda_1`` (rank deficient) or a zero median ->
     ``NO_BULK``. ``rtol`` defaults to ``100 eps`` of ``eigs``' dtype; the estimators pass the value of
     the caller's dtype, so a float32 spectrum is judged alike whether it is fitted in float32 or float64.
+    ``length``: the number ``p`` of eigenvalues of each padded vector (:func:`valid`; default: all).
     """
-    p = eigs.shape[-1]
+    p = eigs.shape[-1] if length is None else length
     rtol = screen_rtol(eigs.dtype) if rtol is None else rtol
-    finite = jnp.all(jnp.isfinite(eigs), axis=-1)
-    clean = jnp.where(jnp.isfinite(eigs), eigs, 0.0)
+    mask = valid(eigs, length)
+    finite = jnp.all(jnp.isfinite(eigs) | ~mask, axis=-1)
+    clean = jnp.where(jnp.isfinite(eigs) & mask, eigs, 0.0)
     top = jnp.max(clean, axis=-1)
     negative = jnp.any(clean < -rtol * jnp.max(jnp.abs(clean), axis=-1, keepdims=True), axis=-1)
     tiny = rtol * top[..., None]
-    n_zero = jnp.sum(eigs <= tiny, axis=-1)
+    n_zero = jnp.sum((eigs <= tiny) & mask, axis=-1)
     code = jnp.select(
-        [~finite, negative, top <= 0, jnp.full_like(finite, p < 8), (n_zero > 0.05 * p) | (median(clean) <= tiny[..., 0])],
+        [~finite, negative, top <= 0, jnp.broadcast_to(p < 8, finite.shape),
+         (n_zero > 0.05 * p) | (median(clean, length) <= tiny[..., 0])],
         [Reason.NON_FINITE, Reason.NEGATIVE, Reason.ALL_ZERO, Reason.TOO_SMALL, Reason.NO_BULK],
         Reason.OK,
     )
@@ -78,21 +92,42 @@ def screen_rtol(dtype: jax.typing.DTypeLike) -> float:
     return float(100 * jnp.finfo(work_dtype(dtype)).eps)
 
 
-def placeholder(eigs: Array, code: Array) -> Array:
-    """Replace unusable spectra by a harmless one so that a batch computes finite values everywhere."""
-    p = eigs.shape[-1]
-    dummy = jnp.linspace(2.0, 1.0, p, dtype=eigs.dtype)
+def placeholder(eigs: Array, code: Array, length: Array | None = None) -> Array:
+    """Replace unusable spectra by a harmless one (``2 - j / (p - 1)``, ``j < p``; zeros in the padding) so that
+    a batch computes finite values everywhere."""
+    p = jnp.asarray(eigs.shape[-1] if length is None else length)[..., None]
+    j = jnp.arange(eigs.shape[-1], dtype=eigs.dtype)
+    dummy = jnp.where(valid(eigs, length), 2.0 - j / jnp.maximum(p - 1, 1).astype(eigs.dtype), 0.0)
     return jnp.where((code == Reason.OK)[..., None], eigs, dummy)
 
 
-def median(eigs: Array) -> Array:
-    """The upper median ``lambda_{floor(p/2)+1}`` of descending ``eigs`` (batched)."""
-    return eigs[..., eigs.shape[-1] // 2]
+def median(eigs: Array, length: Array | None = None) -> Array:
+    """The upper median ``lambda_{floor(p/2)+1}`` of descending ``eigs`` (batched; ``p = length``, default all)."""
+    if length is None:
+        return eigs[..., eigs.shape[-1] // 2]
+    return jnp.take_along_axis(eigs, (jnp.asarray(length) // 2)[..., None], axis=-1)[..., 0]
 
 
-def median_units(eigs: Array) -> tuple[Array, Array]:
+def median_units(eigs: Array, length: Array | None = None) -> tuple[Array, Array]:
     """``(eigs / 2^e, e)`` with the median of the result in ``[1/2, 1)`` (``frexp``): an exact rescaling
     (no rounding, and no reciprocal of a huge median flushed to zero: XLA CPU flushes subnormals), so
     that ``lambda^3`` and the like cannot overflow. Multiply results back with ``jnp.ldexp(x, e)``."""
-    exponent = jnp.frexp(median(eigs))[1]
+    exponent = jnp.frexp(median(eigs, length))[1]
     return jnp.ldexp(eigs, -exponent[..., None]), exponent
+
+
+def valid(eigs: Array, length: Array | None) -> Array:
+    """Mask of the eigenvalues of padded vectors ``eigs`` ``(..., P)``: ``j < length`` (all True when ``length`` is None)."""
+    j = jnp.arange(eigs.shape[-1])
+    if length is None:
+        return jnp.broadcast_to(True, eigs.shape)
+    return j < jnp.asarray(length)[..., None]
+
+
+def sort_valid(eigs: Array, length: Array | None) -> Array:
+    """``eigs`` sorted descending within each vector's first ``length`` entries, the padding kept at the end as zeros."""
+    if length is None:
+        return -jnp.sort(-eigs, axis=-1)
+    mask = valid(eigs, length)
+    ordered = -jnp.sort(-jnp.where(mask, eigs, -jnp.inf), axis=-1)
+    return jnp.where(mask, ordered, 0.0)

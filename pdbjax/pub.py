@@ -68,7 +68,7 @@ import numpy as np
 
 from pdbjax import exported
 from pdbjax.fits import PUBFit, Reason, demote, fit_result
-from pdbjax.inputs import check_eigs, median_units, placeholder, screen
+from pdbjax.inputs import check_eigs, median_units, placeholder, screen, sort_valid
 from pdbjax.lsq import least_squares_scalar
 from pdbjax.precision import as_work
 
@@ -163,43 +163,56 @@ def _matched_ranks(p: int, alpha: float) -> np.ndarray:
 @exported.register
 class BemaTable(NamedTuple):
     """What BEMA needs of ``MP(1, c = p / N)`` for one spectrum, tabulated on the host so that ``N`` is
-    data of the compiled fit: the quantiles ``q`` of the matched ranks and the Tracy-Widom corrected
-    edge ``(1 + sqrt c)^2 + q_TW1(1 - beta) N^{-2/3} c^{-1/6} (1 + sqrt c)^{4/3}``."""
+    data of the compiled fit: the quantiles ``q`` of the matched ranks, their 0-based ``index`` in the
+    spectrum, and the Tracy-Widom corrected edge
+    ``(1 + sqrt c)^2 + q_TW1(1 - beta) N^{-2/3} c^{-1/6} (1 + sqrt c)^{4/3}``. A spectrum padded to a length
+    ``P`` (:mod:`pdbjax.inputs`) has its own ranks, padded to those of ``P`` with ``q = 0`` and the last index."""
 
     q: np.ndarray
     edge: np.ndarray
+    index: np.ndarray
 
 
-def pub_inputs(eigs: np.ndarray | Array, N: int | np.ndarray, alpha: float, beta: float) -> tuple[np.ndarray, BemaTable]:
-    """``N`` per spectrum (flattened, host ints) and the :class:`BemaTable` rows :func:`fit_pub_batched`
-    takes (MP quantiles computed on the host per distinct ``N``, so the fit compiles no solver)."""
+def pub_inputs(eigs: np.ndarray | Array, N: int | np.ndarray, alpha: float, beta: float,
+               length: np.ndarray | None = None) -> tuple[np.ndarray, BemaTable, np.ndarray]:
+    """``N`` and the length ``p`` per spectrum (flattened, host ints) and the :class:`BemaTable` rows
+    :func:`fit_pub_batched` takes (MP quantiles computed on the host per distinct ``(N, p)``, so the fit
+    compiles no solver). ``length``: each spectrum's ``p`` when ``eigs`` is padded (default: all of it)."""
     _tw_quantile(beta)
-    p = eigs.shape[-1]
-    n = np.broadcast_to(np.asarray(N, np.int64), eigs.shape[:-1]).reshape(-1)
-    if p < _MIN_BULK:
-        return n, BemaTable(np.zeros((n.size, 0)), np.zeros(n.size))
-    return n, _bema_tables(n, p, float(alpha), float(beta))
+    size, batch = eigs.shape[-1], eigs.shape[:-1]
+    n = np.broadcast_to(np.asarray(N, np.int64), batch).reshape(-1)
+    p = np.broadcast_to(np.asarray(size if length is None else length, np.int32), batch).reshape(-1)
+    if size < _MIN_BULK:
+        return n, BemaTable(np.zeros((n.size, 0)), np.zeros(n.size), np.zeros((n.size, 0), np.int32)), p
+    return n, _bema_tables(n, p, size, float(alpha), float(beta)), p
 
 
-def _bema_tables(N: np.ndarray, p: int, alpha: float, beta: float) -> BemaTable:
-    """:class:`BemaTable` rows for the per-spectrum ``N`` (one quantile table per distinct ``N``)."""
-    ranks = _matched_ranks(p, alpha)
-    levels = 1 - (ranks - 0.5) / p
+def _bema_tables(N: np.ndarray, p: np.ndarray, size: int, alpha: float, beta: float) -> BemaTable:
+    """:class:`BemaTable` rows for the per-spectrum ``N`` and ``p`` (one table per distinct pair), ``size`` the
+    padded length: every row holds as many ranks as a spectrum of that length has."""
+    width = max(len(_matched_ranks(q, alpha)) for q in {size, *p.tolist()})
     rows = {}
-    for n in np.unique(N):
-        c = p / int(n)
-        edge = (1 + math.sqrt(c)) ** 2 + _tw_quantile(beta) * int(n) ** (-2 / 3) * c ** (-1 / 6) * (1 + math.sqrt(c)) ** (4 / 3)
-        rows[int(n)] = (_mp_quantile(levels, c), edge)
-    return BemaTable(np.stack([rows[int(n)][0] for n in N]), np.array([rows[int(n)][1] for n in N]))
+    for n, q in set(zip(N.tolist(), p.tolist())):
+        ranks = _matched_ranks(q, alpha)
+        if q < _MIN_BULK or ranks.size == 0:  # screen reports TOO_SMALL: no table
+            rows[n, q] = (np.zeros(width), 0.0, np.zeros(width, np.int32))
+            continue
+        c = q / n
+        edge = (1 + math.sqrt(c)) ** 2 + _tw_quantile(beta) * n ** (-2 / 3) * c ** (-1 / 6) * (1 + math.sqrt(c)) ** (4 / 3)
+        quantiles = _mp_quantile(1 - (ranks - 0.5) / q, c)
+        pad = width - ranks.size
+        rows[n, q] = (np.pad(quantiles, (0, pad)), edge, np.pad(ranks - 1, (0, pad), mode="edge").astype(np.int32))
+    q, edge, index = zip(*(rows[key] for key in zip(N.tolist(), p.tolist())))
+    return BemaTable(np.stack(q), np.array(edge), np.stack(index))
 
 
-def _bema(lam: Array, table: BemaTable, alpha: float) -> tuple[Array, Array, Array]:
+def _bema(lam: Array, table: BemaTable) -> tuple[Array, Array, Array]:
     """BEMA on descending ``lam`` (median in [1/2, 1)): returns ``(sigma_sq, threshold, usable)``.
 
     ``usable`` is False when the matched ranks have no spread (e.g. an orthogonal matrix): a single
     atom is not a Marchenko-Pastur bulk.
     """
-    matched = lam[_matched_ranks(lam.shape[-1], alpha) - 1]
+    matched = lam[table.index]
     q = table.q.astype(lam.dtype)
     sigma_sq = jnp.sum(q * matched) / jnp.sum(q**2)
     usable = matched[0] - matched[-1] > _spread_floor(lam)
@@ -224,22 +237,24 @@ def _mp_nodes(c0: Array) -> tuple[Array, Array]:
     return node, mass / jnp.sum(mass)
 
 
-def _kernel(lam: Array, N: Array, table: BemaTable, alpha: float) -> tuple[Array, Array, Array]:
-    """Kernel density matching on descending ``lam`` (median in [1/2, 1)): returns ``(sigma_sq, c0, usable)``.
+def _kernel(lam: Array, N: Array, table: BemaTable, length: Array) -> tuple[Array, Array, Array]:
+    """Kernel density matching on descending ``lam`` (median in [1/2, 1); ``p = length``, the rest padding):
+    returns ``(sigma_sq, c0, usable)``.
 
     ``usable`` is False when BEMA's is, when fewer than 8 eigenvalues remain below the BEMA threshold,
     or when they have no spread.
     """
-    p = lam.shape[-1]
-    _, bema_threshold, bema_usable = _bema(lam, table, alpha)
+    p = length
+    _, bema_threshold, bema_usable = _bema(lam, table)
     K0 = jnp.sum(lam > bema_threshold)
     n = jnp.maximum(p - K0, 1).astype(lam.dtype)
-    weight = jnp.where(jnp.arange(p) >= K0, 1 / n, 0.0)
+    j = jnp.arange(lam.shape[-1])
+    weight = jnp.where((j >= K0) & (j < p), 1 / n, 0.0)
     mean = jnp.sum(weight * lam)
     sd = jnp.sqrt(jnp.sum(weight * (lam - mean) ** 2))
     usable = bema_usable & (p - K0 >= _MIN_BULK) & (sd > _spread_floor(lam) * mean)
     h = jnp.where(usable, 1.06 * sd * n**-0.2, 1.0)
-    lo, hi = lam[-1], jnp.take(lam, jnp.minimum(K0, p - 1))
+    lo, hi = jnp.take(lam, p - 1), jnp.take(lam, jnp.minimum(K0, p - 1))
     x = lo + (hi - lo) * (jnp.arange(_KDE_POINTS, dtype=lam.dtype) + 0.5) / _KDE_POINTS
     kde = jnp.sum(weight * _gaussian((x[:, None] - lam) / h), axis=-1) / h
     c0 = n / N
@@ -255,21 +270,22 @@ def _kernel(lam: Array, N: Array, table: BemaTable, alpha: float) -> tuple[Array
     return jnp.where(sol.converged, jnp.exp(sol.x), jnp.nan), c0, usable  # NaN: NOT_CONVERGED
 
 
-def _fit_pub_one(eigs: Array, N: Array, table: BemaTable, estimator: str, alpha: float) -> PUBFit:
-    """One spectrum: screen, sort, scale the median into [1/2, 1), fit, count, scale back, flag."""
-    eigs = -jnp.sort(-eigs)
-    code = screen(eigs)
-    lam = placeholder(eigs, code)
-    lam, exponent = median_units(lam)
+def _fit_pub_one(eigs: Array, N: Array, table: BemaTable, length: Array, estimator: str) -> PUBFit:
+    """One spectrum (its first ``length`` entries): screen, sort, scale the median into [1/2, 1), fit, count,
+    scale back, flag."""
+    eigs = sort_valid(eigs, length)
+    code = screen(eigs, length=length)
+    lam = placeholder(eigs, code, length)
+    lam, exponent = median_units(lam, length)
     if eigs.shape[-1] < _MIN_BULK:  # screen reports TOO_SMALL: there is nothing to fit (or to compile)
         sigma_sq = c = lam_plus = threshold = jnp.full((), jnp.nan, lam.dtype)
         usable = jnp.zeros((), bool)
     elif estimator == "bema":
-        sigma_sq, threshold, usable = _bema(lam, table, alpha)
-        c = eigs.shape[-1] / N
+        sigma_sq, threshold, usable = _bema(lam, table)
+        c = length / N
         lam_plus = sigma_sq * (1 + jnp.sqrt(c)) ** 2
     else:
-        sigma_sq, c, usable = _kernel(lam, N, table, alpha)
+        sigma_sq, c, usable = _kernel(lam, N, table, length)
         lam_plus = threshold = sigma_sq * (1 + jnp.sqrt(c)) ** 2
     code = demote(code, ~usable, Reason.NO_BULK)
     K = jnp.sum(lam > threshold)
@@ -280,13 +296,14 @@ def _fit_pub_one(eigs: Array, N: Array, table: BemaTable, estimator: str, alpha:
                       K=jnp.where(code == Reason.OK, K, 0).astype(jnp.int32))
 
 
-@exported.jit(static_argnames=("estimator", "alpha"))
-def fit_pub_batched(eigs: Array, N: Array, table: BemaTable, estimator: str, alpha: float) -> PUBFit:
-    """The compiled core of :func:`fit_pub`: unchecked work-dtype ``eigs`` ``(..., p)``, ``N`` and
-    ``table`` from :func:`pub_inputs` (traceable)."""
+@exported.jit(static_argnames=("estimator",))
+def fit_pub_batched(eigs: Array, N: Array, table: BemaTable, length: Array, estimator: str) -> PUBFit:
+    """The compiled core of :func:`fit_pub`: unchecked work-dtype ``eigs`` ``(..., P)``, padded after each
+    spectrum's ``length`` entries (:mod:`pdbjax.inputs`), ``N``, ``table`` and ``length`` from :func:`pub_inputs`
+    (traceable; BEMA's trimming ``alpha`` is in the table's ranks)."""
     batch, p = eigs.shape[:-1], eigs.shape[-1]
     flat = eigs.reshape(-1, p)
-    fit = jax.vmap(lambda v, n, tab: _fit_pub_one(v, n, tab, estimator, alpha))(flat, N.astype(flat.dtype), table)
+    fit = jax.vmap(lambda v, n, tab, q: _fit_pub_one(v, n, tab, q, estimator))(flat, N.astype(flat.dtype), table, length.reshape(-1))
     return jax.tree_util.tree_map(lambda v: v.reshape(batch), fit)
 
 
@@ -338,5 +355,5 @@ def fit_pub(
         raise ValueError(
             f"alpha must lie in [0, 0.5) and leave ranks alpha p < k < (1 - alpha) p; got {alpha} for p={p}"
         )
-    n, table = pub_inputs(eigs, N, alpha, beta)
-    return fit_pub_batched(as_work(eigs), n, table, estimator, float(alpha))
+    n, table, length = pub_inputs(eigs, N, alpha, beta)
+    return fit_pub_batched(as_work(eigs), n, table, length, estimator)

@@ -11,7 +11,7 @@ with ratio ``c_K = (p - K) / N``, and the model is the fit's population ``H`` (s
   bulk and the model distribution function :func:`pdbjax.spectral.cdf`;
 * a relative L2 distance between a histogram of the bulk and the model density averaged over the same
   bins, ``||h - f||_2 / ||f||_2``. Binning: ``B = ceil(2 p^{1/3})`` equal-width bins (Rice's rule on
-  ``p``, fixed per shape so the computation is static), spanning
+  ``p``; computed exactly as the least ``B`` with ``B^3 >= 8 p``, data of the compiled program), spanning
   ``[min(lambda_p, beta_1), max(lambda_{K+1}, lambda_+)]`` (the bulk and the model support together);
   ``h_b = count_b / ((p - K) width)`` and ``f_b = (F(right_b) - F(left_b)) / width``. Averaging the model
   over each bin keeps the comparison finite where the density diverges (``x^{-1/2}`` at 0 for ``c = 1``).
@@ -51,7 +51,7 @@ import numpy as np
 
 from pdbjax import exported
 from pdbjax.fits import PDBFit, PUBFit
-from pdbjax.inputs import check_eigs, median_units
+from pdbjax.inputs import check_eigs, median_units, sort_valid
 from pdbjax.precision import as_work
 from pdbjax.spectral import PDB, cdf, edges, moments
 
@@ -88,43 +88,53 @@ class Quality(NamedTuple):
         return self._replace(moments=self.moments * power, model_moments=self.model_moments * power)
 
 
-def _quality_one(eigs: Array, K: Array, pop: PDB, ok: Array, N: Array) -> Quality:
-    lam = -jnp.sort(-eigs)
-    p = lam.shape[-1]
+def _rice_bins(p: Array, most: int) -> Array:
+    """``ceil(2 p^{1/3})`` for integer ``p``, exactly: the least ``B`` in ``1..most`` with ``B^3 >= 8 p``."""
+    b = jnp.arange(1, most + 1)
+    return jnp.sum(b**3 < 8 * p) + 1
+
+
+def _quality_one(eigs: Array, K: Array, pop: PDB, ok: Array, N: Array, length: Array) -> Quality:
+    size = eigs.shape[-1]
+    p = length
+    live = jnp.arange(size) < p
+    lam = sort_valid(eigs, length)
     n = p - K
     ok = ok & (n >= 1) & jnp.all(jnp.isfinite(lam))
-    lam = jnp.where(ok, lam, 1.0)
+    lam = jnp.where(ok, lam, jnp.where(live, 1.0, 0.0))
     # Work in units where the median is in [1/2, 1) (a power of 2: exact, no overflow of lambda^3).
-    lam, exponent = median_units(lam)
+    lam, exponent = median_units(lam, length)
     t, s1, s2 = (jnp.where(ok, v, 1.0).astype(lam.dtype) for v in pop)
     pop = PDB(t, jnp.ldexp(s1, -exponent), jnp.ldexp(s2, -exponent))
     n_bulk = jnp.maximum(n, 1).astype(lam.dtype)
     c_k = n_bulk / N
-    bulk = jnp.arange(p) >= K
+    bulk = (jnp.arange(size) >= K) & live
 
     order = jnp.arange(1, 4)
     powers = lam[:, None] ** order.astype(lam.dtype)
     empirical = jnp.sum(jnp.where(bulk[:, None], powers, 0.0), axis=0) / n_bulk
     model = moments(pop, c_k, 3)
 
-    n_bins = math.ceil(2 * p ** (1 / 3))
+    most_bins = math.ceil(2 * size ** (1 / 3)) + 1  # room for the bins of any p <= size
+    n_bins = _rice_bins(p, most_bins)
     support = edges(pop, c_k)
-    lo = jnp.minimum(lam[-1], jnp.nanmin(support))
+    lo = jnp.minimum(jnp.take(lam, p - 1), jnp.nanmin(support))
     hi = jnp.maximum(jnp.take(lam, jnp.minimum(K, p - 1)), jnp.nanmax(support))
-    width = (hi - lo) / n_bins
-    bin_edges = lo + width * jnp.arange(n_bins + 1, dtype=lam.dtype)
+    width = (hi - lo) / n_bins.astype(lam.dtype)
+    bin_edges = lo + width * jnp.arange(most_bins + 1, dtype=lam.dtype)
     F = cdf(jnp.concatenate([lam, bin_edges]), pop, c_k)
-    F_lam, F_edges = F[:p], F[p:]
+    F_lam, F_edges = F[:size], F[size:]
 
-    ascending_rank = (p - jnp.arange(p)).astype(lam.dtype)  # rank of lambda_j among the bulk, 1 = smallest
+    ascending_rank = (p - jnp.arange(size)).astype(lam.dtype)  # rank of lambda_j among the bulk, 1 = smallest
     gap = jnp.maximum(ascending_rank / n_bulk - F_lam, F_lam - (ascending_rank - 1) / n_bulk)
     ks = jnp.max(jnp.where(bulk, gap, 0.0))
 
     index = jnp.clip(jnp.floor((lam - lo) / width), 0, n_bins - 1).astype(jnp.int32)
-    counts = jnp.zeros(n_bins, lam.dtype).at[index].add(bulk.astype(lam.dtype))
+    counts = jnp.zeros(most_bins, lam.dtype).at[index].add(bulk.astype(lam.dtype))
     hist = counts / (n_bulk * width)
-    model_bins = jnp.diff(F_edges) / width
-    l2 = jnp.sqrt(jnp.sum((hist - model_bins) ** 2) / jnp.sum(model_bins**2))
+    in_range = jnp.arange(most_bins) < n_bins
+    model_bins = jnp.where(in_range, jnp.diff(F_edges) / width, 0.0)
+    l2 = jnp.sqrt(jnp.sum(jnp.where(in_range, hist - model_bins, 0.0) ** 2) / jnp.sum(model_bins**2))
 
     nan = lambda v: jnp.where(ok, v, jnp.nan)  # noqa: E731
     units = lambda v: jnp.ldexp(v, order * exponent)  # noqa: E731
@@ -132,13 +142,14 @@ def _quality_one(eigs: Array, K: Array, pop: PDB, ok: Array, N: Array) -> Qualit
 
 
 @exported.jit(cpu_compiler_options=exported.FAST_COMPILE)
-def quality_batched(eigs: Array, K: Array, pop: PDB, ok: Array, N: Array) -> Quality:
-    """The compiled core of :func:`fit_quality`: unchecked work-dtype ``eigs`` ``(..., p)``, the fit's
-    ``K`` (int32), population (in ``eigs``' dtype) and ``ok``, and ``N`` (int32), all batch-shaped."""
+def quality_batched(eigs: Array, K: Array, pop: PDB, ok: Array, N: Array, length: Array) -> Quality:
+    """The compiled core of :func:`fit_quality`: unchecked work-dtype ``eigs`` ``(..., P)``, padded after each
+    spectrum's ``length`` entries (:mod:`pdbjax.inputs`), the fit's ``K`` (int32), population (in ``eigs``' dtype)
+    and ``ok``, ``N`` and ``length`` (int32), all batch-shaped."""
     batch, p = eigs.shape[:-1], eigs.shape[-1]
     flat = lambda v: jnp.broadcast_to(v, batch).reshape(-1)  # noqa: E731
-    out = jax.vmap(lambda e, k, t, s1, s2, o, n: _quality_one(e, k, PDB(t, s1, s2), o, n))(
-        eigs.reshape(-1, p), flat(K), *(flat(v) for v in pop), flat(ok), flat(N.astype(eigs.dtype))
+    out = jax.vmap(lambda e, k, t, s1, s2, o, n, q: _quality_one(e, k, PDB(t, s1, s2), o, n, q))(
+        eigs.reshape(-1, p), flat(K), *(flat(v) for v in pop), flat(ok), flat(N.astype(eigs.dtype)), flat(length)
     )
     return jax.tree_util.tree_map(lambda v: v.reshape(batch + v.shape[1:]), out)
 
@@ -163,7 +174,8 @@ def fit_quality(eigs: jax.typing.ArrayLike, N: int | np.ndarray, fit: Fit) -> Qu
     eigs = as_work(eigs)
     pop = PDB(*(jnp.asarray(v, eigs.dtype) for v in fit.population))
     n = jnp.asarray(np.broadcast_to(np.asarray(N, np.int64), eigs.shape[:-1]), jnp.int32)
-    return quality_batched(eigs, jnp.asarray(fit.K, jnp.int32), pop, jnp.asarray(fit.ok, bool), n)
+    length = jnp.full(eigs.shape[:-1], eigs.shape[-1], jnp.int32)
+    return quality_batched(eigs, jnp.asarray(fit.K, jnp.int32), pop, jnp.asarray(fit.ok, bool), n, length)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -189,23 +201,27 @@ HEAVY_TAIL_SLOPE = 1.2
 HEAVY_TAIL_KS = 0.03
 
 
-def _tail_slope_one(lam: Array) -> Array:
-    p = lam.shape[-1]
-    m = p // 4
-    if p < 8:
+def _tail_slope_one(lam: Array, length: Array) -> Array:
+    size = lam.shape[-1]
+    if size < 8:
         return jnp.full((), jnp.nan, lam.dtype)
-    lam = -jnp.sort(-lam)
-    j = jnp.arange(1, m + 1, dtype=lam.dtype)
-    spacing = j * (jnp.log(lam[:m]) - jnp.log(lam[1 : m + 1]))
-    zeta = jnp.median(spacing) / math.log(2)
-    usable = jnp.all(jnp.isfinite(lam)) & (lam[m] > 0)
+    m = length // 4
+    lam = sort_valid(lam, length)
+    j = jnp.arange(1, size // 4 + 1)
+    spacing = j * (jnp.log(lam[: size // 4]) - jnp.log(lam[1 : size // 4 + 1]))
+    # The median of the first m spacings: the others sorted past them (inf), then the middle one or two.
+    ordered = jnp.sort(jnp.where(j <= m, spacing, jnp.inf))
+    middle = 0.5 * (jnp.take(ordered, (m - 1) // 2) + jnp.take(ordered, m // 2))
+    zeta = middle / math.log(2)
+    usable = jnp.all(jnp.isfinite(jnp.where(jnp.arange(size) < length, lam, 0.0))) & (jnp.take(lam, m) > 0) & (length >= 8)
     return jnp.where(usable, zeta, jnp.nan)
 
 
 @exported.jit
-def tail_slope_batched(eigs: Array) -> Array:
-    """The compiled core of :func:`tail_slope` (unchecked work-dtype ``eigs``)."""
-    return jnp.vectorize(_tail_slope_one, signature="(p)->()")(eigs)
+def tail_slope_batched(eigs: Array, length: Array) -> Array:
+    """The compiled core of :func:`tail_slope`: unchecked work-dtype ``eigs`` ``(..., P)``, padded after each
+    spectrum's ``length`` entries (:mod:`pdbjax.inputs`)."""
+    return jnp.vectorize(_tail_slope_one, signature="(p),()->()")(eigs, length)
 
 
 def tail_slope(eigs: jax.typing.ArrayLike) -> Array:
@@ -250,7 +266,7 @@ def tail_slope(eigs: jax.typing.ArrayLike) -> Array:
     """
     eigs = jnp.asarray(eigs)
     check_eigs(eigs, eigs.shape[-1] if eigs.ndim else 0)
-    return tail_slope_batched(as_work(eigs))
+    return tail_slope_batched(as_work(eigs), jnp.full(eigs.shape[:-1], eigs.shape[-1], jnp.int32))
 
 
 def heavy_tailed(eigs: jax.typing.ArrayLike, N: int | np.ndarray, fit: Fit, quality: Quality | None = None) -> Array:

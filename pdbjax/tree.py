@@ -516,7 +516,7 @@ def map_chunks(
     """:func:`map_groups` without its split: the output of each call of ``fn`` as it is, with the items it holds.
 
     Same grouping, chunking, padding, sharding, ``progress`` and ``aux`` as :func:`map_groups`; a
-    consumer that regroups the rows anyway (``analyze`` stacks every spectrum of one length for its fits)
+    consumer that regroups the rows anyway (``analyze`` stacks every spectrum of one padded length for its fits)
     takes them from here and slices nothing on the device. With ``transpose_wide``, matrices ``(a, b)``
     and ``(b, a)`` share a group: ``fn`` sees ``(B, max(a, b), min(a, b))`` stacks, each wide matrix
     transposed as it is stacked (for an ``fn`` that does not care, such as singular values: one

@@ -20,6 +20,9 @@ class Tol(NamedTuple):
 #: The same fit, batched with other partners: the least squares stops at relative tolerance 1e-8 and
 #: XLA's reductions run in another order, so floats agree to about 1e-8; 1e-6 leaves a margin.
 BATCH_PARTNERS = Tol(1e-6, 0.0, "same fit batched with other partners (solver tolerance 1e-8, reduction order)")
+#: BATCH_PARTNERS for a figure that is a difference of nearly equal numbers (a relative moment error of 1e-5):
+#: its relative error is meaningless there, its absolute one is that of the numbers it compares (1e-8), so 1e-8.
+BATCH_PARTNERS_DIFFERENCE = Tol(1e-6, 1e-8, "same fit batched with other partners; a difference of nearly equal numbers")
 #: One row of a vmap against the whole batch: identical arithmetic up to the last bits.
 SAME_ARITHMETIC = Tol(1e-9, 0.0, "same arithmetic, one row of a vmap")
 #: A float32 result against float64 arithmetic: float32's eps is 1.2e-7; 50 ulp covers a short chain.
