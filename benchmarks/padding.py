@@ -1,7 +1,7 @@
 """What padding spectra to a common length costs and saves: ``pdbjax.api.padded_length``.
 
 ``analyze`` and ``compress`` fit every spectrum of ``p`` singular values at the padded length
-``P = padded_length(p)`` (the least power of four ``>= p``), with ``p`` as data, so the widths of a model
+``P = padded_length(p)`` (1024 up to 1024, then the least power of two ``>= p``), with ``p`` as data, so the widths of a model
 that pad to one ``P`` share one set of compiled programs. Two measurements:
 
 1. **A call at the padded length** (in one process, steady state, compile excluded): ``spectrum_figures``
@@ -41,7 +41,7 @@ from pdbjax.api import padded_length
 from pdbjax.linalg import Spectrum
 
 ROOT = Path(__file__).resolve().parent.parent
-LENGTHS = (27, 100, 350, 512, 700, 1500)
+LENGTHS = (9, 27, 100, 350, 512, 1500, 3000)
 MODELS = ("FCNN", "VGG16", "ResNet18")
 
 _CHILD = COMPILE_LOG + r"""
@@ -115,6 +115,8 @@ def model_costs(trees: list[tuple[str, Path]], rounds: int) -> list[str]:
             rs = runs[model, label]
             commit = subprocess.run(["git", "-C", str(tree), "rev-parse", "--short", "HEAD"], capture_output=True,
                                     text=True).stdout.strip()
+            if subprocess.run(["git", "-C", str(tree), "diff", "--quiet", "HEAD", "--", "pdbjax"]).returncode:
+                commit += " with uncommitted changes"
             med = {k: statistics.median(r[k] for r in rs) for k in ("programs", "compile_s", "analyze_s")}
             lengths = rs[0]["lengths"]
             rows.append(f"| {model} | {rs[0]['rows']} | {', '.join(map(str, lengths))} | "

@@ -10,12 +10,12 @@ memory budget of working copies:
 
 1. **Spectra**: :func:`pdbjax.linalg.spectrum` of every matrix, one batched call per shape group, both
    orientations of a shape in one (in chunks of at most ``max_memory``; :func:`pdbjax.tree.map_chunks`).
-2. **Fits**: every spectrum whose length ``p`` pads to one length ``P`` (:func:`padded_length`: 64, 256, 1024,
-   ...) goes through ONE compiled program whatever its ``N`` and ``p`` (both are data): for ``analyze`` every
-   figure of the report (:func:`pdbjax.figures.spectrum_figures`), for ``compress`` the fit of its method;
-   the 384 x 384, 1536 x 384 and 384 x 1536 matrices of a transformer share it, and so do an FCNN's
-   512- and 350-wide kernels. It runs in calls of :data:`FIT_ROWS` (8) rows (:func:`in_fit_rows`), so any
-   count of them (another selection, another model) shares the program too.
+2. **Fits**: every spectrum whose length ``p`` pads to one length ``P`` (:func:`padded_length`: 1024 up to
+   1024, then powers of two) goes through ONE compiled program whatever its ``N`` and ``p`` (both are data):
+   for ``analyze`` every figure of the report (:func:`pdbjax.figures.spectrum_figures`), for ``compress`` the
+   fit of its method; the 384 x 384, 1536 x 384 and 384 x 1536 matrices of a transformer share it, and so
+   do all the kernels of a VGG16 or a ResNet18 (widths 9 to 512). It runs in calls of :data:`FIT_ROWS` (8)
+   rows (:func:`in_fit_rows`), so any count of them (another selection, another model) shares the program too.
 3. ``compress`` only: the keep counts, outliers and shrinkage of every matrix are decided once per
    padded length from the spectra and fits of passes 1 and 2 (:func:`pdbjax.filter.decide`, in calls
    of :data:`FIT_ROWS` rows), then each shape group (chunk) takes its vectors from its Gram matrix
@@ -177,22 +177,21 @@ def in_fit_rows(fn: Callable[..., Any], *trees: Any) -> Any:
 
 
 def padded_length(p: int, mode: Mode = "scaled") -> int:
-    """The length ``P`` the fits of a spectrum of ``p`` singular values run at: the least power of four ``>= p``
-    (16, 64, 256, 1024, 4096, ...), so spectra of several lengths share one set of compiled programs; ``p``
-    itself below 8 (too small to fit: nothing is compiled for them) and for ``mode="reference"`` (fitted
-    unpadded in float64). The estimators mask the zeros after ``p`` (:mod:`pdbjax.inputs`); a spectrum
-    padded to ``P`` costs about what one of length ``P`` costs, which changes little with the length while
-    compiling each length costs seconds (``python benchmarks/padding.py``, ``benchmarks/results/padding.md``).
+    """The length ``P`` the fits of a spectrum of ``p`` singular values run at: 1024 up to 1024, then the least
+    power of two ``>= p`` (2048, 4096, ...), so the spectra of every width of a CNN, an MLP or a BERT-sized
+    transformer share one set of compiled programs; ``p`` itself below 8 (too small to fit: nothing is
+    compiled for them) and for ``mode="reference"`` (fitted unpadded in float64). The estimators mask the
+    zeros after ``p`` (:mod:`pdbjax.inputs`). A call costs about the same at any length up to 1024 (it is
+    the solver's iterations, not ``p``), while each length compiled costs seconds: padded to 1024, 8 spectra
+    take 1.0-1.3x the time at their own length, a first call at a new length 3.6-4.1 s
+    (``python benchmarks/padding.py``, ``benchmarks/results/padding.md``).
 
-    >>> [padded_length(p) for p in (5, 10, 64, 65, 384, 4096)]
-    [5, 16, 64, 256, 1024, 4096]
+    >>> [padded_length(p) for p in (5, 10, 384, 1024, 1025, 4096)]
+    [5, 1024, 1024, 1024, 2048, 4096]
     """
     if p < 8 or mode == "reference":
         return p
-    size = 16
-    while size < p:
-        size *= 4
-    return size
+    return max(1024, 1 << (p - 1).bit_length())
 
 
 def _pad_spectrum(spec: Spectrum, size: int) -> Spectrum:
