@@ -1,7 +1,7 @@
 """What padding spectra to a common length costs and saves: ``pdbjax.api.padded_length``.
 
 ``analyze`` and ``compress`` fit every spectrum of ``p`` singular values at the padded length
-``P = padded_length(p)`` (1024 up to 1024, then the least power of two ``>= p``), with ``p`` as data, so the widths of a model
+``P = padded_length(p)`` (512 up to 512, then the least power of two ``>= p``), with ``p`` as data, so the widths of a model
 that pad to one ``P`` share one set of compiled programs. Two measurements:
 
 1. **A call at the padded length** (in one process, steady state, compile excluded): ``spectrum_figures``
@@ -12,10 +12,12 @@ that pad to one ``P`` share one set of compiled programs. Two measurements:
    freshly initialised FCNN, VGG16 and ResNet18 of ``pdbjax.experiments.models`` (the paper's
    architectures: their kernels' spectrum lengths are listed), with this checkout and with ``--tree``
    checkouts of other commits: XLA programs compiled, their compile seconds, and the ``analyze`` call.
+3. **What padding costs a model of one length** (``--minilm ROUNDS``, instead of 1 and 2): whole warm CLI
+   processes (``pdbjax analyze`` of MiniLM-L6's 36 encoder matrices, p = 384, padded to 512 now), each
+   checkout on its own persistent cache filled by a first run, the checkouts taking turns in each round.
 
-    python benchmarks/padding.py --tree /tmp/prev --rounds 5
-
-Writes ``benchmarks/results/padding.md``.
+    python benchmarks/padding.py --tree /tmp/prev --rounds 5        # 1 and 2: padding.md
+    python benchmarks/padding.py --tree /tmp/prev --minilm 8        # 3: padding_minilm.md
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import os
 import platform
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -33,15 +36,16 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
-from compiles import COMPILE_LOG, run_child
+from compiles import COMPILE_LOG, WHERE, run_child
 
 from pdbjax import figures, linalg
 from pdbjax._atomic import atomic_write_text
 from pdbjax.api import padded_length
+from pdbjax.io import minilm_path
 from pdbjax.linalg import Spectrum
 
 ROOT = Path(__file__).resolve().parent.parent
-LENGTHS = (9, 27, 100, 350, 512, 1500, 3000)
+LENGTHS = (9, 27, 100, 384, 700, 1500, 3000)
 MODELS = ("FCNN", "VGG16", "ResNet18")
 
 _CHILD = COMPILE_LOG + r"""
@@ -55,8 +59,14 @@ start = time.perf_counter()
 report = pdbjax.analyze(model)
 wall = time.perf_counter() - start
 lengths = sorted({r["p"] for r in report.rows if r.get("p")})
+try:
+    from pdbjax.api import padded_length
+from pdbjax.io import minilm_path
+    padded = sorted({padded_length(p) for p in lengths})
+except ImportError:  # a checkout before padding: one program set per length
+    padded = None
 print(json.dumps({"rows": len(report.rows), "programs": len(seconds), "compile_s": sum(seconds), "analyze_s": wall,
-                  "lengths": lengths, "module": pdbjax.__file__}))
+                  "lengths": lengths, "padded": padded, "module": pdbjax.__file__}))
 """
 
 
@@ -113,32 +123,76 @@ def model_costs(trees: list[tuple[str, Path]], rounds: int) -> list[str]:
     for model in MODELS:
         for label, tree in trees:
             rs = runs[model, label]
-            commit = subprocess.run(["git", "-C", str(tree), "rev-parse", "--short", "HEAD"], capture_output=True,
-                                    text=True).stdout.strip()
-            if subprocess.run(["git", "-C", str(tree), "diff", "--quiet", "HEAD", "--", "pdbjax"]).returncode:
-                commit += " with uncommitted changes"
+            commit = _commit(tree)
             med = {k: statistics.median(r[k] for r in rs) for k in ("programs", "compile_s", "analyze_s")}
             lengths = rs[0]["lengths"]
             rows.append(f"| {model} | {rs[0]['rows']} | {', '.join(map(str, lengths))} | "
-                        f"{', '.join(str(s) for s in sorted({padded_length(p) for p in lengths}))} | {label} ({commit}) | "
+                        f"{', '.join(map(str, rs[0]['padded'])) if rs[0]['padded'] else 'none'} | {label} ({commit}) | "
                         f"{med['programs']:g} | {med['compile_s']:.1f} | {med['analyze_s']:.1f} |")
     return rows
+
+
+def minilm_warm(trees: list[tuple[str, Path]], rounds: int) -> list[str]:
+    """Part 3: warm ``pdbjax analyze`` CLI processes on MiniLM, each tree on its own filled cache, alternating."""
+    caches = {label: tempfile.mkdtemp() for label, _ in trees}
+
+    def run(label: str, tree: Path) -> float:
+        env = {**os.environ, "PYTHONPATH": str(tree), "JAX_PLATFORMS": "cpu", "JAX_COMPILATION_CACHE_DIR": caches[label]}
+        with tempfile.TemporaryDirectory() as out:
+            cmd = [sys.executable, "-m", "pdbjax", "analyze", str(minilm_path()), "--where", WHERE, "--json",
+                   str(Path(out) / "r.json"), "--quiet"]
+            start = time.perf_counter()
+            subprocess.run(cmd, env=env, cwd=tree, check=True, capture_output=True)
+            return time.perf_counter() - start
+
+    for label, tree in trees:
+        run(label, tree)  # fills the cache
+    times: dict[str, list[float]] = {label: [] for label, _ in trees}
+    for _ in range(rounds):
+        for label, tree in trees:
+            times[label].append(run(label, tree))
+    base = times[trees[0][0]]
+    return [f"| {label} ({_commit(tree)}) | {min(t):.2f} | {statistics.median(t):.2f} | "
+            f"{statistics.median(a / b for a, b in zip(t, base)):.3f} |" for (label, tree), t in zip(trees, times.values())]
+
+
+def _commit(tree: Path) -> str:
+    commit = subprocess.run(["git", "-C", str(tree), "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    if subprocess.run(["git", "-C", str(tree), "diff", "--quiet", "HEAD", "--", "pdbjax"]).returncode:
+        commit += " with uncommitted changes"
+    return commit
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tree", action="append", default=[], help="another checkout whose pdbjax/ to measure too")
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--minilm", type=int, metavar="ROUNDS", help="only part 3, this many rounds (padding_minilm.md)")
     args = ap.parse_args()
     trees = [("this checkout", ROOT)] + [(t, Path(t)) for t in args.tree]
+    head = [f"Command: `python benchmarks/padding.py{''.join(' --tree ' + t for t in args.tree)} "
+            f"{f'--minilm {args.minilm}' if args.minilm else f'--rounds {args.rounds}'}`  ",
+            f"Machine: {platform.machine()} ({jax.default_backend()}), {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}; "
+            f"jax {jax.__version__}; {datetime.datetime.now().isoformat(timespec='seconds')}"]
+    if args.minilm:
+        lines = [
+            "# Padding spectra to a common length: what it costs a warm process on a model of one length", "", *head, "",
+            f"`pdbjax analyze` of MiniLM-L6's 36 encoder matrices (p = 384) as whole CLI processes (`--quiet`, JSON "
+            f"report), each checkout on its own persistent compilation cache filled by a first run, the checkouts taking "
+            f"turns in each of {args.minilm} rounds.", "",
+            "| pdbjax | best s | median s | per-round ratio to this checkout (median) |", "|---|---|---|---|",
+            *minilm_warm(trees, args.minilm),
+        ]
+        text = "\n".join(lines) + "\n"
+        print(text)
+        atomic_write_text(ROOT / "benchmarks" / "results" / "padding_minilm.md", text)
+        return
     calls = call_costs(max(args.rounds, 5))
     models = model_costs(trees, args.rounds)
     lines = [
         "# Padding spectra to a common length: what a call costs, what a model compiles",
         "",
-        f"Command: `python benchmarks/padding.py{''.join(' --tree ' + t for t in args.tree)} --rounds {args.rounds}`  ",
-        f"Machine: {platform.machine()} ({jax.default_backend()}), {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}; "
-        f"jax {jax.__version__}; {datetime.datetime.now().isoformat(timespec='seconds')}",
+        *head,
         "",
         f"## 1. A call at the padded length ({max(args.rounds, 5)} rounds, best; per-round median ratio in brackets)",
         "",
@@ -156,7 +210,8 @@ def main() -> None:
         "`analyze` call. The decompositions compile per matrix shape either way; the fits per spectrum length before, "
         "per padded length now.",
         "",
-        "| model | matrices | spectrum lengths p | padded lengths P | pdbjax | programs compiled | compile s | analyze s |",
+        "| model | matrices | spectrum lengths p | padded lengths P (none: a program set per p) | pdbjax | programs compiled "
+        "| compile s | analyze s |",
         "|---|---|---|---|---|---|---|---|",
         *models,
     ]

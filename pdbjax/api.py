@@ -10,8 +10,8 @@ memory budget of working copies:
 
 1. **Spectra**: :func:`pdbjax.linalg.spectrum` of every matrix, one batched call per shape group, both
    orientations of a shape in one (in chunks of at most ``max_memory``; :func:`pdbjax.tree.map_chunks`).
-2. **Fits**: every spectrum whose length ``p`` pads to one length ``P`` (:func:`padded_length`: 1024 up to
-   1024, then powers of two) goes through ONE compiled program whatever its ``N`` and ``p`` (both are data):
+2. **Fits**: every spectrum whose length ``p`` pads to one length ``P`` (:func:`padded_length`: 512 up to
+   512, then powers of two) goes through ONE compiled program whatever its ``N`` and ``p`` (both are data):
    for ``analyze`` every figure of the report (:func:`pdbjax.figures.spectrum_figures`), for ``compress`` the
    fit of its method; the 384 x 384, 1536 x 384 and 384 x 1536 matrices of a transformer share it, and so
    do all the kernels of a VGG16 or a ResNet18 (widths 9 to 512). It runs in calls of :data:`FIT_ROWS` (8)
@@ -177,21 +177,20 @@ def in_fit_rows(fn: Callable[..., Any], *trees: Any) -> Any:
 
 
 def padded_length(p: int, mode: Mode = "scaled") -> int:
-    """The length ``P`` the fits of a spectrum of ``p`` singular values run at: 1024 up to 1024, then the least
-    power of two ``>= p`` (2048, 4096, ...), so the spectra of every width of a CNN, an MLP or a BERT-sized
-    transformer share one set of compiled programs; ``p`` itself below 8 (too small to fit: nothing is
-    compiled for them) and for ``mode="reference"`` (fitted unpadded in float64). The estimators mask the
-    zeros after ``p`` (:mod:`pdbjax.inputs`). A call costs about the same at any length up to 1024 (it is
-    the solver's iterations, not ``p``), while each length compiled costs seconds: padded to 1024, 8 spectra
-    take 1.0-1.3x the time at their own length, a first call at a new length 3.6-4.1 s
-    (``python benchmarks/padding.py``, ``benchmarks/results/padding.md``).
+    """The length ``P`` the fits of a spectrum of ``p`` singular values run at: 512 up to 512, then the least
+    power of two ``>= p`` (1024, 2048, ...), so the spectra of every width of the paper's FCNN, VGG16 and
+    ResNet18 share one set of compiled programs, and MiniLM's 384-wide ones are padded by a third; ``p``
+    itself below 8 (too small to fit: nothing is compiled for them) and for ``mode="reference"`` (fitted
+    unpadded in float64). The estimators mask the zeros after ``p`` (:mod:`pdbjax.inputs`). A call costs
+    about the same at any length up to 1024 (the solver's iterations set it, not ``p``), while each length
+    compiled costs seconds (``python benchmarks/padding.py``, ``benchmarks/results/padding.md``).
 
-    >>> [padded_length(p) for p in (5, 10, 384, 1024, 1025, 4096)]
-    [5, 1024, 1024, 1024, 2048, 4096]
+    >>> [padded_length(p) for p in (5, 10, 384, 512, 513, 4096)]
+    [5, 512, 512, 512, 1024, 4096]
     """
     if p < 8 or mode == "reference":
         return p
-    return max(1024, 1 << (p - 1).bit_length())
+    return max(512, 1 << (p - 1).bit_length())
 
 
 def _pad_spectrum(spec: Spectrum, size: int) -> Spectrum:

@@ -131,7 +131,7 @@ def test_rice_bins_are_exact():
 
 
 def test_padded_length_buckets():
-    assert [padded_length(p) for p in (1, 7, 8, 384, 1024, 1025, 2048, 2049)] == [1, 7, 1024, 1024, 1024, 2048, 2048, 4096]
+    assert [padded_length(p) for p in (1, 7, 8, 384, 512, 513, 2048, 2049)] == [1, 7, 512, 512, 512, 1024, 2048, 4096]
     assert padded_length(384, "reference") == 384
 
 
@@ -145,7 +145,7 @@ def test_check_eigs_checks_each_padded_row():
 
 
 def test_a_model_of_several_widths_compiles_one_set_of_fits():
-    """Widths 24, 40 and 64 pad to 1024: analyze compiles one PDB fit, one PUB and one figures program for all
+    """Widths 24, 40 and 64 pad to 512: analyze compiles one PDB fit, one PUB and one figures program for all
     three (after a first model of width 50 compiled them), and each row is its own matrix's figure."""
     rng = np.random.default_rng(1)
     first = {"d": {"kernel": rng.standard_normal((120, 50)).astype(np.float32)}}
@@ -159,4 +159,4 @@ def test_a_model_of_several_widths_compiles_one_set_of_fits():
         alone = pdbjax.analyze({name: leaf})[0]
         assert row["K"] == alone["K"] and row["bulks"] == alone["bulks"]
         assert_close(row["lambda_plus"], alone["lambda_plus"], BATCH_PARTNERS)
-    assert api.padded_length(50) == 1024
+    assert api.padded_length(50) == 512
