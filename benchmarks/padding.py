@@ -61,7 +61,6 @@ wall = time.perf_counter() - start
 lengths = sorted({r["p"] for r in report.rows if r.get("p")})
 try:
     from pdbjax.api import padded_length
-from pdbjax.io import minilm_path
     padded = sorted({padded_length(p) for p in lengths})
 except ImportError:  # a checkout before padding: one program set per length
     padded = None
