@@ -169,6 +169,21 @@ def test_nan_in_a_stacked_leaf_names_the_layers():
         tree.select({"s": {"kernel": leaf}})
 
 
+def test_jax_leaves_are_checked_for_nan_in_one_program():
+    """A selection of JAX leaves of several shapes (one stacked, one holding an Inf, one a NumPy leaf beside them)
+    compiles one finiteness program, and each leaf gets its own flag."""
+    leaves = {f"d{i}": {"kernel": jnp.asarray(_rand(4 + i, 3, seed=i))} for i in range(4)}
+    leaves["d1"]["kernel"] = leaves["d1"]["kernel"].at[0, 0].set(jnp.inf)
+    leaves["s"] = {"kernel": jnp.stack([jnp.asarray(_rand(4, 3)), jnp.full((4, 3), jnp.nan)])}
+    leaves["n"] = {"kernel": _rand(5, 2)}
+    before = tree._finite_flags._cache_size()
+    sels = {s.name: s for s in tree.select(leaves, layer_axis={"s/kernel": 0},
+                                           on_error="skip")}
+    assert tree._finite_flags._cache_size() == before + 1
+    assert [name for name, s in sels.items() if not s.ok] == ["d1/kernel", "s/kernel"]
+    assert sels["s/kernel"].status == "contains NaN or Inf values in layer [1] of axis 0"
+
+
 def test_bare_array_is_an_error():
     for value in (_rand(4, 3), jnp.ones((2, 4, 3), jnp.bfloat16)):
         with pytest.raises(ValueError, match=r"params is a bare \w+ array of shape .*not a tree of named weights"):
