@@ -193,9 +193,12 @@ def padded_length(p: int, mode: Mode = "scaled") -> int:
     return max(512, 1 << (p - 1).bit_length())
 
 
-def _pad_spectrum(spec: Spectrum, size: int) -> Spectrum:
-    """Host spectra ``(B, p)`` with zeros after their ``p`` singular values, to ``(B, size)``."""
-    return spec._replace(s=np.pad(spec.s, [(0, 0), (0, size - spec.s.shape[-1])]))
+def _padded_rows(parts: Sequence[Spectrum], size: int) -> tuple[Spectrum, np.ndarray]:
+    """Host spectra ``(B_i, p_i)`` joined into one ``(sum B_i, size)``, zeros after each row's ``p_i`` singular
+    values, and the rows' lengths ``p_i``."""
+    padded = [spec._replace(s=np.pad(spec.s, [(0, 0), (0, size - spec.s.shape[-1])])) for spec in parts]
+    length = np.concatenate([np.full(spec.s.shape[0], spec.s.shape[-1], np.int32) for spec in parts])
+    return Spectrum(*(np.concatenate(x) for x in zip(*padded))), length
 
 
 def _by_length(sels: Sequence[Selected], chunks: Sequence[Chunk], fn: Callable[[Spectrum, np.ndarray, np.ndarray], Any],
@@ -218,10 +221,8 @@ def _by_length(sels: Sequence[Selected], chunks: Sequence[Chunk], fn: Callable[[
     out: list[Any] = [None] * len(sels)
     for size, group in by_size.items():
         owner, real = (np.concatenate(x) for x in zip(*(_row_owners(c) for c in group)))
-        hosted = [_pad_spectrum(spec, size) for spec in jax.device_get([c.result for c in group])]
-        spec = jax.tree_util.tree_map(lambda *ys: np.concatenate(ys)[real], *hosted)
-        owner = owner[real]
-        length = np.concatenate([np.full(c.size, c.result.s.shape[-1], np.int32) for c in group])[real]
+        spec, length = _padded_rows(jax.device_get([c.result for c in group]), size)
+        spec, length, owner = jax.tree_util.tree_map(lambda x: x[real], spec), length[real], owner[real]
         result = in_fit_rows(fn, spec, np.asarray([max(sels[i].matrix_shape) for i in owner]), length)
         for i in np.unique(owner):
             rows = np.flatnonzero(owner == i)
@@ -483,8 +484,7 @@ def _decide_by_length(specs: Sequence[Spectrum], fits: Sequence[Any], keeps: Seq
         rank = keeps[leaves[0]]
         counts = cat([keeps[leaf] for leaf in leaves]) if isinstance(rank, np.ndarray) else None
         fit = cat([fits[leaf] for leaf in leaves]) if needs_fit(method, rank, shrink) else None
-        spec = Spectrum(*cat([_pad_spectrum(specs[leaf], size) for leaf in leaves]))
-        length = np.concatenate([np.full(specs[leaf].s.shape[0], specs[leaf].s.shape[-1], np.int32) for leaf in leaves])
+        spec, length = _padded_rows([specs[leaf] for leaf in leaves], size)
         decision = in_fit_rows(lambda s, f, k, q: decide(s, f, rank if k is None else k, shrink, q), spec, fit, counts, length)
         ends = np.cumsum([specs[leaf].s.shape[0] for leaf in leaves])
         for leaf, lo, hi in zip(leaves, np.concatenate([[0], ends[:-1]]), ends):

@@ -38,7 +38,7 @@ from jax import lax
 from pdbjax import exported
 from pdbjax._validate import is_traced
 from pdbjax.fits import PDBFit, Reason, demote, fit_result
-from pdbjax.inputs import check_eigs, median, placeholder, screen, screen_rtol, sort_valid
+from pdbjax.inputs import bulk, check_eigs, median, placeholder, screen, screen_rtol, sort_valid
 from pdbjax.linalg import raw_eigenvalues, spectrum
 from pdbjax.lsq import least_squares_box
 from pdbjax.precision import Precision, as_work, check_precision, float64, work_dtype
@@ -224,7 +224,7 @@ def _fit_one(lam: Array, K: Array, N: Array, length: Array, mode: str, n_iter: i
     """
     p = length
     dtype = lam.dtype
-    bulk = _bulk(lam, K, length)
+    in_bulk = bulk(lam, K, length)
     n_bulk = (p - K).astype(dtype)
     c_k = n_bulk / N
     l_max = jnp.take(lam, K)
@@ -239,7 +239,7 @@ def _fit_one(lam: Array, K: Array, N: Array, length: Array, mode: str, n_iter: i
     u = jnp.where(used, u, -1.0)  # a harmless point where the (0, l_min / 2) segment is not used
     u_scale = jnp.concatenate([jnp.full(g.shape, jnp.sqrt(jnp.mean(g**2))) for g in grids])
     # Empirical companion transform m_n(u) = -(1 - (p - K)/N)/u + (1/N) sum_{j > K} 1/(lambda_j - u).
-    s = -(1 - c_k) / u + jnp.sum(jnp.where(bulk, 1 / (lam[None, :] - u[:, None]), 0.0), axis=-1) / N
+    s = -(1 - c_k) / u + jnp.sum(jnp.where(in_bulk, 1 / (lam[None, :] - u[:, None]), 0.0), axis=-1) / N
 
     def residual(theta):
         z = silverstein_z(s, theta[0], theta[1], theta[2], c_k)
@@ -264,12 +264,6 @@ def _fit_one(lam: Array, K: Array, N: Array, length: Array, mode: str, n_iter: i
     return theta, rms, c_k, sols.converged[best]
 
 
-def _bulk(lam: Array, K: Array, length: Array) -> Array:
-    """Mask of the bulk ``lambda_{K+1..p}`` of one padded vector (``p = length``)."""
-    j = jnp.arange(lam.shape[-1])
-    return (j >= K) & (j < length)
-
-
 def _sphericity(lam: Array, K: Array, N: Array, length: Array) -> Array:
     r"""John's sphericity statistic of the bulk ``lambda_{K+1..p}``, standardised (spec section 10).
 
@@ -280,10 +274,10 @@ def _sphericity(lam: Array, K: Array, N: Array, length: Array) -> Array:
     ``U -> v + c`` with ``v = t (1 - t) (s1 - s2)^2 / h_1^2``, so ``T ~ N v / 2`` grows with ``N``.
     Scale-invariant; computed on ``lambda / gamma_1`` so it cannot overflow. ``p = length`` (data).
     """
-    bulk = _bulk(lam, K, length)
+    in_bulk = bulk(lam, K, length)
     n = (length - K).astype(lam.dtype)
-    g1 = jnp.sum(jnp.where(bulk, lam, 0.0)) / n
-    r = jnp.where(bulk, lam / g1, 0.0)
+    g1 = jnp.sum(jnp.where(in_bulk, lam, 0.0)) / n
+    r = jnp.where(in_bulk, lam / g1, 0.0)
     return (N * (jnp.sum(r * r) / n - 1) - n - 1) / 2
 
 
@@ -420,7 +414,7 @@ def _fit_pdb_one(eigs: Array, N: Array, window: Array, length: Array, mode: str,
     two = _two_bulks(stat, t, s1, s2, K, length, N)
     # One bulk: Marchenko-Pastur with sigma^2 = gamma_1, the bulk's mean eigenvalue (gamma_1 = h_1 exactly
     # under the model, and no solver is involved: a degenerate two-atom least squares cannot spoil it).
-    gamma1 = jnp.sum(jnp.where(_bulk(lam, K, length), lam, 0.0)) / (length - K)
+    gamma1 = jnp.sum(jnp.where(bulk(lam, K, length), lam, 0.0)) / (length - K)
     t, s1, s2 = jnp.where(two, t, 1.0), jnp.where(two, s1, gamma1), jnp.where(two, s2, gamma1)
     pop = PDB(t, s1, s2)
     beta = edges(pop, c_k) * scale

@@ -242,11 +242,7 @@ def _fixed_keep(rank: int | float | Array, p: int | np.ndarray, batch: tuple[int
     fraction (``round((1 - rank) p)``) or an integer array of keep counts (``min(k_i, p)``, broadcast to
     ``batch``; a clear error if it does not broadcast). ``p``: an int, or host integers broadcasting to
     ``batch`` (the lengths of padded spectra)."""
-    if not isinstance(p, int):
-        p = np.broadcast_to(np.asarray(p), batch)
-        if isinstance(rank, (int, float)):  # float64 on the host, half to even: Python's round per row
-            keep = np.minimum(rank, p) if isinstance(rank, int) else np.round((1.0 - rank) * p)
-            return jnp.asarray(keep.astype(np.int32))
+    p = np.broadcast_to(np.asarray(p, np.int64), batch)
     if isinstance(rank, (np.ndarray, jax.Array)):
         try:
             fits = np.broadcast_shapes(rank.shape, batch) == batch
@@ -254,9 +250,10 @@ def _fixed_keep(rank: int | float | Array, p: int | np.ndarray, batch: tuple[int
             fits = False
         if not fits:
             raise ValueError(f"keep counts of shape {rank.shape} do not broadcast to the batch shape {batch} of the weights")
-        return jnp.broadcast_to(jnp.minimum(jnp.asarray(rank).astype(jnp.int32), jnp.asarray(p, jnp.int32)), batch)
-    keep = min(rank, p) if isinstance(rank, int) else round((1.0 - rank) * p)
-    return jnp.full(batch, keep, jnp.int32)
+        return jnp.broadcast_to(jnp.minimum(jnp.asarray(rank).astype(jnp.int32), p.astype(np.int32)), batch)
+    # On the host in float64, half to even: Python's round of (1 - rank) p, row by row.
+    keep = np.minimum(min(rank, np.iinfo(np.int64).max), p) if isinstance(rank, int) else np.round((1.0 - rank) * p)
+    return jnp.asarray(keep.astype(np.int32))
 
 
 def _upper_weight(fit: Fit) -> Array:

@@ -30,14 +30,15 @@ from pdbjax._validate import is_traced
 from pdbjax.fits import Reason
 from pdbjax.precision import work_dtype
 
-__all__ = ["check_eigs", "screen", "screen_rtol", "placeholder", "median", "median_units", "valid", "sort_valid"]
+__all__ = ["check_eigs", "screen", "screen_rtol", "placeholder", "median", "median_units", "valid", "bulk", "sort_valid"]
 
 Array = jax.Array
 
 
 def check_eigs(eigs: Array, N: int | np.ndarray, length: np.ndarray | None = None) -> None:
     """Raise ``ValueError`` unless ``eigs`` is ``(..., p)`` with ``p >= 1`` and ``N`` concrete integers ``>= p``
-    broadcasting to the batch shape ``eigs.shape[:-1]`` (``p`` the smallest ``length`` of padded spectra)."""
+    broadcasting to the batch shape ``eigs.shape[:-1]``; for padded spectra, ``1 <= length <= p`` and
+    ``N >= length`` row by row."""
     if eigs.ndim < 1:
         raise ValueError("eigs must have shape (..., p); got a scalar")
     p = eigs.shape[-1]
@@ -50,12 +51,11 @@ def check_eigs(eigs: Array, N: int | np.ndarray, length: np.ndarray | None = Non
         rows = np.broadcast_to(n, eigs.shape[:-1])
     except ValueError:
         raise ValueError(f"N of shape {n.shape} does not broadcast to the batch shape {eigs.shape[:-1]}") from None
-    if length is not None:
-        length = np.broadcast_to(np.asarray(length), eigs.shape[:-1])
-        if np.issubdtype(n.dtype, np.integer) and np.any((length < 1) | (length > p) | (rows < length)):
-            raise ValueError(f"padded spectra need 1 <= length <= {p} and N >= length per row; got length={length!r}, N={N!r}")
-        p = 1
-    if not np.issubdtype(n.dtype, np.integer) or n.size == 0 or np.any(n < p):
+    integer = np.issubdtype(n.dtype, np.integer)
+    least = p if length is None else np.broadcast_to(np.asarray(length), eigs.shape[:-1])  # the smallest N of each row
+    if length is not None and (np.any((least < 1) | (least > p)) or (integer and np.any(rows < least))):
+        raise ValueError(f"padded spectra need 1 <= length <= {p} and N >= length per row; got length={length!r}, N={N!r}")
+    if not integer or n.size == 0 or np.any(rows < least):
         raise ValueError(f"N must be an int >= p = eigs.shape[-1] = {p}; got N={N!r} (an integer array, one N per spectrum, also works)")
 
 
@@ -122,6 +122,11 @@ def valid(eigs: Array, length: Array | None) -> Array:
     if length is None:
         return jnp.broadcast_to(True, eigs.shape)
     return j < jnp.asarray(length)[..., None]
+
+
+def bulk(eigs: Array, K: Array, length: Array | None) -> Array:
+    """Mask of the bulk ``lambda_{K+1..p}`` of descending, possibly padded vectors ``eigs`` ``(..., P)``: ``K <= j < length``."""
+    return (jnp.arange(eigs.shape[-1]) >= jnp.asarray(K)[..., None]) & valid(eigs, length)
 
 
 def sort_valid(eigs: Array, length: Array | None) -> Array:

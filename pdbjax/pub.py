@@ -68,7 +68,7 @@ import numpy as np
 
 from pdbjax import exported
 from pdbjax.fits import PUBFit, Reason, demote, fit_result
-from pdbjax.inputs import check_eigs, median_units, placeholder, screen, sort_valid
+from pdbjax.inputs import bulk, check_eigs, median_units, placeholder, screen, sort_valid
 from pdbjax.lsq import least_squares_scalar
 from pdbjax.precision import as_work
 
@@ -248,8 +248,7 @@ def _kernel(lam: Array, N: Array, table: BemaTable, length: Array) -> tuple[Arra
     _, bema_threshold, bema_usable = _bema(lam, table)
     K0 = jnp.sum(lam > bema_threshold)
     n = jnp.maximum(p - K0, 1).astype(lam.dtype)
-    j = jnp.arange(lam.shape[-1])
-    weight = jnp.where((j >= K0) & (j < p), 1 / n, 0.0)
+    weight = jnp.where(bulk(lam, K0, length), 1 / n, 0.0)
     mean = jnp.sum(weight * lam)
     sd = jnp.sqrt(jnp.sum(weight * (lam - mean) ** 2))
     usable = bema_usable & (p - K0 >= _MIN_BULK) & (sd > _spread_floor(lam) * mean)

@@ -51,7 +51,7 @@ import numpy as np
 
 from pdbjax import exported
 from pdbjax.fits import PDBFit, PUBFit
-from pdbjax.inputs import check_eigs, median_units, sort_valid
+from pdbjax.inputs import bulk, check_eigs, median_units, sort_valid, valid
 from pdbjax.precision import as_work
 from pdbjax.spectral import PDB, cdf, edges, moments
 
@@ -97,22 +97,21 @@ def _rice_bins(p: Array, most: int) -> Array:
 def _quality_one(eigs: Array, K: Array, pop: PDB, ok: Array, N: Array, length: Array) -> Quality:
     size = eigs.shape[-1]
     p = length
-    live = jnp.arange(size) < p
     lam = sort_valid(eigs, length)
     n = p - K
     ok = ok & (n >= 1) & jnp.all(jnp.isfinite(lam))
-    lam = jnp.where(ok, lam, jnp.where(live, 1.0, 0.0))
+    lam = jnp.where(ok, lam, jnp.where(valid(lam, length), 1.0, 0.0))
     # Work in units where the median is in [1/2, 1) (a power of 2: exact, no overflow of lambda^3).
     lam, exponent = median_units(lam, length)
     t, s1, s2 = (jnp.where(ok, v, 1.0).astype(lam.dtype) for v in pop)
     pop = PDB(t, jnp.ldexp(s1, -exponent), jnp.ldexp(s2, -exponent))
     n_bulk = jnp.maximum(n, 1).astype(lam.dtype)
     c_k = n_bulk / N
-    bulk = (jnp.arange(size) >= K) & live
+    in_bulk = bulk(lam, K, length)
 
     order = jnp.arange(1, 4)
     powers = lam[:, None] ** order.astype(lam.dtype)
-    empirical = jnp.sum(jnp.where(bulk[:, None], powers, 0.0), axis=0) / n_bulk
+    empirical = jnp.sum(jnp.where(in_bulk[:, None], powers, 0.0), axis=0) / n_bulk
     model = moments(pop, c_k, 3)
 
     most_bins = math.ceil(2 * size ** (1 / 3)) + 1  # room for the bins of any p <= size
@@ -127,10 +126,10 @@ def _quality_one(eigs: Array, K: Array, pop: PDB, ok: Array, N: Array, length: A
 
     ascending_rank = (p - jnp.arange(size)).astype(lam.dtype)  # rank of lambda_j among the bulk, 1 = smallest
     gap = jnp.maximum(ascending_rank / n_bulk - F_lam, F_lam - (ascending_rank - 1) / n_bulk)
-    ks = jnp.max(jnp.where(bulk, gap, 0.0))
+    ks = jnp.max(jnp.where(in_bulk, gap, 0.0))
 
     index = jnp.clip(jnp.floor((lam - lo) / width), 0, n_bins - 1).astype(jnp.int32)
-    counts = jnp.zeros(most_bins, lam.dtype).at[index].add(bulk.astype(lam.dtype))
+    counts = jnp.zeros(most_bins, lam.dtype).at[index].add(in_bulk.astype(lam.dtype))
     hist = counts / (n_bulk * width)
     in_range = jnp.arange(most_bins) < n_bins
     model_bins = jnp.where(in_range, jnp.diff(F_edges) / width, 0.0)
