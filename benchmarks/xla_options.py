@@ -2,12 +2,13 @@
 
 A cold ``pdbjax analyze`` of MiniLM-L6 is mostly XLA compiling the three fitting programs of
 :mod:`pdbjax.figures` (the PDB fit, the PUB fits, their figures), and a cold ``compress`` also compiles its
-decisions (``filter._decide``, default rule and shrinkage). This script lowers each for the 24
-384 x 384 attention matrices of MiniLM-L6 and compiles it under each set of options given (``compile
-(..., compiler_options=...)``, the shortest of three compiles from fresh lowerings, the option sets taking
-turns), then times a first and ten more runs of the compiled program: whether an option buys a shorter
-compile without a slower run. The PDB fit, the figures and the decisions are compiled with
-:data:`pdbjax.exported.FAST_COMPILE` because of this table.
+decisions (``filter._decide``, default rule and shrinkage). This script lowers each at the shape the pipeline
+calls it with (:data:`pdbjax.api.FIT_ROWS` of MiniLM-L6's 384 x 384 attention spectra, zero-padded to
+:func:`pdbjax.api.padded_length`) and compiles it under each set of options (``compile(...,
+compiler_options=...)``, the shortest of three compiles from fresh lowerings, the option sets taking turns;
+its wall and CPU seconds: XLA compiles a program's kernels on several threads), then times a first and ten more
+runs of the compiled program: whether an option buys a shorter compile without a slower run. The four
+programs are compiled with :data:`pdbjax.exported.FAST_COMPILE` because of this table.
 
     python benchmarks/xla_options.py
 
@@ -27,7 +28,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from pdbjax import estimate, exported, figures, filter, io, linalg
+from pdbjax import api, estimate, exported, figures, filter, io, linalg
 from pdbjax._atomic import atomic_write_text
 from pdbjax.estimate import fit_inputs
 from pdbjax.inputs import screen_rtol
@@ -36,21 +37,23 @@ from pdbjax.pub import ALPHA, BETA, pub_inputs
 
 ROOT = Path(__file__).resolve().parent.parent
 WHERE = r"^encoder\.layer\.\d+\.attention\.(self\.(query|key|value)|output\.dense)\.weight$"
+_LOOPS = {"xla_cpu_use_fusion_emitters": False}
 OPTIONS = {
     "default": {},
-    "xla_backend_optimization_level=0": {"xla_backend_optimization_level": 0},
     "xla_backend_optimization_level=1": {"xla_backend_optimization_level": 1},
-    "xla_llvm_disable_expensive_passes": {"xla_llvm_disable_expensive_passes": True},
-    "FAST_COMPILE: " + ", ".join(f"{k}={v}" for k, v in exported.FAST_COMPILE.items()): exported.FAST_COMPILE,
+    "xla_cpu_use_fusion_emitters=False": _LOOPS,
+    "xla_cpu_use_fusion_emitters=False, xla_llvm_disable_expensive_passes": {**_LOOPS, "xla_llvm_disable_expensive_passes": True},
+    "xla_cpu_use_fusion_emitters=False, xla_backend_optimization_level=1": {**_LOOPS, "xla_backend_optimization_level": 1},
+    "xla_cpu_use_fusion_emitters=False, xla_backend_optimization_level=0": {**_LOOPS, "xla_backend_optimization_level": 0},
 }
 REPS = 3  # compiles per program and option set (the shortest is kept: the machine is shared)
 RUNS = 10  # timed runs of each compiled program, after a first one
 
 
-def _programs(spec: linalg.Spectrum, N: np.ndarray) -> dict:
+def _programs(spec: linalg.Spectrum, N: np.ndarray, length: np.ndarray) -> dict:
     """The programs' functions and arguments, as :func:`pdbjax.figures.spectrum_figures` and :func:`pdbjax.filter_matrix` call them."""
-    n, window, length = fit_inputs(spec.s, N)
-    table = pub_inputs(spec.s, N, ALPHA, BETA)[1]
+    n, window, length = fit_inputs(spec.s, N, length)
+    table = pub_inputs(spec.s, N, ALPHA, BETA, length)[1]
     rtol = screen_rtol(spec.s.dtype)
     fit = lambda s, n, w, q: estimate.fit_pdb_singular_values.__wrapped__(s, n, w, q, mode="scaled", rtol=rtol)  # noqa: E731
     fits = {"pdb": estimate.fit_pdb_singular_values(spec.s, n, window, length, mode="scaled", rtol=rtol),
@@ -71,22 +74,24 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.parse_args()
     params = io.load(io.minilm_path())
-    keys = sorted(k for k in params if re.match(WHERE, k))
-    spec = linalg.spectrum(np.stack([np.asarray(params[k], np.float32) for k in keys]))
+    keys = sorted(k for k in params if re.match(WHERE, k))[: api.FIT_ROWS]
+    spec = jax.device_get(linalg.spectrum(np.stack([np.asarray(params[k], np.float32) for k in keys])))
+    p = spec.s.shape[-1]
+    spec, length = api._padded_rows([spec], api.padded_length(p))
     N = np.full(len(keys), 384)
     rows = []
     with scope(spec):
-        programs = _programs(spec, N)
+        programs = _programs(spec, N, length)
         for name, (fn, args) in programs.items():
-            compile_s = dict.fromkeys(OPTIONS, float("inf"))
+            compile_s = dict.fromkeys(OPTIONS, (float("inf"), 0.0))
             compiled = {}
             for _ in range(REPS):  # the option sets in turn within each repetition: the machine's load drifts
                 for label, options in OPTIONS.items():
                     jax.clear_caches()  # no compiled program is reused from memory (the figures' inputs compiled some)
                     lowered = jax.jit(fn).lower(*args)  # a fresh lowering: a Lowered keeps what it compiled
-                    start = time.perf_counter()
+                    start, cpu = time.perf_counter(), time.process_time()
                     compiled[label] = lowered.compile(compiler_options=options)
-                    compile_s[label] = min(compile_s[label], time.perf_counter() - start)
+                    compile_s[label] = min(compile_s[label], (time.perf_counter() - start, time.process_time() - cpu))
             fusions = len(re.findall(r"kind=kLoop", compiled["default"].as_text()))
             for label in OPTIONS:
                 jax.block_until_ready(compiled[label](*args))
@@ -94,8 +99,8 @@ def main() -> None:
                 for _ in range(RUNS):
                     jax.block_until_ready(compiled[label](*args))
                 run_s = (time.perf_counter() - start) / RUNS
-                rows.append((name, label, compile_s[label], run_s, fusions))
-                print(f"{name:9s} {label:36s} compile {compile_s[label]:5.2f} s  run {run_s:.3f} s", flush=True)
+                rows.append((name, label, *compile_s[label], run_s, fusions))
+                print(f"{name:9s} {label:36s} compile {compile_s[label][0]:5.2f} s  run {run_s * 1e3:.1f} ms", flush=True)
     lines = [
         "# Compile time against run time of the fitting programs under XLA compiler options",
         "",
@@ -104,15 +109,16 @@ def main() -> None:
         f"{datetime.datetime.now().isoformat(timespec='seconds')}",
         "",
         f"The programs of `pdbjax.figures` and `compress`'s decisions (`filter._decide`, rule `upper-bulk`, spike "
-        f"shrinkage) for the {len(keys)} 384 x 384 attention matrices of MiniLM-L6 (one batch), "
+        f"shrinkage) at the shape the pipeline calls them with: {len(keys)} (`FIT_ROWS`) spectra of MiniLM-L6's "
+        f"384 x 384 attention matrices, zero-padded from p = {p} to {spec.s.shape[-1]}; "
         f"compiled under each option set (compile = the shortest of {REPS}, each from a fresh lowering, the option sets "
-        f"taking turns); run = mean of {RUNS} runs after a first one. Loop fusions counted in the default compile's "
-        "optimised HLO. pdbjax compiles "
-        "the PDB fit, the figures and the decisions with `pdbjax.exported.FAST_COMPILE`, the PUB fits with XLA's defaults.",
+        f"taking turns, with the process's CPU seconds during that compile); run = mean of {RUNS} runs after a first "
+        "one. Loop fusions counted in the default compile's optimised HLO. pdbjax compiles the four programs with "
+        "`pdbjax.exported.FAST_COMPILE` = `" + ", ".join(f"{k}={v}" for k, v in exported.FAST_COMPILE.items()) + "`.",
         "",
-        "| program | options | compile s | run s | loop fusions |",
-        "|---|---|---|---|---|",
-        *(f"| {name} | {label} | {c:.2f} | {r:.3f} | {f} |" for name, label, c, r, f in rows),
+        "| program | options | compile s | compile CPU s | run ms | loop fusions |",
+        "|---|---|---|---|---|---|",
+        *(f"| {name} | {label} | {c:.2f} | {u:.2f} | {r * 1e3:.1f} | {f} |" for name, label, c, u, r, f in rows),
         "",
     ]
     text = "\n".join(lines)

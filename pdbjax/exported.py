@@ -21,8 +21,8 @@ JAX cannot export, the call is plain ``jax.jit``.
 installed XLA does not know one of them (``No such compile option``), every later call in the process
 compiles without options (an option changes how fast a program compiles and runs, and its results only at
 the level of floating-point rounding).
-:data:`FAST_COMPILE` is the set the PDB fit, the figures and ``compress``'s decisions (``filter._decide``)
-take (``benchmarks/results/xla_options.md``, ``compiles.md``).
+:data:`FAST_COMPILE` is the set the PDB fit, the PUB fits, the figures and ``compress``'s decisions
+(``filter._decide``) take (``benchmarks/results/xla_options.md``, ``compiles.md``).
 """
 
 from __future__ import annotations
@@ -48,12 +48,14 @@ __all__ = ["FAST_COMPILE", "enable", "disable", "jit", "register", "stats"]
 MAX_ENTRIES = 256
 _SUFFIX = ".jaxexport"
 
-#: XLA's loop emitters instead of its fusion emitters, for programs made of many small fused loops that run
-#: once per batch. On MiniLM-L6's attention matrices XLA:CPU compiles the PDB fit in 2.1 s instead of 3.0 s,
-#: the figures in 2.1 s instead of 2.7 s and ``compress``'s decisions in 0.43 s instead of 0.67 s, and runs
-#: the first two 7 and 11 ms slower per batch of 24; the PUB fits would run 2.2x slower, so they keep XLA's
-#: defaults (``python benchmarks/xla_options.py``, ``xla_options.md``). Used on the CPU backend only.
-FAST_COMPILE = {"xla_cpu_use_fusion_emitters": False}
+#: XLA's loop emitters instead of its fusion emitters, and LLVM's optimisation level 1 instead of 2, for
+#: programs made of many small fused loops that run once per call of a few rows. At the pipeline's shape
+#: (8 of MiniLM-L6's attention spectra padded to 512) XLA:CPU compiles the PDB fit in 0.81 s instead of
+#: 1.50 s, the PUB fits in 0.57 s instead of 0.75 s, the figures in 1.09 s instead of 1.66 s and ``compress``'s
+#: decisions in 0.18 s instead of 0.31 s, and runs each within 2.1 ms of XLA's defaults per call; level 0
+#: would halve the compile again but run the three fits 2.7x to 4.0x slower (``python
+#: benchmarks/xla_options.py``, ``xla_options.md``). Used on the CPU backend only.
+FAST_COMPILE = {"xla_cpu_use_fusion_emitters": False, "xla_backend_optimization_level": 1}
 
 _state: dict[str, Any] = {"dir": None, "memory": {}}
 _counts = {"loaded": 0, "exported": 0, "bypassed": 0}

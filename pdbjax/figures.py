@@ -51,7 +51,7 @@ def _keep_order(baselines: bool) -> tuple[str, ...]:
     return (*RULES, *(f"pub-{name}" for name in BASELINES if baselines))
 
 
-@exported.jit
+@exported.jit(cpu_compiler_options=exported.FAST_COMPILE)
 def _fit_baselines(s: jax.Array, N: jax.Array, table: BemaTable, length: jax.Array) -> dict[str, Any]:
     """Program 2: the PUB baselines of normalised singular values ``s`` ``(B, P)`` (padded after ``length``)."""
     return {name: fit_pub_batched(s**2, N, table, length, name) for name in BASELINES}
