@@ -7,8 +7,10 @@ calls it with (:data:`pdbjax.api.FIT_ROWS` of MiniLM-L6's 384 x 384 attention sp
 :func:`pdbjax.api.padded_length`) and compiles it under each set of options (``compile(...,
 compiler_options=...)``, the shortest of three compiles from fresh lowerings, the option sets taking turns;
 its wall and CPU seconds: XLA compiles a program's kernels on several threads), then times a first and ten more
-runs of the compiled program: whether an option buys a shorter compile without a slower run. The four
-programs are compiled with :data:`pdbjax.exported.FAST_COMPILE` because of this table.
+runs of the compiled program: whether an option buys a shorter compile without a slower run. The same for
+the programs each matrix shape compiles: the values-only decomposition, the Gram-matrix vectors and
+``compress``'s rebuild, of MiniLM-L6's six 1536 x 384 intermediate matrices (in one batch).
+pdbjax compiles all of them with :data:`pdbjax.exported.FAST_COMPILE` because of this table.
 
     python benchmarks/xla_options.py
 
@@ -37,6 +39,7 @@ from pdbjax.pub import ALPHA, BETA, pub_inputs
 
 ROOT = Path(__file__).resolve().parent.parent
 WHERE = r"^encoder\.layer\.\d+\.attention\.(self\.(query|key|value)|output\.dense)\.weight$"
+TALL = r"^encoder\.layer\.\d+\.intermediate\.dense\.weight$"  # 1536 x 384 (PyTorch's (out, in))
 _LOOPS = {"xla_cpu_use_fusion_emitters": False}
 OPTIONS = {
     "default": {},
@@ -70,6 +73,18 @@ def _programs(spec: linalg.Spectrum, N: np.ndarray, length: np.ndarray) -> dict:
     }
 
 
+def _decompositions(W: np.ndarray) -> dict:
+    """The decomposition programs (:mod:`pdbjax.linalg`) and ``compress``'s rebuild of a stack ``W``, as the
+    pipeline calls them (the rebuild keeping a third of the ``p`` components)."""
+    f = linalg.factors(W, via="gram")
+    rebuild = lambda W, f, keep: filter._rebuild_fixed.__wrapped__(W, f, keep, factored=False, slr=None)  # noqa: E731
+    return {
+        "decomposition (values)": (linalg._spectrum.__wrapped__, (W,)),
+        "decomposition (Gram vectors)": (linalg._gram_factors.__wrapped__, (W,)),
+        "compress's rebuild": (rebuild, (W, f, np.full(len(W), min(W.shape[-2:]) // 3, np.int32))),
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.parse_args()
@@ -80,8 +95,10 @@ def main() -> None:
     spec, length = api._padded_rows([spec], api.padded_length(p))
     N = np.full(len(keys), 384)
     rows = []
+    tall = sorted(k for k in params if re.match(TALL, k))
+    W = np.stack([np.asarray(params[k], np.float32) for k in tall])  # (6, 1536, 384)
     with scope(spec):
-        programs = _programs(spec, N, length)
+        programs = {**_programs(spec, N, length), **_decompositions(W)}
         for name, (fn, args) in programs.items():
             compile_s = dict.fromkeys(OPTIONS, (float("inf"), 0.0))
             compiled = {}
@@ -113,7 +130,9 @@ def main() -> None:
         f"384 x 384 attention matrices, zero-padded from p = {p} to {spec.s.shape[-1]}; "
         f"compiled under each option set (compile = the shortest of {REPS}, each from a fresh lowering, the option sets "
         f"taking turns, with the process's CPU seconds during that compile); run = mean of {RUNS} runs after a first "
-        "one. Loop fusions counted in the default compile's optimised HLO. pdbjax compiles the four programs with "
+        f"one. The decompositions and the rebuild (keeping {min(W.shape[-2:]) // 3} components): MiniLM-L6's {len(W)} "
+        f"intermediate matrices, {W.shape[1]} x {W.shape[2]} (one batch). "
+        "Loop fusions counted in the default compile's optimised HLO. pdbjax compiles all these programs with "
         "`pdbjax.exported.FAST_COMPILE` = `" + ", ".join(f"{k}={v}" for k, v in exported.FAST_COMPILE.items()) + "`.",
         "",
         "| program | options | compile s | compile CPU s | run ms | loop fusions |",

@@ -21,8 +21,9 @@ JAX cannot export, the call is plain ``jax.jit``.
 installed XLA does not know one of them (``No such compile option``), every later call in the process
 compiles without options (an option changes how fast a program compiles and runs, and its results only at
 the level of floating-point rounding).
-:data:`FAST_COMPILE` is the set the PDB fit, the PUB fits, the figures and ``compress``'s decisions
-(``filter._decide``) take (``benchmarks/results/xla_options.md``, ``compiles.md``).
+:data:`FAST_COMPILE` is the set every program of pdbjax's pipeline takes: the decompositions, the PDB fit, the
+PUB fits, the figures, ``compress``'s decisions (``filter._decide``) and rebuilds (``benchmarks/results/xla_options.md``,
+``compiles.md``).
 """
 
 from __future__ import annotations
@@ -50,11 +51,13 @@ _SUFFIX = ".jaxexport"
 
 #: XLA's loop emitters instead of its fusion emitters, and LLVM's optimisation level 1 instead of 2, for
 #: programs made of many small fused loops that run once per call of a few rows. At the pipeline's shape
-#: (8 of MiniLM-L6's attention spectra padded to 512) XLA:CPU compiles the PDB fit in 0.81 s instead of
-#: 1.50 s, the PUB fits in 0.57 s instead of 0.75 s, the figures in 1.09 s instead of 1.66 s and ``compress``'s
-#: decisions in 0.18 s instead of 0.31 s, and runs each within 2.1 ms of XLA's defaults per call; level 0
-#: would halve the compile again but run the three fits 2.7x to 4.0x slower (``python
-#: benchmarks/xla_options.py``, ``xla_options.md``). Used on the CPU backend only.
+#: (8 of MiniLM-L6's attention spectra padded to 512) XLA:CPU compiles the PDB fit in 0.79 s instead of
+#: 1.57 s, the PUB fits in 0.52 s instead of 0.81 s, the figures in 1.08 s instead of 1.51 s and ``compress``'s
+#: decisions in 0.18 s instead of 0.31 s, and runs each within 2.0 ms of XLA's defaults per call; level 0
+#: would halve the compile again but run the three fits 2.7x to 3.9x slower. The programs compiled per matrix
+#: shape take it too (the decompositions of :mod:`pdbjax.linalg`, ``compress``'s rebuilds): MiniLM's 1536 x 384
+#: matrices compile in 0.05-0.06 s instead of 0.09-0.14 s, and run LAPACK's and the matrix products' time as
+#: before (``python benchmarks/xla_options.py``, ``xla_options.md``). Used on the CPU backend only.
 FAST_COMPILE = {"xla_cpu_use_fusion_emitters": False, "xla_backend_optimization_level": 1}
 
 _state: dict[str, Any] = {"dir": None, "memory": {}}
@@ -117,10 +120,12 @@ def jit(
         entry = None if key is None else _state["memory"].get((key, options))
         if entry is None and key is not None:
             program = _load(key) or _export(plain, names, dynamic, static, key)
+            entry = False  # not exportable: plain jax.jit for this key from now on (not traced for export again)
             if program is not None:  # the module's call, and a jit of it that carries the compiler options
                 tuned_call = jax.jit(program.call, compiler_options=cpu_compiler_options) if cpu_compiler_options else program.call
-                entry = _state["memory"][key, options] = (tuned_call, program.call)
-        if entry is None:
+                entry = (tuned_call, program.call)
+            _state["memory"][key, options] = entry
+        if not entry:
             _counts["bypassed"] += 1
             return _run(tuned, plain, *args, **kwargs)
         return _run(*entry, *jax.device_put(dynamic))

@@ -76,6 +76,7 @@ SHRINKS = ("spikes", "optimal", "none")
 _SHRINKING = ("pdb", "pub-bema", "pub-kernel")
 
 
+@exported.register
 class FilterInfo(NamedTuple):
     """What :func:`filter_matrix` did to each matrix (a pytree; every field has the batch shape).
 
@@ -651,7 +652,7 @@ def _decide(s_val: Array, finite: Array, fit: Fit | None, fixed: Array, length: 
     return _Decision(keep.astype(jnp.int32), shrunk, replace, ok, reason, jnp.where(ok, n_outliers, 0))
 
 
-@functools.partial(jax.jit, static_argnames=("factored", "slr"))
+@exported.jit(static_argnames=("factored", "slr"), cpu_compiler_options=exported.FAST_COMPILE)
 def _rebuild_fixed(
     W: Array, f: Factors, keep: Array, *, factored: bool, slr: tuple[float, float] | None
 ) -> tuple[Array | tuple[Array, Array], FilterInfo]:
@@ -662,7 +663,7 @@ def _rebuild_fixed(
     return _rebuild(W, f, d, factored=factored, slr=slr)
 
 
-@functools.partial(jax.jit, static_argnames=("factored", "slr"))
+@exported.jit(static_argnames=("factored", "slr"), cpu_compiler_options=exported.FAST_COMPILE)
 def _rebuild(
     W: Array, f: Factors, d: _Decision, *, factored: bool, slr: tuple[float, float] | None
 ) -> tuple[Array | tuple[Array, Array], FilterInfo]:

@@ -117,7 +117,7 @@ def _working(W: jax.typing.ArrayLike, precision: str) -> Array:
 QR_ASPECT = 2
 
 
-@exported.jit
+@exported.jit(cpu_compiler_options=exported.FAST_COMPILE)
 def _spectrum(W: Array) -> Spectrum:
     Wn, scale, finite = normalise(W)
     a, b = Wn.shape[-2:]
@@ -127,14 +127,14 @@ def _spectrum(W: Array) -> Spectrum:
     return Spectrum(jnp.linalg.svd(Wn, compute_uv=False), scale, finite)
 
 
-@exported.jit
+@exported.jit(cpu_compiler_options=exported.FAST_COMPILE)
 def _factors(W: Array) -> Factors:
     Wn, scale, finite = normalise(W)
     U, s, Vh = jnp.linalg.svd(Wn, full_matrices=False)
     return Factors(U, s, Vh, scale, finite)
 
 
-@exported.jit
+@exported.jit(cpu_compiler_options=exported.FAST_COMPILE)
 def _gram_factors(W: Array) -> Factors:
     """The factors of ``W / scale`` from the eigenvectors of its ``p x p`` Gram matrix (module docstring, step 3)."""
     Wn, scale, finite = normalise(W)

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from typing import NamedTuple
 
 import jax
 import numpy as np
@@ -81,6 +82,32 @@ def test_damaged_entry_is_exported_again(cache):
     assert _count(before) == {"loaded": 0, "exported": 1, "bypassed": 0}
     assert entry.read_bytes() != b"not a module"
 
+
+
+class _Unregistered(NamedTuple):  # jax.export cannot serialise a NamedTuple it was not told about
+    y: jax.Array
+
+
+def _unexportable(x):
+    return _Unregistered(2 * x)
+
+
+def test_a_function_that_cannot_be_exported_runs_as_jit_and_is_not_exported_again(cache, monkeypatch):
+    """A result ``jax.export`` cannot serialise: every call is ``jax.jit``'s and counted as bypassed, and the
+    export (a second trace) is tried once per key, not on every call."""
+    tries = []
+    real = exported._export
+    monkeypatch.setattr(exported, "_export", lambda *a, **k: tries.append(1) or real(*a, **k))
+    f = exported.jit(_unexportable)
+    x = np.arange(3, dtype=np.float32)
+    before = exported.stats()
+    outs = [f(x) for _ in range(3)]
+    assert len(tries) == 1
+    assert _count(before) == {"loaded": 0, "exported": 0, "bypassed": 3}
+    assert not list(cache.glob("*.jaxexport"))
+    for out in outs:
+        assert isinstance(out, _Unregistered)
+        np.testing.assert_array_equal(np.asarray(out.y), 2 * x)
 
 def _double_sin(x):
     return 2 * jax.numpy.sin(x)
