@@ -21,9 +21,9 @@ JAX cannot export, the call is plain ``jax.jit``.
 installed XLA does not know one of them (``No such compile option``), every later call in the process
 compiles without options (an option changes how fast a program compiles and runs, and its results only at
 the level of floating-point rounding).
-:data:`FAST_COMPILE` is the set every program of pdbjax's pipeline takes: the decompositions, the PDB fit, the
-PUB fits, the figures, ``compress``'s decisions (``filter._decide``) and rebuilds (``benchmarks/results/xla_options.md``,
-``compiles.md``).
+:data:`FAST_COMPILE` is the set the decompositions, the PDB fit, the PUB fits (in ``analyze``'s program and alone,
+as ``compress`` fits them), the figures, and ``compress``'s decisions (``filter._decide``) and rebuilds take
+(``benchmarks/results/xla_options.md``, ``compiles.md``).
 """
 
 from __future__ import annotations

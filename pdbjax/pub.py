@@ -295,7 +295,7 @@ def _fit_pub_one(eigs: Array, N: Array, table: BemaTable, length: Array, estimat
                       K=jnp.where(code == Reason.OK, K, 0).astype(jnp.int32))
 
 
-@exported.jit(static_argnames=("estimator",))
+@exported.jit(static_argnames=("estimator",), cpu_compiler_options=exported.FAST_COMPILE)
 def fit_pub_batched(eigs: Array, N: Array, table: BemaTable, length: Array, estimator: str) -> PUBFit:
     """The compiled core of :func:`fit_pub`: unchecked work-dtype ``eigs`` ``(..., P)``, padded after each
     spectrum's ``length`` entries (:mod:`pdbjax.inputs`), ``N``, ``table`` and ``length`` from :func:`pub_inputs`
