@@ -629,8 +629,10 @@ def cdf(x: ArrayLike, pop: PDB, c: ArrayLike, num: int = 2049) -> Array:
     Integrates the density (its ``eta -> 0`` limit, in closed form: ``_density_on_line``) over each bulk
     interval with Gauss-Chebyshev quadrature of the second kind in the variable ``u`` where
     ``lambda = (beta_lo + beta_hi)/2 + (beta_hi - beta_lo)/2 cos u`` (the density has square-root zeros
-    at the edges, so the integrand is smooth in ``u``), then
-    interpolates linearly in ``u``. ``x`` must carry the evaluation points on its LAST axis; population
+    at the edges, so the integrand is smooth in ``u``), on ``num`` equally spaced nodes
+    ``u_i = i pi / (num - 1)``, then interpolates the cumulative masses linearly in ``u`` (node
+    ``floor(u / du)``: the grid is uniform, so no search). Both intervals of two separated bulks are
+    one stacked computation. ``x`` must carry the evaluation points on its LAST axis; population
     fields broadcast against ``x[..., 0]``. Exact ``0`` below the support and ``1`` above it.
 
     Differentiable with respect to ``x``, ``c``, ``t``, ``sigma1_sq`` and ``sigma2_sq``: the derivative
@@ -645,32 +647,27 @@ def cdf(x: ArrayLike, pop: PDB, c: ArrayLike, num: int = 2049) -> Array:
     atom1, atom2 = _merge_atoms(t_, s1_, s2_)  # a weight-0 atom drops out exactly (no rounding-level derivative)
     b1, b2, b3, b4, separated = _edge_values(t_, atom1, atom2, c_)
     b2, b3 = jnp.where(separated, b2, b4), jnp.where(separated, b3, b4)
-    u = jnp.linspace(0.0, jnp.pi, num, dtype=x.dtype)
-
-    def interval_mass(lo, hi, points):
-        half, mid = (hi - lo) / 2, (hi + lo) / 2
-        lam = mid - half * jnp.cos(u)
-        f = _density_on_line(lam, t_, atom1, atom2, c_)
-        w = f * half * jnp.sin(u)
-        du = u[1] - u[0]
-        cum = jnp.concatenate([jnp.zeros_like(w[..., :1]), jnp.cumsum((w[..., 1:] + w[..., :-1]) * du / 2, -1)], -1)
-        q = (mid - points) / jnp.where(half > 0, half, 1.0)
-        inside = (q > -1) & (q < 1)  # arccos' is infinite at +-1: keep it out of the gradient
-        arg = jnp.where(
-            inside,
-            jnp.arccos(jnp.where(inside, q, 0.0)),
-            jnp.where(q >= 1, 0.0, jnp.where(q <= -1, jnp.pi, jnp.nan)),
-        )
-        return jax.vmap(jnp.interp)(
-            arg.reshape(-1, arg.shape[-1]),
-            jnp.broadcast_to(u, cum.shape).reshape(-1, num),
-            cum.reshape(-1, num),
-        ).reshape(arg.shape), cum[..., -1:]
-
-    first, m1 = interval_mass(b1, b2, x)
-    second, m2 = interval_mass(b3, b4, x)
-    total = m1 + m2
-    out = (first + jnp.where(separated, second, 0.0)) / total
+    # The two intervals [b1, b2] and [b3, b4] (empty for one bulk) on a leading axis of size 2.
+    lo, hi = jnp.stack([b1, b3]), jnp.stack([b2, b4])
+    half, mid = (hi - lo) / 2, (hi + lo) / 2
+    du = math.pi / (num - 1)
+    u = jnp.arange(num, dtype=x.dtype) * du
+    f = _density_on_line(mid - half * jnp.cos(u), t_, atom1, atom2, c_)
+    w = f * half * jnp.sin(u)
+    cum = jnp.concatenate([jnp.zeros_like(w[..., :1]), jnp.cumsum((w[..., 1:] + w[..., :-1]) * du / 2, -1)], -1)
+    q = (mid - x) / jnp.where(half > 0, half, 1.0)
+    inside = (q > -1) & (q < 1)  # arccos' is infinite at +-1: keep it out of the gradient
+    arg = jnp.where(
+        inside,
+        jnp.arccos(jnp.where(inside, q, 0.0)),
+        jnp.where(q >= 1, 0.0, jnp.where(q <= -1, jnp.pi, jnp.nan)),
+    )
+    node = arg / du
+    i = jnp.where(jnp.isfinite(node), jnp.clip(jnp.floor(node), 0, num - 2), 0).astype(jnp.int32)
+    left, right = jnp.take_along_axis(cum, i, -1), jnp.take_along_axis(cum, i + 1, -1)
+    mass = left + (node - i) * (right - left)  # NaN where arg is NaN
+    total = cum[0, ..., -1:] + cum[1, ..., -1:]
+    out = (mass[0] + jnp.where(separated, mass[1], 0.0)) / total
     out = jnp.where(x <= b1, 0.0, jnp.where(x >= b4, 1.0, out))
     return _nan_where_invalid(jnp.broadcast_to(valid, batch)[..., None], out)
 
