@@ -57,27 +57,34 @@ def _fit_baselines(s: jax.Array, N: jax.Array, table: BemaTable, length: jax.Arr
     return {name: fit_pub_batched(s**2, N, table, length, name) for name in BASELINES}
 
 
+def _fit_names(fits: dict[str, Any]) -> tuple[str, ...]:
+    """The fits' names in the order program 3 stacks their quality figures: ``"pdb"`` first, then the baselines."""
+    return tuple(name for name in ("pdb", *BASELINES) if name in fits)
+
+
 @exported.jit(cpu_compiler_options=exported.FAST_COMPILE)
 def _figures(s: jax.Array, N: jax.Array, fits: dict[str, Any], length: jax.Array) -> dict[str, Any]:
     """Program 3: every figure of the fits ``{"pdb"}`` or ``{"pdb", "bema", "kernel"}`` (normalised), in ``s``' dtype,
-    of the spectra ``s`` ``(B, P)`` padded after ``length``."""
+    of the spectra ``s`` ``(B, P)`` padded after ``length``. ``"q"``: the fits' :class:`~pdbjax.quality.Quality`
+    stacked on a leading axis in :func:`_fit_names` order (split on the host: slicing it here would copy each
+    field's computation into every slice's kernel, 16 more loop fusions to compile on MiniLM)."""
     eigs = s**2
     pdb = fits["pdb"]
+    names = _fit_names(fits)
     # One quality computation for all the fits: their fields stacked on a leading axis (compiled once).
-    stack = lambda get: jnp.stack([get(fit) for fit in fits.values()])  # noqa: E731
+    stack = lambda get: jnp.stack([get(fits[name]) for name in names])  # noqa: E731
     q = quality_batched(
-        jnp.broadcast_to(eigs, (len(fits), *eigs.shape)), stack(lambda f: f.K.astype(jnp.int32)),
+        jnp.broadcast_to(eigs, (len(names), *eigs.shape)), stack(lambda f: f.K.astype(jnp.int32)),
         PDB(*(stack(lambda f, i=i: f.population[i].astype(eigs.dtype)) for i in range(3))), stack(lambda f: f.ok),
-        jnp.broadcast_to(N.astype(jnp.int32), (len(fits), *N.shape)), jnp.broadcast_to(length, (len(fits), *length.shape)),
+        jnp.broadcast_to(N.astype(jnp.int32), (len(names), *N.shape)), jnp.broadcast_to(length, (len(names), *length.shape)),
     )
-    quality = {name: jax.tree_util.tree_map(lambda v, i=i: v[i], q) for i, name in enumerate(fits)}
     slope = tail_slope_batched(eigs, length)
     keep = {rule: keep_count(eigs, pdb, rule, length) for rule in RULES}
     keep.update({f"pub-{name}": keep_count(eigs, fits[name], "spikes", length) for name in BASELINES if name in fits})
     return {
-        **{f"q_{name}": q for name, q in quality.items()},
+        "q": q,
         "tail_slope": slope,
-        "heavy_tailed": heavy_tail_rule(slope, quality["pdb"].ks),
+        "heavy_tailed": heavy_tail_rule(slope, q.ks[0]),
         "n_outliers": jnp.sum(outlier_mask(eigs, pdb), axis=-1),
         "keep": keep,
     }
@@ -116,6 +123,8 @@ def spectrum_figures(spec: Spectrum, N: np.ndarray, mode: Mode = "scaled", basel
         if baselines:
             fits.update(_fit_baselines(spec.s, n, table, length))
         out = jax.device_get({**fits, **_figures(spec.s, n, fits, length)})
+    q = out.pop("q")
+    out.update({f"q_{name}": jax.tree_util.tree_map(lambda v, i=i: v[i], q) for i, name in enumerate(_fit_names(fits))})
     units = np.asarray(spec.scale, np.float64) ** 2  # normalised eigenvalues -> W's units
     for name in ("pdb", *BASELINES) if baselines else ("pdb",):
         out[name] = out[name].rescale(units)
