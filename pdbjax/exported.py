@@ -51,12 +51,12 @@ _SUFFIX = ".jaxexport"
 
 #: XLA's loop emitters instead of its fusion emitters, and LLVM's optimisation level 1 instead of 2, for
 #: programs made of many small fused loops that run once per call of a few rows. At the pipeline's shape
-#: (8 of MiniLM-L6's attention spectra padded to 512) XLA:CPU compiles the PDB fit in 0.79 s instead of
-#: 1.57 s, the PUB fits in 0.52 s instead of 0.81 s, the figures in 1.08 s instead of 1.51 s and ``compress``'s
-#: decisions in 0.18 s instead of 0.31 s, and runs each within 2.0 ms of XLA's defaults per call; level 0
-#: would halve the compile again but run the three fits 2.7x to 3.9x slower. The programs compiled per matrix
+#: (8 of MiniLM-L6's attention spectra padded to 512) XLA:CPU compiles the PDB fit in 0.81 s instead of
+#: 1.49 s, the PUB fits in 0.50 s instead of 0.74 s, the figures in 0.72 s instead of 1.17 s and ``compress``'s
+#: decisions in 0.18 s instead of 0.32 s, and runs each within 2.0 ms of XLA's defaults per call; level 0
+#: would halve the compile again but run the three fits 1.8x to 4.1x slower. The programs compiled per matrix
 #: shape take it too (the decompositions of :mod:`pdbjax.linalg`, ``compress``'s rebuilds): MiniLM's 1536 x 384
-#: matrices compile in 0.05-0.06 s instead of 0.09-0.14 s, and run LAPACK's and the matrix products' time as
+#: matrices compile in 0.05-0.07 s instead of 0.09-0.15 s, and run LAPACK's and the matrix products' time as
 #: before (``python benchmarks/xla_options.py``, ``xla_options.md``). Used on the CPU backend only.
 FAST_COMPILE = {"xla_cpu_use_fusion_emitters": False, "xla_backend_optimization_level": 1}
 

@@ -124,11 +124,10 @@ def spectrum_figures(spec: Spectrum, N: np.ndarray, mode: Mode = "scaled", basel
             fits.update(_fit_baselines(spec.s, n, table, length))
         out = jax.device_get({**fits, **_figures(spec.s, n, fits, length)})
     q = out.pop("q")
-    out.update({f"q_{name}": jax.tree_util.tree_map(lambda v, i=i: v[i], q) for i, name in enumerate(_fit_names(fits))})
     units = np.asarray(spec.scale, np.float64) ** 2  # normalised eigenvalues -> W's units
-    for name in ("pdb", *BASELINES) if baselines else ("pdb",):
+    for i, name in enumerate(_fit_names(fits)):
         out[name] = out[name].rescale(units)
-        out[f"q_{name}"] = out[f"q_{name}"].rescale(units)
+        out[f"q_{name}"] = jax.tree_util.tree_map(lambda v, i=i: v[i], q).rescale(units)
     out["keep"] = {rule: out["keep"][rule] for rule in _keep_order(baselines)}
     if given is not None:
         out["pdb"] = given  # the float64 fit of the raw eigenvalues itself
