@@ -47,6 +47,7 @@ def atomic_write(dest: Path, writer: Callable[[Path], None], overwrite: bool) ->
     The temporary path lives in a hidden directory in ``dest``'s parent (same
     file system, so renames are atomic) that is always removed afterwards.
     """
+    dest = Path(os.path.abspath(dest))  # "." or "dir/..": the name of the directory itself, not ""
     holder = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
     try:
         tmp = holder / dest.name

@@ -50,7 +50,7 @@ from pdbjax.filter import (
     needs_fit,
     resolve_shrink,
 )
-from pdbjax.fits import reason_text
+from pdbjax.fits import Reason, reason_text
 from pdbjax.linalg import Spectrum, raw_eigenvalues, spectrum
 from pdbjax.precision import Precision, check_precision
 from pdbjax.report import Report, compression_totals, to_jsonable
@@ -305,28 +305,58 @@ class LowRank(NamedTuple):
     """A compressed matrix stored as two factors: ``W' = a @ b`` (a pytree node with two leaves).
 
     ``a`` is ``(..., m, r)`` and ``b`` is ``(..., r, n)`` where ``(m, n)`` is the matrix view of the
-    original leaf (:func:`pdbjax.tree.select`), ``...`` the layer axis of stacked leaves, and ``r`` the
-    largest kept rank in the leaf. :func:`densify` turns it back into an array of the original shape.
+    original leaf (:func:`pdbjax.tree.select`), ``...`` the layer axis of stacked leaves (first, wherever
+    ``layer_axis`` put it in the leaf), and ``r`` the largest kept rank in the leaf. ``a @ b`` is the leaf's
+    matrix stack (:func:`pdbjax.tree.to_matrices`), not the leaf itself when it is a conv kernel or its layer
+    axis is not the first: :func:`densify` turns it back into an array of the original shape and layout.
     """
 
     a: jax.Array
     b: jax.Array
 
 
-def densify(params: Any, like: Any) -> Any:
+def densify(params: Any, like: Any, *, conv_reshape: ConvReshape = "in", layer_axis: LayerAxis = None) -> Any:
     """Replace every :class:`LowRank` node of ``params`` by the dense leaf of the same name in ``like``'s layout.
 
-    ``like`` is the original (uncompressed) tree, used for the leaf shapes and the matrix view.
+    ``like`` is the original (uncompressed) tree, used for the leaf shapes and the matrix view;
+    ``conv_reshape`` and ``layer_axis`` must be those :func:`compress` was given (they say how the factors'
+    ``(L, m, n)`` products map back into each leaf). A node whose factors do not fit its leaf's matrix view
+    (e.g. a stacked leaf densified without its ``layer_axis``) is a ``ValueError`` naming the leaf.
+
+    Example (layers stacked on axis 1 of a ``(in, L, out)`` leaf):
+
+    >>> import numpy as np, pdbjax
+    >>> W = np.random.default_rng(0).standard_normal((64, 3, 32)).astype(np.float32)
+    >>> dense, _ = pdbjax.compress({"w": W}, where="w", layer_axis=1, rank=4)
+    >>> factored, _ = pdbjax.compress({"w": W}, where="w", layer_axis=1, rank=4, factored=True)
+    >>> factored["w"].a.shape, factored["w"].b.shape
+    ((3, 64, 4), (3, 4, 32))
+    >>> back = pdbjax.densify(factored, {"w": W}, layer_axis=1)["w"]
+    >>> back.shape, bool(np.allclose(back, dense["w"], atol=1e-5))
+    ((64, 3, 32), True)
     """
-    sels = {s.name: s for s in select(like, lambda n, x: True, on_error="skip") if s.ok}
     is_low = lambda x: isinstance(x, LowRank)  # noqa: E731
     flat, _ = jax.tree_util.tree_flatten_with_path(params, is_leaf=is_low)
+    names = {path_name(path) for path, node in flat if is_low(node)}
+    sels = {s.name: s for s in select(like, lambda n, x: n in names, conv_reshape=conv_reshape, layer_axis=layer_axis,
+                                      on_error="skip")}
     updates = {}
     for path, node in flat:
         if is_low(node):
-            sel = sels[path_name(path)]
-            product = jnp.asarray(node.a) @ jnp.asarray(node.b)
-            updates[sel.name] = from_matrices(product.reshape(sel.num_matrices, *sel.matrix_shape), sel)
+            name = path_name(path)
+            sel = sels.get(name)
+            if sel is None or not sel.ok:
+                raise ValueError(f"{name}: a LowRank node, but `like` has no matrix leaf of that name"
+                                 + ("" if sel is None else f" ({sel.status})"))
+            a, b = jnp.asarray(node.a), jnp.asarray(node.b)
+            m, n = sel.matrix_shape
+            lead = () if sel.layer_axis is None else (sel.num_matrices,)
+            if a.shape[:-1] != (*lead, m) or b.shape[:-2] != lead or b.shape[-1] != n or a.shape[-1] != b.shape[-2]:
+                raise ValueError(
+                    f"{name}: factors a {tuple(a.shape)} and b {tuple(b.shape)} do not fit the leaf's matrix view "
+                    f"{(*lead, m, n)} (leaf shape {sel.shape}); pass densify the conv_reshape and layer_axis that "
+                    "compress was given")
+            updates[name] = from_matrices((a @ b).reshape(sel.num_matrices, m, n), sel)
     return jax.tree_util.tree_map_with_path(lambda path, x: updates.get(path_name(path), x), params, is_leaf=is_low)
 
 
@@ -442,11 +472,11 @@ def compress(
         fn = lambda m: rebuilt(filter_matrix(m, method, rank, **options))  # noqa: E731
     results = map_groups(fn, _matrices(good), shard=shard, progress=then, max_memory=max_memory, aux=aux)
     counted = None if alloc is None else _split(alloc.params, good)
-    rows: list[dict[str, Any]] = [_skipped_row(s) for s in sels if not s.ok]
+    by_leaf: dict[str, list[dict[str, Any]]] = {s.name: [_skipped_row(s)] for s in sels if not s.ok}
     updates = {}
     for leaf, (sel, res) in enumerate(zip(good, results)):
-        updates[sel.name] = _new_leaf(sel, res["out"], res["info"], factored)
         fields = jax.device_get({k: v for k, v in res.items() if k != "out"})  # one transfer per leaf
+        updates[sel.name], fields["info"] = _new_leaf(sel, res["out"], fields["info"], factored)
         for i in range(sel.num_matrices):
             item = jax.tree_util.tree_map(lambda x: np.asarray(x)[i], fields)
             row = _compress_row(sel, i, item, method, shrink)
@@ -454,7 +484,8 @@ def compress(
                 row["params_after"] = row["params_before"]  # the leaf stays dense
             if counted is not None:
                 row["budget_params"] = int(counted[leaf][i])
-            rows.append(row)
+            by_leaf.setdefault(sel.name, []).append(row)
+    rows = [row for sel in sels for row in by_leaf[sel.name]]  # tree order, as analyze's
     if factored:
         new_params = jax.tree_util.tree_map_with_path(lambda path, x: updates.get(path_name(path), x), params)
     else:
@@ -473,7 +504,8 @@ def _decide_by_length(specs: Sequence[Spectrum], fits: Sequence[Any], keeps: Seq
     leaf, or per-leaf keep counts), every leaf of one padded length (:func:`padded_length`) in calls of
     :func:`in_fit_rows`; returns each leaf's decision (leading axis ``L``, its own length ``p``).
 
-    As :func:`pdbjax.filter_matrix`, a method that needs no fit for its rank and shrinkage decides without it.
+    As :func:`pdbjax.filter_matrix`, a method that needs no fit for its rank and shrinkage decides without it,
+    except with a budget's keep counts: those come from the fits, and a matrix whose fit is not ok is left as it is.
     """
     by_size: dict[int, list[int]] = {}
     for leaf, spec in enumerate(specs):
@@ -483,7 +515,8 @@ def _decide_by_length(specs: Sequence[Spectrum], fits: Sequence[Any], keeps: Seq
         cat = lambda parts: jax.tree_util.tree_map(lambda *xs: np.concatenate(xs), *parts)  # noqa: E731
         rank = keeps[leaves[0]]
         counts = cat([keeps[leaf] for leaf in leaves]) if isinstance(rank, np.ndarray) else None
-        fit = cat([fits[leaf] for leaf in leaves]) if needs_fit(method, rank, shrink) else None
+        # Budget counts were allocated from the fits: a matrix whose fit is not ok stays as it is whatever the method.
+        fit = cat([fits[leaf] for leaf in leaves]) if counts is not None or needs_fit(method, rank, shrink) else None
         spec, length = _padded_rows([specs[leaf] for leaf in leaves], size)
         decision = in_fit_rows(lambda s, f, k, q: decide(s, f, rank if k is None else k, shrink, q), spec, fit, counts, length)
         ends = np.cumsum([specs[leaf].s.shape[0] for leaf in leaves])
@@ -529,17 +562,45 @@ def _allocate(sels: Sequence[Selected], specs: Sequence[Spectrum], fits: Sequenc
                     fixed_params=np.concatenate(fixed), names=names, fill=fill)
 
 
-def _new_leaf(sel: Selected, out: Any, info: FilterInfo, factored: bool) -> Any:
-    if not factored:
-        return from_matrices(out, sel)
-    if not np.any(np.asarray(info.ok)):  # nothing compressed: the leaf stays as it is (not as full-rank factors)
-        return sel.value
-    a, b = out
-    r = max(int(np.max(np.asarray(info.keep))), 1)
-    a, b = (np.asarray(x).astype(sel.dtype) for x in (a[..., :r], b[..., :r, :]))
-    if sel.layer_axis is None:
-        a, b = a[0], b[0]
-    return LowRank(a, b)
+def _new_leaf(sel: Selected, out: Any, info: FilterInfo, factored: bool) -> tuple[Any, FilterInfo]:
+    """The new leaf of ``sel`` from the rebuilt matrices ``out`` (working precision) and their host ``info``, and
+    ``info`` itself, updated where a weight could not be stored.
+
+    Every matrix whose ``info.ok`` is False is the leaf's own, bit for bit (the rebuild returned it in the working
+    precision, which rounds a float64 leaf). A rebuilt matrix (or, factored, its factors) with entries that overflow
+    the leaf's dtype (e.g. float16 weights near 65504) is not stored: its row becomes ``Reason.OVERFLOW`` and the
+    matrix stays as it is, or, factored, the whole leaf does (a stacked leaf that mixes such a matrix with compressed
+    ones is a ``ValueError`` naming the layers: the full factors of an unchanged matrix would overflow too).
+    """
+    ok = np.asarray(info.ok, bool).reshape(-1)
+    with np.errstate(over="ignore", invalid="ignore"):
+        if factored:
+            r = max(int(np.max(np.asarray(info.keep))), 1)  # the widest kept rank (columns beyond a row's keep are 0)
+            stored = np.asarray(out[0][..., :r]).astype(sel.dtype), np.asarray(out[1][..., :r, :]).astype(sel.dtype)
+            finite = np.isfinite(stored[0]).all(axis=(-2, -1)) & np.isfinite(stored[1]).all(axis=(-2, -1))
+        else:
+            stored = np.asarray(out).astype(sel.dtype)
+            finite = np.isfinite(stored).all(axis=(-2, -1))
+    overflow = ok & ~finite.reshape(-1)
+    if overflow.any():
+        info = info._replace(**{
+            field: np.where(overflow.reshape(np.shape(value)), new, value) for field, value, new in (
+                ("ok", info.ok, False), ("reason", info.reason, int(Reason.OVERFLOW)), ("keep", info.keep, min(sel.matrix_shape)),
+                ("n_outliers", info.n_outliers, 0), ("params_after", info.params_after, info.params_before),
+                ("rel_change", info.rel_change, 0.0))})
+        ok = ok & ~overflow
+    if factored:
+        if not ok.any():  # nothing compressed: the leaf stays as it is (not as full-rank factors)
+            return sel.value, info
+        if overflow.any():
+            raise ValueError(f"{sel.name}: the factors of layer(s) {np.flatnonzero(overflow).tolist()} overflow {sel.dtype}; "
+                             "compress this leaf with factored=False, or store it in a wider dtype")
+        a, b = stored
+        return LowRank(*((a[0], b[0]) if sel.layer_axis is None else (a, b))), info
+    if not ok.all():
+        original = np.asarray(to_matrices(sel.value, sel))
+        stored = np.where(ok[:, None, None], stored, original)
+    return from_matrices(stored, sel), info
 
 
 def _compress_row(sel: Selected, index: int, item: dict[str, Any], method: str, shrink: str) -> dict[str, Any]:

@@ -268,7 +268,9 @@ def build_parser() -> argparse.ArgumentParser:
                        for svd/slr)""")
     c.add_argument("--factored", action="store_true",
                    help="""store each compressed matrix NAME as two factors NAME.a (m x r) and NAME.b (r x n) (NAME/a,
-                       NAME/b in .npz) with NAME ~ a @ b, instead of a dense matrix""")
+                       NAME/b in .npz) with NAME ~ a @ b, instead of a dense matrix (a @ b is NAME's matrix view: a stacked leaf's
+                       layers come first, a conv kernel is reshaped as --conv-reshape says; pdbjax.densify with the
+                       same --layer-axis and --conv-reshape restores the leaf's layout)""")
     c.add_argument("--slr-sr", metavar="F", type=_fraction, default=0.5,
                    help="SLR sparsity rate: fraction of rows/columns of the factors that are sparsified (default 0.5)")
     c.add_argument("--slr-rr", metavar="F", type=_fraction, default=0.5,
@@ -456,7 +458,7 @@ def _run_api(args: argparse.Namespace, fn: Callable[..., Any], verb: str, done: 
     report = out[1] if isinstance(out, tuple) else out
     skipped = sum(str(row.get("status", "")).startswith("skipped") for row in report.rows)
     also = f" ({skipped} selected leaves skipped, see status)" if skipped else ""
-    _progress(f"{done} {len(report.rows) - skipped} matrices{also} in {time.perf_counter() - start:.1f} s")
+    _progress(f"{done} {_matrices(len(report.rows) - skipped)}{also} in {time.perf_counter() - start:.1f} s")
     built = exported.stats()["exported"] - built
     if built:  # programs traced and compiled in this run: say why a first run is slower, and that it is once
         _progress(f"(first use of these matrix shapes: {built} programs compiled and kept in "
@@ -528,6 +530,7 @@ def _cmd_compress(args: argparse.Namespace) -> int:
                        "directory name without suffix for an Orbax checkpoint")
     if os.path.lexists(out) and not args.overwrite:
         raise CLIError(f"{out} already exists; pass --overwrite to replace it")
+    pdbio.check_replaceable(out)
     if not out.resolve().parent.is_dir():
         raise CLIError(f"{out}: directory {out.resolve().parent} does not exist")
     _check_reports(((args.json, "--json"), (args.csv, "--csv")), args, others=[(args.output, "-o")])
@@ -541,9 +544,15 @@ def _cmd_compress(args: argparse.Namespace) -> int:
             raise CLIError("--budget allocates over all matrices at once and is not available with --coordinator yet")
     rank = DEFAULT_RANK if args.rank is None and args.budget is None else args.rank
     params, metadata = _load(args.path)
+    if out.suffix == ".npz":  # the output keeps the input's dtypes: refuse what .npz cannot hold before any work
+        import jax
+
+        from pdbjax.tree import path_name
+
+        pdbio.check_npz_dtypes(out, {path_name(k): x for k, x in jax.tree_util.tree_flatten_with_path(params)[0]})
     how = f"budget={args.budget}" if args.budget is not None else f"rank={rank}"
     _progress(f"compressing with method={args.method}, {how} ...")
-    new_params, report = _run_api(args, compress, "compress", "compressed", params=params, method=args.method, rank=rank,
+    new_params, report = _run_api(args, compress, "compress", "processed", params=params, method=args.method, rank=rank,
                                   budget=args.budget, shrink=args.shrink, factored=args.factored,
                                   slr_sr=args.slr_sr, slr_rr=args.slr_rr)
     if not _writes(args):
@@ -563,13 +572,18 @@ def _cmd_compress(args: argparse.Namespace) -> int:
     return 0
 
 
+def _matrices(n: int) -> str:
+    return f"{n} matrix" if n == 1 else f"{n} matrices"
+
+
 def _totals_line(totals: dict[str, Any], factored: bool) -> str:
     before, after = totals.get("params_before") or 0, totals.get("params_after") or 0
     ratio = totals.get("compression_ratio")
     low, low_ratio = totals.get("lowrank_params_after"), totals.get("lowrank_compression_ratio")
-    counts = f"{totals.get('matrices', 0)} matrices compressed"
-    if totals.get("unchanged"):
-        counts += f", {totals['unchanged']} left unchanged (fit failed, see status)"
+    unchanged = totals.get("unchanged", 0)
+    counts = f"{_matrices(totals.get('matrices', 0) - unchanged)} compressed"
+    if unchanged:
+        counts += f", {unchanged} left unchanged (see status)"
     if totals.get("skipped"):
         counts += f", {totals['skipped']} skipped"
     lines = ["", counts + ";",

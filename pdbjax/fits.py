@@ -26,7 +26,8 @@ class Reason(enum.IntEnum):
     """Status codes stored in the ``reason`` field of a fit (``int32`` leaves; compare with ``==``).
 
     ``Reason(code).text`` is the message reports print. Code 6 (an old "no valid support edges") is
-    retired: a fit whose edges are not finite is ``NOT_CONVERGED``.
+    retired: a fit whose edges are not finite is ``NOT_CONVERGED``. ``OVERFLOW`` is not a fit's: :func:`pdbjax.compress`
+    sets it on a row whose compressed weights do not fit the leaf's storage dtype (that weight is left unchanged).
     """
 
     OK = 0
@@ -37,6 +38,7 @@ class Reason(enum.IntEnum):
     NOT_CONVERGED = 5
     POOR_FIT = 7
     NEGATIVE = 8
+    OVERFLOW = 9
 
     @property
     def text(self) -> str:
@@ -52,6 +54,7 @@ _TEXT = {
     Reason.NOT_CONVERGED: "least squares did not converge to a valid population",
     Reason.POOR_FIT: "no PDB population satisfies the Silverstein equation on the bulk (heavy-tailed or otherwise non-PDB spectrum)",
     Reason.NEGATIVE: "negative eigenvalues: not the squared singular values of a real matrix",
+    Reason.OVERFLOW: "the compressed weights overflow the storage dtype",
 }
 
 

@@ -29,9 +29,11 @@ pdbjax[io]``) and imported only when their format is used.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.util
 import json
+import logging
 import os
 import struct
 import sys
@@ -48,7 +50,7 @@ import numpy as np
 from pdbjax._atomic import atomic_write, check_destination
 from pdbjax.tree import path_name
 
-__all__ = ["flatten", "load", "load_with_metadata", "minilm_path", "same_file", "save"]
+__all__ = ["check_npz_dtypes", "check_replaceable", "flatten", "load", "load_with_metadata", "minilm_path", "same_file", "save"]
 
 Format = Literal["safetensors", "npz", "orbax"]
 PathLike = str | os.PathLike[str]
@@ -147,7 +149,7 @@ def save(
             Flattened for safetensors/npz, see the module docstring.
         metadata: ``{str: str}`` stored as safetensors ``__metadata__`` or
             Orbax custom metadata; not supported by ``.npz``.
-        overwrite: replace an existing ``path`` (file or directory).
+        overwrite: replace an existing ``path`` (a file, or an Orbax checkpoint directory).
         format: force ``"safetensors"``, ``"npz"`` or ``"orbax"``.
 
     Returns:
@@ -155,6 +157,8 @@ def save(
 
     Raises:
         FileExistsError: ``path`` exists and ``overwrite`` is false.
+        IsADirectoryError: ``path`` is a directory other than an Orbax checkpoint
+            (``overwrite`` never replaces one wholesale).
         FileNotFoundError: the parent directory does not exist.
         ValueError: unknown suffix/format, colliding key names, metadata for
             ``.npz``, or a dtype ``.npz`` cannot store (``bfloat16``, float8).
@@ -168,6 +172,7 @@ def save(
     if metadata and fmt == "npz":
         raise ValueError(f"{path}: .npz files cannot store metadata")
     check_destination(path, overwrite)
+    check_replaceable(path)
 
     if fmt == "orbax":
         _named_leaves(tree, ".")  # refuse key paths that Orbax would merge
@@ -176,7 +181,7 @@ def save(
         writer = partial(_write_safetensors, flat=flatten(tree, "."), metadata=metadata)
     else:
         flat = flatten(tree, "/")
-        _check_npz_dtypes(path, flat)
+        check_npz_dtypes(path, flat)
         writer = partial(_write_npz, flat=flat)
     atomic_write(path, writer, overwrite)
     return path
@@ -275,7 +280,7 @@ def _check_metadata(metadata: Mapping[str, str] | None) -> None:
         raise TypeError("metadata must be a {str: str} mapping")
 
 
-def _check_npz_dtypes(path: Path, flat: Mapping[str, np.ndarray]) -> None:
+def check_npz_dtypes(path: Path, flat: Mapping[str, np.ndarray]) -> None:
     """Refuse extension dtypes (ml_dtypes) that the .npy header cannot describe."""
     for name, arr in flat.items():
         if arr.dtype.kind == "V" and arr.dtype.type is not np.void:
@@ -333,7 +338,8 @@ def _load_safetensors_dir(path: Path, lazy: bool = False) -> tuple[dict[str, np.
             if name in where:
                 raise ValueError(f"{path}: tensor {name!r} is in both {where[name]} and {file.name}")
             if weight_map is not None and weight_map.get(name) != file.name:
-                raise ValueError(f"{file}: holds {name!r}, which {HF_INDEX} places in {weight_map.get(name)!r}")
+                placed = f"places in {weight_map[name]}" if name in weight_map else "does not list"
+                raise ValueError(f"{file}: holds {name!r}, which {HF_INDEX} {placed}")
             tensors[name], where[name] = array, file.name
         metadata = {**meta, **metadata}
     if weight_map is not None and set(weight_map) - set(tensors):
@@ -350,6 +356,10 @@ def _read_safetensors_raw(path: Path, mapped: bool = False) -> tuple[dict[str, n
         header, start = _read_safetensors_header(path, f, size)
         metadata = header.pop("__metadata__", None) or {}
         tensors = {name: _read_tensor(path, f, name, info, start, size, mapped) for name, info in header.items()}
+    spans = sorted((int(info["data_offsets"][0]), int(info["data_offsets"][1]), name) for name, info in header.items())
+    for (_, end, before), (begin, _, name) in zip(spans, spans[1:]):
+        if begin < end:  # two tensors sharing bytes: a corrupt header (the safetensors library refuses it too)
+            raise ValueError(f"{path}: tensors {before!r} and {name!r} overlap (data offsets)")
     return tensors, dict(metadata)
 
 
@@ -447,10 +457,36 @@ def _write_npz(tmp: Path, flat: dict[str, np.ndarray]) -> None:
 # --------------------------------------------------------------------------- orbax
 
 
+@contextlib.contextmanager
+def _orbax_quiet():
+    """Orbax's own warnings (``absl``: a missing metadata file while probing a directory, its save steps) held back
+    to errors: a directory that is not a checkpoint gets one ``ValueError`` naming it, not log lines before it."""
+    logger = logging.getLogger("absl")
+    level = logger.level
+    logger.setLevel(max(level, logging.ERROR))
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+#: Files of which an Orbax checkpoint directory holds at least one (what :func:`save` may replace).
+_ORBAX_MARKERS = ("_CHECKPOINT_METADATA", "_METADATA", "manifest.ocdbt")
+
+
+def check_replaceable(path: PathLike) -> None:
+    """``IsADirectoryError`` if ``path`` is a directory other than an Orbax checkpoint: :func:`save` replaces a file
+    or a checkpoint, never any other directory wholesale (checked before any work, as the CLI does)."""
+    path = Path(path)
+    if path.is_dir() and not any((path / name).exists() for name in _ORBAX_MARKERS):
+        raise IsADirectoryError(f"{path} is a directory that is not an Orbax checkpoint; overwrite replaces only a "
+                                "checkpoint (or a file): choose a new path")
+
+
 def _load_orbax(path: Path) -> tuple[dict[str, Any], dict[str, str]]:
     """Restore an Orbax PyTree checkpoint with NumPy leaves, without a target."""
     ocp = _import("orbax.checkpoint", "orbax-checkpoint")
-    with ocp.PyTreeCheckpointer() as ckptr:
+    with _orbax_quiet(), ocp.PyTreeCheckpointer() as ckptr:
         try:
             meta = ckptr.metadata(path.absolute())
             tree_meta = getattr(meta, "item_metadata", meta)
@@ -465,7 +501,7 @@ def _load_orbax(path: Path) -> tuple[dict[str, Any], dict[str, str]]:
             )
         except (FileNotFoundError, ValueError) as e:
             raise ValueError(
-                f"{path}: not an Orbax checkpoint directory ({e}); for a "
+                f"{path}: holds no .safetensors files and is not an Orbax checkpoint directory ({e}); for a "
                 "CheckpointManager directory, pass the item directory, e.g. <step>/default"
             ) from e
     return tree, dict(getattr(meta, "custom_metadata", None) or {})
@@ -473,7 +509,7 @@ def _load_orbax(path: Path) -> tuple[dict[str, Any], dict[str, str]]:
 
 def _write_orbax(tmp: Path, tree: Any, metadata: Mapping[str, str] | None) -> None:
     ocp = _import("orbax.checkpoint", "orbax-checkpoint")
-    with ocp.StandardCheckpointer() as ckptr:
+    with _orbax_quiet(), ocp.StandardCheckpointer() as ckptr:
         ckptr.save(tmp.absolute(), tree, custom_metadata=dict(metadata or {}))
         ckptr.wait_until_finished()
 

@@ -290,7 +290,9 @@ def _layer_axis_for(name: str, layer_axis: LayerAxis) -> int | None:
 
 
 def _describe(path: KeyPath, name: str, value: Any, conv_reshape: ConvReshape, axis: int | None) -> Selected:
-    shape, dtype = tuple(int(d) for d in value.shape), np.dtype(value.dtype)
+    shape, dtype = tuple(int(d) for d in value.shape), value.dtype
+    if not jax.dtypes.issubdtype(dtype, jax.dtypes.extended):  # a PRNG key's dtype has no NumPy equivalent
+        dtype = np.dtype(dtype)
     base = dict(path=path, name=name, shape=shape, dtype=dtype, conv_reshape=conv_reshape, value=value)
     status, mshape, count = OK, None, 0
     ndim = len(shape)
@@ -550,6 +552,9 @@ def map_chunks(
     for i, shape in enumerate(shapes):
         if len(shape) < 2:
             raise ValueError(f"item {i} has shape {shape}; expected a matrix (..., a, b)")
+    if max_memory is not None and (isinstance(max_memory, bool) or not isinstance(max_memory, (int, float, np.number))):
+        raise TypeError(f"max_memory must be a number of bytes (e.g. 512 * 2**20); got {max_memory!r} (sizes such as "
+                        "'512M' are the CLI's --max-memory syntax)")
     if max_memory is not None and max_memory <= 0:
         raise ValueError(f"max_memory must be a positive number of bytes; got {max_memory}")
     groups: dict[tuple, list[int]] = {}

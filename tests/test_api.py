@@ -162,6 +162,24 @@ def test_compress_factored_round_trip(params):
     assert rep.totals["compression_ratio"] == pytest.approx(2 * r * (A + B) / (2 * A * B))
 
 
+def test_densify_follows_the_layer_axis_and_conv_layout():
+    """densify maps each factor product back through the selection compress used: layers stacked on axis 1 of
+    an (in, L, out) leaf, a PyTorch conv kernel (out, in, kh, kw); without the layout it refuses, naming the leaf."""
+    rng = np.random.default_rng(3)
+    params = {"blocks": {"w": rng.standard_normal((40, 3, 24)).astype(np.float32)},
+              "conv": {"kernel": rng.standard_normal((16, 4, 3, 3)).astype(np.float32)}}
+    options = dict(where="blocks|conv", layer_axis={"blocks": 1}, conv_reshape="out", method="svd", rank=5)
+    dense, _ = pdbjax.compress(params, **options)
+    factored, _ = pdbjax.compress(params, factored=True, **options)
+    assert factored["blocks"]["w"].a.shape == (3, 40, 5) and factored["conv"]["kernel"].a.shape == (16, 5)
+    back = pdbjax.densify(factored, params, layer_axis={"blocks": 1}, conv_reshape="out")
+    for name in ("blocks", "conv"):
+        (key,) = back[name]
+        # float32 products of the same rank-5 factors: equal to rounding (1e-5 of the largest entry)
+        np.testing.assert_allclose(back[name][key], dense[name][key], atol=1e-5 * np.abs(dense[name][key]).max())
+    with pytest.raises(ValueError, match=r"blocks/w: factors a \(3, 40, 5\).*layer_axis"):
+        pdbjax.densify(factored, params, conv_reshape="out")
+
 def test_nnx_model_and_state():
     model = FCNN(nnx.Rngs(0), sizes=(A, B, A))  # kernels (96, 48) and (48, 96): one compiled fit
     state_before = jax.tree_util.tree_map(np.asarray, nnx.state(model))
@@ -229,6 +247,42 @@ def test_degenerate_matrix_left_unchanged():
     row = next(r for r in rep if "layer" in r["name"])
     assert row["status"].startswith("unchanged")
     np.testing.assert_array_equal(new["layer"]["kernel"], zero["layer"]["kernel"])
+
+
+def test_compress_rows_come_in_tree_order_as_analyze_rows():
+    bad = np.array(_pdb_matrix(2))
+    bad[0, 0] = np.nan
+    params = {"a": {"kernel": _pdb_matrix(1)}, "b": {"kernel": bad}, "c": {"kernel": _pdb_matrix(3)}}
+    names = [r["name"] for r in pdbjax.analyze(params, on_error="skip", baselines=False)]
+    _, rep = pdbjax.compress(params, on_error="skip")
+    assert [r["name"] for r in rep] == names == ["a/kernel", "b/kernel", "c/kernel"]
+    assert rep[1]["status"].startswith("skipped")
+
+
+def test_unchanged_float64_matrices_are_returned_bit_for_bit():
+    """The rebuild works in float32; a float64 matrix whose fit is not ok must still come back as it was, not
+    through a float32 round trip (here next to a compressed layer of the same stacked leaf)."""
+    rng = np.random.default_rng(1)
+    low = rng.standard_normal((A, 2)) @ rng.standard_normal((2, B))  # rank 2: no bulk, fit not ok
+    stack = np.stack([low, _pdb_matrix(5).astype(np.float64)])
+    new, rep = pdbjax.compress({"low": {"kernel": low}, "s": {"kernel": stack}}, layer_axis={"s": 0})
+    assert [r["status"][:9] for r in rep] == ["unchanged", "unchanged", "ok"]
+    np.testing.assert_array_equal(new["low"]["kernel"], low)
+    np.testing.assert_array_equal(new["s"]["kernel"][0], low)
+    assert not np.array_equal(new["s"]["kernel"][1], stack[1])
+
+
+@pytest.mark.parametrize("factored", [False, True])
+def test_float16_weights_that_would_overflow_are_flagged_and_left_unchanged(factored):
+    """float16 weights clipped at 65504: the rank-k rebuild (or its factors U s) exceeds float16's range. The row
+    says so and the weight is the input's, never a tensor of inf reported ok."""
+    rng = np.random.default_rng(0)
+    top = np.outer(rng.uniform(0.5, 1, 256), rng.uniform(0.5, 1, 128))
+    W = (np.clip(top * 75000 / top.max(), None, 65504) + rng.normal(size=top.shape) * 5000).clip(-65504, 65504).astype(np.float16)
+    new, rep = pdbjax.compress({"l": {"kernel": W}}, factored=factored)
+    assert rep[0]["status"] == "unchanged: " + pdbjax.Reason.OVERFLOW.text and rep[0]["rel_change"] == 0.0
+    assert new["l"]["kernel"] is W if factored else np.array_equal(new["l"]["kernel"], W)
+    assert rep.totals["params_after"] == W.size
 
 
 def test_bfloat16_kernels_are_upcast_and_cast_back():

@@ -310,6 +310,20 @@ def test_unfitted_leaves_stay_dense_and_count():
     assert isinstance(new["s"]["kernel"], pdbjax.LowRank)
 
 
+@pytest.mark.parametrize("method", ["svd", "pdb"])
+def test_budget_leaves_an_unfitted_matrix_unchanged_for_every_method(method):
+    """svd allocates with the PDB fit: a rank-2 matrix (no bulk, fit not ok) is counted at m n, so it must be
+    returned as it is, not truncated to the keep of 0 it was allocated."""
+    rng = np.random.default_rng(5)
+    low = (rng.standard_normal((A, 2)) @ rng.standard_normal((2, B))).astype(np.float32)
+    params = {"good": {"kernel": _pdb(0)}, "low": {"kernel": low}}
+    new, rep = pdbjax.compress(params, method=method, budget=0.6)
+    _check_compliance(rep, 0.6)
+    row = {r["name"]: r for r in rep}["low/kernel"]
+    assert row["status"].startswith("unchanged") and row["budget_params"] == A * B and row["rel_change"] == 0.0
+    np.testing.assert_array_equal(new["low"]["kernel"], low)
+
+
 # --------------------------------------------------------------------------------------------------
 # CLI
 

@@ -177,6 +177,24 @@ def test_compress_writes_same_keys_shapes_dtypes(files, compressed):
     assert meta["origin"] == "test" and meta["pdbjax.method"] == "pdb" and meta["pdbjax.rank"] == "upper-bulk"
     assert _digest(files["st"]) == files["hash_st"]
     assert "compression ratio" in stdout and f"wrote {out}" in stdout
+    assert "\n2 matrices compressed;" in stdout and "processed 2 matrices in" in err
+
+
+def test_npz_output_of_a_bfloat16_checkpoint_is_refused_before_any_work(tmp_path):
+    import ml_dtypes
+
+    src = pdbio.save(tmp_path / "bf16.safetensors", {"a.weight": _weights()["params/Dense_0/kernel"].astype(ml_dtypes.bfloat16)})
+    rc, out, err = _run(["compress", str(src), "-o", str(tmp_path / "out.npz")])
+    assert rc == 2 and "compressing" not in err and not (tmp_path / "out.npz").exists()
+    assert err.splitlines()[-1].endswith("out.npz: .npz cannot store bfloat16 (tensor 'a.weight'); save to .safetensors or an "
+                                         "Orbax directory instead")
+
+
+def test_totals_line_counts_compressed_and_unchanged_apart():
+    from pdbjax.cli import _totals_line
+
+    totals = {"matrices": 2, "unchanged": 1, "skipped": 1, "params_before": 200, "params_after": 150}
+    assert _totals_line(totals, factored=True).splitlines()[1] == "1 matrix compressed, 1 left unchanged (see status), 1 skipped;"
 
 
 def test_compress_factored_npz_svd(files, tmp_path):
@@ -373,7 +391,7 @@ def test_quiet_silences_progress_and_api_progress_callback(tmp_path, capsys):
     assert capsys.readouterr().err == ""
     assert main(["analyze", str(path), "--no-baselines"]) == 0
     err = capsys.readouterr().err
-    assert "analyzed 1 matrices" in err and "[#" not in err  # stderr is not a terminal here: no bar
+    assert "analyzed 1 matrix in" in err and "[#" not in err  # stderr is not a terminal here: no bar
 
 
 def test_a_first_run_says_it_compiled_and_a_second_does_not(tmp_path, capsys, monkeypatch):
@@ -387,7 +405,7 @@ def test_a_first_run_says_it_compiled_and_a_second_does_not(tmp_path, capsys, mo
     assert "first use of these matrix shapes:" in first and str(tmp_path / "cache") in first, first
     assert main(["analyze", str(path), "--no-baselines"]) == 0
     second = capsys.readouterr().err
-    assert "analyzed 1 matrices" in second and "first use" not in second, second
+    assert "analyzed 1 matrix in" in second and "first use" not in second, second
     assert main(["analyze", str(path), "--no-baselines", "--quiet"]) == 0
     assert capsys.readouterr().err == ""
 

@@ -522,7 +522,7 @@ IO_CASES = [
     ("missing-file", "missing.npz", Raises(FileNotFoundError, r"missing\.npz")),
     ("file-without-suffix", "weights", Raises(ValueError, r"weights: unknown file type")),
     ("unknown-suffix", "weights.pt", Raises(ValueError, r"weights\.pt: unknown suffix '\.pt'")),
-    ("directory-without-checkpoint", "empty_dir", Raises(ValueError, r"empty_dir: not an Orbax checkpoint directory")),
+    ("directory-without-checkpoint", "empty_dir", Raises(ValueError, r"empty_dir: holds no \.safetensors files and is not an Orbax")),
 ]
 
 
@@ -601,10 +601,12 @@ CLI_CASES = [
     ("json-is-output", "compress good.npz -o out.npz --json out.npz", 2, r"--json .*out\.npz is the same file as -o", _absent("out.npz")),
     ("json-is-directory", "analyze good.npz --json empty_dir", 2, r"empty_dir is a directory", None),
     ("output-dir-missing", "compress good.npz -o no/such/out.npz", 2, r"does not exist", None),
+    ("output-is-a-plain-directory", "compress good.npz -o empty_dir --overwrite", 2,
+     r"empty_dir is a directory that is not an Orbax checkpoint", None),
     ("text-file-named-npz", "analyze text.npz", 2, r"text\.npz: not a valid \.npz file \(not a zip archive", None),
     ("truncated-safetensors", "analyze truncated.safetensors", 2, r"truncated\.safetensors: ", None),
     ("missing-file", "analyze missing.npz", 2, r"missing\.npz: no such file", None),
-    ("directory-without-checkpoint", "analyze empty_dir", 2, r"empty_dir: not an Orbax checkpoint", None),
+    ("directory-without-checkpoint", "analyze empty_dir", 2, r"empty_dir: holds no \.safetensors files and is not an Orbax", None),
     ("unknown-suffix", "analyze weights.pt", 2, r"weights\.pt: unknown suffix", None),
     ("where-matches-nothing", "analyze good.npz --where nothing", 2,
      r"good\.npz: no weight matrix selected by where='nothing'.*params/a/kernel float32 \(64, 32\)", None),
@@ -660,6 +662,7 @@ def test_cli_never_prints_a_traceback(files, case_id, argv):
     user's errors, 1 with a --debug hint for anything else)."""
     rc, out, err = _cli(case_id, argv, files)
     assert "Traceback" not in err and "Traceback" not in out
+    assert not [line for line in err.splitlines() if line.startswith("WARNING:")], err  # no library log lines either
     assert rc in (0, 1, 2)
     if rc:
         last = err.splitlines()[-1]

@@ -198,6 +198,29 @@ def test_overwrite_never_replaces_a_directory_with_a_file(tmp_path):
     assert (path / "sub").is_dir() and _leftovers(tmp_path, {"w.npz"}) == []
 
 
+def test_overwrite_never_replaces_a_directory_that_is_not_a_checkpoint(tmp_path, monkeypatch):
+    """--overwrite replaces a checkpoint, not any directory: neither a folder of notes nor the working directory
+    itself (``-o .``, whose name is empty: the temporary name used to be the destination)."""
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "notes.txt").write_text("keep me")
+    monkeypatch.chdir(notes)
+    for path in (notes, Path(".")):
+        with pytest.raises(IsADirectoryError, match="is a directory that is not an Orbax checkpoint"):
+            io.save(path, {"a": np.ones(2, np.float32)}, overwrite=True)
+    assert sorted(p.name for p in notes.iterdir()) == ["notes.txt"] and _leftovers(tmp_path, {"notes"}) == []
+
+
+def test_overwrite_the_checkpoint_that_is_the_working_directory(tmp_path, monkeypatch):
+    """``-o .`` inside a checkpoint: the destination's name is the directory's (``Path(".").name`` is empty)."""
+    pytest.importorskip("orbax.checkpoint")
+    ckpt = io.save(tmp_path / "ckpt", {"a": np.zeros(2, np.float32)})
+    monkeypatch.chdir(ckpt)
+    io.save(".", {"b": np.ones(3, np.float32)}, overwrite=True)
+    monkeypatch.chdir(tmp_path)
+    assert set(io.load(ckpt)) == {"b"} and _leftovers(tmp_path, {"ckpt"}) == []
+
+
 def test_failure_mid_write_leaves_nothing_behind(tmp_path, monkeypatch):
     import safetensors.numpy
 
@@ -320,6 +343,23 @@ def test_truncated_safetensors_raw_reader(tmp_path):
         io.load(path)
 
 
+def test_safetensors_with_overlapping_tensors_is_refused(tmp_path):
+    """A header whose two tensors share bytes is corrupt (the safetensors library refuses it); the memory-mapped
+    reader, which the CLI uses, must refuse it too rather than hand out aliased weights."""
+    import json
+    import struct
+
+    header = json.dumps({"x.weight": {"dtype": "F32", "shape": [4, 4], "data_offsets": [0, 64]},
+                         "y.weight": {"dtype": "F32", "shape": [4, 4], "data_offsets": [32, 96]}}).encode()
+    path = tmp_path / "overlap.safetensors"
+    path.write_bytes(struct.pack("<Q", len(header)) + header + np.arange(24, dtype=np.float32).tobytes())
+    for lazy in (False, True):
+        with pytest.raises(ValueError, match="overlap.safetensors"):
+            io.load(path, lazy=lazy)
+    with pytest.raises(ValueError, match=r"tensors 'x.weight' and 'y.weight' overlap"):
+        io._read_safetensors_raw(path, mapped=True)
+
+
 def test_bare_npy_behind_npz_suffix(tmp_path):
     path = tmp_path / "w.npz"
     with open(path, "wb") as f:
@@ -437,6 +477,11 @@ def test_sharded_directory_errors_name_the_problem(tmp_path):
     index["weight_map"]["c.weight"] = "model-00001-of-00002.safetensors"
     (d2 / "model.safetensors.index.json").write_text(json.dumps(index))
     with pytest.raises(ValueError, match="no shard holds: \\['c.weight'\\]"):
+        io.load(d2)
+    del index["weight_map"]["c.weight"], index["weight_map"]["b.bias"]  # a shard holds a tensor the index omits
+    (d2 / "model.safetensors.index.json").write_text(json.dumps(index))
+    with pytest.raises(ValueError, match=r"model-00002-of-00002.safetensors: holds 'b.bias', which model.safetensors.index.json "
+                                         r"does not list$"):
         io.load(d2)
 
 

@@ -118,6 +118,8 @@ def test_map_groups_chunks_give_the_same_result_with_aux_and_progress():
     assert calls[0] == (0, 9) and calls[-1] == (9, 9) and len(calls) == 5
     with pytest.raises(ValueError, match="max_memory"):
         tree.map_groups(fn, mats, aux=aux, max_memory=0)
+    with pytest.raises(TypeError, match=r"max_memory must be a number of bytes .*got '512M'.*--max-memory"):
+        tree.map_groups(fn, mats, aux=aux, max_memory="512M")
 
 
 def test_map_chunks_runs_locate_every_row_and_the_padding():

@@ -131,6 +131,7 @@ def test_where_regex_and_predicate():
         (np.where(np.eye(3) > 0, np.nan, 1.0).astype(np.float32), "NaN or Inf"),
         (jnp.array([[1.0, jnp.inf], [0.0, 1.0]]), "NaN or Inf"),
         (np.zeros((0, 3), np.float32), "no entries"),
+        (jax.random.split(jax.random.key(0), 9).reshape(3, 3), r"dtype key<fry> is not floating"),  # NNX's rngs
     ],
 )
 def test_bad_leaves_raise_naming_path_or_are_skipped(leaf, message):
