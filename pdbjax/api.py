@@ -568,7 +568,7 @@ def _new_leaf(sel: Selected, out: Any, info: FilterInfo, factored: bool) -> tupl
 
     Every matrix whose ``info.ok`` is False is the leaf's own, bit for bit (the rebuild returned it in the working
     precision, which rounds a float64 leaf). A rebuilt matrix (or, factored, its factors) with entries that overflow
-    the leaf's dtype (e.g. float16 weights near 65504) is not stored: its row becomes ``Reason.OVERFLOW`` and the
+    the leaf's dtype (e.g. float16 weights near 65504) is not stored: its row becomes ``Reason.OUT_OF_RANGE`` and the
     matrix stays as it is, or, factored, the whole leaf does (a stacked leaf that mixes such a matrix with compressed
     ones is a ``ValueError`` naming the layers: the full factors of an unchanged matrix would overflow too).
     """
@@ -585,7 +585,7 @@ def _new_leaf(sel: Selected, out: Any, info: FilterInfo, factored: bool) -> tupl
     if overflow.any():
         info = info._replace(**{
             field: np.where(overflow.reshape(np.shape(value)), new, value) for field, value, new in (
-                ("ok", info.ok, False), ("reason", info.reason, int(Reason.OVERFLOW)), ("keep", info.keep, min(sel.matrix_shape)),
+                ("ok", info.ok, False), ("reason", info.reason, int(Reason.OUT_OF_RANGE)), ("keep", info.keep, min(sel.matrix_shape)),
                 ("n_outliers", info.n_outliers, 0), ("params_after", info.params_after, info.params_before),
                 ("rel_change", info.rel_change, 0.0))})
         ok = ok & ~overflow

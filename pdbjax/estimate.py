@@ -365,8 +365,23 @@ def fit_pdb(
     if precision == "float64" and not is_traced(eigs):
         with float64():
             fit = fit_pdb_batched(jnp.asarray(eigs, jnp.float64), n, window, length, mode, n_iter, screen_rtol(eigs.dtype))
-            return jax.tree_util.tree_map(lambda x: x.astype(out_dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, fit)
+            return _held(jax.tree_util.tree_map(lambda x: x.astype(out_dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, fit))
     return fit_pdb_batched(jnp.asarray(eigs, out_dtype), n, window, length, mode, n_iter, screen_rtol(eigs.dtype))
+
+
+def _held(fit: PDBFit) -> PDBFit:
+    """``fit`` (cast to the input's dtype) with the rows whose variances or ``lambda_+`` the cast lost (underflow to 0,
+    overflow to inf) turned into ``Reason.OUT_OF_RANGE``, their population NaN (never an ``ok`` row of zeros)."""
+    held = (fit.sigma1_sq > 0) & (fit.sigma2_sq > 0) & (fit.lambda_plus > 0) & jnp.isfinite(fit.lambda_plus) & \
+        jnp.isfinite(fit.sigma1_sq) & jnp.isfinite(fit.sigma2_sq)
+    lost = fit.ok & ~held
+    if not bool(jnp.any(lost)):
+        return fit
+    nan = lambda x: jnp.where(lost.reshape(lost.shape + (1,) * (x.ndim - lost.ndim)), jnp.nan, x)  # noqa: E731
+    return fit._replace(
+        **{name: nan(getattr(fit, name)) for name in ("t", "sigma1_sq", "sigma2_sq", "c", "edges", "critical", "lambda_plus",
+                                                       "residual")},
+        bulks=jnp.where(lost, 0, fit.bulks), ok=fit.ok & ~lost, reason=demote(fit.reason, lost, Reason.OUT_OF_RANGE))
 
 
 @exported.jit(static_argnames=("mode", "rtol"), cpu_compiler_options=exported.FAST_COMPILE)
@@ -374,14 +389,14 @@ def fit_pdb_singular_values(s: Array, N: Array, window: Array, length: Array, *,
     """:func:`fit_pdb_batched` of the eigenvalues ``s**2`` of singular values ``s`` ``(..., P)``, :data:`N_ITER`
     steps: the one program in which ``analyze`` (:mod:`pdbjax.figures`) and ``compress``
     (:func:`pdbjax.filter.fit_spectrum`) fit a spectrum, so a model analysed first is not compiled again
-    when it is compressed. ``N``, ``window`` and ``length`` from :func:`fit_inputs`, ``rtol`` = ``screen_rtol`` of ``s``.
+    when it is compressed. ``N``, ``window`` and ``length`` from :func:`fit_inputs`, ``rtol`` = ``svd_screen_rtol`` of ``s``.
 
     >>> import jax, pdbjax
-    >>> from pdbjax.inputs import screen_rtol
+    >>> from pdbjax.inputs import svd_screen_rtol
     >>> W = pdbjax.simulate(jax.random.PRNGKey(0), 800, 400, pdbjax.PDB(0.6, 1.0, 8.0), spikes=[60.0, 30.0])
     >>> s = pdbjax.linalg.spectrum(W[None]).s  # singular values of W / scale, a batch of one
     >>> n, window, length = fit_inputs(s, 800)
-    >>> fit = fit_pdb_singular_values(s, n, window, length, mode="scaled", rtol=screen_rtol(s.dtype))
+    >>> fit = fit_pdb_singular_values(s, n, window, length, mode="scaled", rtol=svd_screen_rtol(s.dtype))
     >>> int(fit.bulks[0]), round(float(fit.t[0]), 1), pdbjax.reason_text(fit.reason[0])
     (2, 0.6, 'ok')
     """

@@ -32,7 +32,7 @@ import numpy as np
 from pdbjax import exported
 from pdbjax.estimate import Mode, check_mode, fit_inputs, fit_pdb_singular_values
 from pdbjax.filter import RULES, fit_spectrum, keep_count, normalised_fit, outlier_mask
-from pdbjax.inputs import check_eigs, screen_rtol
+from pdbjax.inputs import check_eigs, svd_screen_rtol
 from pdbjax.linalg import Spectrum
 from pdbjax.precision import scope
 from pdbjax.pub import ALPHA, BETA, BemaTable, fit_pub_batched, pub_inputs
@@ -54,7 +54,7 @@ def _keep_order(baselines: bool) -> tuple[str, ...]:
 @exported.jit(cpu_compiler_options=exported.FAST_COMPILE)
 def _fit_baselines(s: jax.Array, N: jax.Array, table: BemaTable, length: jax.Array) -> dict[str, Any]:
     """Program 2: the PUB baselines of normalised singular values ``s`` ``(B, P)`` (padded after ``length``)."""
-    return {name: fit_pub_batched(s**2, N, table, length, name) for name in BASELINES}
+    return {name: fit_pub_batched(s**2, N, table, length, name, svd_screen_rtol(s.dtype)) for name in BASELINES}
 
 
 def _fit_names(fits: dict[str, Any]) -> tuple[str, ...]:
@@ -117,7 +117,7 @@ def spectrum_figures(spec: Spectrum, N: np.ndarray, mode: Mode = "scaled", basel
         n, window, length = fit_inputs(spec.s, N, length)
         table = pub_inputs(spec.s, N, ALPHA, BETA, length)[1] if baselines else None
         if given is None:
-            fits = {"pdb": fit_pdb_singular_values(spec.s, n, window, length, mode=mode, rtol=screen_rtol(spec.s.dtype))}
+            fits = {"pdb": fit_pdb_singular_values(spec.s, n, window, length, mode=mode, rtol=svd_screen_rtol(spec.s.dtype))}
         else:
             fits = {"pdb": normalised_fit(given, spec)}
         if baselines:

@@ -52,7 +52,7 @@ from pdbjax import exported
 from pdbjax._validate import is_traced
 from pdbjax.estimate import Mode, check_mode, fit_inputs, fit_pdb, fit_pdb_singular_values
 from pdbjax.fits import PDBFit, PUBFit, Reason
-from pdbjax.inputs import check_eigs, screen_rtol, valid
+from pdbjax.inputs import check_eigs, svd_screen_rtol, valid
 from pdbjax.linalg import Factors, Spectrum, factors, raw_eigenvalues, spectrum
 from pdbjax.precision import Precision, float64, scope
 from pdbjax.pub import ALPHA, BETA, fit_pub, fit_pub_batched, pub_inputs
@@ -566,10 +566,10 @@ def fit_spectrum(spec: Spectrum, N: int | np.ndarray, method: str, mode: Mode = 
     with scope(spec):
         if method.startswith("pub-"):
             n, table, length = pub_inputs(spec.s, N, ALPHA, BETA, length)
-            fit = fit_pub_batched(spec.s**2, n, table, length, method.removeprefix("pub-"))
+            fit = fit_pub_batched(spec.s**2, n, table, length, method.removeprefix("pub-"), svd_screen_rtol(spec.s.dtype))
         else:  # the PDB fit in analyze's own program (s**2 inside it): compiled once for both
             n, window, length = fit_inputs(spec.s, N, length)
-            fit = fit_pdb_singular_values(spec.s, n, window, length, mode=mode, rtol=screen_rtol(spec.s.dtype))
+            fit = fit_pdb_singular_values(spec.s, n, window, length, mode=mode, rtol=svd_screen_rtol(spec.s.dtype))
         if is_traced(fit, spec):
             return fit.rescale(spec.scale.astype(spec.s.dtype) ** 2)
     return jax.tree_util.tree_map(np.asarray, fit).rescale(np.asarray(spec.scale, np.float64) ** 2)

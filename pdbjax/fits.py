@@ -26,8 +26,9 @@ class Reason(enum.IntEnum):
     """Status codes stored in the ``reason`` field of a fit (``int32`` leaves; compare with ``==``).
 
     ``Reason(code).text`` is the message reports print. Code 6 (an old "no valid support edges") is
-    retired: a fit whose edges are not finite is ``NOT_CONVERGED``. ``OVERFLOW`` is not a fit's: :func:`pdbjax.compress`
-    sets it on a row whose compressed weights do not fit the leaf's storage dtype (that weight is left unchanged).
+    retired: a fit whose edges are not finite is ``NOT_CONVERGED``. ``OUT_OF_RANGE``: :func:`pdbjax.compress` sets it on a row whose
+    compressed weights overflow the leaf's storage dtype (that weight is left unchanged), :func:`pdbjax.fit_pdb` on a
+    row whose float64 fit does not survive the cast back to the input's dtype (e.g. float32 eigenvalues near 1e-40).
     """
 
     OK = 0
@@ -38,7 +39,7 @@ class Reason(enum.IntEnum):
     NOT_CONVERGED = 5
     POOR_FIT = 7
     NEGATIVE = 8
-    OVERFLOW = 9
+    OUT_OF_RANGE = 9
 
     @property
     def text(self) -> str:
@@ -54,7 +55,8 @@ _TEXT = {
     Reason.NOT_CONVERGED: "least squares did not converge to a valid population",
     Reason.POOR_FIT: "no PDB population satisfies the Silverstein equation on the bulk (heavy-tailed or otherwise non-PDB spectrum)",
     Reason.NEGATIVE: "negative eigenvalues: not the squared singular values of a real matrix",
-    Reason.OVERFLOW: "the compressed weights overflow the storage dtype",
+    Reason.OUT_OF_RANGE: "values outside the range of the dtype (compressed weights that overflow the storage dtype, "
+                         "or fitted values that underflow the input dtype)",
 }
 
 

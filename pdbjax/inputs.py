@@ -30,7 +30,7 @@ from pdbjax._validate import is_traced
 from pdbjax.fits import Reason
 from pdbjax.precision import work_dtype
 
-__all__ = ["check_eigs", "screen", "screen_rtol", "placeholder", "median", "median_units", "valid", "bulk", "sort_valid"]
+__all__ = ["check_eigs", "screen", "screen_rtol", "svd_screen_rtol", "placeholder", "median", "median_units", "valid", "bulk", "sort_valid"]
 
 Array = jax.Array
 
@@ -90,6 +90,18 @@ def screen(eigs: Array, rtol: float | None = None, length: Array | None = None) 
 def screen_rtol(dtype: jax.typing.DTypeLike) -> float:
     """:func:`screen`'s default ``rtol`` for eigenvalues of ``dtype``: ``100 eps`` of its working dtype."""
     return float(100 * jnp.finfo(work_dtype(dtype)).eps)
+
+
+def svd_screen_rtol(dtype: jax.typing.DTypeLike) -> float:
+    """:func:`screen`'s ``rtol`` for eigenvalues ``s**2`` of singular values ``s`` of ``dtype`` from an SVD: ``(100 eps)^2``.
+
+    The SVD's singular values carry absolute errors of about ``eps s_1``, so a zero one comes out below
+    ``100 eps s_1`` and its square below ``(100 eps)^2 lambda_1``; a tolerance of ``100 eps lambda_1`` on the
+    eigenvalues (right for a Gram matrix's, whose errors are ``eps lambda_1``) would count every singular value
+    below ``sqrt(100 eps) s_1`` (float32: 3.4e-3 s_1) as zero and call a full-rank matrix with one strong component
+    (a constant offset, a dominant direction) rank deficient.
+    """
+    return screen_rtol(dtype) ** 2
 
 
 def placeholder(eigs: Array, code: Array, length: Array | None = None) -> Array:

@@ -269,11 +269,11 @@ def _kernel(lam: Array, N: Array, table: BemaTable, length: Array) -> tuple[Arra
     return jnp.where(sol.converged, jnp.exp(sol.x), jnp.nan), c0, usable  # NaN: NOT_CONVERGED
 
 
-def _fit_pub_one(eigs: Array, N: Array, table: BemaTable, length: Array, estimator: str) -> PUBFit:
-    """One spectrum (its first ``length`` entries): screen, sort, scale the median into [1/2, 1), fit, count,
-    scale back, flag."""
+def _fit_pub_one(eigs: Array, N: Array, table: BemaTable, length: Array, estimator: str, rtol: float | None) -> PUBFit:
+    """One spectrum (its first ``length`` entries): screen (at ``rtol``), sort, scale the median into [1/2, 1), fit,
+    count, scale back, flag."""
     eigs = sort_valid(eigs, length)
-    code = screen(eigs, length=length)
+    code = screen(eigs, rtol, length)
     lam = placeholder(eigs, code, length)
     lam, exponent = median_units(lam, length)
     if eigs.shape[-1] < _MIN_BULK:  # screen reports TOO_SMALL: there is nothing to fit (or to compile)
@@ -295,14 +295,16 @@ def _fit_pub_one(eigs: Array, N: Array, table: BemaTable, length: Array, estimat
                       K=jnp.where(code == Reason.OK, K, 0).astype(jnp.int32))
 
 
-@exported.jit(static_argnames=("estimator",), cpu_compiler_options=exported.FAST_COMPILE)
-def fit_pub_batched(eigs: Array, N: Array, table: BemaTable, length: Array, estimator: str) -> PUBFit:
+@exported.jit(static_argnames=("estimator", "rtol"), cpu_compiler_options=exported.FAST_COMPILE)
+def fit_pub_batched(eigs: Array, N: Array, table: BemaTable, length: Array, estimator: str,
+                    rtol: float | None = None) -> PUBFit:
     """The compiled core of :func:`fit_pub`: unchecked work-dtype ``eigs`` ``(..., P)``, padded after each
     spectrum's ``length`` entries (:mod:`pdbjax.inputs`), ``N``, ``table`` and ``length`` from :func:`pub_inputs`
-    (traceable; BEMA's trimming ``alpha`` is in the table's ranks)."""
+    (traceable; BEMA's trimming ``alpha`` is in the table's ranks); ``rtol``: :func:`~pdbjax.inputs.screen`'s
+    tolerance (its default for ``eigs``' dtype when None; ``svd_screen_rtol`` for the squares of an SVD's values)."""
     batch, p = eigs.shape[:-1], eigs.shape[-1]
     flat = eigs.reshape(-1, p)
-    fit = jax.vmap(lambda v, n, tab, q: _fit_pub_one(v, n, tab, q, estimator))(flat, N.astype(flat.dtype), table, length.reshape(-1))
+    fit = jax.vmap(lambda v, n, tab, q: _fit_pub_one(v, n, tab, q, estimator, rtol))(flat, N.astype(flat.dtype), table, length.reshape(-1))
     return jax.tree_util.tree_map(lambda v: v.reshape(batch), fit)
 
 

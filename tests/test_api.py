@@ -249,6 +249,23 @@ def test_degenerate_matrix_left_unchanged():
     np.testing.assert_array_equal(new["layer"]["kernel"], zero["layer"]["kernel"])
 
 
+def test_one_strong_component_is_not_rank_deficiency():
+    """A constant offset on Marchenko-Pastur noise: one singular value 600 times the bulk's (float32). Zeros are judged
+    on the SVD's singular values (errors ~ eps s_1), not on their squares at eps lambda_1, which called the bulk below
+    3.4e-3 s_1 zero and the row NO_BULK. A rank-2 matrix still is NO_BULK."""
+    rng = np.random.default_rng(0)
+    W = (rng.standard_normal((800, 400)) / np.sqrt(800) + 2.0).astype(np.float32)
+    low = (rng.standard_normal((64, 2)) @ rng.standard_normal((2, 64))).astype(np.float32)
+    rep = pdbjax.analyze({"offset": {"kernel": W}, "low": {"kernel": low}})
+    low_row, row = rep.rows
+    assert row["status"] == "ok" and row["K"] == 1 and row["K_bema"] == 1 and row["K_kernel"] == 1
+    # Marchenko-Pastur edge (1 + sqrt(1/2))^2 = 2.914 for N = 800, p = 400, sigma^2 = 1: 1% (finite-N edge bias)
+    assert row["lambda_plus"] == pytest.approx((1 + np.sqrt(0.5)) ** 2, rel=0.01)
+    assert low_row["status"].startswith("no bulk")
+    _, crep = pdbjax.compress({"offset": {"kernel": W}})
+    assert crep[0]["status"] == "ok" and crep[0]["keep"] == 1
+
+
 def test_compress_rows_come_in_tree_order_as_analyze_rows():
     bad = np.array(_pdb_matrix(2))
     bad[0, 0] = np.nan
@@ -280,7 +297,7 @@ def test_float16_weights_that_would_overflow_are_flagged_and_left_unchanged(fact
     top = np.outer(rng.uniform(0.5, 1, 256), rng.uniform(0.5, 1, 128))
     W = (np.clip(top * 75000 / top.max(), None, 65504) + rng.normal(size=top.shape) * 5000).clip(-65504, 65504).astype(np.float16)
     new, rep = pdbjax.compress({"l": {"kernel": W}}, factored=factored)
-    assert rep[0]["status"] == "unchanged: " + pdbjax.Reason.OVERFLOW.text and rep[0]["rel_change"] == 0.0
+    assert rep[0]["status"] == "unchanged: " + pdbjax.Reason.OUT_OF_RANGE.text and rep[0]["rel_change"] == 0.0
     assert new["l"]["kernel"] is W if factored else np.array_equal(new["l"]["kernel"], W)
     assert rep.totals["params_after"] == W.size
 

@@ -341,6 +341,17 @@ def test_scaled_mode_is_scale_invariant(batch_a, fit_scaled, a):
         np.testing.assert_allclose(np.asarray(getattr(fit, key), np.float64) / a**2, getattr(fit_scaled, key), rtol=1e-4)
 
 
+def test_fit_lost_in_the_cast_back_to_float32_is_flagged(batch_a, fit_scaled):
+    """float32 eigenvalues near 1e-40 (W scaled by 1e-20): the float64 fit is right, but its variances and
+    lambda_+ underflow in the cast back to float32. Those rows are OUT_OF_RANGE with a NaN population (they were ok
+    rows of zeros); K, still meaningful, is kept."""
+    lam = (batch_a["lam"][:4].astype(np.float64) * 1e-40).astype(np.float32)
+    fit = fit_pdb(lam, N)
+    assert not np.any(fit.ok) and np.all(fit.reason == Reason.OUT_OF_RANGE), fit.reason
+    assert np.all(np.isnan(fit.sigma1_sq)) and np.all(np.isnan(fit.lambda_plus)) and np.all(fit.bulks == 0)
+    np.testing.assert_array_equal(fit.K, fit_scaled.K[:4])
+
+
 def test_reference_mode_is_not_scale_invariant(example):
     """The issue's example: raw-eigenvalue EDA/EDB changes K with the scale of W (the default mode does not,
     see above); at scale 1 the 3 spikes are found."""
