@@ -2,7 +2,8 @@
 
 Measures, through the public API (``pdbjax.analyze`` / ``pdbjax.compress``):
 
-1. Pure i.i.d. noise (Gaussian, uniform, Rademacher, Laplace, Student-t 5) at several shapes, stored in
+1. Pure i.i.d. noise (Gaussian, uniform, Rademacher, Laplace, Student-t 5 and 3, sparse uniform with 10% and
+   3% non-zero entries) at several shapes, stored in
    float32 at scales 1e-30 .. 1e30 and in f16, bf16, f64 at unit scale: singular values kept by the default rule
    (``upper-bulk``) and by ``spikes``, and the ``bulks`` decision. Target: at most 3 kept everywhere.
 2. The standardised sphericity statistic ``T`` (John's test, ``PDBFit.sphericity``) on noise and on
@@ -39,6 +40,10 @@ NOISE = {
     "rademacher": lambda rng, s: rng.choice([-1.0, 1.0], s),
     "laplace": lambda rng, s: rng.laplace(size=s),
     "student-t5": lambda rng, s: rng.standard_t(5, s),
+    # excess kurtosis 15, 57 and infinite: the sphericity statistic is corrected by the entries' column kurtosis
+    "sparse-10%": lambda rng, s: rng.uniform(-1, 1, s) * (rng.random(s) < 0.1),
+    "sparse-3%": lambda rng, s: rng.uniform(-1, 1, s) * (rng.random(s) < 0.03),
+    "student-t3": lambda rng, s: rng.standard_t(3, s),
 }
 POPULATIONS = [(0.7, 1.0, 4.0), (0.5, 1.0, 2.0), (0.9, 1.0, 3.0), (0.95, 1.0, 5.0), (0.5, 1.0, 1.3)]
 

@@ -272,6 +272,8 @@ def _sphericity(lam: Array, K: Array, N: Array, length: Array) -> Array:
     (``Sigma = sigma^2 I``, Gaussian entries) ``N U - n -> N(1, 4)`` as ``n, N -> inf`` with any ratio
     (Ledoit & Wolf 2002), so ``T`` is approximately standard normal; for a two-atom population
     ``U -> v + c`` with ``v = t (1 - t) (s1 - s2)^2 / h_1^2``, so ``T ~ N v / 2`` grows with ``N``.
+    i.i.d. entries of excess kurtosis ``kappa`` shift ``N U - n - 1`` by ``kappa`` (a fixed offset, not growing
+    with ``N``): :func:`_fit_pdb_one` subtracts ``kappa / 2`` (:func:`pdbjax.linalg.column_kurtosis`).
     Scale-invariant; computed on ``lambda / gamma_1`` so it cannot overflow. ``p = length`` (data).
     """
     in_bulk = bulk(lam, K, length)
@@ -308,6 +310,7 @@ def fit_pdb(
     mode: Mode = "scaled",
     n_iter: int = N_ITER,
     precision: Literal["float64", "input"] = "float64",
+    kurtosis: jax.typing.ArrayLike | None = None,
 ) -> PDBFit:
     r"""Fit the PDB model by PDBLS (Algorithm 1 of the paper; spec section 6), batched.
 
@@ -324,7 +327,8 @@ def fit_pdb(
        :data:`POOR_FIT_RESIDUAL` flags the row ``Reason.POOR_FIT``
        (no bulk the model can describe, e.g. power-law singular values).
     6. One bulk or two (spec section 10): John's sphericity statistic of the bulk ``T`` (standardised,
-       ``~N(0, 1)`` for one Marchenko-Pastur bulk) and the fitted population's own dispersion must both
+       ``~N(0, 1)`` for one Marchenko-Pastur bulk of Gaussian entries; minus ``kurtosis / 2``, the shift
+       that entries of excess kurtosis ``kurtosis`` give it) and the fitted population's own dispersion must both
        exceed :data:`BULKS_Z`, and the minority atom must hold at least one eigenvalue; otherwise the
        row has ``bulks = 1`` and the population ``t = 1``, ``sigma1_sq = sigma2_sq = gamma_1`` (the
        mean bulk eigenvalue, which equals ``h_1`` under the model), whose edges and ``lambda_+`` are
@@ -342,6 +346,10 @@ def fit_pdb(
       precision: ``"float64"`` computes under a local ``jax.enable_x64`` (results are cast back to
         the input's float dtype); ``"input"`` computes in the input dtype (used automatically when
         called under ``jit``).
+      kurtosis: the excess kurtosis of the matrices' entries (:func:`pdbjax.linalg.column_kurtosis` of ``W``,
+        broadcasting to the batch shape), by which step 6 corrects the sphericity statistic; ``None`` (0)
+        assumes Gaussian entries. ``analyze`` and ``compress`` pass it; sparse or heavy-tailed i.i.d. noise
+        fitted without it can pass for two bulks.
 
     Returns:
       :class:`~pdbjax.fits.PDBFit` with leading batch axes; rows with ``ok = False`` are NaN and carry
@@ -362,11 +370,14 @@ def fit_pdb(
     check_mode(mode)
     out_dtype = work_dtype(eigs.dtype)
     n, window, length = fit_inputs(eigs, N)
+    kappa = jnp.broadcast_to(jnp.asarray(0.0 if kurtosis is None else kurtosis), eigs.shape[:-1])
     if precision == "float64" and not is_traced(eigs):
         with float64():
-            fit = fit_pdb_batched(jnp.asarray(eigs, jnp.float64), n, window, length, mode, n_iter, screen_rtol(eigs.dtype))
+            fit = fit_pdb_batched(jnp.asarray(eigs, jnp.float64), n, window, length, mode, n_iter, screen_rtol(eigs.dtype),
+                                  kappa.astype(jnp.float64))
             return _held(jax.tree_util.tree_map(lambda x: x.astype(out_dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, fit))
-    return fit_pdb_batched(jnp.asarray(eigs, out_dtype), n, window, length, mode, n_iter, screen_rtol(eigs.dtype))
+    return fit_pdb_batched(jnp.asarray(eigs, out_dtype), n, window, length, mode, n_iter, screen_rtol(eigs.dtype),
+                           kappa.astype(out_dtype))
 
 
 def _held(fit: PDBFit) -> PDBFit:
@@ -385,11 +396,13 @@ def _held(fit: PDBFit) -> PDBFit:
 
 
 @exported.jit(static_argnames=("mode", "rtol"), cpu_compiler_options=exported.FAST_COMPILE)
-def fit_pdb_singular_values(s: Array, N: Array, window: Array, length: Array, *, mode: str, rtol: float) -> PDBFit:
+def fit_pdb_singular_values(s: Array, N: Array, window: Array, length: Array, kurtosis: Array | None = None, *, mode: str,
+                            rtol: float) -> PDBFit:
     """:func:`fit_pdb_batched` of the eigenvalues ``s**2`` of singular values ``s`` ``(..., P)``, :data:`N_ITER`
     steps: the one program in which ``analyze`` (:mod:`pdbjax.figures`) and ``compress``
     (:func:`pdbjax.filter.fit_spectrum`) fit a spectrum, so a model analysed first is not compiled again
-    when it is compressed. ``N``, ``window`` and ``length`` from :func:`fit_inputs`, ``rtol`` = ``svd_screen_rtol`` of ``s``.
+    when it is compressed. ``N``, ``window`` and ``length`` from :func:`fit_inputs`, ``kurtosis`` the spectrum's
+    (:attr:`pdbjax.linalg.Spectrum.kurtosis`; None: 0), ``rtol`` = ``svd_screen_rtol`` of ``s``.
 
     >>> import jax, pdbjax
     >>> from pdbjax.inputs import svd_screen_rtol
@@ -400,22 +413,27 @@ def fit_pdb_singular_values(s: Array, N: Array, window: Array, length: Array, *,
     >>> int(fit.bulks[0]), round(float(fit.t[0]), 1), pdbjax.reason_text(fit.reason[0])
     (2, 0.6, 'ok')
     """
-    return fit_pdb_batched(s**2, N, window, length, mode, N_ITER, rtol)
+    return fit_pdb_batched(s**2, N, window, length, mode, N_ITER, rtol, kurtosis)
 
 
 @exported.jit(static_argnames=("mode", "n_iter", "rtol"), cpu_compiler_options=exported.FAST_COMPILE)
-def fit_pdb_batched(eigs: Array, N: Array, window: Array, length: Array, mode: str, n_iter: int, rtol: float) -> PDBFit:
+def fit_pdb_batched(eigs: Array, N: Array, window: Array, length: Array, mode: str, n_iter: int, rtol: float,
+                    kurtosis: Array | None = None) -> PDBFit:
     """The compiled core of :func:`fit_pdb`: unchecked work-dtype ``eigs`` ``(..., P)``, padded after each
     spectrum's ``length`` entries (:mod:`pdbjax.inputs`), ``N``, ``window`` and ``length`` from
-    :func:`fit_inputs`, ``rtol`` = ``screen_rtol`` of the caller's dtype (traceable)."""
+    :func:`fit_inputs`, ``rtol`` = ``screen_rtol`` of the caller's dtype, ``kurtosis`` the entries' excess
+    kurtosis per spectrum (None: 0) (traceable)."""
     batch, p = eigs.shape[:-1], eigs.shape[-1]
     length = length.reshape(-1)
     flat = sort_valid(eigs.reshape(-1, p), length)  # descending, whatever order the caller used
-    fit = jax.vmap(lambda v, n, w, q: _fit_pdb_one(v, n, w, q, mode, n_iter, rtol))(flat, N.astype(flat.dtype), window, length)
+    kappa = jnp.zeros(flat.shape[0], flat.dtype) if kurtosis is None else jnp.asarray(kurtosis, flat.dtype).reshape(-1)
+    fit = jax.vmap(lambda v, n, w, q, k: _fit_pdb_one(v, n, w, q, k, mode, n_iter, rtol))(
+        flat, N.astype(flat.dtype), window, length, kappa)
     return jax.tree_util.tree_map(lambda x: x.reshape(batch + x.shape[1:]), fit)
 
 
-def _fit_pdb_one(eigs: Array, N: Array, window: Array, length: Array, mode: str, n_iter: int, rtol: float) -> PDBFit:
+def _fit_pdb_one(eigs: Array, N: Array, window: Array, length: Array, kurtosis: Array, mode: str, n_iter: int,
+                 rtol: float) -> PDBFit:
     code = screen(eigs, rtol, length)
     screened = code == Reason.OK  # K and the sphericity describe the spectrum, fit or not
     lam = placeholder(eigs, code, length)
@@ -425,7 +443,7 @@ def _fit_pdb_one(eigs: Array, N: Array, window: Array, length: Array, mode: str,
     theta, rms, c_k, converged = _fit_one(lam, K, N, length, mode, n_iter)
     t, s1, s2 = theta[0], theta[1], theta[2]
     t, s1, s2 = jnp.where(t < 0.5, 1 - t, t), jnp.where(t < 0.5, s2, s1), jnp.where(t < 0.5, s1, s2)
-    stat = _sphericity(lam, K, N, length)
+    stat = _sphericity(lam, K, N, length) - kurtosis / 2
     two = _two_bulks(stat, t, s1, s2, K, length, N)
     # One bulk: Marchenko-Pastur with sigma^2 = gamma_1, the bulk's mean eigenvalue (gamma_1 = h_1 exactly
     # under the model, and no solver is involved: a degenerate two-atom least squares cannot spoil it).

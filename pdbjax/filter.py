@@ -523,24 +523,26 @@ def keep_counts(spec: Spectrum, fit: Fit, rule: Rank) -> Array:
         return keep_count(spec.s**2, normalised_fit(fit, spec), rule)
 
 
-def _dispatch(eigs: Array, N: int | np.ndarray, method: str, mode: Mode) -> Fit:
+def _dispatch(eigs: Array, N: int | np.ndarray, method: str, mode: Mode, kurtosis: Array | None = None) -> Fit:
     """The estimator that belongs to ``method`` (``fit_pdb`` for svd/slr rules), in ``eigs``' own precision."""
     if method.startswith("pub-"):
         return fit_pub(eigs, N, method.removeprefix("pub-"))
-    return fit_pdb(eigs, N, mode=mode, precision="input")
+    return fit_pdb(eigs, N, mode=mode, precision="input", kurtosis=kurtosis)
 
 
-def estimate_fit(lam: Array, N: int | np.ndarray, method: str, mode: Mode = "scaled") -> Fit:
-    """Fit raw eigenvalues ``lam`` with the estimator that belongs to ``method``.
+def estimate_fit(lam: Array, N: int | np.ndarray, method: str, mode: Mode = "scaled", kurtosis: Array | None = None) -> Fit:
+    """Fit raw eigenvalues ``lam`` with the estimator that belongs to ``method`` (``kurtosis``: the entries' excess
+    kurtosis, for the PDB fit's one-or-two-bulks test, :func:`pdbjax.fit_pdb`).
 
     Concrete eigenvalues are fitted in float64 (raw eigenvalues may span 1e-60..1e60: see
     :mod:`pdbjax.linalg`); traced ones in the caller's precision. The pipeline (:func:`filter_matrix`,
     :func:`pdbjax.analyze`, :func:`pdbjax.compress`) fits spectra with :func:`fit_spectrum` instead.
     """
     if is_traced(lam):
-        return _dispatch(lam, N, method, mode)
+        return _dispatch(lam, N, method, mode, kurtosis)
     with float64():
-        return jax.tree_util.tree_map(np.asarray, _dispatch(jnp.asarray(lam, jnp.float64), N, method, mode))
+        kappa = None if kurtosis is None else jnp.asarray(kurtosis, jnp.float64)
+        return jax.tree_util.tree_map(np.asarray, _dispatch(jnp.asarray(lam, jnp.float64), N, method, mode, kappa))
 
 
 def fit_spectrum(spec: Spectrum, N: int | np.ndarray, method: str, mode: Mode = "scaled",
@@ -562,14 +564,15 @@ def fit_spectrum(spec: Spectrum, N: int | np.ndarray, method: str, mode: Mode = 
     if mode == "reference" and method == "pdb":
         if length is not None and np.any(np.asarray(length) < spec.s.shape[-1]):
             raise ValueError("mode='reference' fits unpadded spectra only")
-        return estimate_fit(raw_eigenvalues(spec), N, method, mode)
+        return estimate_fit(raw_eigenvalues(spec), N, method, mode, spec.kurtosis)
     with scope(spec):
         if method.startswith("pub-"):
             n, table, length = pub_inputs(spec.s, N, ALPHA, BETA, length)
             fit = fit_pub_batched(spec.s**2, n, table, length, method.removeprefix("pub-"), svd_screen_rtol(spec.s.dtype))
         else:  # the PDB fit in analyze's own program (s**2 inside it): compiled once for both
             n, window, length = fit_inputs(spec.s, N, length)
-            fit = fit_pdb_singular_values(spec.s, n, window, length, mode=mode, rtol=svd_screen_rtol(spec.s.dtype))
+            fit = fit_pdb_singular_values(spec.s, n, window, length, spec.kurtosis, mode=mode,
+                                          rtol=svd_screen_rtol(spec.s.dtype))
         if is_traced(fit, spec):
             return fit.rescale(spec.scale.astype(spec.s.dtype) ** 2)
     return jax.tree_util.tree_map(np.asarray, fit).rescale(np.asarray(spec.scale, np.float64) ** 2)

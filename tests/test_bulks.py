@@ -50,6 +50,25 @@ def test_pure_noise_keeps_at_most_three(shape):
     assert max(r["keep"] for r in creport) <= 3
 
 
+def test_high_kurtosis_noise_is_one_bulk():
+    """Sparse (3% and 10% non-zero) and Student-t(3) i.i.d. noise: excess kurtosis 57, 15 and (in the sample) 10-600
+    shift John's statistic by half of it, which passed for two bulks (the upper-bulk rule kept 30-90% of the matrix).
+    analyze corrects by the entries' column kurtosis; fit_pdb does when given it. The upper-bulk keep is bounded by 8,
+    not 3: the largest eigenvalues of sparse noise exceed the Marchenko-Pastur edge at this size (measured <= 6)."""
+    rng = np.random.default_rng(2)
+    shape = (512, 256)
+    tree = {"sparse3": rng.uniform(-1, 1, shape) * (rng.random(shape) < 0.03),
+            "sparse10": rng.uniform(-1, 1, shape) * (rng.random(shape) < 0.1), "t3": rng.standard_t(3, shape)}
+    tree = {name: {"kernel": W.astype(np.float32)} for name, W in tree.items()}
+    for row in pdbjax.analyze(tree, baselines=False):
+        assert row["status"] == "ok" and row["bulks"] == 1, (row["name"], row["sphericity"])
+        assert row["rank_kept"]["upper-bulk"] <= 8, (row["name"], row["rank_kept"])
+    W = tree["sparse3"]["kernel"]
+    lam, kappa = raw_eigenvalues(spectrum(W)), pdbjax.linalg.column_kurtosis(W)
+    assert 50 < float(kappa) < 65  # 9 / (5 q) - 3 = 57 for uniform entries, q = 0.03
+    assert int(fit_pdb(lam, 512).bulks) == 2 and int(fit_pdb(lam, 512, kurtosis=kappa).bulks) == 1
+
+
 def test_analyze_and_compress_agree_for_every_rule():
     """Same decomposition, same comparison: the keeps are equal by construction, not by luck."""
     rng = np.random.default_rng(3)

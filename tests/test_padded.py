@@ -35,7 +35,7 @@ def _spectra():
 
 def _padded(specs):
     s = np.concatenate([np.pad(sp.s, [(0, 0), (0, SIZE - sp.s.shape[-1])]) for sp in specs])
-    return Spectrum(s, np.concatenate([sp.scale for sp in specs]), np.concatenate([sp.finite for sp in specs]))
+    return Spectrum(s, *(np.concatenate([getattr(sp, name) for sp in specs]) for name in ("scale", "finite", "kurtosis")))
 
 
 def _within(values, thresholds, band=2 * BATCH_PARTNERS.rtol):
