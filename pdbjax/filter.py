@@ -81,7 +81,9 @@ class FilterInfo(NamedTuple):
     """What :func:`filter_matrix` did to each matrix (a pytree; every field has the batch shape).
 
     Attributes:
-      keep: number of components kept (int32); ``p`` where the fit is not ok.
+      keep: number of components kept (int32); ``p`` where the fit is not ok. With ``shrink="optimal"``, which
+        sets every component at or below the edge to 0, at most the components above ``lambda_+`` (the
+        rank's count when it is smaller): the non-zero ones, so factored output is no wider.
       n_outliers: components whose singular value was shrunk (int32): Algorithm 2's outliers
         (:func:`outlier_mask`) for ``shrink="spikes"``, the components above ``lambda_+`` for
         ``"optimal"``; 0 for ``"none"`` (the default of ``"svd"``/``"slr"``) and bad fits.
@@ -648,6 +650,9 @@ def _decide(s_val: Array, finite: Array, fit: Fit | None, fixed: Array, length: 
         replace = jnp.broadcast_to(ok[..., None], s_val.shape)
         shrunk = shrink_optimal(s_val, fit)
         n_outliers = jnp.sum(_above_edge(lam, fit), axis=-1, dtype=jnp.int32)
+        # Everything at or below the edge shrinks to 0: the kept components that carry weight are the first
+        # n_outliers, and keep counts those (the factors' width, params_after), not columns of zeros.
+        keep = jnp.where(ok, jnp.minimum(keep, n_outliers), keep)
     else:
         replace, shrunk = jnp.zeros(s_val.shape, bool), s_val
         n_outliers = jnp.zeros(batch, jnp.int32)

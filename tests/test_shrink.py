@@ -291,6 +291,22 @@ def test_filter_shrink_options_agree(signal_plus_noise) -> None:
     np.testing.assert_array_equal(np.asarray(scaled), np.asarray(opt_pdb) * 1024)
 
 
+def test_optimal_shrinkage_keeps_only_the_nonzero_components(signal_plus_noise) -> None:
+    """Under "optimal" everything at or below the edge becomes 0: keep (and the factors' width) is the count above
+    lambda_+, not the rule's 0.3 p columns of zeros; the product is the dense output."""
+    W = signal_plus_noise[0]["W"].astype(np.float32)
+    fit = true_fit(NOISE, P / N)
+    dense, info = filter_matrix(W, "pdb", "upper-bulk", fit=fit, shrink="optimal")
+    (A, B), finfo = filter_matrix(W, "pdb", "upper-bulk", fit=fit, shrink="optimal", factored=True)
+    above = int(keep_count(np.linalg.svd(W.astype(np.float64), compute_uv=False) ** 2, fit, "spikes"))
+    assert int(info.keep) == int(finfo.keep) == int(info.n_outliers) == above < int(keep_count(
+        np.linalg.svd(W.astype(np.float64), compute_uv=False) ** 2, fit, "upper-bulk"))
+    assert int(finfo.params_after) == above * sum(W.shape)
+    k = int(finfo.keep)
+    np.testing.assert_allclose(np.asarray(A)[:, :k] @ np.asarray(B)[:k], np.asarray(dense), atol=1e-5 * np.abs(W).max())
+    np.testing.assert_array_equal(np.asarray(A)[:, k:], 0.0)
+
+
 def test_filter_shrink_argument_checks(signal_plus_noise) -> None:
     W = signal_plus_noise[0]["W"].astype(np.float32)
     with pytest.raises(ValueError, match="shrink must be one of"):
@@ -299,7 +315,7 @@ def test_filter_shrink_argument_checks(signal_plus_noise) -> None:
         with pytest.raises(ValueError, match="needs a fit"):
             filter_matrix(W, method, rank, shrink="optimal")
     W_new, info = filter_matrix(W, "svd", 10, fit=true_fit(NOISE, P / N), shrink="optimal")
-    assert bool(info.ok) and int(info.keep) == 10 and int(info.n_outliers) == 4
+    assert bool(info.ok) and int(info.keep) == int(info.n_outliers) == 4  # rank 10: 4 above the edge are non-zero
 
 
 def test_filter_optimal_not_ok_fit_leaves_weight_unchanged(signal_plus_noise) -> None:
