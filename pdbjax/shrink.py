@@ -67,8 +67,9 @@ ArrayLike = jax.typing.ArrayLike
 Fit = Union[PDBFit, PUBFit]
 
 
-def _d_above(sigma: ArrayLike, pop: PDB, c: ArrayLike) -> tuple[Array, Array, Array, Array]:
-    """``(D, D', above, lambda_+)``: the D-transform and its ``sigma``-derivative where ``sigma^2 > lambda_+``.
+def _d_above(sigma: ArrayLike, pop: PDB, c: ArrayLike) -> tuple[Array, Array, Array, Array, Array]:
+    """``(D_r, D_r', above, lambda_+, r)``: the D-transform and its ``sigma``-derivative where ``sigma^2 > lambda_+``, in
+    units of ``r`` (a power of two near the larger noise standard deviation): ``D = D_r / r^2``, ``D' = D_r' / r^3``.
 
     A concrete invalid population raises ``ValueError`` here (the checks of :mod:`pdbjax.spectral`);
     the computation itself is compiled (:func:`_d_above_jit`), where invalid entries give NaN.
@@ -81,8 +82,21 @@ def _d_above(sigma: ArrayLike, pop: PDB, c: ArrayLike) -> tuple[Array, Array, Ar
 
 
 @jax.jit
-def _d_above_jit(sigma: Array, pop: PDB, c: ArrayLike) -> tuple[Array, Array, Array, Array]:
-    """:func:`_d_above` under ``jit``. Points at or below the edge are evaluated at a stand-in above it
+def _d_above_jit(sigma: Array, pop: PDB, c: ArrayLike) -> tuple[Array, Array, Array, Array, Array]:
+    """:func:`_d_above` under ``jit``, in units where the larger variance is about 1: ``D`` has the units of
+    ``1 / sigma^2`` (``D(sigma; H) = D(sigma / r; H / r^2) / r^2``), so with ``r^2 = 4^e`` (exact) the variances are
+    divided by ``r^2`` and ``sigma`` by ``r`` (float32 eigenvalues of 1e20 or 1e-30 would otherwise over- or
+    underflow on the way); ``lambda_+`` is scaled back, ``D`` and ``D'`` are left to the caller (the shrinker
+    ``-2 D / D' = -2 r D_r / D_r'`` needs neither, and ``D'`` alone overflows float32 at 1e-30)."""
+    half = jnp.frexp(jnp.maximum(jnp.asarray(pop.sigma1_sq), jnp.asarray(pop.sigma2_sq)))[1] // 2
+    r = jnp.ldexp(jnp.ones((), sigma.dtype), half)
+    unit = PDB(pop.t, pop.sigma1_sq / (r * r), pop.sigma2_sq / (r * r))
+    value, slope, above, lam_plus = _d_above_unit(sigma / r, unit, c)
+    return value, slope, above, lam_plus * (r * r), jnp.broadcast_to(r, jnp.shape(value))
+
+
+def _d_above_unit(sigma: Array, pop: PDB, c: ArrayLike) -> tuple[Array, Array, Array, Array]:
+    """:func:`_d_above_jit` in its units. Points at or below the edge are evaluated at a stand-in above it
     (``w = 2 lambda_+``, no derivative) so that every output and derivative is finite; callers mask
     them with ``above``."""
     lam_plus = lambda_plus(pop, c)
@@ -118,8 +132,8 @@ def d_transform(sigma: ArrayLike, pop: PDB, c: ArrayLike) -> Array:
     :func:`pdbjax.spectral.spike_inverse`, with its caveats at ``t in {0, 1}``); NaN entries carry no
     derivative.
     """
-    value, _, above, _ = _d_above(sigma, pop, c)
-    return jnp.where(above, value, jnp.nan)
+    value, _, above, _, r = _d_above(sigma, pop, c)
+    return jnp.where(above, value / (r * r), jnp.nan)
 
 
 def d_transform_derivative(sigma: ArrayLike, pop: PDB, c: ArrayLike) -> Array:
@@ -130,8 +144,8 @@ def d_transform_derivative(sigma: ArrayLike, pop: PDB, c: ArrayLike) -> Array:
     ``dD/dsigma = 2 sigma d(w s m)/dw``; evaluated as one forward-mode derivative of :func:`d_transform`.
     Arguments as in :func:`d_transform`.
     """
-    _, slope, above, _ = _d_above(sigma, pop, c)
-    return jnp.where(above, slope, jnp.nan)
+    _, slope, above, _, r = _d_above(sigma, pop, c)
+    return jnp.where(above, slope / (r * r * r), jnp.nan)
 
 
 def optimal_shrinker(sigma: ArrayLike, pop: PDB, c: ArrayLike) -> Array:
@@ -153,9 +167,9 @@ def optimal_shrinker(sigma: ArrayLike, pop: PDB, c: ArrayLike) -> Array:
     >>> [round(float(w), 5) for w in optimal_shrinker([1.5, 3.0], PDB.pub(1.0), 1.0)]  # eta(3) = sqrt(5)
     [0.0, 2.23607]
     """
-    value, slope, above, lam_plus = _d_above(sigma, pop, c)
+    value, slope, above, lam_plus, r = _d_above(sigma, pop, c)
     usable = above & jnp.isfinite(value) & (slope < 0)
-    w = jnp.where(usable, -2 * value / jnp.where(usable, slope, -1), 0.0)
+    w = jnp.where(usable, -2 * r * value / jnp.where(usable, slope, -1), 0.0)
     invalid = jnp.isnan(jnp.asarray(sigma)) | jnp.isnan(lam_plus)
     return jnp.where(invalid, jnp.nan, w)
 

@@ -222,12 +222,17 @@ def _g(alpha, t, s1, s2, c):
 
 
 def _dg(alpha, t, s1, s2, c):
-    r"""``g'(a) = 1 - c t s1^2 / (a - s1)^2 - c (1 - t) s2^2 / (a - s2)^2``."""
-    return 1 - c * t * s1**2 / (alpha - s1) ** 2 - c * (1 - t) * s2**2 / (alpha - s2) ** 2
+    r"""``g'(a) = 1 - c t s1^2 / (a - s1)^2 - c (1 - t) s2^2 / (a - s2)^2``, as squares of the scale-free
+    ratios ``s / (a - s)`` (``s^2`` and ``(a - s)^2`` over- or underflow float32 for eigenvalues beyond 1e+-19)."""
+    r1, r2 = s1 / (alpha - s1), s2 / (alpha - s2)
+    return 1 - c * t * r1 * r1 - c * (1 - t) * r2 * r2
 
 
 def _d2g(alpha, t, s1, s2, c):
-    return 2 * c * t * s1**2 / (alpha - s1) ** 3 + 2 * c * (1 - t) * s2**2 / (alpha - s2) ** 3
+    r"""``g''(a) = 2 c t s1^2 / (a - s1)^3 + 2 c (1 - t) s2^2 / (a - s2)^3``, from the same ratios (``(a - s)^3``
+    overflows float32 from eigenvalues of 1e13)."""
+    r1, r2 = s1 / (alpha - s1), s2 / (alpha - s2)
+    return 2 * c * t * r1 * r1 / (alpha - s1) + 2 * c * (1 - t) * r2 * r2 / (alpha - s2)
 
 
 def _g_minus(alpha, t, s1, s2, c, lam):
@@ -513,10 +518,15 @@ def _silverstein(m, z, t, s1, s2, c):
 
 
 def _stieltjes(z, t, s1, s2, c):
-    """``m(z)`` with unmerged atoms (a weight-0 atom drops out exactly); the scale uses the merged ones."""
+    """``m(z)`` with unmerged atoms (a weight-0 atom drops out exactly); the scale uses the merged ones.
+
+    Solved in units of ``r``, the power of two at or above the larger variance: ``m(z; H) = m(z / r; H / r) / r``
+    exactly, and no power of the units over- or underflows (float32 eigenvalues of 1e18 did)."""
     scale = jnp.maximum(*_merged_plain(t, s1, s2))
+    r = jnp.ldexp(jnp.ones((), scale.dtype), jnp.frexp(scale)[1])
+    z, s1, s2, scale = z / r, s1 / r, s2 / r, scale / r
     z = jnp.real(z) + 1j * jnp.maximum(jnp.imag(z), 1e-12 * scale)
-    return _silverstein_root(z, t, s1, s2, c, scale)
+    return _silverstein_root(z, t, s1, s2, c, scale) / r
 
 
 @jax.custom_jvp

@@ -1090,3 +1090,28 @@ def test_silverstein_z_derivatives_are_those_of_silverstein_z():
     # the same rational functions evaluated in another order: rounding of float64 relative to the largest
     np.testing.assert_allclose(np.asarray(got_j), np.asarray(want_j), rtol=1e-12, atol=1e-12 * np.abs(want_j).max())
     np.testing.assert_allclose(np.asarray(got_t), np.asarray(want_t), rtol=1e-12, atol=1e-12 * np.abs(want_t).max())
+
+
+@pytest.mark.parametrize("scale", [1e-30, 1e-18, 1e-14, 1e14, 1e18, 1e30])
+def test_float32_functions_are_scale_equivariant_over_the_whole_range(scale):
+    """Eigenvalues of 1e-30 to 1e30 in float32: every function equals its unit-scale value in the units the scale
+    implies (edges and spikes times k, density, m and the D-transform over k, the shrinker times sqrt k). The derivatives behind the
+    edges formed s^2 and (a - s)^3, and the Stieltjes transform and D-transform raw powers of the units, which
+    over- or underflowed from 1e13 (the gap between two bulks was lost; lambda_plus was inf from 1e20). Tolerance
+    1e-5 relative: float32 rounding of the same computation in other units."""
+    from pdbjax.shrink import d_transform, optimal_shrinker
+
+    def values(k):
+        k = np.float32(k)
+        pop, c = PDB(np.float32(0.5), np.float32(1.0) * k, np.float32(12.0) * k), np.float32(0.4)
+        x = jnp.array([1.0, 3.0, 10.0, 30.0], jnp.float32) * k
+        return [np.asarray(v, np.complex128) for v in (
+            spectral.edges(pop, c) / k, spectral.critical_points(pop, c) / k, spectral.lambda_plus(pop, c) / k,
+            spectral.cdf(x, pop, c), spectral.density(x, pop, c) * k, spectral.spike_inverse(np.float32(60.0) * k, pop, c) / k,
+            spectral.stieltjes(jnp.complex64(3.0 + 0.1j) * k, pop, c) * k,
+            optimal_shrinker(np.float32(6.0) * np.sqrt(k), pop, c) / np.sqrt(k),
+            d_transform(np.float32(6.0) * np.sqrt(k), pop, c) * k)]
+
+    for got, want in zip(values(scale), values(1.0)):
+        assert np.all(np.isfinite(got)), got
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6 * np.max(np.abs(want)))
