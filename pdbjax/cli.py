@@ -42,18 +42,14 @@ _SUFFIXES = (".safetensors", ".npz")
 
 
 class CLIError(Exception):
-    """A user error: printed as one line (after the usage, for a command-line error), exit status 2."""
-
-    def __init__(self, message: str, usage: str = "") -> None:
-        super().__init__(message)
-        self.usage = usage
+    """A user error: printed as one line, exit status 2."""
 
 
 class _Parser(argparse.ArgumentParser):
     """An ``ArgumentParser`` that raises instead of exiting, so :func:`main` can return the status."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
-        raise CLIError(message, self.format_usage())
+        raise CLIError(f"{message} (see {self.prog} --help)")  # one line, not argparse's usage block
 
 
 # --------------------------------------------------------------------------------------------------
@@ -461,7 +457,7 @@ def _run_api(args: argparse.Namespace, fn: Callable[..., Any], verb: str, done: 
     _progress(f"{done} {_matrices(len(report.rows) - skipped)}{also} in {time.perf_counter() - start:.1f} s")
     built = exported.stats()["exported"] - built
     if built:  # programs traced and compiled in this run: say why a first run is slower, and that it is once
-        _progress(f"(first use of these matrix shapes: {built} programs compiled and kept in "
+        _progress(f"(first use of these matrix shapes: {built} program{'s' * (built > 1)} compiled and kept in "
                   f"{compilation_cache.cache_dir()}; later runs read them)")
     return out
 
@@ -653,7 +649,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except _USER_ERRORS as err:
         if debug:
             traceback.print_exc()
-        print(f"{getattr(err, 'usage', '')}pdbjax: error: {_one_line(_user_message(err))}", file=sys.stderr)
+        print(f"pdbjax: error: {_one_line(_user_message(err))}", file=sys.stderr)
         return 2
     except Exception as err:  # noqa: BLE001 - the last line of defence: one line, never a traceback
         if debug:

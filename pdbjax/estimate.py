@@ -100,8 +100,8 @@ def eigenvalues(
         raise ValueError(f"solver must be 'gram' or 'svd'; got {solver!r}")
     precision = check_precision(precision)
     W = np.asarray(W) if precision == "float64" and not is_traced(W) else jnp.asarray(W)
-    if np.ndim(W) < 2:
-        raise ValueError(f"eigenvalues needs matrices of shape (..., a, b); got shape {np.shape(W)}")
+    if np.ndim(W) < 2 or 0 in np.shape(W)[-2:]:
+        raise ValueError(f"eigenvalues needs matrices of shape (..., a, b) with a, b >= 1; got shape {np.shape(W)}")
     if np.iscomplexobj(W):
         raise ValueError(f"eigenvalues needs real matrices; got dtype {W.dtype}")
     if solver == "svd":

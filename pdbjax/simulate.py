@@ -6,8 +6,10 @@ from typing import Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-from pdbjax.spectral import PDB
+from pdbjax._validate import is_traced
+from pdbjax.spectral import PDB, check_population
 
 __all__ = ["simulate", "population_diagonal"]
 
@@ -57,6 +59,10 @@ def simulate(
     """
     if not 0 < p <= N:
         raise ValueError(f"simulate needs 0 < p <= N; got N={N}, p={p}")
+    if not is_traced(pop, spikes):
+        check_population(pop, 0.5)  # t in [0, 1], variances finite and > 0 (c is not simulate's: any valid one)
+        if np.any(~(np.asarray(spikes, float) > 0)):
+            raise ValueError(f"spikes must be finite and > 0; got {spikes!r}")
     dtype = dtype or jnp.result_type(float)
     diag = population_diagonal(p, pop, spikes, dtype)
     x = jax.random.normal(key, (N, p), dtype) / jnp.sqrt(jnp.asarray(N, dtype))

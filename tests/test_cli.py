@@ -190,6 +190,14 @@ def test_npz_output_of_a_bfloat16_checkpoint_is_refused_before_any_work(tmp_path
                                          "Orbax directory instead")
 
 
+@pytest.mark.parametrize("argv", [["compress", "x.npz", "-o", "y.npz", "--rank", "1.5"], ["analyze"],
+                                  ["analyze", "x.npz", "--max-memory", "12Q"]])
+def test_a_bad_option_is_one_line_on_stderr(argv):
+    rc, out, err = _run(argv)
+    assert rc == 2 and out == "" and len(err.splitlines()) == 1, err
+    assert err.startswith("pdbjax: error: ") and "--help" in err
+
+
 def test_totals_line_counts_compressed_and_unchanged_apart():
     from pdbjax.cli import _totals_line
 

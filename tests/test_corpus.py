@@ -438,7 +438,7 @@ API_CASES = [
      Raises(ValueError, "'bema' or 'kernel'; got 'mp'")),
     ("fit_pub-N<p", lam_pair(lambda lam: lam), partial(fit_pub, N=16), Raises(ValueError, "N must be an int >= p")),
     ("eigenvalues-complex", value(REF.astype(np.complex64)), eigenvalues, Raises(ValueError, "real matrices; got dtype complex64")),
-    ("eigenvalues-1d", value(REF[0]), eigenvalues, Raises(ValueError, r"\(\.\.\., a, b\); got shape \(32,\)")),
+    ("eigenvalues-1d", value(REF[0]), eigenvalues, Raises(ValueError, r"\(\.\.\., a, b\) with a, b >= 1; got shape \(32,\)")),
     ("eigenvalues-int", value(np.round(REF * 10).astype(np.int32)), eigenvalues, Check(_int_eigenvalues)),
     ("filter-nan-svd", value(lambda: np.stack([REF, _with(W2, (3, 4), np.nan)])), partial(filter_matrix, method="svd", rank=10),
      Filtered((True, False), NONFINITE)),

@@ -92,3 +92,24 @@ def test_gram_factors_of_zero_and_non_finite_matrices_are_zero():
 def test_factors_rejects_an_unknown_method():
     with pytest.raises(ValueError, match="via must be one of"):
         factors(np.ones((4, 3), np.float32), via="qr")
+
+
+@pytest.mark.parametrize("shape", [(0, 3), (4, 0), (2, 0, 5)])
+def test_empty_matrices_are_a_clear_error_on_every_entry_point(shape):
+    """An empty matrix is a ValueError naming its shape, not XLA's 'zero-size array to reduction' (and not an empty
+    result from the Gram solver)."""
+    W = np.zeros(shape, np.float32)
+    calls = [lambda: pdbjax.eigenvalues(W), lambda: pdbjax.eigenvalues(W, solver="gram"),
+             lambda: pdbjax.linalg.spectrum(W), lambda: pdbjax.filter_matrix(W, "svd", 1)]
+    for call in calls:
+        with pytest.raises(ValueError, match=r"a, b >= 1; got shape"):
+            call()
+
+
+def test_simulate_validates_its_population():
+    key = jax.random.PRNGKey(0)
+    for pop, spikes, message in [(pdbjax.PDB(1.6, 1.0, 2.0), (), r"t must lie in \[0, 1\]"),
+                                 (pdbjax.PDB(0.5, -1.0, 2.0), (), "sigma1_sq must be a finite positive"),
+                                 (pdbjax.PDB(0.5, 1.0, 2.0), (5.0, -3.0), "spikes must be finite and > 0")]:
+        with pytest.raises(ValueError, match=message):
+            pdbjax.simulate(key, 10, 5, pop, spikes)
