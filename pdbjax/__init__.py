@@ -6,6 +6,9 @@ the spectral core (:mod:`pdbjax.spectral`), the PDBLS estimator and the PUB base
 (:mod:`pdbjax.filter`) and the model-level API (:func:`analyze`, :func:`compress`).
 """
 
+import importlib
+from typing import Any
+
 from pdbjax.api import DEFAULT_RANK, LowRank, analyze, compress, densify
 from pdbjax.estimate import eigenvalues, fit_pdb, spike_count
 from pdbjax.filter import FilterInfo, filter_matrix, keep_count, outlier_mask, shrink_spikes
@@ -42,3 +45,13 @@ __all__ = [
     "analyze", "compress", "LowRank", "densify", "DEFAULT_RANK", "Report",
     "select", "group_by_shape", "map_groups",
 ]
+
+#: Submodules imported on first use (``pdbjax.io.load`` after a plain ``import pdbjax``): optional dependencies
+#: (safetensors, Orbax, matplotlib) and the CLI stay out of the import until asked for.
+_LAZY = ("budget", "cli", "compilation_cache", "distributed", "experiments", "exported", "io", "plot")
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -499,3 +499,14 @@ def test_cli_analyzes_a_sharded_directory(tmp_path, capsys):
     assert main(["analyze", str(d), "--no-baselines", "--quiet"]) == 0
     out = capsys.readouterr().out
     assert "c.weight" in out and "b.weight" in out
+
+
+def test_submodules_are_reachable_after_a_plain_import():
+    """``import pdbjax`` then ``pdbjax.io.load`` (and the other optional-dependency submodules), in a fresh process."""
+    import subprocess
+    import sys
+
+    code = ("import pdbjax; print(pdbjax.io.load.__module__, pdbjax.compilation_cache.enable.__module__, "
+            "pdbjax.distributed.__name__)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True).stdout
+    assert out.split() == ["pdbjax.io", "pdbjax.compilation_cache", "pdbjax.distributed"]
