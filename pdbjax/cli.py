@@ -338,6 +338,9 @@ def _start_processes(args: argparse.Namespace) -> None:
         return
     if coordinator != "auto" and None in others:
         raise CLIError("--coordinator HOST:PORT needs --num-processes and --process-id")
+    host, _, port = coordinator.rpartition(":")
+    if coordinator != "auto" and not (host and port.isdigit() and 0 < int(port) < 65536):
+        raise CLIError(f"--coordinator must be HOST:PORT (e.g. 127.0.0.1:9876) or auto; got {coordinator!r}")
     if others[0] is not None and others[1] is not None and not 0 <= others[1] < others[0]:
         raise CLIError(f"--process-id must lie in 0..{others[0] - 1}; got {others[1]}")
     from pdbjax import distributed

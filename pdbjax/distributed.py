@@ -139,6 +139,9 @@ def compress(params: Any, where: Where | None = None, **options: Any) -> tuple[A
     """
     if jax.process_count() == 1:
         return api.compress(params, where, **options)
+    if options.get("budget") is not None:  # each process would allocate over its own share only
+        raise ValueError("budget= allocates over all matrices at once and is not available across processes yet; "
+                         "compress in one process, or give a rank")
     sels, owner = _plan(api.compress, params, where, options)
     factored = bool(options.get("factored", False))
 
@@ -147,8 +150,7 @@ def compress(params: Any, where: Where | None = None, **options: Any) -> tuple[A
         return report, _named_nodes(new_params, {s.name for s in sels if s.ok and owner[s.name] == jax.process_index()})
 
     rows, specs, nodes = _run_share(sels, owner, share)
-    ordered = [s for s in sels if not s.ok] + [s for s in sels if s.ok]  # pdbjax.compress's row order
-    report_rows = [row for sel in ordered for row in rows[sel.name]]
+    report_rows = [row for sel in sels for row in rows[sel.name]]  # tree order, as pdbjax.compress's
     updates = {s.name: _broadcast_node(nodes.get(s.name), specs[s.name], owner[s.name], factored) for s in sels if s.ok}
     if factored:
         new_params = jax.tree_util.tree_map_with_path(lambda path, x: updates.get(path_name(path), x), params)

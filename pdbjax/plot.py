@@ -190,12 +190,13 @@ def plot_matrix(
     # close enough not to squash the bulk.
     marks = [bulk[0], *edges, *pub_plus.values()] + ([lam_plus] if fitted else [])
     top = max(marks)
+    positive = lam[lam > 0]
+    log_x = log_x and positive.size > 0 and top > 0  # an all-zero spectrum has no logarithmic axis: linear
     if log_x:
-        positive = lam[lam > 0]
-        lo = (positive.min() if positive.size else top * 1e-6) / 1.25
+        lo = positive.min() / 1.25
         hi = max(top, lam[0]) * 1.25
     else:
-        lo, hi = 0.0, top * 1.12
+        lo, hi = 0.0, (top * 1.12 if top > 0 else 1.0)  # an all-zero spectrum: a unit axis, not an empty one
         if lam[0] <= 1.6 * top:
             hi = max(hi, lam[0] * 1.05)
     bin_edges = np.geomspace(lo, hi, bins + 1) if log_x else np.linspace(lo, hi, bins + 1)

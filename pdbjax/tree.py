@@ -555,8 +555,8 @@ def map_chunks(
     if max_memory is not None and (isinstance(max_memory, bool) or not isinstance(max_memory, (int, float, np.number))):
         raise TypeError(f"max_memory must be a number of bytes (e.g. 512 * 2**20); got {max_memory!r} (sizes such as "
                         "'512M' are the CLI's --max-memory syntax)")
-    if max_memory is not None and max_memory <= 0:
-        raise ValueError(f"max_memory must be a positive number of bytes; got {max_memory}")
+    if max_memory is not None and not 0 < max_memory < float("inf"):
+        raise ValueError(f"max_memory must be a positive, finite number of bytes (None: no limit); got {max_memory}")
     groups: dict[tuple, list[int]] = {}
     for i, x in enumerate(items):
         a, b = shapes[i][-2:]
@@ -652,11 +652,14 @@ def _concat(ys: tuple[Any, ...]) -> Any:
 
 
 def _release(x: Any) -> None:
-    """Drop the resident pages of a read-only memory map (they are read again from the file if needed)."""
-    base = x
+    """Drop the resident pages of a read-only memory map (they are read again from the file if needed). Only a
+    ``np.memmap`` opened with ``mode="r"`` (as :func:`pdbjax.io.load` opens them): the pages of a copy-on-write map
+    (``mode="c"``, ``np.load(..., mmap_mode="c")``) or a writable one hold the caller's edits."""
+    base, read_only = x, False
     while base is not None and not isinstance(base, mmap.mmap):
+        read_only = read_only or (isinstance(base, np.memmap) and base.mode == "r")
         base = getattr(base, "base", None)
-    if base is not None and not base.closed and hasattr(base, "madvise"):
+    if read_only and base is not None and not base.closed and hasattr(base, "madvise"):
         with contextlib.suppress(OSError, ValueError):
             base.madvise(mmap.MADV_DONTNEED)
 

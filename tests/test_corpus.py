@@ -616,6 +616,8 @@ CLI_CASES = [
     ("nan-leaf", "analyze nan.npz --no-baselines", 2, r"nan\.npz: params/x/kernel: contains NaN or Inf", None),
     ("nan-leaf-skipped", "compress nan.npz -o out-skip.npz --on-error skip", 0, r"skipped: contains NaN", _nan_leaf_kept),
     ("rank-out-of-range", "compress good.npz -o out3.npz --rank 2.5", 2, r"invalid rank '2\.5'", None),
+    ("coordinator-without-port", "analyze good.npz --coordinator 127.0.0.1 --num-processes 2 --process-id 0", 2,
+     r"--coordinator must be HOST:PORT", None),
     ("p1-analyze", "analyze p1.npz --no-baselines --json p1.json", 0, r"p < 8", _p1_row),
     ("p1-compress", "compress p1.npz -o p1-out.npz", 0, r"unchanged", _p1_kept),
     ("10x100000-analyze", "analyze wide.npz --no-baselines", 0, r"params/x/kernel", None),

@@ -55,8 +55,9 @@ def make_tree():
     bad = mat(9, 48, 32)
     bad[3, 5] = np.nan
     return {
-        "bad": {"kernel": bad},  # skipped (on_error="skip") or a ValueError naming it
         "blocks": {"kernel": np.stack([mat(3 + i, 96, 48) for i in range(3)])},
+        "c_bad": {"kernel": bad},  # skipped (on_error="skip") or a ValueError naming it; between two ok leaves
+
         "dense0": {"kernel": mat(0, 48, 32), "bias": np.zeros(32, np.float32)},
         "dense1": {"kernel": mat(1, 48, 32)},
         "proj": {"kernel": mat(2, 48, 32), "bias": np.zeros(32, np.float32)},
@@ -99,6 +100,10 @@ def worker(coordinator: str, process_id: int, out_dir: str) -> None:
         distributed.analyze(tree, **ANALYZE, progress=fail_on_1)
     except ValueError as err:
         errors["share"] = str(err)
+    try:  # a budget is allocated over all matrices: refused across processes (each would allocate its share)
+        distributed.compress(tree, **{**COMPRESS, "budget": 0.5})
+    except ValueError as err:
+        errors["budget"] = str(err)
     try:  # processes that disagree on the options (or the tree) are told so, all of them
         distributed.analyze(tree, **{**ANALYZE, "mode": "reference" if process_id else "scaled"})
     except ValueError as err:
@@ -206,8 +211,9 @@ def test_two_processes_report_equals_single_process(two_processes, single):
     for result in two_processes:  # every process returns the full report
         assert result["process_count"] == 2
         assert_rows_match(result["analyze"], single["analyze"].rows)
-    assert [r["status"] for r in single["analyze"]][:2] == ["skipped: contains NaN or Inf values", "ok"]
-    assert [r["name"] for r in single["analyze"]][1:4] == ["blocks/kernel[0]", "blocks/kernel[1]", "blocks/kernel[2]"]
+    # tree order in both (compress put skipped rows first across processes)
+    assert [r["name"] for r in single["analyze"]][:4] == ["blocks/kernel[0]", "blocks/kernel[1]", "blocks/kernel[2]", "c_bad/kernel"]
+    assert [r["status"] for r in single["analyze"]][2:4] == ["ok", "skipped: contains NaN or Inf values"]
     assert [r["writer"] for r in two_processes] == [True, False]
 
 
@@ -225,9 +231,11 @@ def test_two_processes_compress_equals_single_process(two_processes, single, kin
 
 def test_two_processes_raise_clear_errors(two_processes):
     for result in two_processes:
-        assert "bad/kernel" in result["errors"]["bad_leaf"] and "NaN" in result["errors"]["bad_leaf"]
+        assert "c_bad/kernel" in result["errors"]["bad_leaf"] and "NaN" in result["errors"]["bad_leaf"]
     assert two_processes[0]["errors"]["share"] == "process 1: progress failed on purpose"
     assert two_processes[1]["errors"]["share"] == "progress failed on purpose"
+    for result in two_processes:
+        assert result["errors"]["budget"].startswith("budget= allocates over all matrices at once")
     for result in two_processes:
         assert result["errors"]["mismatch"].startswith("processes [1] selected other matrices or passed other options")
 
@@ -242,7 +250,7 @@ def test_one_process_is_the_single_process_call(tree, single):
     assert list(got) == list(want)
     for name in want:
         np.testing.assert_array_equal(got[name], want[name], err_msg=name)
-    with pytest.raises(ValueError, match="bad/kernel"):
+    with pytest.raises(ValueError, match="c_bad/kernel"):
         distributed.analyze(tree, layer_axis=LAYER_AXIS)
     with pytest.raises(TypeError):
         distributed.analyze(tree, not_an_option=1)

@@ -112,6 +112,16 @@ def test_plot_matrix_failed_fit_and_bad_input(eigs):
         plot.plot_matrix(np.array([1.0, np.nan]), _row())
 
 
+def test_an_all_zero_matrix_is_drawn_on_a_linear_axis_when_log_x_is_asked(tmp_path):
+    """--plots --log-x on a model with an all-zero matrix: np.geomspace cannot start at 0, which stopped the CLI
+    before the remaining figures; the matrix is drawn on a linear axis instead."""
+    import pdbjax
+
+    row = pdbjax.analyze({"z": {"kernel": np.zeros((64, 32), np.float32)}}, baselines=False)[0]
+    ax = plot.plot_matrix(np.zeros(32), row, log_x=True)
+    assert ax.get_xscale() == "linear" and _png(ax.figure, tmp_path / "zero.png")[:8] == PNG_MAGIC
+
+
 def test_plot_summary_writes_png(tmp_path):
     rows = [_row("a/kernel"), _row("b/kernel"), _failed_row()]
     fig = plot.plot_summary(rows, tmp_path / "summary.png", title="model")

@@ -120,6 +120,9 @@ def test_map_groups_chunks_give_the_same_result_with_aux_and_progress():
         tree.map_groups(fn, mats, aux=aux, max_memory=0)
     with pytest.raises(TypeError, match=r"max_memory must be a number of bytes .*got '512M'.*--max-memory"):
         tree.map_groups(fn, mats, aux=aux, max_memory="512M")
+    for bad in (float("inf"), float("nan")):
+        with pytest.raises(ValueError, match="max_memory must be a positive, finite number of bytes"):
+            tree.map_groups(fn, mats, aux=aux, max_memory=bad)
 
 
 def test_map_chunks_runs_locate_every_row_and_the_padding():
@@ -301,3 +304,15 @@ def test_parse_size_rejects(text):
 
     with pytest.raises(argparse.ArgumentTypeError):
         parse_size(text)
+
+
+def test_a_copy_on_write_map_keeps_the_callers_edits(tmp_path):
+    """Pages of a read-only map are released once decomposed; a copy-on-write map's pages hold the caller's edits
+    (np.load(..., mmap_mode="c")): dropping them reverted the weights to the file and analysed the file's matrix."""
+    path = tmp_path / "w.npy"
+    np.save(path, np.random.default_rng(0).standard_normal((96, 48)).astype(np.float32))
+    W = np.load(path, mmap_mode="c")
+    W[:] = 0.0
+    W[0, 0] = 5.0  # rank 1: no bulk
+    report = pdbjax.analyze({"l": {"kernel": W}}, baselines=False)
+    assert report[0]["status"].startswith("no bulk") and float(W.sum()) == 5.0
