@@ -569,8 +569,9 @@ def _new_leaf(sel: Selected, out: Any, info: FilterInfo, factored: bool) -> tupl
     Every matrix whose ``info.ok`` is False is the leaf's own, bit for bit (the rebuild returned it in the working
     precision, which rounds a float64 leaf). A rebuilt matrix (or, factored, its factors) with entries that overflow
     the leaf's dtype (e.g. float16 weights near 65504) is not stored: its row becomes ``Reason.OUT_OF_RANGE`` and the
-    matrix stays as it is, or, factored, the whole leaf does (a stacked leaf that mixes such a matrix with compressed
-    ones is a ``ValueError`` naming the layers: the full factors of an unchanged matrix would overflow too).
+    matrix stays as it is, or, factored, the whole leaf does; a factored leaf that also holds compressed matrices and
+    whose factors of some layer overflow (an unchanged layer's full factors ``U s`` included) is a ``ValueError``
+    naming the layers.
     """
     ok = np.asarray(info.ok, bool).reshape(-1)
     with np.errstate(over="ignore", invalid="ignore"):
@@ -592,9 +593,9 @@ def _new_leaf(sel: Selected, out: Any, info: FilterInfo, factored: bool) -> tupl
     if factored:
         if not ok.any():  # nothing compressed: the leaf stays as it is (not as full-rank factors)
             return sel.value, info
-        if overflow.any():
-            raise ValueError(f"{sel.name}: the factors of layer(s) {np.flatnonzero(overflow).tolist()} overflow {sel.dtype}; "
-                             "compress this leaf with factored=False, or store it in a wider dtype")
+        if not finite.all():  # a compressed layer's factors, or an unchanged layer's full ones, would be stored as inf
+            raise ValueError(f"{sel.name}: the factors of layer(s) {np.flatnonzero(~finite.reshape(-1)).tolist()} overflow "
+                             f"{sel.dtype}; compress this leaf with factored=False, or store it in a wider dtype")
         a, b = stored
         return LowRank(*((a[0], b[0]) if sel.layer_axis is None else (a, b))), info
     if not ok.all():

@@ -302,6 +302,19 @@ def test_float16_weights_that_would_overflow_are_flagged_and_left_unchanged(fact
     assert rep.totals["params_after"] == W.size
 
 
+def test_factored_float16_leaf_whose_unchanged_layer_would_overflow_is_refused():
+    """A stacked float16 leaf: layer 0 rank 2 with entries near 3e4 (fit not ok: stored as its full factors U s, whose
+    entries reach 3e5 > 65504), layer 1 compressible. Storing layer 0's factors would write inf; refused, naming it."""
+    rng = np.random.default_rng(0)
+    low = rng.uniform(0.5, 1, (A, 2)) @ rng.uniform(0.5, 1, (2, B))
+    stack = np.stack([low * 3e4 / low.max(), _pdb_matrix(4)]).astype(np.float16)
+    with pytest.raises(ValueError, match=r"s/kernel: the factors of layer\(s\) \[0\] overflow float16"):
+        pdbjax.compress({"s": {"kernel": stack}}, layer_axis=0, factored=True)
+    new, rep = pdbjax.compress({"s": {"kernel": stack}}, layer_axis=0)  # dense: layer 0 unchanged, layer 1 compressed
+    np.testing.assert_array_equal(new["s"]["kernel"][0], stack[0])
+    assert [r["status"][:9] for r in rep] == ["unchanged", "ok"]
+
+
 def test_bfloat16_kernels_are_upcast_and_cast_back():
     params = {"d": {"kernel": jnp.asarray(_pdb_matrix(4), jnp.bfloat16)}}
     new, rep = pdbjax.compress(params, rank="upper-bulk")
