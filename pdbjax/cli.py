@@ -544,11 +544,7 @@ def _cmd_compress(args: argparse.Namespace) -> int:
     rank = DEFAULT_RANK if args.rank is None and args.budget is None else args.rank
     params, metadata = _load(args.path)
     if out.suffix == ".npz":  # the output keeps the input's dtypes: refuse what .npz cannot hold before any work
-        import jax
-
-        from pdbjax.tree import path_name
-
-        pdbio.check_npz_dtypes(out, {path_name(k): x for k, x in jax.tree_util.tree_flatten_with_path(params)[0]})
+        pdbio.check_npz_dtypes(out, params)
     how = f"budget={args.budget}" if args.budget is not None else f"rank={rank}"
     _progress(f"compressing with method={args.method}, {how} ...")
     new_params, report = _run_api(args, compress, "compress", "processed", params=params, method=args.method, rank=rank,

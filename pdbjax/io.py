@@ -280,10 +280,11 @@ def _check_metadata(metadata: Mapping[str, str] | None) -> None:
         raise TypeError("metadata must be a {str: str} mapping")
 
 
-def check_npz_dtypes(path: Path, flat: Mapping[str, np.ndarray]) -> None:
-    """Refuse extension dtypes (ml_dtypes) that the .npy header cannot describe."""
-    for name, arr in flat.items():
-        if arr.dtype.kind == "V" and arr.dtype.type is not np.void:
+def check_npz_dtypes(path: Path, tree: Any) -> None:
+    """Refuse extension dtypes (ml_dtypes) that the .npy header cannot describe, in any leaf of ``tree`` (a flat
+    ``{name: array}`` dict or a nested tree; only the dtypes are read, so memory maps stay unread)."""
+    for name, arr in _named_leaves(tree, "/"):
+        if np.dtype(arr.dtype).kind == "V" and np.dtype(arr.dtype).type is not np.void:
             raise ValueError(
                 f"{path}: .npz cannot store {arr.dtype} (tensor {name!r}); "
                 "save to .safetensors or an Orbax directory instead"
