@@ -70,10 +70,10 @@ def main() -> None:
         "analyze (whole call)": lambda: api.analyze(params, WHERE),
     }
     rows = [(name, _best(fn, args.reps)) for name, fn in parts.items()]
-    fits = {"pdb": estimate.fit_pdb_singular_values(spec.s, n, window, length, mode="scaled", rtol=rtol),
+    fits = {"pdb": estimate.fit_pdb_singular_values(spec.s, n, window, length, spec.kurtosis, mode="scaled"),
             **figures._fit_baselines(spec.s, n, table, length)}
     lowered = {
-        "PDB fit": estimate.fit_pdb_singular_values.lower(spec.s, n, window, length, mode="scaled", rtol=rtol),
+        "PDB fit": estimate.fit_pdb_singular_values.lower(spec.s, n, window, length, spec.kurtosis, mode="scaled"),
         "PUB fits": figures._fit_baselines.lower(spec.s, n, table, length),
         "figures of the fits": figures._figures.lower(spec.s, n, fits, length),
     }

@@ -33,7 +33,6 @@ import numpy as np
 from pdbjax import api, estimate, exported, figures, filter, io, linalg
 from pdbjax._atomic import atomic_write_text
 from pdbjax.estimate import fit_inputs
-from pdbjax.inputs import screen_rtol
 from pdbjax.precision import scope
 from pdbjax.pub import ALPHA, BETA, pub_inputs
 
@@ -57,9 +56,8 @@ def _programs(spec: linalg.Spectrum, N: np.ndarray, length: np.ndarray) -> dict:
     """The programs' functions and arguments, as :func:`pdbjax.figures.spectrum_figures` and :func:`pdbjax.filter_matrix` call them."""
     n, window, length = fit_inputs(spec.s, N, length)
     table = pub_inputs(spec.s, N, ALPHA, BETA, length)[1]
-    rtol = screen_rtol(spec.s.dtype)
-    fit = lambda s, n, w, q: estimate.fit_pdb_singular_values.__wrapped__(s, n, w, q, mode="scaled", rtol=rtol)  # noqa: E731
-    fits = {"pdb": estimate.fit_pdb_singular_values(spec.s, n, window, length, mode="scaled", rtol=rtol),
+    fit = lambda s, n, w, q: estimate.fit_pdb_singular_values.__wrapped__(s, n, w, q, spec.kurtosis, mode="scaled")  # noqa: E731
+    fits = {"pdb": estimate.fit_pdb_singular_values(spec.s, n, window, length, spec.kurtosis, mode="scaled"),
             **figures._fit_baselines(spec.s, n, table, length)}
     return {
         "PDB fit": (fit, (spec.s, n, window, length)),

@@ -38,7 +38,7 @@ from jax import lax
 from pdbjax import exported
 from pdbjax._validate import is_traced
 from pdbjax.fits import PDBFit, Reason, demote, fit_result
-from pdbjax.inputs import bulk, check_eigs, median, placeholder, screen, screen_rtol, sort_valid
+from pdbjax.inputs import bulk, check_eigs, median, placeholder, screen, screen_rtol, sort_valid, svd_screen_rtol
 from pdbjax.linalg import raw_eigenvalues, spectrum
 from pdbjax.lsq import least_squares_box
 from pdbjax.precision import Precision, as_work, check_precision, float64, work_dtype
@@ -395,25 +395,25 @@ def _held(fit: PDBFit) -> PDBFit:
         bulks=jnp.where(lost, 0, fit.bulks), ok=fit.ok & ~lost, reason=demote(fit.reason, lost, Reason.OUT_OF_RANGE))
 
 
-@exported.jit(static_argnames=("mode", "rtol"), cpu_compiler_options=exported.FAST_COMPILE)
-def fit_pdb_singular_values(s: Array, N: Array, window: Array, length: Array, kurtosis: Array | None = None, *, mode: str,
-                            rtol: float) -> PDBFit:
+@exported.jit(static_argnames=("mode",), cpu_compiler_options=exported.FAST_COMPILE)
+def fit_pdb_singular_values(s: Array, N: Array, window: Array, length: Array, kurtosis: Array | None = None, *,
+                            mode: str) -> PDBFit:
     """:func:`fit_pdb_batched` of the eigenvalues ``s**2`` of singular values ``s`` ``(..., P)``, :data:`N_ITER`
     steps: the one program in which ``analyze`` (:mod:`pdbjax.figures`) and ``compress``
     (:func:`pdbjax.filter.fit_spectrum`) fit a spectrum, so a model analysed first is not compiled again
     when it is compressed. ``N``, ``window`` and ``length`` from :func:`fit_inputs`, ``kurtosis`` the spectrum's
-    (:attr:`pdbjax.linalg.Spectrum.kurtosis`; None: 0), ``rtol`` = ``svd_screen_rtol`` of ``s``.
+    (:attr:`pdbjax.linalg.Spectrum.kurtosis`; None: 0). Zeros are screened at ``svd_screen_rtol`` of ``s``' dtype
+    (the values come from an SVD).
 
     >>> import jax, pdbjax
-    >>> from pdbjax.inputs import svd_screen_rtol
     >>> W = pdbjax.simulate(jax.random.PRNGKey(0), 800, 400, pdbjax.PDB(0.6, 1.0, 8.0), spikes=[60.0, 30.0])
     >>> s = pdbjax.linalg.spectrum(W[None]).s  # singular values of W / scale, a batch of one
     >>> n, window, length = fit_inputs(s, 800)
-    >>> fit = fit_pdb_singular_values(s, n, window, length, mode="scaled", rtol=svd_screen_rtol(s.dtype))
+    >>> fit = fit_pdb_singular_values(s, n, window, length, mode="scaled")
     >>> int(fit.bulks[0]), round(float(fit.t[0]), 1), pdbjax.reason_text(fit.reason[0])
     (2, 0.6, 'ok')
     """
-    return fit_pdb_batched(s**2, N, window, length, mode, N_ITER, rtol, kurtosis)
+    return fit_pdb_batched(s**2, N, window, length, mode, N_ITER, svd_screen_rtol(s.dtype), kurtosis)
 
 
 @exported.jit(static_argnames=("mode", "n_iter", "rtol"), cpu_compiler_options=exported.FAST_COMPILE)

@@ -117,8 +117,7 @@ def spectrum_figures(spec: Spectrum, N: np.ndarray, mode: Mode = "scaled", basel
         n, window, length = fit_inputs(spec.s, N, length)
         table = pub_inputs(spec.s, N, ALPHA, BETA, length)[1] if baselines else None
         if given is None:
-            fits = {"pdb": fit_pdb_singular_values(spec.s, n, window, length, spec.kurtosis, mode=mode,
-                                                        rtol=svd_screen_rtol(spec.s.dtype))}
+            fits = {"pdb": fit_pdb_singular_values(spec.s, n, window, length, spec.kurtosis, mode=mode)}
         else:
             fits = {"pdb": normalised_fit(given, spec)}
         if baselines:

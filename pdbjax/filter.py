@@ -573,8 +573,7 @@ def fit_spectrum(spec: Spectrum, N: int | np.ndarray, method: str, mode: Mode = 
             fit = fit_pub_batched(spec.s**2, n, table, length, method.removeprefix("pub-"), svd_screen_rtol(spec.s.dtype))
         else:  # the PDB fit in analyze's own program (s**2 inside it): compiled once for both
             n, window, length = fit_inputs(spec.s, N, length)
-            fit = fit_pdb_singular_values(spec.s, n, window, length, spec.kurtosis, mode=mode,
-                                          rtol=svd_screen_rtol(spec.s.dtype))
+            fit = fit_pdb_singular_values(spec.s, n, window, length, spec.kurtosis, mode=mode)
         if is_traced(fit, spec):
             return fit.rescale(spec.scale.astype(spec.s.dtype) ** 2)
     return jax.tree_util.tree_map(np.asarray, fit).rescale(np.asarray(spec.scale, np.float64) ** 2)
