@@ -126,16 +126,19 @@ def analyze(
     sels = select(params, where, conv_reshape=conv_reshape, layer_axis=layer_axis, on_error=on_error, allow_empty=False)
     good = [s for s in sels if s.ok]
     chunks = _spectra(good, precision, shard, progress, max_memory)
-    _, results = _by_length(good, chunks, lambda spec, N, length: spectrum_figures(spec, N, mode, baselines, length), mode)
-    by_name = dict(zip((s.name for s in good), results))
+    specs, results = _by_length(good, chunks, lambda spec, N, length: spectrum_figures(spec, N, mode, baselines, length), mode)
+    by_name = {s.name: (raw_eigenvalues(spec), res) for s, spec, res in zip(good, specs, results)}
     rows: list[dict[str, Any]] = []
+    spectra: dict[str, np.ndarray] = {}
     for sel in sels:
         if not sel.ok:
             rows.append(_skipped_row(sel))
             continue
-        res = by_name[sel.name]
-        rows.extend(_analysis_row(sel, i, jax.tree_util.tree_map(lambda x: x[i], res), baselines) for i in range(sel.num_matrices))
-    return Report([to_jsonable(r) for r in rows])
+        eigs, res = by_name[sel.name]
+        for i in range(sel.num_matrices):
+            rows.append(_analysis_row(sel, i, jax.tree_util.tree_map(lambda x, i=i: x[i], res), baselines))
+            spectra[rows[-1]["name"]] = eigs[i]
+    return Report([to_jsonable(r) for r in rows], spectra=spectra)
 
 
 def _matrices(sels: Sequence[Selected]) -> list[jax.Array]:

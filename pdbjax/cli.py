@@ -495,7 +495,8 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
         from pdbjax.plot import save_figures, spectra
 
         _progress(f"drawing figures into {args.plots} ...")
-        eigs = spectra(params, **_selection(args))
+        # analyze's own eigenvalues; distributed.analyze returns none, and process 0 decomposes again within the budget
+        eigs = report.spectra or spectra(params, max_memory=args.max_memory, **_selection(args))
         paths = save_figures(report, eigs, args.plots, log_x=args.log_x, title=f"PDB analysis of {args.path}")
         _progress(f"wrote {len(paths)} figures to {args.plots}")
     return 0

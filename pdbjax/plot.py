@@ -28,6 +28,7 @@ import jax
 import numpy as np
 
 from pdbjax._atomic import atomic_write
+from pdbjax.api import DEFAULT_MAX_MEMORY
 from pdbjax.precision import Precision, float64
 from pdbjax.spectral import PDB, density
 from pdbjax.tree import ConvReshape, LayerAxis, Where, map_groups, select, to_matrices
@@ -64,19 +65,23 @@ def spectra(
     where: Where = None,
     *,
     conv_reshape: ConvReshape = "in", layer_axis: LayerAxis = None,
-    precision: Precision | None = None,
+    precision: Precision | None = None, max_memory: int | None = DEFAULT_MAX_MEMORY,
 ) -> dict[str, np.ndarray]:
     """Descending eigenvalues (float64) of every selected matrix, keyed like :func:`pdbjax.analyze` rows.
 
     Uses the selection of :func:`pdbjax.tree.select` with the same arguments as ``analyze`` (leaves
-    that ``analyze`` would skip are left out) and one batched call per matrix shape of the decomposition
-    ``analyze`` uses (:func:`pdbjax.linalg.spectrum`, same ``precision``), so the figures show the
-    eigenvalues the report was fitted to. A stacked leaf (``layer_axis``) gives the keys ``"name[0]"``, ``"name[1]"``, ...
+    that ``analyze`` would skip are left out) and one batched call per matrix shape (or chunk of at most
+    ``max_memory`` bytes of working copies, :func:`pdbjax.tree.map_groups`; the default is ``analyze``'s)
+    of the decomposition ``analyze`` uses (:func:`pdbjax.linalg.spectrum`, same ``precision``). The
+    eigenvalues ``analyze``'s fits saw are in its report (:attr:`pdbjax.report.Report.spectra`); these
+    are the same up to rounding (``analyze`` decomposes a wide matrix as its transpose).
+    A stacked leaf (``layer_axis``) gives the keys ``"name[0]"``, ``"name[1]"``, ...
     """
     from pdbjax.linalg import raw_eigenvalues, spectrum
 
     sels = [s for s in select(params, where, conv_reshape=conv_reshape, layer_axis=layer_axis, on_error="skip") if s.ok]
-    stacks = map_groups(lambda m: raw_eigenvalues(spectrum(m, precision=precision)), [to_matrices(s.value, s) for s in sels])
+    stacks = map_groups(lambda m: raw_eigenvalues(spectrum(m, precision=precision)), [to_matrices(s.value, s) for s in sels],
+                        max_memory=max_memory)
     out: dict[str, np.ndarray] = {}
     for sel, lam in zip(sels, stacks):
         lam = np.asarray(lam).reshape(sel.num_matrices, -1)
@@ -359,9 +364,9 @@ def save_figures(
     """Write one PNG per matrix (:func:`plot_matrix`) and ``summary.png`` (:func:`plot_summary`).
 
     Per-matrix files are named ``NNN_<name>.png`` (``NNN`` the row's position in the report, the
-    name reduced to ``[A-Za-z0-9._-]``), for the rows whose name is a key of ``eigs_by_name`` (see
-    :func:`spectra`). ``outdir`` is created if needed; every file is written atomically and an
-    existing file of the same name is replaced.
+    name reduced to ``[A-Za-z0-9._-]``), for the rows whose name is a key of ``eigs_by_name``
+    (``report.spectra`` for a report of :func:`pdbjax.analyze`, or :func:`spectra`). ``outdir`` is
+    created if needed; every file is written atomically and an existing file of the same name is replaced.
 
     Returns:
       The paths written, per-matrix files first.

@@ -78,10 +78,15 @@ class Report:
       rows: one dict per matrix (see the README for the columns).
       totals: model-level figures (e.g. parameter counts and the compression ratio of
         :func:`pdbjax.compress`).
+      spectra: from :func:`pdbjax.analyze`, the eigenvalues its fits saw: descending, float64, in the
+        weights' units, keyed by row ``name`` (rows of analysed matrices only); what
+        :func:`pdbjax.plot.save_figures` draws. Not part of the JSON/CSV output or of ``==``; empty
+        for :func:`pdbjax.compress` and :func:`pdbjax.distributed.analyze`.
     """
 
     rows: list[dict[str, Any]] = field(default_factory=list)
     totals: dict[str, Any] = field(default_factory=dict)
+    spectra: dict[str, np.ndarray] = field(default_factory=dict, compare=False, repr=False)
 
     def __len__(self) -> int:
         return len(self.rows)

@@ -113,10 +113,33 @@ def test_analyze_plots_are_pngs(analyzed):
     rc, _, err, paths = analyzed
     assert rc == 0, err
     pngs = sorted(p.name for p in paths["plots"].iterdir())
-    # one figure per report row (so the recomputed spectra are named like the rows) plus the summary
+    # one figure per report row (the report's spectra are keyed by row name) plus the summary
     assert pngs == ["000_params_Dense_0_kernel.png", "001_params_Dense_1_kernel.png", "summary.png"]
     for name in pngs:
         assert (paths["plots"] / name).read_bytes()[:8] == PNG_MAGIC
+
+
+def test_analyze_plots_draw_the_reports_spectra(files, tmp_path, monkeypatch):
+    """--plots draws the eigenvalues analyze fitted (Report.spectra): no second decomposition of the model,
+    whose pass would not be bounded by the same chunks; without them (distributed.analyze) it decomposes
+    again within --max-memory."""
+    import pdbjax.plot
+
+    budgets = []
+    original = pdbjax.plot.spectra
+    monkeypatch.setattr(pdbjax.plot, "spectra", lambda *a, **k: budgets.append(k.get("max_memory")) or original(*a, **k))
+    rc, _, err = _run(["analyze", str(files["npz"]), "--plots", str(tmp_path / "figs"), "--max-memory", "1M"])
+    assert rc == 0, err
+    assert budgets == [] and len(list((tmp_path / "figs").iterdir())) == 3
+
+    import pdbjax.api
+    from pdbjax.report import Report
+
+    real = pdbjax.api.analyze
+    monkeypatch.setattr(pdbjax.api, "analyze", lambda *a, **k: Report(real(*a, **k).rows))  # rows, no spectra
+    rc, _, err = _run(["analyze", str(files["npz"]), "--plots", str(tmp_path / "figs2"), "--max-memory", "1M"])
+    assert rc == 0, err
+    assert budgets == [1 << 20] and len(list((tmp_path / "figs2").iterdir())) == 3
 
 
 def test_analyze_leaves_input_unchanged(files, analyzed):

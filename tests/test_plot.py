@@ -156,6 +156,31 @@ def test_spectra_named_like_rows(matrix):
     assert np.all(np.diff(got["dense/kernel"]) <= 0)
 
 
+def test_report_spectra_are_what_analyze_fitted(matrix):
+    """analyze's Report.spectra: every analysed row, descending, in the weights' units; equal to
+    plot.spectra's decomposition (float32 SVD: 1e-5 of the top eigenvalue covers the wide matrix decomposed
+    as its transpose), and plot.spectra gives the same values in chunks of a small memory budget."""
+    import pdbjax
+
+    stacked = np.stack([matrix, 2 * matrix]).astype(np.float32)
+    params = {"dense": {"kernel": matrix.astype(np.float32)}, "wide": {"kernel": matrix.T.astype(np.float32)},
+              "stack": {"kernel": stacked}, "tiny": {"kernel": np.ones((4, 3), np.float32)}}
+    report = pdbjax.analyze(params, layer_axis={"stack": 0}, on_error="skip", baselines=False)
+    analysed = [r["name"] for r in report.rows if not r["status"].startswith("skipped")]
+    # the 4 x 3 matrix is a row (too small to fit, flagged) with its 3 eigenvalues
+    names = ["dense/kernel", "stack/kernel[0]", "stack/kernel[1]", "tiny/kernel", "wide/kernel"]
+    assert sorted(report.spectra) == sorted(analysed) == names
+    whole = plot.spectra(params, layer_axis={"stack": 0}, max_memory=None)
+    small = plot.spectra(params, layer_axis={"stack": 0}, max_memory=1 << 20)  # one matrix per chunk
+    want = np.linalg.svd(matrix, compute_uv=False) ** 2
+    for name, lam in report.spectra.items():
+        assert lam.dtype == np.float64 and lam.shape == ((3,) if name == "tiny/kernel" else (P,)) and np.all(np.diff(lam) <= 0)
+        np.testing.assert_allclose(lam, whole[name], rtol=0, atol=1e-5 * lam[0])
+        np.testing.assert_allclose(small[name], whole[name], rtol=0, atol=1e-6 * lam[0])
+    np.testing.assert_allclose(report.spectra["stack/kernel[1]"], 4 * want, rtol=0, atol=1e-5 * 4 * want[0])
+    assert report == pdbjax.report.Report(report.rows, report.totals)  # not part of ==
+
+
 def test_missing_matplotlib_message(monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     with pytest.raises(ImportError, match="pip install"):
