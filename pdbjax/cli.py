@@ -350,6 +350,24 @@ def _start_processes(args: argparse.Namespace) -> None:
         _Status.quiet = True
 
 
+def _agree(args: argparse.Namespace, error: Exception | None = None) -> None:
+    """In a multi-process job, the one point where the processes meet once their options are checked and
+    their input is open (:func:`pdbjax.distributed.agree`): a process that failed before it stops every
+    process there, each with its message, instead of leaving them waiting on JAX's collectives until its
+    timeouts. ``error``: this process's failure (raised again); the others' arrive as a :class:`CLIError`."""
+    if getattr(args, "coordinator", None) is None or getattr(args, "agreed", False):
+        return
+    from pdbjax import distributed
+
+    args.agreed = True
+    if error is not None:
+        distributed.agree(error)
+    try:
+        distributed.agree()
+    except Exception as err:  # noqa: BLE001 - another process's failure, as one user-facing line
+        raise CLIError(f"the job stopped: {err}") from err
+
+
 def _backend(args: argparse.Namespace) -> Any:
     """The module whose ``analyze`` / ``compress`` the command runs: :mod:`pdbjax.distributed` in a
     multi-process job, else :mod:`pdbjax.api`."""
@@ -448,6 +466,7 @@ def _run_api(args: argparse.Namespace, fn: Callable[..., Any], verb: str, done: 
     progress bar named ``verb``, and ``done N matrices in T s`` on stderr; an error about the weights names the file."""
     from pdbjax import exported
 
+    _agree(args)
     start, built = time.perf_counter(), exported.stats()["exported"]
     try:
         out = fn(on_error=args.on_error, mode=args.mode, progress=_Status.bar(verb), max_memory=args.max_memory,
@@ -642,7 +661,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         _Status.quiet = bool(getattr(args, "quiet", False))
         _start_processes(args)
         run: Callable[[argparse.Namespace], int] = args.run
-        return run(args)
+        try:
+            return run(args)
+        except Exception as err:
+            _agree(args, err)  # a multi-process job: the others learn of it (once only), then it is reported below
+            raise
     except KeyboardInterrupt:
         print("pdbjax: interrupted", file=sys.stderr)
         return 130

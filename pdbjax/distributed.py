@@ -33,10 +33,15 @@ How the results are gathered
   extra leaf is in flight), as its raw bytes (bit-exact for every dtype, ``bfloat16`` included). The
   tree is then rebuilt from the caller's params exactly as :func:`pdbjax.compress` does. Use
   :func:`is_writer` to let one process write files.
-* **Errors.** Bad input found by the selection (a leaf holding NaN with ``on_error="raise"``, an unknown
-  option) raises the same error on every process before any collective. An error inside one process's
-  share is sent to the others with the rows, so every process raises (the owner its own exception, the
-  others the same type with the message prefixed by ``"process k: "``) instead of waiting forever.
+* **Errors.** No process is left waiting for one that failed: every failure is sent to the others at
+  the next point where they all exchange data, and every process raises there (the failing one its own
+  exception, the others the same built-in type, ``RuntimeError`` for any other, with the message
+  prefixed by ``"process k: "``). Bad input found by the selection (a leaf holding NaN with
+  ``on_error="raise"``, an unknown option, on one process or on all) is exchanged with the selection's
+  digest, before any work; an error inside one process's share with the rows. Work of the caller's
+  before the call (reading a checkpoint) can fail on one process too: :func:`agree` is the point to
+  meet the others with that failure (the CLI calls it after opening its input). A process that dies
+  without raising (killed, out of memory) still leaves the others to JAX's own timeouts.
 
 With ``jax.process_count() == 1`` both functions return exactly what :func:`pdbjax.analyze` and
 :func:`pdbjax.compress` return.
@@ -67,7 +72,7 @@ from pdbjax.api import LowRank
 from pdbjax.report import Report, compression_totals
 from pdbjax.tree import Selected, Where, is_variable, path_name, replace, select, unwrap
 
-__all__ = ["initialize", "is_writer", "analyze", "compress", "assign"]
+__all__ = ["initialize", "is_writer", "agree", "analyze", "compress", "assign"]
 
 
 def initialize(coordinator: str | None = None, num_processes: int | None = None, process_id: int | None = None, **kwargs: Any) -> None:
@@ -94,6 +99,37 @@ def initialize(coordinator: str | None = None, num_processes: int | None = None,
 def is_writer() -> bool:
     """Whether this process writes the job's files (process 0); the others return the same results."""
     return jax.process_index() == 0
+
+
+def agree(error: BaseException | None = None) -> None:
+    """A point every process of the job reaches: raises on every process if any of them failed on its way here.
+
+    Each process passes the exception it caught since the last exchange (``None`` if none). The failing
+    process re-raises its own; the others raise the same built-in type (``RuntimeError`` for another type)
+    with the message prefixed by ``"process k: "`` (the lowest failing ``k``). With one process it
+    re-raises ``error`` (if any).
+    """
+    if jax.process_count() == 1:
+        if error is not None:
+            raise error
+        return
+    _raise_failures(_allgather_json({} if error is None else _failure(error)), error)
+
+
+def _failure(error: BaseException) -> dict[str, list[str]]:
+    return {"error": [type(error).__name__, str(error)]}
+
+
+def _raise_failures(gathered: Sequence[dict], error: BaseException | None) -> None:
+    """Raise ``error`` (this process's own) or the first failure among the processes' ``gathered`` payloads."""
+    if error is not None:
+        raise error
+    for p, got in enumerate(gathered):
+        if "error" in got:
+            kind, message = got["error"]
+            cls = getattr(builtins, kind, None)
+            cls = cls if isinstance(cls, type) and issubclass(cls, Exception) else RuntimeError
+            raise cls(f"process {p}: {message}")
 
 
 def assign(costs: Sequence[int], num_processes: int) -> list[int]:
@@ -164,31 +200,37 @@ def compress(params: Any, where: Where | None = None, **options: Any) -> tuple[A
 
 
 def _plan(fn: Callable, params: Any, where: Where | None, options: dict) -> tuple[list[Selected], dict[str, int]]:
-    """Select as ``fn`` would, check that every process agrees, and assign the leaves to processes."""
-    bound = inspect.signature(fn).bind(params, where=where, **options)  # TypeError on an unknown option
-    bound.apply_defaults()
-    args = bound.arguments
-    sels = select(params, where, conv_reshape=args["conv_reshape"], layer_axis=args["layer_axis"],
-                  on_error=args["on_error"], allow_empty=False)
-    for sel in sels:
-        if isinstance(sel.value, jax.Array) and not sel.value.is_fully_addressable:
-            raise ValueError(f"{sel.name}: is sharded across processes; every process needs the whole leaf "
-                             "(gather it with jax.experimental.multihost_utils.process_allgather(x, tiled=True))")
-    _check_same_everywhere(sels, {k: v for k, v in args.items() if k not in ("params", "where", "progress")})
+    """Select as ``fn`` would, check that every process agrees, and assign the leaves to processes.
+
+    A process whose selection fails sends its error in place of its digest, so all raise (:func:`agree`)."""
+    try:
+        bound = inspect.signature(fn).bind(params, where=where, **options)  # TypeError on an unknown option
+        bound.apply_defaults()
+        args = bound.arguments
+        sels = select(params, where, conv_reshape=args["conv_reshape"], layer_axis=args["layer_axis"],
+                      on_error=args["on_error"], allow_empty=False)
+        for sel in sels:
+            if isinstance(sel.value, jax.Array) and not sel.value.is_fully_addressable:
+                raise ValueError(f"{sel.name}: is sharded across processes; every process needs the whole leaf "
+                                 "(gather it with jax.experimental.multihost_utils.process_allgather(x, tiled=True))")
+        mine, error = {"digest": _digest(sels, {k: v for k, v in args.items() if k not in ("params", "where", "progress")})}, None
+    except Exception as err:  # noqa: BLE001 - sent to the other processes, re-raised below
+        mine, error = _failure(err), err
+    gathered = _allgather_json(mine)
+    _raise_failures(gathered, error)
+    differ = [p for p, got in enumerate(gathered) if got["digest"] != gathered[0]["digest"]]
+    if differ:
+        raise ValueError(f"processes {differ} selected other matrices or passed other options than process 0; "
+                         "every process must pass the same params (e.g. loaded from the same checkpoint) and options")
     costs = [s.num_matrices * max(s.matrix_shape) * min(s.matrix_shape) ** 2 if s.ok else 0 for s in sels]
     return sels, dict(zip((s.name for s in sels), assign(costs, jax.process_count())))
 
 
-def _check_same_everywhere(sels: Sequence[Selected], options: dict) -> None:
-    """ValueError on every process unless all processes selected the same leaves with the same options."""
+def _digest(sels: Sequence[Selected], options: dict) -> str:
+    """What every process must agree on: the selected leaves (names, shapes, dtypes, statuses) and the options."""
     summary = [[s.name, list(s.shape), str(s.dtype), s.layer_axis, s.status] for s in sels]
     text = json.dumps([summary, options], sort_keys=True, default=lambda o: type(o).__name__)
-    digest = np.frombuffer(hashlib.sha256(text.encode()).digest(), np.uint8)
-    digests = multihost_utils.process_allgather(digest)
-    differ = [p for p in range(len(digests)) if not np.array_equal(digests[p], digests[0])]
-    if differ:
-        raise ValueError(f"processes {differ} selected other matrices or passed other options than process 0; "
-                         "every process must pass the same params (e.g. loaded from the same checkpoint) and options")
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -216,16 +258,9 @@ def _run_share(
                 payload["rows"].setdefault(row["leaf"], []).append(row)
             payload["specs"] = {name: _spec(node) for name, node in nodes.items()}
         except Exception as err:  # noqa: BLE001 - sent to the other processes, re-raised below
-            error, payload = err, {"error": [type(err).__name__, str(err)]}
+            error, payload = err, _failure(err)
     gathered = _allgather_json(payload)
-    if error is not None:
-        raise error
-    for p, got in enumerate(gathered):
-        if "error" in got:
-            kind, message = got["error"]
-            cls = getattr(builtins, kind, None)
-            cls = cls if isinstance(cls, type) and issubclass(cls, Exception) else RuntimeError
-            raise cls(f"process {p}: {message}")
+    _raise_failures(gathered, error)
     rows = {name: r for got in gathered for name, r in got["rows"].items()}
     specs = {name: s for got in gathered for name, s in got["specs"].items()}
     return rows, specs, nodes

@@ -100,6 +100,22 @@ def worker(coordinator: str, process_id: int, out_dir: str) -> None:
         distributed.analyze(tree, **ANALYZE, progress=fail_on_1)
     except ValueError as err:
         errors["share"] = str(err)
+    clean = {k: v for k, v in tree.items() if k != "c_bad"}
+    try:  # bad input on one process only: its error reaches the other with the selection's digest
+        distributed.analyze(tree if process_id else clean, layer_axis=LAYER_AXIS, baselines=False)
+    except ValueError as err:
+        errors["bad_leaf_on_1"] = str(err)
+
+    class Custom(Exception):
+        pass
+
+    for name, failure in (("agree_builtin", FileNotFoundError("no such checkpoint")), ("agree_custom", Custom("custom"))):
+        try:  # the caller's own failure before a call (reading its input), met at distributed.agree
+            distributed.agree(failure if process_id else None)
+            errors[name] = "no error"
+        except Exception as err:  # noqa: BLE001 - the test records the type
+            errors[name] = f"{type(err).__name__}: {err}"
+    distributed.agree()  # nothing failed: returns on every process
     try:  # a budget is allocated over all matrices: refused across processes (each would allocate its share)
         distributed.compress(tree, **{**COMPRESS, "budget": 0.5})
     except ValueError as err:
@@ -234,6 +250,12 @@ def test_two_processes_raise_clear_errors(two_processes):
         assert "c_bad/kernel" in result["errors"]["bad_leaf"] and "NaN" in result["errors"]["bad_leaf"]
     assert two_processes[0]["errors"]["share"] == "process 1: progress failed on purpose"
     assert two_processes[1]["errors"]["share"] == "progress failed on purpose"
+    one, zero = two_processes[1]["errors"], two_processes[0]["errors"]
+    assert "c_bad/kernel" in one["bad_leaf_on_1"] and "NaN" in one["bad_leaf_on_1"]
+    assert zero["bad_leaf_on_1"] == "process 1: " + one["bad_leaf_on_1"]
+    assert one["agree_builtin"] == "FileNotFoundError: no such checkpoint"
+    assert zero["agree_builtin"] == "FileNotFoundError: process 1: no such checkpoint"
+    assert one["agree_custom"] == "Custom: custom" and zero["agree_custom"] == "RuntimeError: process 1: custom"
     for result in two_processes:
         assert result["errors"]["budget"].startswith("budget= allocates over all matrices at once")
     for result in two_processes:
@@ -303,6 +325,28 @@ def test_cli_two_processes_write_the_single_process_report(tree, tmp_path):
     with open(tmp_path / "one.json") as f, open(tmp_path / "two0.json") as g:
         want, got = json.load(f), json.load(g)
     assert_rows_match(got["rows"] if isinstance(got, dict) else got, want["rows"] if isinstance(want, dict) else want)
+
+
+def test_cli_a_process_whose_input_fails_stops_the_other(tree, tmp_path):
+    """Process 1 cannot open its input: both processes end with one line each, soon, instead of process 0
+    waiting on the collectives until JAX's timeouts (30-300 s) end it."""
+    path = tmp_path / "w.npz"
+    np.savez(path, **{f"{k}/kernel": tree[k]["kernel"] for k in ("dense0", "dense1")})
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    coordinator = f"127.0.0.1:{_free_port()}"
+    procs = [subprocess.Popen([sys.executable, "-m", "pdbjax", "analyze", str(path if i == 0 else tmp_path / "missing.npz"),
+                               "--no-baselines", "--quiet", "--coordinator", coordinator, "--num-processes", "2",
+                               "--process-id", str(i)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for i in range(2)]
+    try:
+        logs = [p.communicate(timeout=90)[1] for p in procs]  # a process start, JAX's and Gloo's set-up: seconds
+    except subprocess.TimeoutExpired:
+        for p in procs:
+            p.kill()
+        pytest.fail("process 0 kept waiting for process 1, which had failed")
+    assert [p.returncode for p in procs] == [2, 2], logs
+    assert f"pdbjax: error: {tmp_path / 'missing.npz'}: no such file or directory" in logs[1]
+    assert f"pdbjax: error: the job stopped: process 1: {tmp_path / 'missing.npz'}: no such file" in logs[0], logs[0]
 
 
 @pytest.mark.parametrize("argv, message", [
