@@ -443,6 +443,10 @@ def compress(
         if method == "slr":
             raise ValueError("budget= counts keep (m + n) parameters per matrix, which SLR's sparse factors do not store; "
                              "use method 'pdb', 'pub-bema', 'pub-kernel' or 'svd'")
+    if isinstance(rank, (np.ndarray, np.generic, jax.Array)):  # a NumPy/JAX scalar is its Python value
+        if np.ndim(rank) != 0:
+            raise TypeError(f"rank must be an int, a float or a rule name, one for every matrix; got an array of shape {np.shape(rank)}")
+        rank = np.asarray(rank).item()
     rank = DEFAULT_RANK if rank is None else rank
     if factored and is_nnx(params):
         raise ValueError("factored=True needs a plain pytree; pass nnx.state(model).to_pure_dict() instead")
@@ -594,8 +598,8 @@ def _new_leaf(sel: Selected, out: Any, info: FilterInfo, factored: bool) -> tupl
                 ("rel_change", info.rel_change, 0.0))})
         ok = ok & ~overflow
     if factored:
-        if not ok.any():  # nothing compressed: the leaf stays as it is (not as full-rank factors)
-            return sel.value, info
+        if not ok.any():  # nothing compressed: the leaf stays as it is (not as full-rank factors), a copy as in dense mode
+            return (np.array(sel.value) if isinstance(sel.value, np.ndarray) else sel.value), info
         if not finite.all():  # a compressed layer's factors, or an unchanged layer's full ones, would be stored as inf
             raise ValueError(f"{sel.name}: the factors of layer(s) {np.flatnonzero(~finite.reshape(-1)).tolist()} overflow "
                              f"{sel.dtype}; compress this leaf with factored=False, or store it in a wider dtype")

@@ -196,6 +196,20 @@ def greedy(scores: np.ndarray, cost: np.ndarray, cap: int, *, fill: bool = True)
     return np.bincount(row[taken], minlength=scores.shape[0]).astype(np.int64)
 
 
+def _least_budget(needed: int, dense: int) -> str | None:
+    """The least budget of 6 significant digits whose cap ``floor(f D)`` holds ``needed`` (as text), None above 1.
+
+    >>> _least_budget(3200, 15400)  # 3200 / 15400 = 0.2077922...: 0.207792 would allow 3199
+    '0.207793'
+    """
+    digits = 5 - math.floor(math.log10(needed / dense)) if needed else 6
+    units = math.ceil(Fraction(needed, dense) * 10**digits)  # rounded up, in units of 10^-digits
+    while math.floor(Fraction(float(Fraction(units, 10**digits))) * dense) < needed:  # as the float budget caps it
+        units += 1
+    least = Fraction(units, 10**digits)
+    return None if least > 1 else f"{float(least):.{max(digits, 0)}f}".rstrip("0").rstrip(".")
+
+
 def allocate(
     scores: np.ndarray,
     shapes: np.ndarray | Sequence[tuple[int, int]],
@@ -245,10 +259,12 @@ def allocate(
         bad = np.flatnonzero(~allocatable)
         listed = [names[i] if names is not None else f"matrix {i}" for i in bad]
         shown = ", ".join(listed[:8]) + (f" and {len(listed) - 8} more" if len(listed) > 8 else "")
+        least = _least_budget(needed, dense)
+        use = f"use a budget of at least {least}, or" if least is not None else "no budget up to 1 holds them;"
         raise ValueError(
             f"budget {f} allows {cap:,} of the selected matrices' {dense:,} parameters, but the matrices that "
             f"cannot be compressed (their fit is not ok; they stay as they are) already take {needed:,}: {shown}; "
-            f"use a budget of at least {needed / dense:.6g}, or leave them out with where="
+            f"{use} leave them out with where="
         )
     usable = np.where(allocatable[:, None], scores, np.nan)
     keep = greedy(usable, m + n, cap - needed, fill=fill)

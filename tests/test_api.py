@@ -384,3 +384,20 @@ def test_shared_options_agree_in_name_type_default_and_order():
     # every selection option of tree.select is accepted by analyze and compress
     selection = set(names["select"]) - {"allow_empty"}
     assert selection <= set(names["analyze"]) and selection <= set(names["compress"])
+
+
+def test_compress_numpy_scalar_ranks_and_factored_copies():
+    """A NumPy/JAX scalar rank is its value (an array of ranks is a TypeError, not a NumPy concatenation error),
+    and a leaf that factored=True leaves unchanged is a copy, as in dense mode (an in-place update of the
+    output must not reach the caller's params)."""
+    W = np.random.default_rng(0).standard_normal((64, 32)).astype(np.float32)
+    params = {"w": W, "z": np.zeros((64, 32), np.float32)}  # z: all zeros, its fit is not ok
+    every = lambda name, x: True  # noqa: E731
+    for rank in (np.array(5), np.int64(5), jnp.asarray(5)):
+        _, report = pdbjax.compress(params, where=every, rank=rank, on_error="skip")
+        assert report.rows[0]["keep"] == 5, rank
+    with pytest.raises(TypeError, match=r"array of shape \(2,\)"):
+        pdbjax.compress(params, where=every, rank=np.array([3, 4]))
+    for factored in (False, True):
+        out, _ = pdbjax.compress(params, where=every, factored=factored, on_error="skip")
+        assert not np.shares_memory(np.asarray(out["z"]), params["z"]), factored

@@ -132,8 +132,14 @@ def test_allocate_cap_is_exact_and_names_dense_matrices():
     np.testing.assert_array_equal(alloc.keep, [2, 1, 0])
     np.testing.assert_array_equal(alloc.params, [26, 10, 60])
     assert alloc.ratio <= 0.9
-    with pytest.raises(ValueError, match=r"zeros.*at least 0\.54"):
+    with pytest.raises(ValueError, match=r"zeros.*at least 0\.540541,"):  # 60 / 111 = 0.5405405..., rounded up
         bud.allocate(scores, shapes, 0.5, names=["a", "b", "zeros"])
+    assert bud.allocate(scores, shapes, 0.540541).params[2] == 60  # the suggested budget holds them
+    # 3200 / 15400 = 0.2077922...: printed to 6 digits it rounded down to 0.207792, whose cap is 3199
+    shapes, fixed_only = [(160, 20), (100, 122)], np.array([False, True])  # D = 15400, 3200 not allocatable
+    with pytest.raises(ValueError, match=r"at least 0\.207793,"):
+        bud.allocate(np.full((2, 5), np.nan), shapes, 0.1, allocatable=fixed_only)
+    assert bud.allocate(np.full((2, 5), np.nan), shapes, 0.207793, allocatable=fixed_only).params[0] == 3200
 
 
 @pytest.mark.parametrize("bad", [0.0, -0.5, 1.5, float("nan"), float("inf")])
