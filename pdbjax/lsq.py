@@ -306,7 +306,11 @@ def least_squares_scalar(
     converges only linearly). Downhill from the start ``y0`` lies one end ``e`` of the box: if ``cost'``
     points out of the box there, that bound is the minimum (status ``GTOL``: the projected gradient
     vanishes); otherwise ``y0`` and ``e`` bracket a stationary point, which stays bracketed by the sign of
-    ``cost'`` at each iterate (a local solve from ``y0``, like :func:`least_squares_box`'s). The solve
+    ``cost'`` at each iterate (a local solve from ``y0``, like :func:`least_squares_box`'s). A point whose
+    cost is above the start's lies past the first minimum downhill from ``y0``, whatever ``cost'`` says
+    there (a plateau where the model underflows, e.g. Gaussians far from the data, has ``cost' = 0``; a
+    multimodal cost can point anywhere): it closes the bracket from the far side and is never returned,
+    so the end ``e`` is the minimum only at a cost no higher than the start's. The solve
     stops with ``XTOL`` when the last step, the next Newton step or the bracket is shorter than
     ``tol (tol + |y|)`` with ``tol = max(xtol, 64 eps)`` (``eps`` of the dtype: the rounding of ``cost'``
     limits the attainable step in float32), with ``GTOL`` when ``cost' = 0``, otherwise after
@@ -342,10 +346,13 @@ def least_squares_scalar(
         use_newton = (s.h > 0) & (newton > s.lo) & (newton < s.hi)
         y = jnp.where(use_newton, newton, 0.5 * (s.lo + s.hi))
         cost, g, h = derivatives(y)
-        lo, hi = jnp.where(g < 0, y, s.lo), jnp.where(g > 0, y, s.hi)
+        past = ~(cost <= cost0)  # above the start's cost (or NaN): beyond the minimum, on e's side
+        side = jnp.where(past, away, g)
+        lo, hi = jnp.where(side < 0, y, s.lo), jnp.where(side > 0, y, s.hi)
         close = tol * (tol + jnp.abs(y))
-        small = (jnp.abs(y - s.y) <= close) | (hi - lo <= tol) | ((h > 0) & (jnp.abs(g) <= h * close))
-        code = jnp.where(g == 0, Status.GTOL, jnp.where(small, Status.XTOL, _RUNNING))
+        small = (jnp.abs(y - s.y) <= close) | ((h > 0) & (jnp.abs(g) <= h * close))
+        small = (hi - lo <= tol) | (small & ~past)
+        code = jnp.where((g == 0) & ~past, Status.GTOL, jnp.where(small, Status.XTOL, _RUNNING))
         return _Scalar(y, lo, hi, cost, g, h, s.steps + 1, code.astype(jnp.int32))
 
     def running(s: _Scalar):
@@ -355,8 +362,9 @@ def least_squares_scalar(
     # Downhill from y0 lies the end e (1 if cost'(y0) < 0, else 0): if cost' there points out of the box,
     # that bound is the minimum; otherwise [y0, e] (or [e, y0]) brackets one.
     e = jnp.where(g0 < 0, one, zero)
+    away = jnp.where(g0 < 0, one, -one)  # the sign of cost' past the minimum, towards e
     cost_e, g_e, h_e = derivatives(e)
-    on_bound = jnp.where(g0 < 0, g_e <= 0, g_e >= 0) & (g0 != 0) & jnp.isfinite(cost0)
+    on_bound = jnp.where(g0 < 0, g_e <= 0, g_e >= 0) & (cost_e <= cost0) & (g0 != 0) & jnp.isfinite(cost0)
     status0 = jnp.where(~jnp.isfinite(cost0), Status.NON_FINITE, jnp.where((g0 == 0) | on_bound, Status.GTOL, _RUNNING))
     s0 = _Scalar(
         y=jnp.where(on_bound, e, y0), lo=jnp.where(g0 < 0, y0, zero), hi=jnp.where(g0 > 0, y0, one),
@@ -364,6 +372,11 @@ def least_squares_scalar(
         steps=jnp.zeros((), jnp.int32), status=status0.astype(jnp.int32),
     )
     out = lax.while_loop(running, body, s0)
+    # Ended on a point past the minimum (the bracket closed on it): the bracket's other end, within tol, is the answer.
+    past = ~(out.cost <= cost0)
+    y_end = jnp.where(past, jnp.where(away > 0, out.lo, out.hi), out.y)
+    cost_end, g_end, _ = derivatives(y_end)
+    out = out._replace(y=y_end, cost=jnp.where(past, cost_end, out.cost), g=jnp.where(past, g_end, out.g))
     status = jnp.where(out.status == _RUNNING, Status.MAX_STEPS, out.status).astype(jnp.int32)
     converged = ((status == Status.GTOL) | (status == Status.XTOL)) & jnp.isfinite(out.cost)
     return BoxLSQResult(lb + out.y * width, out.cost, jnp.abs(out.g), out.steps, converged, status)

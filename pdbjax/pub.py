@@ -269,7 +269,9 @@ def _kernel(lam: Array, N: Array, table: BemaTable, length: Array) -> tuple[Arra
     center = jnp.log(jnp.where(usable, mean, 1.0))
     width = math.log(_SEARCH_FACTOR)
     sol = least_squares_scalar(residual, center, center - width, center + width, _LSQ_ITERS)
-    return jnp.where(sol.converged, jnp.exp(sol.x), jnp.nan), c0, usable  # NaN: NOT_CONVERGED
+    # sigma^2 at a bound of [mean / 4, 4 mean] is no fit (the bulk's mean is sigma^2 under MP): NOT_CONVERGED too
+    inside = jnp.abs(sol.x - center) < width * (1 - 1e-3)
+    return jnp.where(sol.converged & inside, jnp.exp(sol.x), jnp.nan), c0, usable  # NaN: NOT_CONVERGED
 
 
 def _fit_pub_one(eigs: Array, N: Array, table: BemaTable, length: Array, estimator: str, rtol: float | None) -> PUBFit:

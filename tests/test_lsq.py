@@ -268,3 +268,19 @@ def test_scalar_vmap_equals_single_solves():
     for i, one in enumerate(singles):
         for field in one._fields:
             np.testing.assert_allclose(np.asarray(getattr(batch, field))[i], np.asarray(getattr(one, field)), rtol=1e-12, err_msg=field)
+
+
+def test_scalar_plateau_above_the_start_is_not_a_minimum():
+    """Gaussians fitted to a bump: far from the data the model underflows to 0, so cost' = 0 exactly at the
+    far bound, where the cost is far above the start's. That bound used to be returned as the minimum
+    (GTOL: PUB-Kernel's sigma^2 at 4x or 1/4 of the truth on tall matrices); the solve must find the bump."""
+    x = jnp.linspace(-1.0, 1.0, 401)
+    data = jnp.exp(-0.5 * ((x - 0.3) / 0.05) ** 2)
+    res = lambda a: jnp.exp(-0.5 * ((x - a) / 0.05) ** 2) - data  # noqa: E731
+    for lb, ub in ((0.0, 20.0), (-20.0, 0.5)):  # the far bound on either side of the start
+        start = 0.28 if ub > 1 else 0.32
+        _, g_far = jax.value_and_grad(lambda a: 0.5 * jnp.sum(res(a) ** 2))(jnp.float32(ub if ub > 1 else lb))
+        assert float(g_far) == 0.0  # the plateau this test is about
+        sol = least_squares_scalar(res, start, lb, ub)
+        assert bool(sol.converged) and abs(float(sol.x) - 0.3) < 1e-3, (lb, ub, float(sol.x))
+        assert float(sol.cost) <= 0.5 * float(jnp.sum(res(jnp.float32(start)) ** 2))
