@@ -38,7 +38,7 @@ from jax import lax
 from pdbjax import exported
 from pdbjax._validate import is_traced
 from pdbjax.fits import PDBFit, Reason, demote, fit_result
-from pdbjax.inputs import bulk, check_eigs, median, placeholder, screen, screen_rtol, sort_valid, svd_screen_rtol
+from pdbjax.inputs import bulk, check_eigs, count_zeros, median, placeholder, screen, screen_rtol, sort_valid, svd_screen_rtol, valid
 from pdbjax.linalg import raw_eigenvalues, spectrum
 from pdbjax.lsq import least_squares_box
 from pdbjax.precision import Precision, as_work, check_precision, float64, work_dtype
@@ -437,6 +437,15 @@ def _fit_pdb_one(eigs: Array, N: Array, window: Array, length: Array, kurtosis: 
     code = screen(eigs, rtol, length)
     screened = code == Reason.OK  # K and the sphericity describe the spectrum, fit or not
     lam = placeholder(eigs, code, length)
+    # The few exact zeros the screen lets through (up to 5%: e.g. all-zero columns, which leave an N x (p - z)
+    # matrix) are left out like padding: a zero smallest eigenvalue would put a point of the fit's grid
+    # (0, l_min / 2) on a pole of the transform (a NOT_CONVERGED two-bulk matrix, a NaN residual on noise).
+    # Only where Marchenko-Pastur puts no eigenvalue near 0: the zero threshold below a tenth of its lower edge
+    # (1 - sqrt(p / N))^2 at the median's scale; near c = 1 the bulk itself reaches 0, and stays whole.
+    top = jnp.max(jnp.where(valid(lam, length), lam, 0.0))
+    lower = median(lam, length) * (1 - jnp.sqrt(length / N)) ** 2
+    drop = screened & (rtol * top < 0.1 * lower)
+    length = length - jnp.where(drop, count_zeros(eigs, rtol, length), 0).astype(length.dtype)
     scale = median(lam, length) if mode == "scaled" else jnp.ones((), lam.dtype)
     lam = lam / scale
     K = _spike_count_one(lam, N, window, length)

@@ -77,7 +77,7 @@ def screen(eigs: Array, rtol: float | None = None, length: Array | None = None) 
     top = jnp.max(clean, axis=-1)
     negative = jnp.any(clean < -rtol * jnp.max(jnp.abs(clean), axis=-1, keepdims=True), axis=-1)
     tiny = rtol * top[..., None]
-    n_zero = jnp.sum((eigs <= tiny) & mask, axis=-1)
+    n_zero = count_zeros(eigs, rtol, length)
     code = jnp.select(
         [~finite, negative, top <= 0, jnp.broadcast_to(p < 8, finite.shape),
          (n_zero > 0.05 * p) | (median(clean, length) <= tiny[..., 0])],
@@ -85,6 +85,14 @@ def screen(eigs: Array, rtol: float | None = None, length: Array | None = None) 
         Reason.OK,
     )
     return code.astype(jnp.int32)
+
+
+def count_zeros(eigs: Array, rtol: float, length: Array | None = None) -> Array:
+    """How many of each vector's eigenvalues are zeros: at most ``rtol`` times its largest finite one
+    (tiny negative rounding values included), among its first ``length``."""
+    mask = valid(eigs, length)
+    top = jnp.max(jnp.where(jnp.isfinite(eigs) & mask, eigs, 0.0), axis=-1, keepdims=True)
+    return jnp.sum((eigs <= rtol * top) & mask, axis=-1)
 
 
 def screen_rtol(dtype: jax.typing.DTypeLike) -> float:

@@ -302,7 +302,9 @@ def test_unfitted_leaves_stay_dense_and_count():
     _check_compliance(rep, 0.6)
     rows = {r["name"]: r for r in rep}
     assert rows["zero/kernel"]["status"].startswith("unchanged") and rows["zero/kernel"]["budget_params"] == A * B
-    assert new["zero"]["kernel"] is params["zero"]["kernel"]  # left dense, not stored as full-rank factors
+    left = new["zero"]["kernel"]  # left dense (a copy, as in dense mode), not stored as full-rank factors
+    assert isinstance(left, np.ndarray) and left is not params["zero"]["kernel"]
+    np.testing.assert_array_equal(left, params["zero"]["kernel"])
     assert rows["nan/kernel"]["status"].startswith("skipped") and "budget_params" not in rows["nan/kernel"]
     np.testing.assert_array_equal(new["nan"]["kernel"], nan)  # skipped at selection: outside the count
     assert rep.totals["params_before"] == 2 * A * B

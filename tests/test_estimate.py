@@ -554,3 +554,24 @@ def test_scalar_eigs_raises(fn):
 def test_empty_spectrum_raises_value_error(fn):
     with pytest.raises(ValueError, match=r"\bp\b|empty|eigenvalue"):
         fn(np.ones((2, 0), np.float32), 5)
+
+
+def test_a_few_exact_zero_eigenvalues_are_left_out_of_the_fit():
+    """One all-zero column (one exact zero eigenvalue, under the screen's 5% rank-deficiency limit): the fit
+    describes the other p - 1 eigenvalues, as of the N x (p - 1) matrix left. It used to put a point of its
+    grid (0, l_min / 2) on the transform's pole: a two-bulk matrix NOT_CONVERGED, noise an ok row with a NaN
+    residual. Tolerances: 0.02 on t and 2% on the variances, the spread of this one draw's fit without the zero."""
+    W = np.asarray(simulate(jax.random.PRNGKey(5), 1024, 256, PDB(0.7, 1.0, 4.0), spikes=[80.0, 60.0, 40.0]), np.float64)
+    noise = np.random.default_rng(0).standard_normal((1024, 256))
+    for A, bulks in ((W, 2), (noise, 1)):
+        A = A.copy()
+        A[:, 0] = 0.0
+        lam = np.maximum(np.linalg.svd(A, compute_uv=False) ** 2, 0.0)
+        fit = fit_pdb(lam, 1024)
+        assert bool(fit.ok) and int(fit.bulks) == bulks and np.isfinite(float(fit.residual))
+        assert float(fit.c) == pytest.approx((255 - int(fit.K)) / 1024)  # p - 1 eigenvalues described
+        if bulks == 2:
+            assert abs(float(fit.t) - 0.7) < 0.02
+            np.testing.assert_allclose([float(fit.sigma1_sq), float(fit.sigma2_sq)], [1.0, 4.0], rtol=0.02)
+        else:
+            assert float(fit.sigma1_sq) == pytest.approx(1024, rel=0.02)
