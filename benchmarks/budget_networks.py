@@ -78,11 +78,12 @@ METHODS = ("pdb/none", "pdb/spikes", "pdb/optimal", "uniform", "pub-bema")
 COLORS = {"pdb/none": "tab:orange", "pdb/spikes": "tab:red", "pdb/optimal": "tab:purple",
           "uniform": "tab:gray", "pub-bema": "tab:blue"}
 # Fine-tuning rate: 0.1 x the recipe's final rate, on balanced factors (finetune's default, see
-# pdbjax.experiments.finetune.balance). In compress's form (a = U S, b = V^T) one SGD step moves W = a b by
-# -lr (G V V^T + U S^2 U^T G), ~s^2 times the dense step along a component of singular value s (s ~ 10-30
-# here). Pilots (test accuracy after the epoch; not a tuning sweep): fcnn-mnist5k pdb/none f = 0.3, unbalanced:
-# 0.949 -> 0.59 at 1x, 0.95 at 0.1x; fcnn-fmnist noise 0.2, pdb/none f = 0.05 (0.7005 before): 0.39 unbalanced
-# at 0.1x, 0.81 unbalanced at 0.01x, 0.84 balanced at 0.1x; uniform f = 0.1 (0.8317): 0.59 / 0.86 / 0.86.
+# pdbjax.experiments.finetune.balance). In the unbalanced form (a = U S, b = V^T, compress's before it
+# stored balanced factors) one SGD step moves W = a b by -lr (G V V^T + U S^2 U^T G), ~s^2 times the
+# dense step along a component of singular value s (s ~ 10-30 here). Pilots (test accuracy after the
+# epoch; not a tuning sweep): fcnn-mnist5k pdb/none f = 0.3, unbalanced: 0.949 -> 0.59 at 1x, 0.95 at
+# 0.1x; fcnn-fmnist noise 0.2, pdb/none f = 0.05 (0.7005 before): 0.39 unbalanced at 0.1x, 0.81
+# unbalanced at 0.01x, 0.84 balanced at 0.1x; uniform f = 0.1 (0.8317): 0.59 / 0.86 / 0.86.
 LR_SCALE = 0.1
 
 

@@ -393,12 +393,14 @@ def compress(
         keep counts are allocated across all matrices from their fits (:mod:`pdbjax.budget`: every
         component scored by ``s_j^2 / lambda_+`` of its own matrix, filled greedily by score per stored
         parameter, components above the edges first, then the largest below them while the budget
-        lasts). A matrix whose fit is not ok is left as it is and counted at ``m n`` (at
-        ``p (m + n)`` when ``factored`` and its stacked leaf also holds compressed matrices, which is
-        what its exact factors take); a budget too small for those alone is a ``ValueError`` naming
-        them. Leaves skipped by the selection (``on_error="skip"``: not a float matrix, NaN/Inf) are
-        outside the count, as in ``params_before``. Needs the method's fit (``"pdb"``, ``"pub-*"``;
-        ``"svd"`` allocates with the PDB fit); not with ``"slr"``, nor together with ``rank``.
+        lasts). A matrix whose fit is not ok is left as it is and counted at ``m n``; with
+        ``factored`` every matrix is counted at what is stored (a stacked leaf's layers are allocated
+        together and keep one width, every factored leaf keeps at least one component, and a stacked
+        leaf with a layer whose fit is not ok is stored dense, each layer at ``m n``); a budget too small
+        for those alone is a ``ValueError`` naming them. Leaves skipped by the selection
+        (``on_error="skip"``: not a float matrix, NaN/Inf) are outside the count, as in
+        ``params_before``. Needs the method's fit (``"pdb"``, ``"pub-*"``; ``"svd"`` allocates with
+        the PDB fit); not with ``"slr"``, nor together with ``rank``.
         ``shrink`` applies to the kept components; with ``shrink="optimal"``, which sets every component
         at or below the edge to 0, only components above the edges are allocated (the budget is an upper
         bound, not spent on zeros; see ``benchmarks/results/budget.md``).
@@ -407,7 +409,8 @@ def compress(
         :mod:`pdbjax.shrink`; for svd/slr the PDB fit is estimated for it), ``"none"``, or ``None``
         (the method's own: ``"spikes"`` for pdb/pub-*, ``"none"`` for svd/slr).
       factored: store each compressed matrix as a :class:`LowRank` node ``(a, b)`` instead of a dense
-        array (plain pytrees only: for NNX use ``nnx.state(model).to_pure_dict()``).
+        array, balanced: ``a = U_k diag(s'_k)^(1/2)``, ``b = diag(s'_k)^(1/2) V_k^T`` (plain pytrees only:
+        for NNX use ``nnx.state(model).to_pure_dict()``).
       mode: PDBLS mode for the fits.
       slr_sr, slr_rr: SLR sparsity and reduction rates.
       conv_reshape, layer_axis, on_error, shard, precision, progress, max_memory: as in
@@ -426,9 +429,14 @@ def compress(
       ``budget_params`` (what it is counted at) and the totals ``budget`` (``f``), ``budget_cap``
       (``floor(f sum m n)``), ``budget_params_after`` (the sum of ``budget_params``) and
       ``budget_ratio = budget_params_after / params_before <= f``; a row's ``keep`` is its allocation.
-      With ``factored=True`` a stacked leaf's factors are as wide as its largest keep (zero columns
-      pad the others) and a leaf that keeps nothing stores one zero column (Orbax cannot store empty
-      arrays); neither padding is counted.
+      A weight whose rebuild falls outside its dtype (``OUT_OF_RANGE``, e.g. float16 near 65504) is
+      stored dense and counted at ``m n`` after the allocation, so only then can ``budget_ratio``
+      exceed ``f``. With ``factored=True`` a stacked leaf's factors are as wide as its largest keep
+      (zero columns pad the others) and a leaf that keeps nothing stores one zero column (Orbax cannot
+      store empty arrays): ``params_after`` counts what is stored, padding included (for ``"slr"``,
+      the sparse count); a stacked leaf with a layer left as it is is stored dense, its compressed
+      layers as the product of their factors (exact factors of that layer would take
+      ``p (m + n) > m n``, and every layer the leaf's width).
     """
     if isinstance(where, str) and where in METHODS:
         raise TypeError(f"compress(params, {where!r}) passes {where!r} as where=; the method is keyword-only: "
@@ -489,8 +497,11 @@ def compress(
             row = _compress_row(sel, i, item, method, shrink)
             if factored and not isinstance(updates[sel.name], LowRank):
                 row["params_after"] = row["params_before"]  # the leaf stays dense
-            if counted is not None:
-                row["budget_params"] = int(counted[leaf][i])
+            elif factored and method != "slr":  # what is stored: the leaf's width, padding columns included
+                row["params_after"] = updates[sel.name].a.shape[-1] * sum(sel.matrix_shape)
+            if counted is not None:  # factored: what is stored; dense: the allocation, m n for an overflow
+                unstored = int(item["info"].reason) == Reason.OUT_OF_RANGE
+                row["budget_params"] = row["params_after"] if factored else row["params_before"] if unstored else int(counted[leaf][i])
             by_leaf.setdefault(sel.name, []).append(row)
     rows = [row for sel in sels for row in by_leaf[sel.name]]  # tree order, as analyze's
     if factored:
@@ -542,7 +553,8 @@ def _split(values: np.ndarray, sels: Sequence[Selected]) -> list[np.ndarray]:
 
 def _allocate(sels: Sequence[Selected], specs: Sequence[Spectrum], fits: Sequence[Any], budget: float, factored: bool,
               fill: bool) -> Allocation:
-    """Keep counts of every matrix of ``sels`` for ``budget`` (:func:`pdbjax.budget.allocate`), one flat array.
+    """Keep counts of every matrix of ``sels`` for ``budget`` (:func:`pdbjax.budget.allocate`), one flat array
+    (``keep`` and ``params`` per matrix).
 
     ``fill=False`` (used with ``shrink="optimal"``, which sets every component at or below the noise edge
     to zero) allocates only components above the edges: storing a component that is then zero would spend
@@ -550,23 +562,39 @@ def _allocate(sels: Sequence[Selected], specs: Sequence[Spectrum], fits: Sequenc
 
     Scores are ``s_j^2 / lambda_+`` from the values-only spectra (the same numbers the rebuild's keep
     decisions use) and the method's fits, in the original units (float64), padded with NaN to the
-    longest spectrum. A matrix whose fit is not ok stays as it is: counted at ``m n``, or at ``p (m + n)``
-    when ``factored`` and its leaf holds a compressed matrix too (its exact factors are then stored).
+    longest spectrum. A matrix whose fit is not ok stays as it is, counted at ``m n``. With ``factored``
+    every matrix is counted at what its leaf stores (:func:`_new_leaf`): a stacked leaf's factors are as wide
+    as its widest keep, so its layers are allocated together and keep the same count; every factored leaf
+    stores at least one column; a stacked leaf with a layer whose fit is not ok is stored dense, every layer
+    counted at ``m n``, its other layers keeping all ``p`` components (filtered as the method does, no storage
+    to save).
     """
     width = max(min(s.matrix_shape) for s in sels)
-    blocks, ok, shapes, names, fixed = [], [], [], [], []
+    pad = lambda x: np.pad(x, ((0, 0), (0, width - x.shape[-1])), constant_values=np.nan)  # noqa: E731
+    rows: list[dict[str, Any]] = []  # one allocation row per matrix, or per stacked factored leaf
     for sel, spec, fit in zip(sels, specs, fits):
         rho = component_scores(raw_eigenvalues(spec), fit)
-        blocks.append(np.pad(rho, ((0, 0), (0, width - rho.shape[-1])), constant_values=np.nan))
         leaf_ok = np.asarray(fit.ok, bool).reshape(sel.num_matrices)
-        ok.append(leaf_ok)
         a, b = sel.matrix_shape
-        shapes += [(a, b)] * sel.num_matrices
-        names += [_base_row(sel, i)["name"] for i in range(sel.num_matrices)]
-        cost = min(a, b) * (a + b) if factored and leaf_ok.any() else a * b
-        fixed.append(np.full(sel.num_matrices, cost, np.int64))
-    return allocate(np.concatenate(blocks), np.asarray(shapes), budget, allocatable=np.concatenate(ok),
-                    fixed_params=np.concatenate(fixed), names=names, fill=fill)
+        names = [_base_row(sel, i)["name"] for i in range(sel.num_matrices)]
+        if factored and sel.num_matrices > 1 and leaf_ok.all():  # one row for the leaf: its columns are shared
+            rows.append(dict(scores=pad(np.sum(rho, axis=0, keepdims=True)), above=pad(np.any(rho > 1, axis=0, keepdims=True) * 1.0),
+                             ok=True, layers=sel.num_matrices, shape=(a, b), name=sel.name, fixed=0, full=False))
+            continue
+        dense_leaf = factored and sel.num_matrices > 1  # a stacked factored leaf with a failed layer stays dense
+        for i in range(sel.num_matrices):
+            ok = bool(leaf_ok[i]) and not dense_leaf
+            rows.append(dict(scores=pad(rho[i:i + 1]), above=pad((rho[i:i + 1] > 1) * 1.0), ok=ok, layers=1, shape=(a, b),
+                             name=names[i], fixed=a * b, full=dense_leaf and bool(leaf_ok[i])))
+    col = lambda key: np.asarray([r[key] for r in rows])  # noqa: E731
+    alloc = allocate(np.concatenate(col("scores")), col("shape"), budget, allocatable=col("ok"),
+                     fixed_params=col("fixed"), names=list(col("name")), fill=fill, layers=col("layers"),
+                     above=np.concatenate(col("above")) == 1.0, least=col("ok").astype(np.int64) if factored else None)
+    layers = col("layers")
+    full = np.repeat(np.where(col("full"), np.minimum(*col("shape").T), 0), layers)
+    keep = np.maximum(np.repeat(alloc.keep, layers), full)
+    params = np.repeat(alloc.params // layers, layers)
+    return alloc._replace(keep=keep, params=params)
 
 
 def _new_leaf(sel: Selected, out: Any, info: FilterInfo, factored: bool) -> tuple[Any, FilterInfo]:
@@ -574,22 +602,25 @@ def _new_leaf(sel: Selected, out: Any, info: FilterInfo, factored: bool) -> tupl
     ``info`` itself, updated where a weight could not be stored.
 
     Every matrix whose ``info.ok`` is False is the leaf's own, bit for bit (the rebuild returned it in the working
-    precision, which rounds a float64 leaf). A rebuilt matrix (or, factored, its factors) with entries that overflow
-    the leaf's dtype (e.g. float16 weights near 65504) is not stored: its row becomes ``Reason.OUT_OF_RANGE`` and the
-    matrix stays as it is, or, factored, the whole leaf does; a factored leaf that also holds compressed matrices and
-    whose factors of some layer overflow (an unchanged layer's full factors ``U s`` included) is a ``ValueError``
-    naming the layers.
+    precision, which rounds a float64 leaf). A rebuilt matrix ``W'`` (dense, or the product of its factors) with
+    entries outside the leaf's dtype (e.g. float16 weights near 65504), or factors that overflow it, is not stored:
+    its row becomes ``Reason.OUT_OF_RANGE`` and the matrix stays as it is. Factored, the leaf becomes a
+    :class:`LowRank` only when every matrix in it was compressed: otherwise (a stacked leaf with a layer left
+    as it is, whose exact factors would take ``p (m + n) > m n``) it is stored dense, its compressed layers
+    as the product of their factors.
     """
     ok = np.asarray(info.ok, bool).reshape(-1)
+    limit = float(jnp.finfo(sel.dtype).max)  # ml_dtypes (bfloat16) too
     with np.errstate(over="ignore", invalid="ignore"):
         if factored:
-            r = max(int(np.max(np.asarray(info.keep))), 1)  # the widest kept rank (columns beyond a row's keep are 0)
-            stored = np.asarray(out[0][..., :r]).astype(sel.dtype), np.asarray(out[1][..., :r, :]).astype(sel.dtype)
-            finite = np.isfinite(stored[0]).all(axis=(-2, -1)) & np.isfinite(stored[1]).all(axis=(-2, -1))
+            r = max(int(np.max(np.asarray(info.keep).reshape(-1)[ok], initial=0)), 1)  # the widest kept rank
+            work = np.asarray(out[0][..., :r]), np.asarray(out[1][..., :r, :])
+            stored = work[0].astype(sel.dtype), work[1].astype(sel.dtype)
+            in_range = _product_in_range(*stored, limit)
         else:
             stored = np.asarray(out).astype(sel.dtype)
-            finite = np.isfinite(stored).all(axis=(-2, -1))
-    overflow = ok & ~finite.reshape(-1)
+            in_range = np.isfinite(stored).all(axis=(-2, -1)).reshape(-1)
+    overflow = ok & ~in_range
     if overflow.any():
         info = info._replace(**{
             field: np.where(overflow.reshape(np.shape(value)), new, value) for field, value, new in (
@@ -597,18 +628,28 @@ def _new_leaf(sel: Selected, out: Any, info: FilterInfo, factored: bool) -> tupl
                 ("n_outliers", info.n_outliers, 0), ("params_after", info.params_after, info.params_before),
                 ("rel_change", info.rel_change, 0.0))})
         ok = ok & ~overflow
-    if factored:
-        if not ok.any():  # nothing compressed: the leaf stays as it is (not as full-rank factors), a copy as in dense mode
-            return (np.array(sel.value) if isinstance(sel.value, np.ndarray) else sel.value), info
-        if not finite.all():  # a compressed layer's factors, or an unchanged layer's full ones, would be stored as inf
-            raise ValueError(f"{sel.name}: the factors of layer(s) {np.flatnonzero(~finite.reshape(-1)).tolist()} overflow "
-                             f"{sel.dtype}; compress this leaf with factored=False, or store it in a wider dtype")
+    if factored and ok.all():
         a, b = stored
         return LowRank(*((a[0], b[0]) if sel.layer_axis is None else (a, b))), info
-    if not ok.all():
-        original = np.asarray(to_matrices(sel.value, sel))
-        stored = np.where(ok[:, None, None], stored, original)
-    return from_matrices(stored, sel), info
+    if not ok.any():  # nothing compressed: the leaf stays as it is, a copy
+        return (np.array(sel.value) if isinstance(sel.value, np.ndarray) else sel.value), info
+    original = np.asarray(to_matrices(sel.value, sel))
+    if factored:  # the compressed layers of a leaf stored dense: their factors' products
+        with np.errstate(over="ignore", invalid="ignore"):
+            stored = np.matmul(*work).astype(sel.dtype)
+    return from_matrices(np.where(ok[:, None, None], stored, original), sel), info
+
+
+def _product_in_range(a: np.ndarray, b: np.ndarray, limit: float) -> np.ndarray:
+    """Per matrix of the stacks ``a`` ``(L, m, r)`` and ``b`` ``(L, r, n)``: whether both are finite and every entry
+    of ``a @ b`` lies within ``limit`` in size. Cauchy-Schwarz bounds ``|(a b)_ij| <= ||a_i.|| ||b_.j||``; only a
+    matrix whose bound exceeds ``limit`` has its product formed (float64)."""
+    a64, b64 = a.astype(np.float64), b.astype(np.float64)
+    ok = np.isfinite(a64).all(axis=(-2, -1)) & np.isfinite(b64).all(axis=(-2, -1))
+    bound = np.linalg.norm(a64, axis=-1).max(axis=-1) * np.linalg.norm(b64, axis=-2).max(axis=-1)
+    for i in np.flatnonzero(ok & ~(bound <= limit)):
+        ok[i] = np.abs(a64[i] @ b64[i]).max() <= limit
+    return ok
 
 
 def _compress_row(sel: Selected, index: int, item: dict[str, Any], method: str, shrink: str) -> dict[str, Any]:

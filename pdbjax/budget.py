@@ -2,7 +2,7 @@ r"""Storage budgets: how many components each matrix keeps when the whole model 
 
 Problem. Matrices ``i = 1..M`` of shapes ``(m_i, n_i)``, ``p_i = min(m_i, n_i)``, with singular values
 ``s_i1 >= ... >= s_ip_i`` and a fit of their noise bulk whose upper edge is ``lambda_+^(i)``. Keeping the
-first ``k_i`` components as factors ``A = U_k diag(s'_k)``, ``B = V_k^T`` stores ``k_i (m_i + n_i)``
+first ``k_i`` components as factors ``A = U_k diag(s'_k)^(1/2)``, ``B = diag(s'_k)^(1/2) V_k^T`` stores ``k_i (m_i + n_i)``
 numbers. Given a fraction ``f`` in ``(0, 1]`` of the dense count ``D = sum_i m_i n_i``, choose the
 ``k_i`` so that
 
@@ -146,7 +146,7 @@ def component_scores(eigs: np.ndarray, fit: Fit, score: Score = "edge") -> np.nd
     return np.where(above, alpha / a_max, rho)
 
 
-def greedy(scores: np.ndarray, cost: np.ndarray, cap: int, *, fill: bool = True) -> np.ndarray:
+def greedy(scores: np.ndarray, cost: np.ndarray, cap: int, *, fill: bool = True, above: np.ndarray | None = None) -> np.ndarray:
     """Greedy allocation of ``cap`` parameters to the components of ``M`` matrices (module docstring).
 
     Args:
@@ -156,6 +156,8 @@ def greedy(scores: np.ndarray, cost: np.ndarray, cap: int, *, fill: bool = True)
       cap: parameters available (``>= 0``).
       fill: also take components with score ``<= 1`` (below the noise edge) once every component above
         its edge has been visited.
+      above: ``(M, P)`` bool, which components are above their edge (the first tier), a prefix of each row;
+        default ``scores > 1``.
 
     Returns:
       ``(M,)`` int64 keep counts ``k`` with ``sum k cost <= cap``. Visiting order: tier (``score > 1``
@@ -170,12 +172,13 @@ def greedy(scores: np.ndarray, cost: np.ndarray, cap: int, *, fill: bool = True)
         raise ValueError("every component cost must be positive")
     if cap < 0:
         raise ValueError(f"cap must be >= 0; got {cap}")
+    above = scores > 1 if above is None else np.broadcast_to(np.asarray(above, bool), scores.shape)
     valid = np.isfinite(scores) & (scores > 0)
     if not fill:
-        valid &= scores > 1
+        valid &= above
     row, col = np.nonzero(valid)
     sc, c = scores[row, col], cost[row]
-    order = np.lexsort((col, row, -(sc / c), sc <= 1))
+    order = np.lexsort((col, row, -(sc / c), ~above[row, col]))
     row, c = row[order], c[order]
     taken = np.zeros(row.size, bool)
     alive = np.ones(row.size, bool)
@@ -219,6 +222,9 @@ def allocate(
     fixed_params: np.ndarray | None = None,
     names: Sequence[str] | None = None,
     fill: bool = True,
+    layers: np.ndarray | None = None,
+    above: np.ndarray | None = None,
+    least: np.ndarray | None = None,
 ) -> Allocation:
     r"""Keep counts per matrix for a budget of ``f`` times the dense count (module docstring).
 
@@ -232,13 +238,22 @@ def allocate(
         the dense matrix they stay as).
       names: matrix names for the error message.
       fill: see :func:`greedy`.
+      layers: ``(M,)`` how many matrices of shape ``(m, n)`` each row stands for (default 1): a stack of
+        ``L`` layers stored as factors as wide as its widest keep, allocated as one: a column costs
+        ``L (m + n)``, its dense count is ``L m n``, its score the sum of the layers' scores (so score per
+        parameter is their mean's) and every layer keeps the row's count.
+      above: ``(M, P)`` which components are above their edge (:func:`greedy`; default ``scores > 1``; for
+        a row of several layers, whether any layer's is).
+      least: ``(M,)`` components each allocatable row keeps whatever the budget (0 or 1; default 0): factors
+        stored with at least one column (Orbax cannot store an empty array) spend it on the first component.
 
     Returns:
-      An :class:`Allocation` with ``sum(params) <= cap = floor(f D)``.
+      An :class:`Allocation` with ``sum(params) <= cap = floor(f D)`` (``params`` per row).
 
     Raises:
-      ValueError: ``f`` outside ``(0, 1]``, or the matrices that are not allocatable need more than
-        ``floor(f D)`` by themselves (the message names them and says which budget would suffice).
+      ValueError: ``f`` outside ``(0, 1]``, or the matrices that are not allocatable and the ``least``
+        components need more than ``floor(f D)`` by themselves (the message names the matrices that
+        are not allocatable and says which budget would suffice).
     """
     f = check_budget(budget)
     scores = np.asarray(scores, np.float64)
@@ -246,7 +261,8 @@ def allocate(
     if scores.shape[0] != shapes.shape[0]:
         raise ValueError(f"scores hold {scores.shape[0]} matrices but shapes {shapes.shape[0]}")
     m, n = shapes[:, 0], shapes[:, 1]
-    dense_each = m * n
+    count = np.ones(len(m), np.int64) if layers is None else np.asarray(layers, np.int64).reshape(-1)
+    dense_each, cost = count * m * n, count * (m + n)
     dense = int(np.sum(dense_each))
     cap = math.floor(Fraction(f) * dense)  # exact: stored <= cap implies stored / dense <= f
     if allocatable is None:
@@ -254,19 +270,25 @@ def allocate(
     allocatable = np.asarray(allocatable, bool)
     fixed = dense_each if fixed_params is None else np.asarray(fixed_params, np.int64)
     fixed = np.where(allocatable, 0, fixed)
-    needed = int(np.sum(fixed))
+    first = np.zeros(len(m), np.int64) if least is None else np.where(allocatable, np.asarray(least, np.int64), 0)
+    needed = int(np.sum(fixed)) + int(np.sum(first * cost))
     if needed > cap:
         bad = np.flatnonzero(~allocatable)
         listed = [names[i] if names is not None else f"matrix {i}" for i in bad]
         shown = ", ".join(listed[:8]) + (f" and {len(listed) - 8} more" if len(listed) > 8 else "")
-        least = _least_budget(needed, dense)
-        use = f"use a budget of at least {least}, or" if least is not None else "no budget up to 1 holds them;"
+        least_f = _least_budget(needed, dense)
+        use = f"use a budget of at least {least_f}, or" if least_f is not None else "no budget up to 1 holds them;"
+        which = (f"the matrices that stay dense (their fit is not ok, or, factored, a layer of their stacked leaf's "
+                 f"is): {shown}"
+                 if bad.size else "nothing")
+        also = f", and one column of factors for each of the {int(np.sum(first > 0))} others" if first.any() else ""
         raise ValueError(
-            f"budget {f} allows {cap:,} of the selected matrices' {dense:,} parameters, but the matrices that "
-            f"cannot be compressed (their fit is not ok; they stay as they are) already take {needed:,}: {shown}; "
-            f"{use} leave them out with where="
+            f"budget {f} allows {cap:,} of the selected matrices' {dense:,} parameters, but {needed:,} are taken "
+            f"before any allocation by {which}{also}; {use} leave matrices out with where="
         )
     usable = np.where(allocatable[:, None], scores, np.nan)
-    keep = greedy(usable, m + n, cap - needed, fill=fill)
-    params = np.where(allocatable, keep * (m + n), fixed)
+    shift = lambda x: np.where(first[:, None] > 0, np.pad(x, ((0, 0), (0, 1)), constant_values=np.nan)[:, 1:], x)  # noqa: E731
+    tier = None if above is None else shift(np.asarray(above, float)) == 1.0
+    keep = first + greedy(shift(usable), cost, cap - needed, fill=fill, above=tier)
+    params = np.where(allocatable, keep * cost, fixed)
     return Allocation(keep, params.astype(np.int64), cap, dense)

@@ -264,7 +264,8 @@ def build_parser() -> argparse.ArgumentParser:
                        for svd/slr)""")
     c.add_argument("--factored", action="store_true",
                    help="""store each compressed matrix NAME as two factors NAME.a (m x r) and NAME.b (r x n) (NAME/a,
-                       NAME/b in .npz) with NAME ~ a @ b, instead of a dense matrix (a @ b is NAME's matrix view: a stacked leaf's
+                       NAME/b in .npz) with NAME ~ a @ b, a = U sqrt(S) and b = sqrt(S) V^T, instead of a dense matrix; a leaf
+                       with a matrix whose fit is not ok stays dense (a @ b is NAME's matrix view: a stacked leaf's
                        layers come first, a conv kernel is reshaped as --conv-reshape says; pdbjax.densify with the
                        same --layer-axis and --conv-reshape restores the leaf's layout)""")
     c.add_argument("--slr-sr", metavar="F", type=_fraction, default=0.5,

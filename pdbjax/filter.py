@@ -89,7 +89,7 @@ class FilterInfo(NamedTuple):
         ``"optimal"``; 0 for ``"none"`` (the default of ``"svd"``/``"slr"``) and bad fits.
       params_before: ``a * b`` (int32).
       params_after: stored parameters of the output (int32). Dense output: ``a * b``. Factored:
-        ``keep * (a + b)`` (``A = U_k diag(s'_k)``, ``B = V_k^T``); SLR: ``nnz(U_k) + k + nnz(V_k^T)``
+        ``keep * (a + b)`` (``A = U_k diag(s'_k)^(1/2)``, ``B = diag(s'_k)^(1/2) V_k^T``); SLR: ``nnz(U_k) + k + nnz(V_k^T)``
         with the structural non-zeros of the sparsified factors (Swaminathan et al.'s count).
       rel_change: ``||W' - W||_F / ||W||_F`` of the returned weight (after the cast to the input
         dtype; for factored output ``W' = A @ B``), measured on ``W / scale`` so it cannot overflow;
@@ -391,7 +391,8 @@ def filter_matrix(
 
     Returns:
       ``(W_new, info)`` or ``((A, B), info)`` and a :class:`FilterInfo`. Factored output has the
-      static full width ``p``: ``A = U diag(s')`` ``(..., a, p)`` and ``B = V^T`` ``(..., p, b)``
+      static full width ``p``, balanced: ``A = U diag(s')^(1/2)`` ``(..., a, p)`` and ``B = diag(s')^(1/2) V^T``
+      ``(..., p, b)`` (no entry of either exceeds ``sqrt(s'_1)``, so factors fit a dtype wherever ``W'`` about does)
       with columns of ``A`` / rows of ``B`` from ``info.keep`` on exactly zero (for SLR also the
       sparsified entries), so ``A[..., :r], B[..., :r, :]`` with ``r = int(info.keep.max())`` is the
       compact form with the same product. A matrix whose fit is not ok gets its full factors
@@ -686,32 +687,43 @@ def _rebuild(
     if slr is not None:
         mask_a, mask_b = _slr_masks(U, Vh, keep, *slr)
         mask_a, mask_b = mask_a | ~ok[..., None, None], mask_b | ~ok[..., None, None]
-    A = jnp.where(mask_a, U * s[..., None, :], 0.0)  # in units of W / scale
-    B = jnp.where(mask_b, Vh, 0.0)
     dims = jnp.asarray(a * b, jnp.int32)
     up = scale[..., None, None]
-    if factored:
-        out = (A * up).astype(W.dtype), B.astype(W.dtype)
-        W_hat = (out[0].astype(A.dtype) / up) @ out[1].astype(A.dtype)
+    limit = min(float(jnp.finfo(W.dtype).max), float(jnp.finfo(U.dtype).max))  # the rebuild runs in U's dtype
+    if factored:  # balanced: A = U diag(sqrt s'), B = diag(sqrt s') V^T, each entry at most sqrt(s'_1) in size
+        half = jnp.sqrt(up)
+        stored = lambda s_: ((U * jnp.sqrt(jnp.maximum(s_, 0.0))[..., None, :] * half).astype(W.dtype),  # noqa: E731
+                             (jnp.sqrt(jnp.maximum(s_, 0.0))[..., :, None] * Vh * half).astype(W.dtype))
+        A, B = stored(s)
+        A, B = jnp.where(mask_a, A, 0), jnp.where(mask_b, B, 0)
+        W_hat = (A.astype(U.dtype) / half) @ (B.astype(U.dtype) / half)  # in units of W / scale, as stored
+        over = ok & ~(jnp.max(jnp.abs(W_hat), axis=(-2, -1)) <= limit / scale)  # W' = A B outside W's dtype
+        full = stored(f.s)  # a matrix left as it is keeps its full factors
+        out = tuple(jnp.where(over[..., None, None], x, y) for x, y in zip(full, (A, B)))
         if slr is not None:
             params = jnp.sum(mask_a, axis=(-2, -1)) + keep + jnp.sum(mask_b, axis=(-2, -1))
         else:
             params = keep * (a + b)
     else:
-        out = jnp.where(ok[..., None, None], ((A @ B) * up).astype(W.dtype), W)
-        W_hat = out.astype(A.dtype) / up
+        W_hat = jnp.where(mask_a, U * s[..., None, :], 0.0) @ jnp.where(mask_b, Vh, 0.0)  # in units of W / scale
+        over = ok & ~(jnp.max(jnp.abs(W_hat), axis=(-2, -1)) <= limit / scale)
+        out = jnp.where((ok & ~over)[..., None, None], (W_hat * up).astype(W.dtype), W)
+        W_hat = out.astype(U.dtype) / up
         params = jnp.broadcast_to(dims, batch)
-    W_n = jnp.where(f.finite[..., None, None], W.astype(A.dtype), 0.0) / up  # change measured at unit scale
+    # A weight whose rebuild would overflow its dtype (e.g. float16 near 65504) is left as it is: OUT_OF_RANGE.
+    ok, keep = ok & ~over, jnp.where(over, p, keep)
+    params = jnp.where(over, p * (a + b), params) if factored else params
+    W_n = jnp.where(f.finite[..., None, None], W.astype(U.dtype), 0.0) / up  # change measured at unit scale
     W_hat = jnp.where(f.finite[..., None, None], W_hat, 0.0)
     norm = jnp.linalg.norm(W_n, axis=(-2, -1))
     change = jnp.linalg.norm(W_hat - W_n, axis=(-2, -1))
     info = FilterInfo(
         keep=keep,
-        n_outliers=d.n_outliers,
+        n_outliers=jnp.where(over, 0, d.n_outliers),
         params_before=jnp.broadcast_to(dims, batch),
         params_after=params.astype(jnp.int32),
         rel_change=jnp.where(ok & (norm > 0), change / jnp.where(norm > 0, norm, 1.0), 0.0),
         ok=ok,
-        reason=d.reason,
+        reason=jnp.where(over, Reason.OUT_OF_RANGE, d.reason).astype(d.reason.dtype),
     )
     return out, info

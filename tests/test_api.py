@@ -302,17 +302,24 @@ def test_float16_weights_that_would_overflow_are_flagged_and_left_unchanged(fact
     assert rep.totals["params_after"] == W.size
 
 
-def test_factored_float16_leaf_whose_unchanged_layer_would_overflow_is_refused():
-    """A stacked float16 leaf: layer 0 rank 2 with entries near 3e4 (fit not ok: stored as its full factors U s, whose
-    entries reach 3e5 > 65504), layer 1 compressible. Storing layer 0's factors would write inf; refused, naming it."""
+def test_factored_stacked_leaf_with_an_unchanged_layer_is_stored_dense():
+    """A stacked float16 leaf: layer 0 rank 2 with entries near 3e4 (fit not ok, left as it is), layer 1
+    compressible. Stored as factors, layer 0 would need its full factors, p (m + n) > m n, and every layer the
+    leaf's width: the leaf is stored dense instead, layer 0 bit for bit, layer 1 the product of its factors (the
+    dense output's rebuild, both rounded to float16 from float32 products: 2 float16 ulps of the largest entry)."""
     rng = np.random.default_rng(0)
     low = rng.uniform(0.5, 1, (A, 2)) @ rng.uniform(0.5, 1, (2, B))
     stack = np.stack([low * 3e4 / low.max(), _pdb_matrix(4)]).astype(np.float16)
-    with pytest.raises(ValueError, match=r"s/kernel: the factors of layer\(s\) \[0\] overflow float16"):
-        pdbjax.compress({"s": {"kernel": stack}}, layer_axis=0, factored=True)
-    new, rep = pdbjax.compress({"s": {"kernel": stack}}, layer_axis=0)  # dense: layer 0 unchanged, layer 1 compressed
-    np.testing.assert_array_equal(new["s"]["kernel"][0], stack[0])
-    assert [r["status"][:9] for r in rep] == ["unchanged", "ok"]
+    params = {"s": {"kernel": stack}}
+    new, rep = pdbjax.compress(params, layer_axis=0, factored=True)
+    dense, dense_rep = pdbjax.compress(params, layer_axis=0)
+    leaf = new["s"]["kernel"]
+    assert isinstance(leaf, np.ndarray) and leaf.dtype == np.float16 and leaf.shape == stack.shape
+    np.testing.assert_array_equal(leaf[0], stack[0])
+    assert [r["status"][:9] for r in rep] == [r["status"][:9] for r in dense_rep] == ["unchanged", "ok"]
+    top = float(np.abs(dense["s"]["kernel"][1]).max())
+    np.testing.assert_allclose(leaf[1].astype(np.float32), dense["s"]["kernel"][1].astype(np.float32), atol=2 * np.spacing(np.float16(top)))
+    assert [r["params_after"] for r in rep] == [A * B, A * B] and rep.totals["params_after"] == 2 * A * B
 
 
 def test_bfloat16_kernels_are_upcast_and_cast_back():

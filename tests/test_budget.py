@@ -226,7 +226,7 @@ def _check_compliance(rep: pdbjax.Report, budget: float, fill: bool = True) -> N
     left = cap - after
     for r in rows:
         m, n = r["matrix_shape"]
-        if r["status"] == "ok":
+        if r["status"] == "ok" and r["budget_params"] != m * n:  # (m n: a layer of a stacked leaf stored dense)
             assert r["budget_params"] == r["keep"] * (m + n)
             top = r["p"] if fill else r["n_outliers"]  # optimal shrinkage: n_outliers = components above lambda_+
             assert r["keep"] <= top and (r["keep"] == top or m + n > left), r["name"]  # the next would not fit
@@ -310,12 +310,20 @@ def test_unfitted_leaves_stay_dense_and_count():
     assert rep.totals["params_before"] == 2 * A * B
     with pytest.raises(ValueError, match=r"zero/kernel.*at least 0\.5\b"):
         pdbjax.compress(params, budget=0.4, on_error="skip")
-    # a stacked leaf that also holds compressed matrices stores the unfitted one as exact factors
+    # Factored, a stacked leaf with an unfitted layer is stored dense (that layer's exact factors would take
+    # p (m + n) > m n, and every layer the leaf's width): each layer counted at m n, the fitted one keeping all p.
     stack = np.stack([_pdb(0), np.zeros((A, B), np.float32)])
-    new, rep = pdbjax.compress({"s": {"kernel": stack}}, budget=0.9, factored=True, layer_axis=0)
-    _check_compliance(rep, 0.9)
-    assert rep[1]["status"].startswith("unchanged") and rep[1]["budget_params"] == B * (A + B)
-    assert isinstance(new["s"]["kernel"], pdbjax.LowRank)
+    with pytest.raises(ValueError, match=r"s/kernel\[0\], s/kernel\[1\]; use a budget of at least 1\b"):
+        pdbjax.compress({"s": {"kernel": stack}}, budget=0.9, factored=True, layer_axis=0)
+    params = {"s": {"kernel": stack}, "g": {"kernel": np.stack([_pdb(1)])}}
+    new, rep = pdbjax.compress(params, budget=0.8, factored=True, layer_axis=0)
+    _check_compliance(rep, 0.8)
+    rows = {r["name"]: r for r in rep}
+    assert rows["s/kernel[1]"]["status"].startswith("unchanged") and rows["s/kernel[0]"]["status"] == "ok"
+    assert rows["s/kernel[0]"]["keep"] == B and rows["s/kernel[0]"]["budget_params"] == rows["s/kernel[1]"]["budget_params"] == A * B
+    assert isinstance(new["s"]["kernel"], np.ndarray) and isinstance(new["g"]["kernel"], pdbjax.LowRank)
+    np.testing.assert_array_equal(new["s"]["kernel"][1], 0.0)
+    assert rows["g/kernel[0]"]["budget_params"] == new["g"]["kernel"].a.shape[-1] * (A + B) > 0
 
 
 @pytest.mark.parametrize("method", ["svd", "pdb"])
@@ -368,3 +376,21 @@ def test_cli_budget_writes_factors_within_budget(tmp_path):
     ):
         rc, _, err = _run(["compress", str(src), "-o", str(tmp_path / "x.npz"), *argv])
         assert rc == 2 and message in err, err
+
+
+@pytest.mark.parametrize("budget", [0.1, 0.2])
+def test_factored_stacked_leaf_stores_what_the_budget_counts(budget):
+    """A stacked leaf's factors are as wide as its widest keep: one layer of 16 spikes and three of noise used
+    to keep [10, 2, 2, 3] and store 0.234 of the dense count at budget 0.1 while reporting 0.100. Its layers
+    are now allocated together (one width): what is stored, a.size + b.size, is what the report counts, within
+    the cap; each layer keeps the leaf's width."""
+    keys = jax.random.split(jax.random.PRNGKey(8), 4)
+    sig = pdbjax.simulate(keys[0], 128, 64, pdbjax.PDB(1, 1, 1), spikes=list(np.linspace(200, 20, 16)))
+    stack = np.stack([np.asarray(sig)] + [np.asarray(pdbjax.simulate(k, 128, 64, pdbjax.PDB(1, 1, 1))) for k in keys[1:]])
+    new, rep = pdbjax.compress({"blocks": {"kernel": stack}}, layer_axis=0, budget=budget, factored=True)
+    leaf = new["blocks"]["kernel"]
+    stored = leaf.a.size + leaf.b.size
+    assert stored == rep.totals["budget_params_after"] == rep.totals["params_after"] <= rep.totals["budget_cap"]
+    assert len({r["keep"] for r in rep}) == 1 and leaf.a.shape[-1] == rep[0]["keep"] >= 1
+    # the next column of all four layers would not fit, so the leaf uses the budget it can
+    assert stored + 4 * (128 + 64) > rep.totals["budget_cap"]

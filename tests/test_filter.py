@@ -519,3 +519,25 @@ def test_both_orientations_share_the_rebuild_program(batch, method) -> None:
     for field in ("keep", "ok", "reason", "params_before", "params_after"):
         np.testing.assert_array_equal(np.asarray(getattr(info_w, field)), np.asarray(getattr(info, field)))
     np.testing.assert_array_equal(np.asarray(finfo_w.params_after), np.asarray(finfo.params_after))
+
+
+@pytest.mark.parametrize("factored", [False, True])
+def test_a_rebuild_outside_the_dtype_is_out_of_range_and_left_as_it_is(factored):
+    """float16 weights clipped at 65504 whose rank-2 rebuild reaches about 66,500: not representable, so the
+    row is OUT_OF_RANGE and the weight is returned as it is (factored: its full balanced factors, whose
+    product is W up to float16 rounding of the factors: 1% of the largest entry), never inf reported ok.
+    The factors themselves would fit (balanced, each entry at most sqrt(s_1)): the product is what is checked."""
+    rng = np.random.default_rng(0)
+    top = np.outer(rng.uniform(0.5, 1, 256), rng.uniform(0.5, 1, 128))
+    W = (np.clip(top * 75000 / top.max(), None, 65504) + rng.normal(size=top.shape) * 5000).clip(-65504, 65504).astype(np.float16)
+    out, info = filter_matrix(jnp.asarray(W), "svd", 2, factored=factored)
+    assert not bool(info.ok) and int(info.reason) == Reason.OUT_OF_RANGE and int(info.keep) == 128
+    if factored:
+        A, B = (np.asarray(x, np.float32) for x in out)
+        assert np.isfinite(A).all() and np.isfinite(B).all()
+        np.testing.assert_allclose(A @ B, W.astype(np.float32), atol=0.01 * 65504)
+    else:
+        np.testing.assert_array_equal(np.asarray(out), W)
+    # the same matrix in float32 fits: compressed
+    _, info32 = filter_matrix(jnp.asarray(W, jnp.float32), "svd", 2, factored=factored)
+    assert bool(info32.ok) and int(info32.keep) == 2

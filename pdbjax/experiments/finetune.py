@@ -80,12 +80,13 @@ def _is_low(x: Any) -> bool:
 def balance(node: LowRank) -> LowRank:
     """The same product ``a @ b`` with column ``j`` of ``a`` and row ``j`` of ``b`` of equal norm.
 
-    ``compress`` stores ``a = U diag(s)``, ``b = V^T``. Trained in that form, one SGD step on the factors
-    moves ``W = a b`` by ``-lr (G b^T b + a a^T G) = -lr (G V V^T + U diag(s^2) U^T G)``: along a component
-    with singular value ``s`` the step is about ``s^2`` times the dense one, which makes a learning rate
-    that suits the dense network unstable for the large components. Balanced factors
-    ``a = U diag(sqrt(s))``, ``b = diag(sqrt(s)) V^T`` scale it by ``2 s`` instead. Zero columns stay zero.
-    Works on stacks (``a`` of shape ``(..., m, r)``, ``b`` ``(..., r, n)``).
+    Factors in the form ``a = U diag(s)``, ``b = V^T`` (as ``compress`` stored them before it stored balanced
+    ones, or as other tools give them): trained in that form, one SGD step on the factors moves ``W = a b`` by
+    ``-lr (G b^T b + a a^T G) = -lr (G V V^T + U diag(s^2) U^T G)``: along a component with singular value
+    ``s`` the step is about ``s^2`` times the dense one, which makes a learning rate that suits the dense
+    network unstable for the large components. Balanced factors ``a = U diag(sqrt(s))``,
+    ``b = diag(sqrt(s)) V^T`` (``compress``'s own, which this leaves as they are up to rounding) scale it by
+    ``2 s`` instead. Zero columns stay zero. Works on stacks (``a`` of shape ``(..., m, r)``, ``b`` ``(..., r, n)``).
     """
     a, b = np.asarray(node.a), np.asarray(node.b)
     na, nb = np.linalg.norm(a, axis=-2), np.linalg.norm(b, axis=-1)
