@@ -63,6 +63,7 @@ from pdbjax.tree import (
     Where,
     from_matrices,
     is_nnx,
+    leaf_names,
     map_chunks,
     map_groups,
     pad_rows,
@@ -326,6 +327,13 @@ def densify(params: Any, like: Any, *, conv_reshape: ConvReshape = "in", layer_a
     ``(L, m, n)`` products map back into each leaf). A node whose factors do not fit its leaf's matrix view
     (e.g. a stacked leaf densified without its ``layer_axis``) is a ``ValueError`` naming the leaf.
 
+    A file written by ``pdbjax compress --factored`` and read back with :func:`pdbjax.io.load` holds each
+    factored leaf ``NAME`` as two entries, ``NAME.a`` and ``NAME.b`` (safetensors), ``NAME/a`` and ``NAME/b``
+    (``.npz``) or a ``{"a": ..., "b": ...}`` dict (Orbax); where ``NAME`` is a leaf of ``like`` they are read
+    as a :class:`LowRank` node and the result holds ``NAME``. Such a pair whose ``NAME`` is not in ``like``
+    (neither ``NAME`` nor ``NAME.a`` / ``NAME/a`` is a leaf of it) is a ``ValueError``: ``like`` is not the
+    tree that was compressed.
+
     Example (layers stacked on axis 1 of a ``(in, L, out)`` leaf):
 
     >>> import numpy as np, pdbjax
@@ -338,6 +346,7 @@ def densify(params: Any, like: Any, *, conv_reshape: ConvReshape = "in", layer_a
     >>> back.shape, bool(np.allclose(back, dense["w"], atol=1e-5))
     ((64, 3, 32), True)
     """
+    params = _read_factors(params, like)
     is_low = lambda x: isinstance(x, LowRank)  # noqa: E731
     flat, _ = jax.tree_util.tree_flatten_with_path(params, is_leaf=is_low)
     names = {path_name(path) for path, node in flat if is_low(node)}
@@ -361,6 +370,42 @@ def densify(params: Any, like: Any, *, conv_reshape: ConvReshape = "in", layer_a
                     "compress was given")
             updates[name] = from_matrices((a @ b).reshape(sel.num_matrices, m, n), sel)
     return jax.tree_util.tree_map_with_path(lambda path, x: updates.get(path_name(path), x), params, is_leaf=is_low)
+
+
+def _read_factors(params: Any, like: Any) -> Any:
+    """``params`` with the factor pairs of a saved factored file (see :func:`densify`) as :class:`LowRank`
+    nodes, in new dicts (the caller's are left as they are); every other node is kept."""
+    leaves = set(leaf_names(like))
+
+    def pairs(node: dict, prefix: str) -> dict[Any, tuple[str, Any, Any]]:
+        """``{key of a: (NAME, key, key of b)}`` for the ``NAME.a``/``NAME.b`` (or ``/``) entries of ``node``."""
+        found = {}
+        for key in node:
+            if isinstance(key, str) and key[-2:] in (".a", "/a") and key[:-1] + "b" in node:
+                found[key] = (f"{prefix}{key[:-2]}", key[:-2], key[:-1] + "b")
+        return found
+
+    def walk(node: Any, prefix: str) -> Any:
+        if type(node) is not dict:
+            return node
+        if set(node) == {"a", "b"} and prefix[:-1] in leaves:
+            return LowRank(node["a"], node["b"])
+        factors = pairs(node, prefix)
+        for key, (name, _, b) in factors.items():
+            if name not in leaves and f"{prefix}{key}" not in leaves:
+                raise ValueError(f"{name}: factors {prefix}{key} and {prefix}{b} of a factored file, but `like` has "
+                                 f"no leaf {name}; pass densify the tree that was compressed")
+        factors = {key: f for key, f in factors.items() if f[0] in leaves}
+        taken = {b for _, _, b in factors.values()}
+        out = {}
+        for key, value in node.items():
+            if key in factors:
+                out[factors[key][1]] = LowRank(value, node[factors[key][2]])
+            elif key not in taken:
+                out[key] = walk(value, f"{prefix}{key}/")
+        return out
+
+    return walk(params, "")
 
 
 def compress(

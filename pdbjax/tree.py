@@ -92,6 +92,7 @@ __all__ = [
     "group_by_shape",
     "is_nnx",
     "is_variable",
+    "leaf_names",
     "Chunk",
     "map_chunks",
     "map_groups",
@@ -794,6 +795,11 @@ def _is_floating(dtype: Any) -> bool:
         return bool(jnp.issubdtype(dtype, jnp.floating))
     except TypeError:  # extended dtypes (PRNG keys) in some JAX versions
         return False
+
+
+def leaf_names(params: Any) -> list[str]:
+    """The plain name (:func:`path_name`) of every leaf of ``params``, NNX Variables counted as leaves."""
+    return _unique_names([path for path, _ in _flatten(params)[0]])
 
 
 def _key_of(entry: Any) -> Any:

@@ -179,6 +179,15 @@ def test_densify_follows_the_layer_axis_and_conv_layout():
         np.testing.assert_allclose(back[name][key], dense[name][key], atol=1e-5 * np.abs(dense[name][key]).max())
     with pytest.raises(ValueError, match=r"blocks/w: factors a \(3, 40, 5\).*layer_axis"):
         pdbjax.densify(factored, params, conv_reshape="out")
+    # as an Orbax checkpoint of a --factored run holds them: {"a": ..., "b": ...} dicts, left as they are
+    saved = {"blocks": {"w": dict(factored["blocks"]["w"]._asdict())}, "conv": {"kernel": dict(factored["conv"]["kernel"]._asdict())}}
+    again = pdbjax.densify(saved, params, layer_axis={"blocks": 1}, conv_reshape="out")
+    np.testing.assert_array_equal(again["blocks"]["w"], back["blocks"]["w"])
+    assert set(saved["conv"]["kernel"]) == {"a", "b"}
+    # a leaf of the tree literally named a / b is not a factor pair
+    plain = {"mix": {"a": params["conv"]["kernel"][:, :, 0, 0], "b": params["conv"]["kernel"][:, :, 0, 0].T}}
+    assert pdbjax.densify(plain, plain)["mix"].keys() == {"a", "b"}
+
 
 def test_nnx_model_and_state():
     model = FCNN(nnx.Rngs(0), sizes=(A, B, A))  # kernels (96, 48) and (48, 96): one compiled fit

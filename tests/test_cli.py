@@ -248,6 +248,30 @@ def test_compress_factored_npz_svd(files, tmp_path):
     assert _digest(files["npz"]) == files["hash_npz"]
 
 
+@pytest.mark.parametrize("fmt", ["npz", "st"])
+def test_factored_file_densifies_to_the_dense_output(files, tmp_path, fmt):
+    """A --factored file read back with pdbio.load holds NAME.a/NAME.b (or NAME/a, NAME/b) entries;
+    pdbjax.densify with the original tree turns them into the dense compress output (float32 products of
+    the same factors: 1e-5 of the weight's scale)."""
+    import pdbjax
+
+    suffix = files[fmt].suffix
+    dense_out, fact_out = tmp_path / f"dense{suffix}", tmp_path / f"factored{suffix}"
+    for out, extra in ((dense_out, []), (fact_out, ["--factored"])):
+        rc, _, err = _run(["compress", str(files[fmt]), "-o", str(out), "--method", "svd", "--rank", "10", *extra])
+        assert rc == 0, err
+    original, factored, dense = pdbio.load(files[fmt]), pdbio.load(fact_out), pdbio.load(dense_out)
+    back = pdbjax.densify(factored, original)
+    assert set(back) == set(original)
+    for name, value in dense.items():
+        got = np.asarray(back[name])
+        assert got.shape == value.shape and got.dtype == value.dtype, name
+        np.testing.assert_allclose(got, value, atol=1e-5 * np.abs(value).max(), err_msg=name)
+    renamed = {"other" + k: v for k, v in original.items()}  # not the tree that was compressed
+    with pytest.raises(ValueError, match="no leaf .*Dense_0.kernel.*pass densify the tree that was compressed"):
+        pdbjax.densify(factored, renamed)
+
+
 def test_compress_refuses_to_overwrite_input(files):
     for path in (files["npz"], files["st"]):
         rc, _, err = _run(["compress", str(path), "-o", str(path), "--overwrite"])
