@@ -52,7 +52,7 @@ from pdbjax.filter import (
 )
 from pdbjax.fits import Reason, reason_text
 from pdbjax.linalg import Spectrum, raw_eigenvalues, spectrum
-from pdbjax.precision import Precision, check_precision
+from pdbjax.precision import Precision, check_precision, context
 from pdbjax.report import Report, compression_totals, to_jsonable
 from pdbjax.tree import (
     Chunk,
@@ -148,9 +148,11 @@ def _matrices(sels: Sequence[Selected]) -> list[jax.Array]:
 
 def _spectra(sels: Sequence[Selected], precision: Precision, shard: bool, progress, max_memory: int | None) -> list[Chunk]:
     """Pass 1: the :class:`~pdbjax.linalg.Spectrum` of every matrix, one :class:`~pdbjax.tree.Chunk` per call
-    (a matrix and its transpose have the same singular values: the two orientations of a shape share one)."""
-    return map_chunks(lambda m: spectrum(m, precision=precision), _matrices(sels), shard=shard, progress=progress,
-                      max_memory=max_memory, transpose_wide=True)
+    (a matrix and its transpose have the same singular values: the two orientations of a shape share one).
+    float64 matrices are stacked in float64 for ``precision="float64"`` (JAX's 64-bit mode off would round them)."""
+    with context(precision):
+        return map_chunks(lambda m: spectrum(m, precision=precision), _matrices(sels), shard=shard, progress=progress,
+                          max_memory=max_memory, transpose_wide=True)
 
 
 #: Rows per call of the fits, figures and decisions: every count of matrices of one padded length runs the
@@ -530,7 +532,8 @@ def compress(
     else:
         aux, then = None, progress
         fn = lambda m: rebuilt(filter_matrix(m, method, rank, **options))  # noqa: E731
-    results = map_groups(fn, _matrices(good), shard=shard, progress=then, max_memory=max_memory, aux=aux)
+    with context(precision):  # float64 leaves stacked in float64 for precision="float64", as in _spectra
+        results = map_groups(fn, _matrices(good), shard=shard, progress=then, max_memory=max_memory, aux=aux)
     counted = None if alloc is None else _split(alloc.params, good)
     by_leaf: dict[str, list[dict[str, Any]]] = {s.name: [_skipped_row(s)] for s in sels if not s.ok}
     updates = {}

@@ -89,6 +89,19 @@ def test_float64_compress_decides_in_float64(model, monkeypatch):
     assert_close([row["t"], row["sigma1_sq"], row["sigma2_sq"]], [direct.t, direct.sigma1_sq, direct.sigma2_sq], BATCH_PARTNERS)
 
 
+def test_float64_weights_are_decomposed_unrounded(model):
+    """With precision="float64" and JAX's 64-bit mode off, float64 leaves are stacked in float64 (they were
+    rounded to float32 first: a rank-5 truncation 1.5e-7 away from NumPy's). Oracle: NumPy's float64 SVD;
+    tolerance 1e-10 of the largest entry, float64 rounding of two SVD routines with room to spare."""
+    W = np.asarray(model["l0"]["kernel"], np.float64) * (1 + 1e-9 * np.arange(200))  # not float32-representable
+    U, s, Vt = np.linalg.svd(W, full_matrices=False)
+    expected = (U[:, :5] * s[:5]) @ Vt[:5]
+    out, _ = pdbjax.compress({"w": W}, where="w", method="svd", rank=5, precision="float64")
+    np.testing.assert_allclose(out["w"], expected, rtol=0, atol=1e-10 * np.abs(expected).max())
+    report = pdbjax.analyze({"w": W}, where="w", precision="float64", baselines=False)
+    np.testing.assert_allclose(report.spectra["w"], s**2, rtol=0, atol=1e-10 * s[0] ** 2)
+
+
 def test_precision_policy_names():
     with pytest.raises(ValueError, match="precision must be one of"):
         precision.check_precision("float16")
