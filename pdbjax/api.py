@@ -331,10 +331,11 @@ def densify(params: Any, like: Any, *, conv_reshape: ConvReshape = "in", layer_a
 
     A file written by ``pdbjax compress --factored`` and read back with :func:`pdbjax.io.load` holds each
     factored leaf ``NAME`` as two entries, ``NAME.a`` and ``NAME.b`` (safetensors), ``NAME/a`` and ``NAME/b``
-    (``.npz``) or a ``{"a": ..., "b": ...}`` dict (Orbax); where ``NAME`` is a leaf of ``like`` they are read
-    as a :class:`LowRank` node and the result holds ``NAME``. Such a pair whose ``NAME`` is not in ``like``
-    (neither ``NAME`` nor ``NAME.a`` / ``NAME/a`` is a leaf of it) is a ``ValueError``: ``like`` is not the
-    tree that was compressed.
+    (``.npz``) or a ``{"a": ..., "b": ...}`` dict (Orbax, lists included); where ``NAME`` is a leaf of ``like``
+    (or, for a file written from a nested tree, the leaf ``x/y/z`` of ``NAME = x.y.z``) they are read as a
+    :class:`LowRank` node and the result holds ``NAME``. Such a pair of matrices (``a``'s last axis ``b``'s
+    rows) whose ``NAME`` is not in ``like`` (neither ``NAME`` nor ``NAME.a`` / ``NAME/a`` is a leaf of it) is a
+    ``ValueError``: ``like`` is not the tree that was compressed.
 
     Example (layers stacked on axis 1 of a ``(in, L, out)`` leaf):
 
@@ -348,17 +349,17 @@ def densify(params: Any, like: Any, *, conv_reshape: ConvReshape = "in", layer_a
     >>> back.shape, bool(np.allclose(back, dense["w"], atol=1e-5))
     ((64, 3, 32), True)
     """
-    params = _read_factors(params, like)
+    params, alias = _read_factors(params, like)
     is_low = lambda x: isinstance(x, LowRank)  # noqa: E731
     flat, _ = jax.tree_util.tree_flatten_with_path(params, is_leaf=is_low)
-    names = {path_name(path) for path, node in flat if is_low(node)}
+    names = {alias.get(path_name(path), path_name(path)) for path, node in flat if is_low(node)}
     sels = {s.name: s for s in select(like, lambda n, x: n in names, conv_reshape=conv_reshape, layer_axis=layer_axis,
                                       on_error="skip")}
     updates = {}
     for path, node in flat:
         if is_low(node):
             name = path_name(path)
-            sel = sels.get(name)
+            sel = sels.get(alias.get(name, name))
             if sel is None or not sel.ok:
                 raise ValueError(f"{name}: a LowRank node, but `like` has no matrix leaf of that name"
                                  + ("" if sel is None else f" ({sel.status})"))
@@ -374,40 +375,59 @@ def densify(params: Any, like: Any, *, conv_reshape: ConvReshape = "in", layer_a
     return jax.tree_util.tree_map_with_path(lambda path, x: updates.get(path_name(path), x), params, is_leaf=is_low)
 
 
-def _read_factors(params: Any, like: Any) -> Any:
+def _read_factors(params: Any, like: Any) -> tuple[Any, dict[str, str]]:
     """``params`` with the factor pairs of a saved factored file (see :func:`densify`) as :class:`LowRank`
-    nodes, in new dicts (the caller's are left as they are); every other node is kept."""
+    nodes, in new dicts and lists (the caller's are left as they are), and ``{name in the result: name of the
+    leaf of like}`` for each (a file written from a nested tree names ``a/b/c`` as ``a.b.c``)."""
     leaves = set(leaf_names(like))
+    dotted: dict[str, list[str]] = {}
+    for leaf in leaves:
+        dotted.setdefault(leaf.replace("/", "."), []).append(leaf)
+    alias: dict[str, str] = {}
 
-    def pairs(node: dict, prefix: str) -> dict[Any, tuple[str, Any, Any]]:
-        """``{key of a: (NAME, key, key of b)}`` for the ``NAME.a``/``NAME.b`` (or ``/``) entries of ``node``."""
-        found = {}
-        for key in node:
-            if isinstance(key, str) and key[-2:] in (".a", "/a") and key[:-1] + "b" in node:
-                found[key] = (f"{prefix}{key[:-2]}", key[:-2], key[:-1] + "b")
-        return found
+    def leaf_of(name: str) -> str | None:
+        if name in leaves:
+            return name
+        found = dotted.get(name.replace("/", "."), [])
+        return found[0] if len(found) == 1 else None
+
+    def low(name: str, a: Any, b: Any, name_a: str, name_b: str) -> LowRank | None:
+        """The node of the pair ``(a, b)`` named ``name``, or None where it is two leaves of ``like``'s tree."""
+        target = leaf_of(name)
+        if target is None:
+            chained = np.ndim(a) >= 2 and np.ndim(b) >= 2 and np.shape(a)[-1] == np.shape(b)[-2]
+            if chained and leaf_of(name_a) is None:
+                raise ValueError(f"{name}: factors {name_a} and {name_b} of a factored file, but `like` has no leaf "
+                                 f"{name}; pass densify the tree that was compressed")
+            return None
+        alias[name] = target
+        return LowRank(a, b)
 
     def walk(node: Any, prefix: str) -> Any:
+        if type(node) in (list, tuple):  # an Orbax tree's lists (a LowRank, a NamedTuple, is kept)
+            return type(node)(walk(v, f"{prefix}{i}/") for i, v in enumerate(node))
         if type(node) is not dict:
             return node
-        if set(node) == {"a", "b"} and prefix[:-1] in leaves:
-            return LowRank(node["a"], node["b"])
-        factors = pairs(node, prefix)
-        for key, (name, _, b) in factors.items():
-            if name not in leaves and f"{prefix}{key}" not in leaves:
-                raise ValueError(f"{name}: factors {prefix}{key} and {prefix}{b} of a factored file, but `like` has "
-                                 f"no leaf {name}; pass densify the tree that was compressed")
-        factors = {key: f for key, f in factors.items() if f[0] in leaves}
-        taken = {b for _, _, b in factors.values()}
+        if set(node) == {"a", "b"}:  # an Orbax tree's factored leaf
+            found = low(prefix[:-1], node["a"], node["b"], f"{prefix}a", f"{prefix}b")
+            if found is not None:
+                return found
+        pairs: dict[Any, tuple[str, LowRank]] = {}  # flat NAME.a / NAME.b (or NAME/a, NAME/b) keys of a file
+        for key in node:
+            if isinstance(key, str) and key[-2:] in (".a", "/a") and key[:-1] + "b" in node:
+                found = low(f"{prefix}{key[:-2]}", node[key], node[key[:-1] + "b"], f"{prefix}{key}", f"{prefix}{key[:-1]}b")
+                if found is not None:
+                    pairs[key] = (key[:-2], found)
+        taken = {key[:-1] + "b" for key in pairs}
         out = {}
         for key, value in node.items():
-            if key in factors:
-                out[factors[key][1]] = LowRank(value, node[factors[key][2]])
+            if key in pairs:
+                out[pairs[key][0]] = pairs[key][1]
             elif key not in taken:
                 out[key] = walk(value, f"{prefix}{key}/")
         return out
 
-    return walk(params, "")
+    return walk(params, ""), alias
 
 
 def compress(

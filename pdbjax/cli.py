@@ -410,13 +410,16 @@ def _inside(path: str | os.PathLike[str], directory: str | os.PathLike[str]) -> 
 
 
 def _check_input_not_replaced(path: str, what: str, src: str) -> None:
-    """Refuse an output that is the input file (also through links) or lies in the input directory."""
+    """Refuse an output that is the input file (also through links), lies in the input directory, or is a
+    directory that holds the input (replacing it with --overwrite would delete the input)."""
     from pdbjax.io import same_file
 
     if same_file(path, src):
         raise CLIError(f"{what} {path} is the input {src}; choose another file name")
     if Path(src).is_dir() and _inside(path, src):
         raise CLIError(f"{what} {path} is inside the input checkpoint {src}; choose a path outside it")
+    if Path(path).is_dir() and _inside(src, path):
+        raise CLIError(f"{what} {path} holds the input {src}, which replacing it would delete; choose another path")
 
 
 def _check_reports(reports: Sequence[tuple[str | None, str]], args: argparse.Namespace,
@@ -582,7 +585,7 @@ def _cmd_compress(args: argparse.Namespace) -> int:
     tree = _as_dicts(new_params) if args.factored else new_params
     pdbio.save(out, tree, metadata=fmt_metadata, overwrite=args.overwrite)
     print(type(report)(report.rows).summary(_COMPRESS_COLUMNS))  # the rows; totals in words below
-    print(_totals_line(report.totals, args.factored))
+    print(_totals_line(report.totals, args.factored, sparse=args.factored and args.method == "slr"))
     print(f"wrote {out}")
     _write_reports(report, args)
     return 0
@@ -592,7 +595,8 @@ def _matrices(n: int) -> str:
     return f"{n} matrix" if n == 1 else f"{n} matrices"
 
 
-def _totals_line(totals: dict[str, Any], factored: bool) -> str:
+def _totals_line(totals: dict[str, Any], factored: bool, sparse: bool = False) -> str:
+    """The summary compress prints; ``sparse``: factored SLR, whose count is its sparse factors' non-zeros."""
     before, after = totals.get("params_before") or 0, totals.get("params_after") or 0
     ratio = totals.get("compression_ratio")
     low, low_ratio = totals.get("lowrank_params_after"), totals.get("lowrank_compression_ratio")
@@ -603,7 +607,8 @@ def _totals_line(totals: dict[str, Any], factored: bool) -> str:
     if totals.get("skipped"):
         counts += f", {totals['skipped']} skipped"
     lines = ["", counts + ";",
-             f"their parameters: {before:,} -> {after:,} stored"
+             f"their parameters: {before:,} -> {after:,} " + ("in sparse factors (SLR's count: their non-zeros and k "
+                                                             "per matrix; the file holds them dense)" if sparse else "stored")
              + (f" (compression ratio {ratio:.3f})" if ratio is not None else "")]
     if not factored and low is not None and low_ratio is not None:
         lines.append(f"as low-rank factors they would take {low:,} (ratio {low_ratio:.3f}); pass --factored to store them so")

@@ -272,11 +272,69 @@ def test_factored_file_densifies_to_the_dense_output(files, tmp_path, fmt):
         pdbjax.densify(factored, renamed)
 
 
+def test_factored_orbax_densifies_from_any_output_format(tmp_path):
+    """An Orbax tree with a list of layers: its --factored Orbax output ({a, b} dicts inside the list) and its
+    --factored safetensors output (flat names x.y.z for the tree's x/y/z) both densify, with the Orbax original,
+    to the dense output (float32 products of the same factors: 1e-5 of the weight's scale); an unrelated
+    original is refused for the {a, b} dicts too."""
+    pytest.importorskip("orbax.checkpoint")
+    import jax
+
+    import pdbjax
+
+    rng = np.random.default_rng(5)
+    tree = {"layers": [{"kernel": rng.standard_normal((64, 48)).astype(np.float32)},
+                       {"kernel": rng.standard_normal((48, 64)).astype(np.float32)}],
+            "head": {"w": rng.standard_normal((64, 10)).astype(np.float32)}}
+    src = pdbio.save(tmp_path / "ckpt", tree)
+    outs = {}
+    for out, extra in (("dense", []), ("factored", ["--factored"]), ("factored.safetensors", ["--factored"])):
+        rc, _, err = _run(["compress", str(src), "-o", str(tmp_path / out), "--method", "svd", "--rank", "4", *extra])
+        assert rc == 0, err
+        outs[out] = pdbio.load(tmp_path / out)
+    original, dense = pdbio.load(src), outs["dense"]
+    assert set(outs["factored"]["layers"][0]["kernel"]) == {"a", "b"}
+    back = pdbjax.densify(outs["factored"], original)
+    assert jax.tree_util.tree_structure(back) == jax.tree_util.tree_structure(dense)
+    flat = pdbjax.densify(outs["factored.safetensors"], original)
+    assert set(flat) == {"layers.0.kernel", "layers.1.kernel", "head.w"}
+    for name, got in {**{f"layers.{i}.kernel": back["layers"][i]["kernel"] for i in (0, 1)}, "head.w": back["head"]["w"]}.items():
+        want = dense["head"]["w"] if name == "head.w" else dense["layers"][int(name[7])]["kernel"]
+        for value in (got, flat[name]):
+            np.testing.assert_allclose(np.asarray(value), want, atol=1e-5 * np.abs(want).max(), err_msg=name)
+    with pytest.raises(ValueError, match="(head/w|layers/0/kernel): factors .*/a and .*/b of a factored file"):
+        pdbjax.densify(outs["factored"], {"other": tree["head"]["w"]})
+
+
+def test_factored_slr_prints_its_sparse_count(files, tmp_path):
+    """SLR's factors are stored dense with zeros; the summary says its count is their non-zeros plus k (what
+    the file's arrays give) instead of calling it stored."""
+    out = tmp_path / "slr.npz"
+    rc, stdout, err = _run(["compress", str(files["npz"]), "-o", str(out), "--method", "slr", "--rank", "8", "--factored"])
+    assert rc == 0, err
+    got = pdbio.load(out)
+    count = sum(int(np.count_nonzero(got[f"{n}/a"]) + np.count_nonzero(got[f"{n}/b"])) + 8
+                for n in ("params/Dense_0/kernel", "params/Dense_1/kernel"))
+    assert f"-> {count:,} in sparse factors (SLR's count" in stdout
+
+
 def test_compress_refuses_to_overwrite_input(files):
     for path in (files["npz"], files["st"]):
         rc, _, err = _run(["compress", str(path), "-o", str(path), "--overwrite"])
         assert rc == 2 and "input" in err and "Traceback" not in err
     assert _digest(files["npz"]) == files["hash_npz"] and _digest(files["st"]) == files["hash_st"]
+
+
+def test_compress_refuses_to_replace_a_directory_holding_the_input(files, tmp_path):
+    """-o an Orbax checkpoint directory with --overwrite replaces the directory: when the input lies in it, that
+    would delete the input, so it is refused (exit 2, one line) and both are left as they are."""
+    pytest.importorskip("orbax.checkpoint")
+    ckpt = pdbio.save(tmp_path / "ckpt", {"w": np.ones((16, 8), np.float32)})
+    src = ckpt / "input.npz"
+    src.write_bytes(files["npz"].read_bytes())
+    rc, _, err = _run(["compress", str(src), "-o", str(ckpt), "--overwrite", "--method", "svd", "--rank", "2"])
+    assert rc == 2 and "holds the input" in err and "Traceback" not in err
+    assert _digest(src) == files["hash_npz"] and set(pdbio.load(ckpt)) == {"w"}
 
 
 def test_compress_refuses_existing_output_unless_overwrite(files, tmp_path):
