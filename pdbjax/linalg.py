@@ -92,13 +92,17 @@ class Factors(NamedTuple):
 def normalise(W: Array) -> tuple[Array, Array, Array]:
     """``(W / scale, scale, finite)`` for a stack ``(..., a, b)`` in ``W``'s (floating) dtype.
 
-    ``scale = 2^e`` with ``max |W| = f 2^e``, ``f in [0.5, 1)`` (``jnp.frexp``); non-finite matrices
-    become zeros with ``scale = 1`` and ``finite = False``.
+    ``scale = 2^e`` with ``max |W| = f 2^e``, ``f in [0.5, 1)`` (``jnp.frexp``), ``e`` kept within
+    ``[minexp + 1, maxexp - 2]`` of the dtype so that ``scale`` and ``1 / scale`` are finite normal numbers
+    (``max |W| >= 2^126`` in float32 gives ``W / scale`` up to 4 instead of a flushed ``1 / 2^127`` or an
+    infinite ``2^128``); non-finite matrices become zeros with ``scale = 1`` and ``finite = False``.
     """
     finite = jnp.all(jnp.isfinite(W), axis=(-2, -1))
     W = jnp.where(finite[..., None, None], W, jnp.zeros((), W.dtype))
     top = jnp.max(jnp.abs(W), axis=(-2, -1))
+    info = jnp.finfo(W.dtype)
     _, exponent = jnp.frexp(top)
+    exponent = jnp.clip(exponent, int(info.minexp) + 1, int(info.maxexp) - 2)
     scale = jnp.where(top > 0, jnp.ldexp(jnp.ones((), W.dtype), exponent), jnp.ones((), W.dtype))
     return W / scale[..., None, None], scale, finite
 

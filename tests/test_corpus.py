@@ -392,6 +392,10 @@ API_CASES = [
     ("tiny-scale-analyze", tree(REF * np.float32(1e-30)), analyze, Check(_same_fit_as_ref)),
     ("huge-scale-compress", tree(REF * np.float32(1e30)), compress, Check(_compressed_like_ref)),
     ("tiny-scale-compress", tree(REF * np.float32(1e-30)), compress, Check(_compressed_like_ref)),
+    # max |W| >= 2^126: the working scale 2^127 had a flushed reciprocal (all zeros) and 2^128 is inf (NaN)
+    ("float32-max-analyze", tree(REF * np.float32(3e38 / np.abs(REF).max())), analyze, Check(_same_fit_as_ref)),
+    ("above-2p126-analyze", tree(REF * np.float32(1e38 / np.abs(REF).max())), analyze, Check(_same_fit_as_ref)),
+    ("above-2p126-compress", tree(REF * np.float32(1e38 / np.abs(REF).max())), compress, Check(_compressed_like_ref)),
     # -- dtypes
     ("bf16-leaf", tree(REF.astype(ml_dtypes.bfloat16)), compress, Check(_bf16_kept)),
     ("f16-leaf", tree(REF.astype(np.float16)), compress, Check(_bf16_kept)),
