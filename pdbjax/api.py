@@ -573,7 +573,10 @@ def compress(
             by_leaf.setdefault(sel.name, []).append(row)
     rows = [row for sel in sels for row in by_leaf[sel.name]]  # tree order, as analyze's
     if factored:
-        new_params = jax.tree_util.tree_map_with_path(lambda path, x: updates.get(path_name(path), x), params)
+        # as replace() does for dense leaves: a JAX leaf's replacement (its factors) is a JAX array, a NumPy leaf's NumPy
+        as_old = lambda x, new: new if isinstance(x, np.ndarray) else jax.tree_util.tree_map(jnp.asarray, new)  # noqa: E731
+        new_params = jax.tree_util.tree_map_with_path(
+            lambda path, x: as_old(x, updates[path_name(path)]) if path_name(path) in updates else x, params)
     else:
         new_params = replace(params, updates)
     rows = [to_jsonable(r) for r in rows]

@@ -329,6 +329,12 @@ def test_factored_stacked_leaf_with_an_unchanged_layer_is_stored_dense():
     top = float(np.abs(dense["s"]["kernel"][1]).max())
     np.testing.assert_allclose(leaf[1].astype(np.float32), dense["s"]["kernel"][1].astype(np.float32), atol=2 * np.spacing(np.float16(top)))
     assert [r["params_after"] for r in rep] == [A * B, A * B] and rep.totals["params_after"] == 2 * A * B
+    # a JAX tree gets JAX leaves back, as in dense mode: the dense stacked leaf and a LowRank's factors
+    jax_new, _ = pdbjax.compress({"s": {"kernel": jnp.asarray(stack)}, "d": {"kernel": jnp.asarray(_pdb_matrix(4))}},
+                                 layer_axis={"s": 0}, factored=True)
+    assert isinstance(jax_new["s"]["kernel"], jax.Array) and jax_new["s"]["kernel"].dtype == jnp.float16
+    np.testing.assert_array_equal(np.asarray(jax_new["s"]["kernel"]), leaf)
+    assert all(isinstance(x, jax.Array) for x in jax_new["d"]["kernel"])
 
 
 def test_bfloat16_kernels_are_upcast_and_cast_back():
