@@ -611,7 +611,8 @@ def _totals_line(totals: dict[str, Any], factored: bool, sparse: bool = False) -
                                                              "per matrix; the file holds them dense)" if sparse else "stored")
              + (f" (compression ratio {ratio:.3f})" if ratio is not None else "")]
     if not factored and low is not None and low_ratio is not None:
-        lines.append(f"as low-rank factors they would take {low:,} (ratio {low_ratio:.3f}); pass --factored to store them so")
+        lines.append(f"stored each the smaller way, as factors or dense, they would take {low:,} (ratio {low_ratio:.3f}); "
+                     "--factored stores every compressed leaf as factors")
     if totals.get("budget") is not None:
         lines.append(f"budget {totals['budget']:g}: as factors they take {totals['budget_params_after']:,} of the "
                      f"{totals['budget_cap']:,} allowed (ratio {totals['budget_ratio']:.4f})")

@@ -101,26 +101,26 @@ class Report:
         return [row.get(key) for row in self.rows]
 
     def to_json(self, path: str | os.PathLike | None = None, *, indent: int = 2, overwrite: bool = True) -> str:
-        """JSON list with one object per matrix (``totals`` are not part of this contract).
+        """JSON list with one object per matrix (``totals`` are not part of this contract), each with every
+        column of the report in one order (:func:`_columns`; ``null`` where a row has none, e.g. a skipped leaf).
 
         With a ``path`` the text is also written there atomically; an existing file is replaced only
         with ``overwrite=True`` (the default; else ``FileExistsError``) and a directory never
         (``IsADirectoryError``). The text is returned either way.
         """
-        text = json.dumps(to_jsonable(self.rows), indent=indent)
+        keys = _columns(self.rows)
+        text = json.dumps([{k: row.get(k) for k in keys} for row in to_jsonable(self.rows)], indent=indent)
         if path is not None:
             _write(path, text + "\n", overwrite)
         return text
 
     def to_csv(self, path: str | os.PathLike | None = None, *, overwrite: bool = True) -> str:
-        """CSV with one line per matrix; list-valued columns are written as JSON strings.
+        """CSV with one line per matrix, the columns of :meth:`to_json`; list-valued columns are written as
+        JSON strings, missing values empty.
 
         With a ``path`` the text is also written there atomically, as in :meth:`to_json`.
         """
-        rows = to_jsonable(self.rows)
-        keys: list[str] = []
-        for row in rows:
-            keys.extend(k for k in row if k not in keys)
+        rows, keys = to_jsonable(self.rows), _columns(self.rows)
         buf = io.StringIO()
         writer = csv.DictWriter(buf, fieldnames=keys, lineterminator="\n")
         writer.writeheader()
@@ -165,6 +165,15 @@ def _write(path: str | os.PathLike, text: str, overwrite: bool) -> None:
         raise IsADirectoryError(f"{path} is a directory; a report needs a file name")
     check_destination(path, overwrite)
     atomic_write_text(path, text, overwrite=overwrite)
+
+
+def _columns(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Every key of ``rows``: the order of the row with the most keys (a fitted row, whichever comes first in
+    the model), then the others' keys as they appear."""
+    keys = list(max(rows, key=len, default={}))
+    for row in rows:
+        keys.extend(k for k in row if k not in keys)
+    return keys
 
 
 _DEFAULT_COLUMNS = ("name", "shape", "K", "t", "sigma1_sq", "sigma2_sq", "lambda_plus", "ks_pdb", "ks_bema", "status")

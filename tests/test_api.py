@@ -248,6 +248,13 @@ def test_bad_leaves_named_or_skipped(params):
     np.testing.assert_array_equal(new["broken"]["kernel"], bad["broken"]["kernel"])
     with pytest.raises(ValueError, match="int"):
         pdbjax.analyze({"w": np.ones((20, 10), np.int32)}, where="w")
+    # JSON and CSV hold every column of the report on every row, in the fitted rows' order, whichever comes first
+    for report in (rep, pdbjax.analyze(bad, on_error="skip")):
+        assert report.rows[0]["name"] == "broken/kernel" and len(report.rows[0]) < len(report.rows[1])
+        objects = json.loads(report.to_json())
+        assert [list(o) for o in objects] == [list(report.rows[1])] * 2
+        assert objects[0]["K"] is None and objects[0]["status"].startswith("skipped")
+        assert report.to_csv().splitlines()[0].split(",") == list(report.rows[1])
 
 
 def test_degenerate_matrix_left_unchanged():
