@@ -62,6 +62,7 @@ def measure(draws: int, seed: int) -> list[dict]:
         out.append({
             "family": fam, "N": N, "p": p, "t": t, "s1": s1, "s2": s2, "spikes": n, "window": int(6 * N**0.1),
             "status": sorted({r["status"] for r in got}), "K": [r["K"] for r in got], "bulks": [r["bulks"] for r in got],
+            "beyond_window": sum(r["beyond_window"] for r in got),
             "keep_spikes": [r["rank_kept"]["spikes"] for r in got], "keep_upper": [r["rank_kept"]["upper-bulk"] for r in got],
             "true_upper": upper, "lambda_plus_true": edge, "lambda_plus_rel_err": err,
         })
@@ -80,19 +81,20 @@ def minilm_outliers() -> dict | None:
     rows = pdbjax.analyze(params, where=r"^encoder\.layer\.\d+\..*(query|key|value|dense)\.weight$", baselines=False).rows
     return {"rows": len(rows), "spikes_keep_above_K": sum(r["rank_kept"]["spikes"] > r["K"] for r in rows),
             "K_at_window": sum(r["K"] == int(6 * r["N"] ** 0.1) for r in rows),
+            "beyond_window": sum(r["beyond_window"] for r in rows),
             "excess": [r["rank_kept"]["spikes"] - r["K"] for r in rows]}
 
 
 def summarise(rows: list[dict]) -> str:
     lines = ["| family | N x p | t | s2 / s1 | spikes | window | status | K | bulks | spikes keep | upper-bulk keep (truth) "
-             "| lambda_+ rel. error, median / worst |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| lambda_+ rel. error, median / worst | beyond_window |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         err = np.asarray(r["lambda_plus_rel_err"])
         lines.append(
             f"| {r['family']} | {r['N']} x {r['p']} | {r['t']:g} | {r['s2'] / r['s1']:g} | {r['spikes']} | {r['window']} "
             f"| {', '.join(r['status'])} | {' '.join(map(str, r['K']))} | {' '.join(map(str, r['bulks']))} "
             f"| {' '.join(map(str, r['keep_spikes']))} | {' '.join(map(str, r['keep_upper']))} ({r['true_upper']}) "
-            f"| {np.median(err):+.1%} / {err[np.argmax(np.abs(err))]:+.1%} |")
+            f"| {np.median(err):+.1%} / {err[np.argmax(np.abs(err))]:+.1%} | {r['beyond_window']} of {len(r['K'])} |")
     return "\n".join(lines) + "\n"
 
 
@@ -112,7 +114,7 @@ def main(argv: list[str] | None = None) -> None:
     if minilm is not None:
         text += (f"\nMiniLM-L6, {minilm['rows']} encoder matrices: the `spikes` keep exceeds `K` in "
                  f"{minilm['spikes_keep_above_K']} rows (by up to {max(minilm['excess'])}), "
-                 f"`K` is at its window in {minilm['K_at_window']}.\n")
+                 f"`K` is at its window in {minilm['K_at_window']}, `beyond_window` in {minilm['beyond_window']}.\n")
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "fit_limits.md").write_text(text)
     record = {"command": command, "machine": machine, "rows": rows, "minilm": minilm}

@@ -34,7 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from pdbjax.budget import Allocation, allocate, check_budget, component_scores
-from pdbjax.estimate import Mode, check_mode
+from pdbjax.estimate import Mode, check_mode, spike_window
 from pdbjax.figures import spectrum_figures
 from pdbjax.filter import (
     METHODS,
@@ -299,6 +299,8 @@ def _analysis_row(sel: Selected, index: int, res: dict[str, Any], baselines: boo
                 }
             )
     row["rank_kept"] = dict(res["keep"])
+    # K at its window with more eigenvalues above lambda_+ than K: outliers the window left in the fitted bulk
+    row["beyond_window"] = bool(int(pdb.K) >= spike_window(row["N"], row["p"]) and int(res["keep"]["spikes"]) > int(pdb.K))
     row["status"] = reason_text(pdb.reason)
     return row
 

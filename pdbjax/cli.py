@@ -513,6 +513,10 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
     _contract_rows(report)
     columns = _ANALYZE_COLUMNS + (() if args.no_baselines else _BASELINE_COLUMNS) + ("status",)
     print(report.summary(columns))
+    beyond = sum(bool(row.get("beyond_window")) for row in report.rows)
+    if beyond:
+        print(f"\n{_matrices(beyond)} {'has' if beyond == 1 else 'have'} more outliers than the spike window "
+              "(column beyond_window): the fit's bulk holds some, so lambda_plus may be high and upper-bulk keep too few")
     _write_reports(report, args)
     if args.plots:
         from pdbjax.plot import save_figures, spectra

@@ -44,7 +44,7 @@ from pdbjax.lsq import least_squares_box
 from pdbjax.precision import Precision, as_work, check_precision, float64, work_dtype
 from pdbjax.spectral import PDB, critical_points, edges, silverstein_z, silverstein_z_derivatives
 
-__all__ = ["eigenvalues", "spike_count", "fit_pdb"]
+__all__ = ["eigenvalues", "spike_count", "spike_window", "fit_pdb"]
 
 Mode = Literal["scaled", "reference"]
 Array = jax.Array
@@ -130,20 +130,25 @@ def _gram_eigenvalues(W: Array) -> Array:
 # Spike count (EDA / EDB)
 
 
-def _max_spikes(N: int, p: int) -> int:
-    """Window ``w = floor(6 N^0.1)`` of the reference, kept below ``p - 1``."""
+def spike_window(N: int, p: int) -> int:
+    """The EDA/EDB search window ``w = floor(6 N^0.1)`` of the reference, kept below ``p - 1``: the spike
+    count ``K`` never exceeds it, and outliers beyond it stay in the bulk the fit sees.
+
+    >>> spike_window(1024, 512), spike_window(384, 384)
+    (12, 10)
+    """
     return max(1, min(int(6 * N**0.1), p - 2))
 
 
 def fit_inputs(eigs: np.ndarray | Array, N: int | np.ndarray, length: np.ndarray | None = None
                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``N``, the spike window :func:`_max_spikes` and the length ``p`` of each spectrum, flattened over the batch
+    """``N``, the spike window :func:`spike_window` and the length ``p`` of each spectrum, flattened over the batch
     (host ints): the data :func:`fit_pdb_batched` takes, so that neither ``N`` nor ``p`` enters a compiled
     program as a constant. ``length``: each spectrum's ``p`` when ``eigs`` is padded (default: all of it)."""
     batch = eigs.shape[:-1]
     n = np.broadcast_to(np.asarray(N, np.int64), batch).reshape(-1)
     p = np.broadcast_to(np.asarray(eigs.shape[-1] if length is None else length, np.int32), batch).reshape(-1)
-    windows = {(int(v), int(q)): _max_spikes(int(v), int(q)) for v, q in set(zip(n.tolist(), p.tolist()))}
+    windows = {(int(v), int(q)): spike_window(int(v), int(q)) for v, q in set(zip(n.tolist(), p.tolist()))}
     return n, np.array([windows[int(v), int(q)] for v, q in zip(n, p)], np.int32).reshape(n.shape), p
 
 
@@ -152,7 +157,7 @@ def _spike_count_one(lam: Array, N: Array, window: Array, length: Array) -> Arra
 
     ``log theta~_k = logsumexp(2 (lambda_i - lambda_{i+1}), i > k) - log(p - k - 1)``, which equals the
     reference's ``log(mean(exp(...)))`` wherever that is finite. ``N`` (float), the window
-    ``w = `` :func:`_max_spikes` and the length ``p`` (of ``lam``'s first entries; the rest is padding) are
+    ``w = `` :func:`spike_window` and the length ``p`` (of ``lam``'s first entries; the rest is padding) are
     data: the criteria are evaluated for ``k = 1..P-2`` and searched over ``k <= w <= p - 2``.
     """
     size = lam.shape[-1]

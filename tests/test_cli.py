@@ -318,6 +318,26 @@ def test_factored_slr_prints_its_sparse_count(files, tmp_path):
     assert f"-> {count:,} in sparse factors (SLR's count" in stdout
 
 
+def test_outliers_beyond_the_spike_window_are_flagged(tmp_path):
+    """1024 x 512 PDB(0.7, 1, 4) matrices: with 8 spikes at 100 K finds them all; with 14, K stops at the window
+    spike_window(1024, 512) = 12 and the fit's bulk holds the other two (its lambda_+ about 2.6x the model's,
+    benchmarks/results/fit_limits.md): the row says beyond_window and the CLI says so under its table."""
+    import jax
+
+    import pdbjax
+
+    keys = jax.random.split(jax.random.PRNGKey(7))
+    mats = {f"w{n}": np.asarray(pdbjax.simulate(k, 1024, 512, pdbjax.PDB(0.7, 1.0, 4.0), spikes=[100.0] * n))
+            for k, n in zip(keys, (8, 14))}
+    rows = {r["name"]: r for r in pdbjax.analyze(mats, where="w", baselines=False).rows}
+    assert (rows["w8"]["K"], rows["w8"]["rank_kept"]["spikes"], rows["w8"]["beyond_window"]) == (8, 8, False)
+    assert (rows["w14"]["K"], rows["w14"]["rank_kept"]["spikes"], rows["w14"]["beyond_window"]) == (12, 14, True)
+    path = pdbio.save(tmp_path / "m.npz", mats)
+    rc, stdout, err = _run(["analyze", str(path), "--where", "w", "--no-baselines"])
+    assert rc == 0, err
+    assert "1 matrix has more outliers than the spike window (column beyond_window)" in stdout
+
+
 def test_compress_refuses_to_overwrite_input(files):
     for path in (files["npz"], files["st"]):
         rc, _, err = _run(["compress", str(path), "-o", str(path), "--overwrite"])
