@@ -226,11 +226,13 @@ def build_parser() -> argparse.ArgumentParser:
                    f"holding at least {', '.join(JSON_KEYS)} (null where not computed)")
     o.add_argument("--csv", metavar="OUT", help="write the report as CSV, one line per matrix (lists as JSON strings)")
     o.add_argument("--plots", metavar="DIR",
-                   help="""write PNG figures to DIR (created if needed): one per matrix (eigenvalue histogram, fitted
-                       densities, edges, spikes) and summary.png; needs matplotlib""")
+                   help="""write PNG figures to DIR (created if needed; a DIR that holds files needs --overwrite): one
+                       per matrix (eigenvalue histogram, fitted densities, edges, spikes) and summary.png; needs
+                       matplotlib""")
     o.add_argument("--log-x", action="store_true", help="logarithmic eigenvalue axis in the per-matrix figures")
     o.add_argument("--overwrite", action="store_true",
-                   help="replace existing --json/--csv reports (PATH itself is never replaced)")
+                   help="replace existing --json/--csv reports and write into a --plots DIR that holds files (PATH "
+                        "itself is never replaced)")
     a.add_argument("--no-baselines", action="store_true", help="fit the PDB model only (skip PUB-BEMA and PUB-Kernel)")
     a.set_defaults(run=_cmd_analyze)
 
@@ -504,6 +506,9 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
         require_matplotlib()
         if os.path.exists(args.plots) and not os.path.isdir(args.plots):
             raise CLIError(f"--plots {args.plots} exists and is not a directory")
+        if os.path.isdir(args.plots) and any(os.scandir(args.plots)) and not args.overwrite:
+            raise CLIError(f"--plots {args.plots} holds files (figures of the same names would be replaced); "
+                           "pass --overwrite or choose an empty directory")
         _check_input_not_replaced(args.plots, "--plots", args.path)
     params, _ = _load(args.path)
     _progress("fitting the PDB model" + ("" if args.no_baselines else " and the PUB baselines") + " ...")

@@ -119,6 +119,18 @@ def test_analyze_plots_are_pngs(analyzed):
         assert (paths["plots"] / name).read_bytes()[:8] == PNG_MAGIC
 
 
+def test_analyze_plots_into_a_directory_with_files_needs_overwrite(files, tmp_path):
+    figs = tmp_path / "figs"
+    figs.mkdir()
+    (figs / "summary.png").write_bytes(b"keep me")
+    rc, _, err = _run(["analyze", str(files["npz"]), "--plots", str(figs)])
+    assert rc == 2 and "holds files" in err and "--overwrite" in err and "Traceback" not in err
+    assert (figs / "summary.png").read_bytes() == b"keep me"
+    rc, _, err = _run(["analyze", str(files["npz"]), "--plots", str(figs), "--overwrite"])
+    assert rc == 0, err
+    assert (figs / "summary.png").read_bytes()[:8] == PNG_MAGIC
+
+
 def test_analyze_plots_draw_the_reports_spectra(files, tmp_path, monkeypatch):
     """--plots draws the eigenvalues analyze fitted (Report.spectra): no second decomposition of the model,
     whose pass would not be bounded by the same chunks; without them (distributed.analyze) it decomposes
