@@ -17,6 +17,7 @@ import argparse
 import gc
 import os
 import re
+import signal
 import sys
 import time
 import traceback
@@ -704,9 +705,18 @@ def console() -> NoReturn:
 
     Before exiting it freezes the garbage collector's objects (:func:`gc.freeze`), so the interpreter's
     shutdown does not walk every object JAX created (``benchmarks/exit.py``). Only the process's
-    own end is affected; a caller of :func:`main` keeps its collector as it was.
+    own end is affected; a caller of :func:`main` keeps its collector as it was. Once :func:`main` has
+    returned, Ctrl-C no longer interrupts the shutdown (it printed a traceback from JAX's exit handlers
+    after every output was written); an interrupted run (130) leaves at once with :func:`os._exit`, its
+    outputs already cleaned up, without the interpreter's shutdown, which could crash (SIGSEGV) while XLA
+    still ran the interrupted computation.
     """
     status = main()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if status == 130:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status)
     gc.freeze()
     sys.exit(status)
 

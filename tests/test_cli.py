@@ -350,6 +350,23 @@ def test_outliers_beyond_the_spike_window_are_flagged(tmp_path):
     assert "1 matrix has more outliers than the spike window (column beyond_window)" in stdout
 
 
+def test_console_exit_after_an_interrupt_and_during_shutdown():
+    """console(): Ctrl-C in the interpreter's shutdown (here from an exit handler) after main returned 0 prints no
+    traceback and keeps the status; an interrupted run (130) leaves without the shutdown (exit handlers do not run)."""
+    import subprocess
+    import sys
+
+    def run(body: str) -> subprocess.CompletedProcess:
+        code = "import atexit, os, signal, time\nimport pdbjax.cli as cli\n" + body + "\ncli.console()\n"
+        return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+
+    late = run("cli.main = lambda argv=None: 0\n"
+               "atexit.register(lambda: (os.kill(os.getpid(), signal.SIGINT), time.sleep(0.2)))")
+    assert late.returncode == 0 and "Traceback" not in late.stderr and "KeyboardInterrupt" not in late.stderr
+    interrupted = run("cli.main = lambda argv=None: 130\natexit.register(lambda: print('exit handlers ran'))")
+    assert interrupted.returncode == 130 and "exit handlers ran" not in interrupted.stdout
+
+
 def test_compress_refuses_to_overwrite_input(files):
     for path in (files["npz"], files["st"]):
         rc, _, err = _run(["compress", str(path), "-o", str(path), "--overwrite"])
