@@ -299,8 +299,9 @@ def _analysis_row(sel: Selected, index: int, res: dict[str, Any], baselines: boo
                 }
             )
     row["rank_kept"] = dict(res["keep"])
-    # K at its window with more eigenvalues above lambda_+ than K: outliers the window left in the fitted bulk
-    row["beyond_window"] = bool(int(pdb.K) >= spike_window(row["N"], row["p"]) and int(res["keep"]["spikes"]) > int(pdb.K))
+    # an ok fit whose K is at its window with more eigenvalues above lambda_+ than K: outliers left in the fitted bulk
+    row["beyond_window"] = bool(int(pdb.reason) == Reason.OK and int(pdb.K) >= spike_window(row["N"], row["p"])
+                                and int(res["keep"]["spikes"]) > int(pdb.K))
     row["status"] = reason_text(pdb.reason)
     return row
 

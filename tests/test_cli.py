@@ -344,6 +344,12 @@ def test_outliers_beyond_the_spike_window_are_flagged(tmp_path):
     rows = {r["name"]: r for r in pdbjax.analyze(mats, where="w", baselines=False).rows}
     assert (rows["w8"]["K"], rows["w8"]["rank_kept"]["spikes"], rows["w8"]["beyond_window"]) == (8, 8, False)
     assert (rows["w14"]["K"], rows["w14"]["rank_kept"]["spikes"], rows["w14"]["beyond_window"]) == (12, 14, True)
+    # not for a fit that is not ok (its status says so; its keep counts are p): 10 spikes at 400 on 160 x 16 noise
+    # leave 7 < 8 eigenvalues to a bulk at the window 9
+    few = np.asarray(pdbjax.simulate(jax.random.PRNGKey(3), 160, 16, pdbjax.PDB.pub(1.0), spikes=[400.0] * 10))
+    row = pdbjax.analyze({"w": few}, where="w", baselines=False).rows[0]
+    assert row["status"].startswith("no bulk") and row["K"] == 9 and row["rank_kept"]["spikes"] == 16
+    assert row["beyond_window"] is False
     path = pdbio.save(tmp_path / "m.npz", mats)
     rc, stdout, err = _run(["analyze", str(path), "--where", "w", "--no-baselines"])
     assert rc == 0, err
