@@ -62,7 +62,7 @@ from pdbjax.tree import (
     Selected,
     Where,
     from_matrices,
-    is_nnx,
+    holds_nnx,
     leaf_names,
     map_chunks,
     map_groups,
@@ -526,8 +526,9 @@ def compress(
             raise TypeError(f"rank must be an int, a float or a rule name, one for every matrix; got an array of shape {np.shape(rank)}")
         rank = np.asarray(rank).item()
     rank = DEFAULT_RANK if rank is None else rank
-    if factored and is_nnx(params):
-        raise ValueError("factored=True needs a plain pytree; pass nnx.state(model).to_pure_dict() instead")
+    if factored and holds_nnx(params):
+        raise ValueError("factored=True needs a plain pytree of arrays, and params holds NNX Modules, States or Variables; "
+                         "pass nnx.state(model).to_pure_dict() instead")
     sels = select(params, where, conv_reshape=conv_reshape, layer_axis=layer_axis, on_error=on_error, allow_empty=False)
     good = [s for s in sels if s.ok]
     n = sum(s.num_matrices for s in good)

@@ -297,7 +297,9 @@ def _describe(path: KeyPath, name: str, value: Any, conv_reshape: ConvReshape, a
     base = dict(path=path, name=name, shape=shape, dtype=dtype, conv_reshape=conv_reshape, value=value)
     status, mshape, count = OK, None, 0
     ndim = len(shape)
-    if not _is_floating(dtype):
+    if isinstance(value, jax.ShapeDtypeStruct):  # e.g. nnx.eval_shape's state: a shape and a dtype, no entries
+        status = "an abstract array (jax.ShapeDtypeStruct) has no values; pass concrete params"
+    elif not _is_floating(dtype):
         status = f"dtype {dtype} is not floating point; only float matrices are supported"
     elif axis is not None and not -ndim <= axis < ndim:
         status = f"layer_axis={axis} is out of range for shape {shape}"
@@ -753,6 +755,15 @@ def is_nnx(params: Any) -> bool:
     """Whether ``params`` is an NNX ``Module`` or ``State``."""
     nnx = _nnx()
     return nnx is not None and isinstance(params, (nnx.Module, nnx.State))
+
+
+def holds_nnx(params: Any) -> bool:
+    """Whether ``params`` is, or holds anywhere in its tree, an NNX ``Module``, ``State`` or ``Variable``."""
+    nnx = _nnx()
+    if nnx is None:
+        return False
+    boxed = lambda x: is_variable(x) or isinstance(x, (nnx.Module, nnx.State))  # noqa: E731
+    return boxed(params) or any(boxed(x) for x in jax.tree_util.tree_leaves(params, is_leaf=boxed))
 
 
 def _flatten(params: Any):

@@ -417,6 +417,13 @@ API_CASES = [
     ("nnx-module", _TwoDense, analyze, Check(_like_plain_dict(analyze, _PLAIN_TWO_DENSE))),
     ("nnx-module-compress", _TwoDense, compress, Check(_nnx_compressed)),
     ("nnx-module-factored", _TwoDense, partial(compress, factored=True), Raises(ValueError, "factored=True needs a plain pytree")),
+    # NNX boxes inside a plain container: factored=True returned them unchanged with an ok report
+    ("nnx-state-in-dict-factored", lambda: {"model": nnx.state(_TwoDense())}, partial(compress, factored=True),
+     Raises(ValueError, "params holds NNX Modules, States or Variables")),
+    ("nnx-param-in-dict-factored", lambda: {"k": nnx.Param(jnp.asarray(REF))}, partial(compress, where="k", factored=True),
+     Raises(ValueError, "params holds NNX Modules, States or Variables")),
+    ("abstract-leaf", lambda: {"a": {"kernel": jax.ShapeDtypeStruct((M, P), jnp.float32)}}, analyze,
+     Raises(ValueError, r"a/kernel: an abstract array \(jax.ShapeDtypeStruct\) has no values")),
     # -- arguments
     ("unknown-method", tree(W2), partial(compress, method="pca"), Raises(ValueError, "method must be one of .*'pca'")),
     ("unknown-rank-rule", tree(W2), partial(compress, rank="most"), Raises(ValueError, "rank rule must be one of .*'most'")),
