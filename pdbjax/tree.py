@@ -56,6 +56,12 @@ is one matrix. A leaf with ``ndim > 2`` is a convolution kernel and is flattened
 * ``"out"`` (PyTorch ``OIHW`` layout ``(out, in, kh, kw)``): ``(out, in * kh * kw)``, every axis but
   the first becomes a column index.
 
+Not every leaf with more axes is a convolution: a Flax ``DenseGeneral`` / ``MultiHeadAttention`` query, key
+or value kernel ``(in, heads, head_dim)`` is the matrix ``(in, heads * head_dim)`` (``"out"``), its output
+kernel ``(heads, head_dim, out)`` the matrix ``(heads * head_dim, out)`` (``"in"``). ``conv_reshape`` may
+therefore be a dict ``{regex: "in" | "out"}`` like ``layer_axis``: the first regex that ``re.search``-matches
+a leaf's name applies, ``"in"`` to leaves matching none (e.g. ``{"(query|key|value)/kernel": "out"}``).
+
 Stacked (scanned, ``nnx.vmap``-created) layers hold ``L`` matrices in one leaf. ``layer_axis`` names
 the axis that indexes them: an ``int`` for every selected leaf, or a dict ``{regex: axis}`` where the
 first regex that ``re.search``-matches the name applies (leaves matching none are not stacked). The
@@ -102,7 +108,8 @@ __all__ = [
     "unwrap",
 ]
 
-ConvReshape = Literal["in", "out"]
+Flatten = Literal["in", "out"]
+ConvReshape = Flatten | Mapping[str, Flatten]
 OnError = Literal["raise", "skip"]
 Where = str | re.Pattern | Callable[[str, Any], bool] | None
 LayerAxis = int | Mapping[str, int] | None
@@ -138,7 +145,7 @@ class Selected:
     shape: tuple[int, ...]
     dtype: np.dtype
     layer_axis: int | None
-    conv_reshape: ConvReshape
+    conv_reshape: Flatten
     matrix_shape: tuple[int, int] | None
     num_matrices: int
     status: str = OK
@@ -183,7 +190,8 @@ def select(
       where: ``None`` for :func:`default_where`, a regex string/pattern searched in each leaf's name,
         or a predicate ``where(name, array) -> bool`` (``array`` is unwrapped from NNX Variables).
       conv_reshape: ``"in"`` (``(kh, kw, in, out) -> (kh*kw*in, out)``, Flax) or ``"out"``
-        (``(out, in, kh, kw) -> (out, in*kh*kw)``, PyTorch).
+        (``(out, in, kh, kw) -> (out, in*kh*kw)``, PyTorch), or ``{regex: "in" | "out"}`` per leaf
+        (module docstring; ``"in"`` where none matches).
       layer_axis: axis of stacked layers: an int for every selected leaf, or ``{regex: axis}``.
       on_error: ``"raise"`` a ``ValueError`` naming the leaf when a selected leaf is not floating, has
         too few axes, is empty or holds NaN/Inf; or ``"skip"`` it: it is returned with ``ok = False``
@@ -210,8 +218,7 @@ def select(
     >>> [(s.name, s.num_matrices, s.matrix_shape) for s in select(params, layer_axis={"blocks": 0})]
     [('blocks/w', 4, (32, 32)), ('conv/kernel', 1, (72, 16)), ('dense/kernel', 1, (64, 10))]
     """
-    if conv_reshape not in ("in", "out"):
-        raise ValueError(f"conv_reshape must be 'in' or 'out'; got {conv_reshape!r}")
+    _check_conv_reshape(conv_reshape)
     if on_error not in ("raise", "skip"):
         raise ValueError(f"on_error must be 'raise' or 'skip'; got {on_error!r}")
     predicate = _predicate(where)
@@ -228,7 +235,7 @@ def select(
         if not _is_array(value):
             continue
         if predicate(name, value):
-            chosen.append(_describe(path, name, value, conv_reshape, _layer_axis_for(name, layer_axis)))
+            chosen.append(_describe(path, name, value, _conv_reshape_for(name, conv_reshape), _layer_axis_for(name, layer_axis)))
     if not chosen and not allow_empty:
         raise ValueError(_nothing_selected(params, flat, where))
     chosen = _check_finite(chosen)
@@ -290,7 +297,19 @@ def _layer_axis_for(name: str, layer_axis: LayerAxis) -> int | None:
     raise TypeError(f"layer_axis must be None, an int or a {{regex: axis}} dict; got {layer_axis!r}")
 
 
-def _describe(path: KeyPath, name: str, value: Any, conv_reshape: ConvReshape, axis: int | None) -> Selected:
+def _check_conv_reshape(conv_reshape: ConvReshape) -> None:
+    flattens = conv_reshape.values() if isinstance(conv_reshape, Mapping) else [conv_reshape]
+    if any(f not in ("in", "out") for f in flattens):
+        raise ValueError(f"conv_reshape must be 'in', 'out' or a {{regex: 'in' | 'out'}} dict; got {conv_reshape!r}")
+
+
+def _conv_reshape_for(name: str, conv_reshape: ConvReshape) -> Flatten:
+    if isinstance(conv_reshape, Mapping):
+        return next((f for pattern, f in conv_reshape.items() if re.search(pattern, name)), "in")
+    return conv_reshape
+
+
+def _describe(path: KeyPath, name: str, value: Any, conv_reshape: Flatten, axis: int | None) -> Selected:
     shape, dtype = tuple(int(d) for d in value.shape), value.dtype
     if not jax.dtypes.issubdtype(dtype, jax.dtypes.extended):  # a PRNG key's dtype has no NumPy equivalent
         dtype = np.dtype(dtype)
@@ -316,7 +335,7 @@ def _describe(path: KeyPath, name: str, value: Any, conv_reshape: ConvReshape, a
     return Selected(**base, layer_axis=axis, matrix_shape=mshape, num_matrices=count)
 
 
-def _matrix_layout(shape: tuple[int, ...], axis: int | None, conv_reshape: ConvReshape):
+def _matrix_layout(shape: tuple[int, ...], axis: int | None, conv_reshape: Flatten):
     """``(L, (a, b))`` for a leaf of ``shape``."""
     count = 1 if axis is None else shape[axis]
     rest = shape if axis is None else shape[:axis] + shape[axis + 1 :]

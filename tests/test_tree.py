@@ -243,6 +243,25 @@ def test_conv_kernel_views_and_round_trip():
         np.testing.assert_array_equal(np.asarray(back), k)
 
 
+def test_attention_kernels_take_a_conv_reshape_per_leaf():
+    """nnx.MultiHeadAttention's q/k/v kernels (in, heads, head_dim) are the matrix (in, heads*head_dim) ("out"),
+    its output kernel (heads, head_dim, out) the matrix (heads*head_dim, out) ("in", where no regex matches): a
+    rank-16 compression of the query is a rank-16 map of the model's 96 x 96 (exact: the SVD truncation's rank)."""
+    import pdbjax
+
+    mha = nnx.MultiHeadAttention(num_heads=4, in_features=96, decode=False, rngs=nnx.Rngs(0))
+    views = {"(query|key|value)/kernel": "out"}
+    assert {s.name: s.matrix_shape for s in tree.select(mha)}["query/kernel"] == (384, 24)  # the conv view: wrong here
+    assert {s.name: (s.conv_reshape, s.matrix_shape) for s in tree.select(mha, conv_reshape=views)} == {
+        "key/kernel": ("out", (96, 96)), "out/kernel": ("in", (96, 96)), "query/kernel": ("out", (96, 96)),
+        "value/kernel": ("out", (96, 96))}
+    state, _ = pdbjax.compress(mha, method="svd", rank=16, where="query/kernel", conv_reshape=views)
+    s = np.linalg.svd(np.asarray(state["query"]["kernel"][...], np.float64).reshape(96, 96), compute_uv=False)
+    assert s[15] > 1e-3 * s[0] and s[16] < 1e-5 * s[0]
+    with pytest.raises(ValueError, match="conv_reshape must be 'in', 'out' or a {regex: 'in' | 'out'} dict"):
+        tree.select(mha, conv_reshape={"query": "sideways"})
+
+
 @pytest.mark.parametrize("axis", [0, 1, -2])
 def test_scanned_layers_with_layer_axis(axis):
     L, din, dout = 4, 6, 3
