@@ -38,7 +38,7 @@ from jax import lax
 from pdbjax import exported
 from pdbjax._validate import is_traced
 from pdbjax.fits import PDBFit, Reason, demote, fit_result
-from pdbjax.inputs import bulk, check_eigs, count_zeros, median, placeholder, screen, screen_rtol, sort_valid, svd_screen_rtol, valid
+from pdbjax.inputs import bulk, check_eigs, count_zeros, median, placeholder, screen, sort_valid, source_rtol, svd_screen_rtol, valid
 from pdbjax.linalg import raw_eigenvalues, spectrum
 from pdbjax.lsq import least_squares_box
 from pdbjax.precision import Precision, as_work, check_precision, float64, work_dtype
@@ -316,6 +316,7 @@ def fit_pdb(
     n_iter: int = N_ITER,
     precision: Literal["float64", "input"] = "float64",
     kurtosis: jax.typing.ArrayLike | None = None,
+    source: Literal["svd", "gram"] = "svd",
 ) -> PDBFit:
     r"""Fit the PDB model by PDBLS (Algorithm 1 of the paper; spec section 6), batched.
 
@@ -355,9 +356,15 @@ def fit_pdb(
         broadcasting to the batch shape), by which step 6 corrects the sphericity statistic; ``None`` (0)
         assumes Gaussian entries. ``analyze`` and ``compress`` pass it; sparse or heavy-tailed i.i.d. noise
         fitted without it can pass for two bulks.
+      source: how ``eigs`` were computed, which says which of them are zeros (a rank-deficient matrix's):
+        ``"svd"`` (default; squares of singular values, as :func:`eigenvalues` returns them: zero below
+        ``(100 eps)^2 lambda_1``) or ``"gram"`` (an eigendecomposition of ``W^T W``, ``eigenvalues(W,
+        solver="gram")``: zero below ``100 eps lambda_1``, the Gram matrix's rounding);
+        :func:`pdbjax.inputs.source_rtol`.
 
     Returns:
-      :class:`~pdbjax.fits.PDBFit` with leading batch axes; rows with ``ok = False`` are NaN and carry
+      :class:`~pdbjax.fits.PDBFit` with leading batch axes, in the input's float dtype as JAX holds it (float32
+      for float64 input unless 64-bit mode is on); rows with ``ok = False`` are NaN and carry
       a :class:`~pdbjax.fits.Reason`.
 
     Example (two noise bulks, variances 1 and 8 with weights 0.6 / 0.4, and two spikes):
@@ -373,16 +380,16 @@ def fit_pdb(
     eigs = jnp.asarray(eigs) if is_traced(eigs) else np.asarray(eigs)
     check_eigs(eigs, N)
     check_mode(mode)
-    out_dtype = work_dtype(eigs.dtype)
+    rtol = source_rtol(eigs.dtype, source)
+    out_dtype = jax.dtypes.canonicalize_dtype(work_dtype(eigs.dtype))  # float64 NumPy input: float32 unless x64
     n, window, length = fit_inputs(eigs, N)
     kappa = jnp.broadcast_to(jnp.asarray(0.0 if kurtosis is None else kurtosis), eigs.shape[:-1])
     if precision == "float64" and not is_traced(eigs):
         with float64():
-            fit = fit_pdb_batched(jnp.asarray(eigs, jnp.float64), n, window, length, mode, n_iter, screen_rtol(eigs.dtype),
+            fit = fit_pdb_batched(jnp.asarray(eigs, jnp.float64), n, window, length, mode, n_iter, rtol,
                                   kappa.astype(jnp.float64))
             return _held(jax.tree_util.tree_map(lambda x: x.astype(out_dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, fit))
-    return fit_pdb_batched(jnp.asarray(eigs, out_dtype), n, window, length, mode, n_iter, screen_rtol(eigs.dtype),
-                           kappa.astype(out_dtype))
+    return fit_pdb_batched(jnp.asarray(eigs, out_dtype), n, window, length, mode, n_iter, rtol, kappa.astype(out_dtype))
 
 
 def _held(fit: PDBFit) -> PDBFit:

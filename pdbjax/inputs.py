@@ -30,7 +30,8 @@ from pdbjax._validate import is_traced
 from pdbjax.fits import Reason
 from pdbjax.precision import work_dtype
 
-__all__ = ["check_eigs", "screen", "screen_rtol", "svd_screen_rtol", "placeholder", "median", "median_units", "valid", "bulk", "sort_valid"]
+__all__ = ["check_eigs", "screen", "screen_rtol", "svd_screen_rtol", "source_rtol", "placeholder", "median", "median_units",
+           "valid", "bulk", "sort_valid"]
 
 Array = jax.Array
 
@@ -110,6 +111,15 @@ def svd_screen_rtol(dtype: jax.typing.DTypeLike) -> float:
     (a constant offset, a dominant direction) rank deficient.
     """
     return screen_rtol(dtype) ** 2
+
+
+def source_rtol(dtype: jax.typing.DTypeLike, source: str) -> float:
+    """:func:`screen`'s ``rtol`` for eigenvalues of ``dtype`` computed as ``source`` says: ``"svd"`` (squares of
+    singular values, as :func:`pdbjax.eigenvalues` returns them: :func:`svd_screen_rtol`) or ``"gram"`` (eigenvalues
+    of ``W^T W`` itself, ``eigenvalues(W, solver="gram")``: :func:`screen_rtol`)."""
+    if source not in ("svd", "gram"):
+        raise ValueError(f"source must be 'svd' (squared singular values) or 'gram' (eigenvalues of W^T W); got {source!r}")
+    return svd_screen_rtol(dtype) if source == "svd" else screen_rtol(dtype)
 
 
 def placeholder(eigs: Array, code: Array, length: Array | None = None) -> Array:

@@ -71,7 +71,7 @@ import numpy as np
 
 from pdbjax import exported
 from pdbjax.fits import PUBFit, Reason, demote, fit_result
-from pdbjax.inputs import bulk, check_eigs, median_units, placeholder, screen, sort_valid
+from pdbjax.inputs import bulk, check_eigs, median_units, placeholder, screen, sort_valid, source_rtol
 from pdbjax.lsq import least_squares_scalar
 from pdbjax.precision import as_work
 
@@ -320,6 +320,7 @@ def fit_pub(
     *,
     alpha: float = ALPHA,
     beta: float = BETA,
+    source: Literal["svd", "gram"] = "svd",
 ) -> PUBFit:
     r"""Fit the PUB (Marchenko-Pastur) model to a batch of spectra by BEMA or kernel matching.
 
@@ -336,6 +337,8 @@ def fit_pub(
       alpha: BEMA trimming: ranks ``alpha p < k < (1 - alpha) p`` are matched, ``0 <= alpha < 1/2``.
         The kernel method uses it for its initial BEMA threshold.
       beta: Tracy-Widom level of the BEMA threshold: ``0.1``, ``0.05`` or ``0.01``.
+      source: how ``eigs`` were computed: ``"svd"`` (default, squared singular values) or ``"gram"``
+        (eigenvalues of ``W^T W``), as for :func:`pdbjax.fit_pdb` (which of them are zeros).
 
     Returns:
       :class:`~pdbjax.fits.PUBFit` with the leading batch axes of ``eigs``;
@@ -361,5 +364,6 @@ def fit_pub(
         raise ValueError(
             f"alpha must lie in [0, 0.5) and leave ranks alpha p < k < (1 - alpha) p; got {alpha} for p={p}"
         )
+    rtol = source_rtol(eigs.dtype, source)
     n, table, length = pub_inputs(eigs, N, alpha, beta)
-    return fit_pub_batched(as_work(eigs), n, table, length, estimator)
+    return fit_pub_batched(as_work(eigs), n, table, length, estimator, rtol)

@@ -575,3 +575,34 @@ def test_a_few_exact_zero_eigenvalues_are_left_out_of_the_fit():
             np.testing.assert_allclose([float(fit.sigma1_sq), float(fit.sigma2_sq)], [1.0, 4.0], rtol=0.02)
         else:
             assert float(fit.sigma1_sq) == pytest.approx(1024, rel=0.02)
+
+
+def test_zeros_are_judged_by_how_the_eigenvalues_were_computed():
+    """fit_pdb / fit_pub screen zeros as the eigenvalues' source says. Squared singular values (eigenvalues(W), the
+    default "svd") carry errors of eps s_1 s_j, so a noise matrix with a constant offset (lambda_1 / lambda_2 about
+    4e4) is fitted, as analyze fits it (a Gram tolerance of 100 eps lambda_1 called its bulk zeros: NO_BULK); a
+    rank-deficient matrix is NO_BULK from either source, its Gram eigenvalues with source="gram"."""
+    import pdbjax
+
+    rng = np.random.default_rng(0)
+    W = (rng.standard_normal((784, 256)) + 20.0).astype(np.float32)
+    lam = eigenvalues(W)
+    assert float(lam[0] / lam[1]) > 1e4
+    row = pdbjax.analyze({"w": W}, baselines=False).rows[0]
+    fit = fit_pdb(lam, 784)
+    assert pdbjax.reason_text(fit.reason) == row["status"] == "ok" and int(fit.K) == row["K"]
+    assert bool(pdbjax.fit_pub(lam, 784).ok)
+    low = (rng.standard_normal((300, 60)) @ rng.standard_normal((60, 100))).astype(np.float32)  # rank 60 of 100
+    assert int(fit_pdb(eigenvalues(low), 300).reason) == Reason.NO_BULK
+    assert int(fit_pdb(eigenvalues(low, solver="gram"), 300, source="gram").reason) == Reason.NO_BULK
+    with pytest.raises(ValueError, match="source must be 'svd'"):
+        fit_pdb(lam, 784, source="eigh")
+
+
+def test_float64_numpy_eigenvalues_give_a_fit_jax_holds():
+    """NumPy's float64 eigenvalues with JAX's 64-bit mode off: the fit is float32, as every JAX array then is
+    (its fields were float64 arrays made inside the local float64 context); under enable_x64 it is float64."""
+    lam = np.linalg.svd(np.random.default_rng(1).standard_normal((400, 100)), compute_uv=False) ** 2
+    assert fit_pdb(lam, 400).t.dtype == jnp.float32
+    with jax.enable_x64(True):
+        assert fit_pdb(lam, 400).t.dtype == jnp.float64
