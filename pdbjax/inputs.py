@@ -42,6 +42,8 @@ def check_eigs(eigs: Array, N: int | np.ndarray, length: np.ndarray | None = Non
     ``N >= length`` row by row."""
     if eigs.ndim < 1:
         raise ValueError("eigs must have shape (..., p); got a scalar")
+    if jnp.issubdtype(eigs.dtype, jnp.complexfloating):
+        raise ValueError(f"eigs must be real eigenvalues of W^T W; got {eigs.dtype} (take the real part if that is what you mean)")
     p = eigs.shape[-1]
     if p < 1:
         raise ValueError("eigs must hold at least one eigenvalue per matrix; got p = 0")

@@ -653,6 +653,8 @@ def cdf(x: ArrayLike, pop: PDB, c: ArrayLike, num: int = 2049) -> Array:
     is not differentiable at the nodes and edges. The ``t``-derivative is NaN at ``t in {0, 1}`` when
     ``sigma1_sq != sigma2_sq``.
     """
+    if isinstance(num, bool) or not isinstance(num, (int, np.integer)) or num < 2:
+        raise ValueError(f"num must be an int >= 2 (quadrature nodes); got {num!r}")
     t, s1, s2, c, valid, x = _prepare(pop, c, x)
     batch = jnp.broadcast_shapes(t.shape, s1.shape, s2.shape, c.shape, x.shape[:-1])
     t_, s1_, s2_, c_ = (jnp.broadcast_to(v, batch)[..., None] for v in (t, s1, s2, c))

@@ -606,3 +606,15 @@ def test_float64_numpy_eigenvalues_give_a_fit_jax_holds():
     assert fit_pdb(lam, 400).t.dtype == jnp.float32
     with jax.enable_x64(True):
         assert fit_pdb(lam, 400).t.dtype == jnp.float64
+
+
+def test_fit_pdb_refuses_complex_eigenvalues_and_bad_options():
+    """Complex eigenvalues were fitted after NumPy dropped their imaginary part (with a ComplexWarning only); an
+    unknown precision ran the 'input' path; a kurtosis of the wrong shape failed with JAX's broadcasting message."""
+    lam = np.linspace(3.0, 1.0, 40)
+    with pytest.raises(ValueError, match="eigs must be real"):
+        fit_pdb(lam.astype(np.complex64), 100)
+    with pytest.raises(ValueError, match="precision must be 'float64' or 'input'"):
+        fit_pdb(lam, 100, precision="float16")
+    with pytest.raises(ValueError, match=r"kurtosis of shape \(3,\) does not broadcast to the batch shape \(2,\)"):
+        fit_pdb(np.stack([lam, lam]), 100, kurtosis=np.zeros(3))

@@ -1115,3 +1115,10 @@ def test_float32_functions_are_scale_equivariant_over_the_whole_range(scale):
     for got, want in zip(values(scale), values(1.0)):
         assert np.all(np.isfinite(got)), got
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6 * np.max(np.abs(want)))
+
+
+@pytest.mark.parametrize("num", [1, 0, 2.5, True])
+def test_cdf_needs_two_quadrature_nodes(num):
+    """num < 2 divided by zero (num - 1); a float or bool num is no node count."""
+    with pytest.raises(ValueError, match="num must be an int >= 2"):
+        spectral.cdf(1.0, PDB(0.5, 1.0, 2.0), 0.5, num=num)
