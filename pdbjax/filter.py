@@ -86,9 +86,10 @@ class FilterInfo(NamedTuple):
       keep: number of components kept (int32); ``p`` where the fit is not ok. With ``shrink="optimal"``, which
         sets every component at or below the edge to 0, at most the components above ``lambda_+`` (the
         rank's count when it is smaller): the non-zero ones, so factored output is no wider.
-      n_outliers: components whose singular value was shrunk (int32): Algorithm 2's outliers
-        (:func:`outlier_mask`) for ``shrink="spikes"``, the components above ``lambda_+`` for
-        ``"optimal"``; 0 for ``"none"`` (the default of ``"svd"``/``"slr"``) and bad fits.
+      n_outliers: components the shrinkage moves (int32), counted before the truncation to ``keep`` (a rank
+        below it truncates some of them): Algorithm 2's outliers (:func:`outlier_mask`) for ``shrink="spikes"``,
+        the components above ``lambda_+`` for ``"optimal"``; 0 for ``"none"`` (the default of
+        ``"svd"``/``"slr"``) and bad fits.
       params_before: ``a * b`` (int32).
       params_after: stored parameters of the output (int32). Dense output: ``a * b``. Factored:
         ``keep * (a + b)`` (``A = U_k diag(s'_k)^(1/2)``, ``B = diag(s'_k)^(1/2) V_k^T``); SLR: ``nnz(U_k) + k + nnz(V_k^T)``
