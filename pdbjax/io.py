@@ -178,7 +178,11 @@ def save(
         _named_leaves(tree, ".")  # refuse key paths that Orbax would merge
         writer = partial(_write_orbax, tree=jax.tree.map(_to_numpy, tree), metadata=metadata)
     elif fmt == "safetensors":
-        writer = partial(_write_safetensors, flat=flatten(tree, "."), metadata=metadata)
+        flat = flatten(tree, ".")
+        if "__metadata__" in flat:  # the header's own key: the file would not parse
+            raise ValueError(f"{path}: a tensor cannot be named '__metadata__' in a .safetensors file (the header's "
+                             "metadata key); rename it")
+        writer = partial(_write_safetensors, flat=flat, metadata=metadata)
     else:
         flat = flatten(tree, "/")
         check_npz_dtypes(path, flat)
@@ -274,17 +278,17 @@ def _to_numpy(leaf: Any) -> np.ndarray:
 
 
 def _check_metadata(metadata: Mapping[str, str] | None) -> None:
-    if metadata is not None and not all(
+    if metadata is not None and not (isinstance(metadata, Mapping) and all(
         isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()
-    ):
-        raise TypeError("metadata must be a {str: str} mapping")
+    )):
+        raise TypeError(f"metadata must be a {{str: str}} mapping; got {type(metadata).__name__}")
 
 
 def check_npz_dtypes(path: Path, tree: Any) -> None:
     """Refuse extension dtypes (ml_dtypes) that the .npy header cannot describe, in any leaf of ``tree`` (a flat
     ``{name: array}`` dict or a nested tree; only the dtypes are read, so memory maps stay unread)."""
     for name, arr in _named_leaves(tree, "/"):
-        if np.dtype(arr.dtype).kind == "V" and np.dtype(arr.dtype).type is not np.void:
+        if np.dtype(arr.dtype).type.__module__.startswith("ml_dtypes"):  # bfloat16, float8_* (kind 'V' or 'f')
             raise ValueError(
                 f"{path}: .npz cannot store {arr.dtype} (tensor {name!r}); "
                 "save to .safetensors or an Orbax directory instead"
@@ -301,8 +305,8 @@ def _load_safetensors(path: Path) -> tuple[dict[str, np.ndarray], dict[str, str]
             return {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {})
     except safetensors.SafetensorError as e:
         raise ValueError(f"{path}: not a valid safetensors file ({e})") from e
-    except (TypeError, KeyError):
-        # safetensors releases without NumPy bfloat16/float8 support.
+    except (TypeError, KeyError, AttributeError):
+        # safetensors releases without NumPy bfloat16/float8 support (0.8 asks numpy for float8_e4m3fn: AttributeError).
         return _read_safetensors_raw(path)
 
 

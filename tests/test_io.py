@@ -380,6 +380,25 @@ def test_save_rejects_bad_tree_and_metadata(tmp_path):
         io.save(tmp_path / "w.npz", np.ones(3))
     with pytest.raises(TypeError, match="metadata"):
         io.save(tmp_path / "w.safetensors", {"a": np.ones(1)}, metadata={"n": 1})
+    with pytest.raises(TypeError, match="metadata must be a {str: str} mapping; got list"):
+        io.save(tmp_path / "w.safetensors", {"a": np.ones(1)}, metadata=[("a", "b")])
+    with pytest.raises(ValueError, match="cannot be named '__metadata__'"):  # the file would not parse
+        io.save(tmp_path / "w.safetensors", {"__metadata__": np.ones(2, np.float32)})
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("dtype", [ml_dtypes.float8_e4m3fn, ml_dtypes.float8_e5m2])
+def test_float8_round_trips_through_safetensors_and_is_refused_by_npz(tmp_path, dtype):
+    """safetensors 0.8 raises AttributeError for float8 in NumPy (the raw reader takes over, eagerly as lazily);
+    float8_e5m2 has NumPy kind 'f' and .npz wrote a file it could not read back ('<f1')."""
+    w = np.arange(6, dtype=np.float32).reshape(2, 3).astype(dtype)
+    path = io.save(tmp_path / "f.safetensors", {"w": w})
+    for lazy in (False, True):
+        got = io.load(path, lazy=lazy)["w"]
+        assert got.dtype == np.dtype(dtype) and np.array_equal(got.view(np.uint8), w.view(np.uint8))
+    with pytest.raises(ValueError, match="cannot store float8"):
+        io.save(tmp_path / "f.npz", {"w": w})
+    assert not (tmp_path / "f.npz").exists()
 
 
 # --------------------------------------------------------------------------- helpers
