@@ -328,6 +328,13 @@ def _load_safetensors_dir(path: Path, lazy: bool = False) -> tuple[dict[str, np.
             weight_map = json.loads(index.read_text())["weight_map"]
         except (ValueError, KeyError, TypeError) as e:
             raise ValueError(f"{index}: not a Hugging Face safetensors index (no readable weight_map: {e})") from e
+        if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+            raise ValueError(f"{index}: not a Hugging Face safetensors index (weight_map must map tensor names to "
+                             f"shard file names; got {type(weight_map).__name__})")
+        outside = sorted({v for v in weight_map.values() if Path(v).name != v or v in ("", ".", "..")})
+        if outside:
+            raise ValueError(f"{index}: weight_map names shard files outside the directory {outside[:3]}; "
+                             "shards must be plain file names beside the index")
         files = [path / name for name in sorted(set(weight_map.values()))]
         missing = [f.name for f in files if not f.is_file()]
         if missing:

@@ -502,6 +502,12 @@ def test_sharded_directory_errors_name_the_problem(tmp_path):
     with pytest.raises(ValueError, match=r"model-00002-of-00002.safetensors: holds 'b.bias', which model.safetensors.index.json "
                                          r"does not list$"):
         io.load(d2)
+    for weight_map, message in ((["a.weight"], "weight_map must map tensor names to shard file names; got list"),
+                                ({"a.weight": 5}, "weight_map must map tensor names to shard file names"),
+                                ({"a.weight": "../model-00001-of-00002.safetensors"}, "names shard files outside the directory")):
+        (d2 / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
+        with pytest.raises(ValueError, match=message):  # were AttributeError, TypeError and a file opened outside
+            io.load(d2)
 
 
 def test_cli_analyzes_a_sharded_directory(tmp_path, capsys):
