@@ -367,11 +367,17 @@ def _read_safetensors_raw(path: Path, mapped: bool = False) -> tuple[dict[str, n
     with open(path, "rb") as f:
         header, start = _read_safetensors_header(path, f, size)
         metadata = header.pop("__metadata__", None) or {}
+        if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+            raise ValueError(f"{path}: not a valid safetensors file (__metadata__ must map strings to strings)")
         tensors = {name: _read_tensor(path, f, name, info, start, size, mapped) for name, info in header.items()}
-    spans = sorted((int(info["data_offsets"][0]), int(info["data_offsets"][1]), name) for name, info in header.items())
-    for (_, end, before), (begin, _, name) in zip(spans, spans[1:]):
-        if begin < end:  # two tensors sharing bytes: a corrupt header (the safetensors library refuses it too)
+    # The data buffer is the tensors back to back, as the safetensors library requires: no overlap, gap or tail.
+    spans = sorted((info["data_offsets"][0], info["data_offsets"][1], name) for name, info in header.items())
+    for (_, end, before), (begin, _, name) in zip([(0, 0, None), *spans], [*spans, (size - start, 0, None)]):
+        if begin < end:  # two tensors sharing bytes
             raise ValueError(f"{path}: tensors {before!r} and {name!r} overlap (data offsets)")
+        if begin > end:
+            where = f"after {before!r}" if before is not None else "before the first tensor"
+            raise ValueError(f"{path}: not a valid safetensors file ({begin - end} bytes {where} belong to no tensor)")
     return tensors, dict(metadata)
 
 
@@ -389,20 +395,31 @@ def _read_safetensors_header(path: Path, f: Any, size: int) -> tuple[dict[str, A
     if n > size - 8:
         raise ValueError(f"{path}: not a valid safetensors file (header length {n})")
     try:
-        header = json.loads(f.read(n))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        header = json.loads(f.read(n), object_pairs_hook=_unique_keys)
+    except (UnicodeDecodeError, ValueError) as e:  # json.JSONDecodeError, a repeated key
         raise ValueError(f"{path}: not a valid safetensors file (bad header: {e})") from e
     if not isinstance(header, dict):
         raise ValueError(f"{path}: not a valid safetensors file (header is not an object)")
     return header, 8 + n
 
 
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object's dict, refusing a key given twice (``json`` keeps the last one silently)."""
+    keys = [k for k, _ in pairs]
+    if len(set(keys)) < len(keys):
+        raise ValueError(f"key {next(k for k in keys if keys.count(k) > 1)!r} appears twice")
+    return dict(pairs)
+
+
 def _read_tensor(path: Path, f: Any, name: str, info: Any, start: int, size: int, mapped: bool = False) -> np.ndarray:
     """Read (or memory-map, read-only) one tensor described by its header entry ``info``."""
+    natural = lambda xs, n=None: isinstance(xs, list) and (n is None or len(xs) == n) and all(  # noqa: E731
+        type(x) is int and x >= 0 for x in xs)
     try:
         dtype = _ST_DTYPES[info["dtype"]].newbyteorder("<")
-        shape = tuple(int(d) for d in info["shape"])
-        begin, end = (int(o) for o in info["data_offsets"])
+        shape, (begin, end) = tuple(info["shape"]), info["data_offsets"]
+        if not natural(info["shape"]) or not natural(info["data_offsets"], 2):
+            raise TypeError("shape and data_offsets must be lists of non-negative integers")
     except (KeyError, TypeError, ValueError) as e:
         raise ValueError(f"{path}: bad header entry for tensor {name!r}: {info!r}") from e
     nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize

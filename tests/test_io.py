@@ -5,6 +5,8 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
+import struct
 from pathlib import Path
 
 import jax.numpy as jnp
@@ -341,6 +343,34 @@ def test_truncated_safetensors_raw_reader(tmp_path):
         io._read_safetensors_raw(path)
     with pytest.raises(ValueError, match="w.safetensors"):
         io.load(path)
+
+
+def _raw_safetensors(path, header: str, data: bytes):
+    """A safetensors file with this JSON header text (padded to 8 bytes) and data buffer."""
+    head = header.encode()
+    head += b" " * (-len(head) % 8)
+    path.write_bytes(struct.pack("<Q", len(head)) + head + data)
+    return path
+
+
+@pytest.mark.parametrize("header, data, message", [
+    ('{"a": {"dtype": "I32", "shape": [1], "data_offsets": [0, 4]}, "a": {"dtype": "I32", "shape": [2], '
+     '"data_offsets": [0, 8]}}', bytes(8), "key 'a' appears twice"),
+    ('{"a": {"dtype": "I32", "shape": [1], "data_offsets": [4, 8]}}', bytes(8), "4 bytes before the first tensor"),
+    ('{"a": {"dtype": "I32", "shape": [1], "data_offsets": [0, 4]}}', bytes(8), "4 bytes after 'a' belong to no tensor"),
+    ('{"a": {"dtype": "U8", "shape": "12", "data_offsets": [0, 2]}}', bytes(2), "bad header entry for tensor 'a'"),
+    ('{"a": {"dtype": "U8", "shape": [2], "data_offsets": [0.0, 2.5]}}', bytes(2), "bad header entry for tensor 'a'"),
+    ('{"a": {"dtype": "U8", "shape": [-2], "data_offsets": [0, 2]}}', bytes(2), "bad header entry for tensor 'a'"),
+    ('{"__metadata__": {"n": 1}, "a": {"dtype": "U8", "shape": [2], "data_offsets": [0, 2]}}', bytes(2),
+     "__metadata__ must map strings to strings"),
+])
+def test_lazy_reader_refuses_what_the_format_forbids(tmp_path, header, data, message):
+    """The memory-mapping reader (lazy=True, and the eager fallback for dtypes the safetensors package cannot
+    give NumPy) checks what the safetensors package checks: it took the last of two equal keys, bytes that belong to
+    no tensor, a string shape read character by character, float offsets truncated and non-string metadata."""
+    path = _raw_safetensors(tmp_path / "w.safetensors", header, data)
+    with pytest.raises(ValueError, match=re.escape(message)):
+        io.load(path, lazy=True)
 
 
 def test_safetensors_with_overlapping_tensors_is_refused(tmp_path):
