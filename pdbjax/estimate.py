@@ -382,8 +382,10 @@ def fit_pdb(
     check_mode(mode)
     if precision not in ("float64", "input"):
         raise ValueError(f"precision must be 'float64' or 'input'; got {precision!r}")
-    if kurtosis is not None and np.shape(kurtosis) and not _broadcasts(np.shape(kurtosis), eigs.shape[:-1]):
-        raise ValueError(f"kurtosis of shape {np.shape(kurtosis)} does not broadcast to the batch shape {eigs.shape[:-1]}")
+    try:  # as check_eigs does for N
+        np.broadcast_to(np.empty(np.shape(0.0 if kurtosis is None else kurtosis)), eigs.shape[:-1])
+    except ValueError:
+        raise ValueError(f"kurtosis of shape {np.shape(kurtosis)} does not broadcast to the batch shape {eigs.shape[:-1]}") from None
     rtol = source_rtol(eigs.dtype, source)
     out_dtype = jax.dtypes.canonicalize_dtype(work_dtype(eigs.dtype))  # float64 NumPy input: float32 unless x64
     n, window, length = fit_inputs(eigs, N)
@@ -394,13 +396,6 @@ def fit_pdb(
                                   kappa.astype(jnp.float64))
             return _held(jax.tree_util.tree_map(lambda x: x.astype(out_dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, fit))
     return fit_pdb_batched(jnp.asarray(eigs, out_dtype), n, window, length, mode, n_iter, rtol, kappa.astype(out_dtype))
-
-
-def _broadcasts(shape: tuple[int, ...], to: tuple[int, ...]) -> bool:
-    try:
-        return np.broadcast_shapes(shape, to) == tuple(to)
-    except ValueError:
-        return False
 
 
 def _held(fit: PDBFit) -> PDBFit:

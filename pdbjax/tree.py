@@ -290,10 +290,8 @@ def _layer_axis_for(name: str, layer_axis: LayerAxis) -> int | None:
     if layer_axis is None or isinstance(layer_axis, (int, np.integer)):
         return None if layer_axis is None else int(layer_axis)
     if isinstance(layer_axis, Mapping):
-        for pattern, axis in layer_axis.items():
-            if re.search(pattern, name):
-                return int(axis)
-        return None
+        axis = _first_match(name, layer_axis, None)
+        return None if axis is None else int(axis)
     raise TypeError(f"layer_axis must be None, an int or a {{regex: axis}} dict; got {layer_axis!r}")
 
 
@@ -304,9 +302,13 @@ def _check_conv_reshape(conv_reshape: ConvReshape) -> None:
 
 
 def _conv_reshape_for(name: str, conv_reshape: ConvReshape) -> Flatten:
-    if isinstance(conv_reshape, Mapping):
-        return next((f for pattern, f in conv_reshape.items() if re.search(pattern, name)), "in")
-    return conv_reshape
+    return _first_match(name, conv_reshape, "in") if isinstance(conv_reshape, Mapping) else conv_reshape
+
+
+def _first_match(name: str, per_leaf: Mapping[str, Any], default: Any) -> Any:
+    """The value of the first regex of a per-leaf option dict (``layer_axis``, ``conv_reshape``) that
+    ``re.search``-matches ``name``; ``default`` where none does."""
+    return next((value for pattern, value in per_leaf.items() if re.search(pattern, name)), default)
 
 
 def _describe(path: KeyPath, name: str, value: Any, conv_reshape: Flatten, axis: int | None) -> Selected:
