@@ -491,3 +491,12 @@ def test_plain_pytrees_never_import_flax():
     model = FCNN(nnx.Rngs(0), sizes=(32, 16, 4))
     names = [s.name for s in tree.select(model)]
     assert len(names) == 2 and names == [s.name for s in tree.select(nnx.state(model))]
+
+
+def test_leaf_names_are_the_names_reports_use():
+    """leaf_names: the plain path names of every leaf (an NNX Variable is one leaf), as select names them."""
+    params = {"dense": {"kernel": _rand(4, 3), "bias": np.zeros(3)}}
+    assert tree.leaf_names(params) == ["dense/bias", "dense/kernel"]
+    assert [s.name for s in tree.select(params)] == ["dense/kernel"]
+    model = nnx.Linear(4, 3, rngs=nnx.Rngs(0))
+    assert tree.leaf_names(nnx.state(model)) == ["bias", "kernel"]
