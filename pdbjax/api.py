@@ -576,19 +576,25 @@ def compress(
                 row["budget_params"] = row["params_after"] if factored else row["params_before"] if unstored else int(counted[leaf][i])
             by_leaf.setdefault(sel.name, []).append(row)
     rows = [row for sel in sels for row in by_leaf[sel.name]]  # tree order, as analyze's
-    if factored:
-        # as replace() does for dense leaves: a JAX leaf's replacement (its factors) is a JAX array, a NumPy leaf's NumPy
-        as_old = lambda x, new: new if isinstance(x, np.ndarray) else jax.tree_util.tree_map(jnp.asarray, new)  # noqa: E731
-        new_params = jax.tree_util.tree_map_with_path(
-            lambda path, x: as_old(x, updates[path_name(path)]) if path_name(path) in updates else x, params)
-    else:
-        new_params = replace(params, updates)
+    new_params = with_new_leaves(params, updates, factored)
     rows = [to_jsonable(r) for r in rows]
     totals = compression_totals(rows)
     if alloc is not None:
         after = sum(r["budget_params"] for r in rows if "budget_params" in r)
         totals.update(budget=budget, budget_cap=alloc.cap, budget_params_after=after, budget_ratio=after / alloc.dense)
     return new_params, Report(rows, totals)
+
+
+def with_new_leaves(params: Any, updates: dict[str, Any], factored: bool) -> Any:
+    """``params`` with the leaves named in ``updates`` replaced (what :func:`compress` returns): by
+    :func:`pdbjax.tree.replace` for dense leaves; with ``factored``, each by its :class:`LowRank` node, or its dense
+    array where the weight was left unchanged, as JAX arrays in place of a JAX leaf and NumPy in place of a
+    NumPy leaf (``replace``'s rule)."""
+    if not factored:
+        return replace(params, updates)
+    as_old = lambda x, new: new if isinstance(x, np.ndarray) else jax.tree_util.tree_map(jnp.asarray, new)  # noqa: E731
+    return jax.tree_util.tree_map_with_path(
+        lambda path, x: as_old(x, updates[path_name(path)]) if path_name(path) in updates else x, params)
 
 
 def _decide_by_length(specs: Sequence[Spectrum], fits: Sequence[Any], keeps: Sequence[Rank], method: str,

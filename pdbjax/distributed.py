@@ -70,7 +70,7 @@ from jax.experimental import multihost_utils
 from pdbjax import api
 from pdbjax.api import LowRank
 from pdbjax.report import Report, compression_totals
-from pdbjax.tree import Selected, Where, is_variable, path_name, replace, select, unwrap
+from pdbjax.tree import Selected, Where, is_variable, path_name, select, unwrap
 
 __all__ = ["initialize", "is_writer", "agree", "analyze", "compress", "assign"]
 
@@ -129,7 +129,11 @@ def _raise_failures(gathered: Sequence[dict], error: BaseException | None) -> No
             kind, message = got["error"]
             cls = getattr(builtins, kind, None)
             cls = cls if isinstance(cls, type) and issubclass(cls, Exception) else RuntimeError
-            raise cls(f"process {p}: {message}")
+            try:
+                failure = cls(f"process {p}: {message}")
+            except TypeError:  # a type built from other arguments (UnicodeDecodeError, ExceptionGroup)
+                failure = RuntimeError(f"process {p}: {kind}: {message}")
+            raise failure
 
 
 def assign(costs: Sequence[int], num_processes: int) -> list[int]:
@@ -175,11 +179,10 @@ def compress(params: Any, where: Where | None = None, **options: Any) -> tuple[A
     """
     if jax.process_count() == 1:
         return api.compress(params, where, **options)
+    sels, owner = _plan(api.compress, params, where, options)  # first: all processes must meet there
     if options.get("budget") is not None:  # each process would allocate over its own share only
         raise ValueError("budget= allocates over all matrices at once and is not available across processes yet; "
                          "compress in one process, or give a rank")
-    sels, owner = _plan(api.compress, params, where, options)
-    factored = bool(options.get("factored", False))
 
     def share(pick):
         new_params, report = api.compress(params, pick, **options)
@@ -187,11 +190,8 @@ def compress(params: Any, where: Where | None = None, **options: Any) -> tuple[A
 
     rows, specs, nodes = _run_share(sels, owner, share)
     report_rows = [row for sel in sels for row in rows[sel.name]]  # tree order, as pdbjax.compress's
-    updates = {s.name: _broadcast_node(nodes.get(s.name), specs[s.name], owner[s.name], factored) for s in sels if s.ok}
-    if factored:
-        new_params = jax.tree_util.tree_map_with_path(lambda path, x: updates.get(path_name(path), x), params)
-    else:
-        new_params = replace(params, updates)
+    updates = {s.name: _broadcast_node(nodes.get(s.name), specs[s.name], owner[s.name]) for s in sels if s.ok}
+    new_params = api.with_new_leaves(params, updates, bool(options.get("factored", False)))
     return new_params, Report(report_rows, compression_totals(report_rows))
 
 
@@ -229,8 +229,17 @@ def _plan(fn: Callable, params: Any, where: Where | None, options: dict) -> tupl
 def _digest(sels: Sequence[Selected], options: dict) -> str:
     """What every process must agree on: the selected leaves (names, shapes, dtypes, statuses) and the options."""
     summary = [[s.name, list(s.shape), str(s.dtype), s.layer_axis, s.status] for s in sels]
-    text = json.dumps([summary, options], sort_keys=True, default=lambda o: type(o).__name__)
+    text = json.dumps([summary, options], sort_keys=True, default=_digestible)
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _digestible(value: Any) -> Any:
+    """What :func:`_digest` hashes of an option JSON cannot write: a NumPy scalar's or array's value (a rank of
+    ``np.int64(2)`` and one of ``np.int64(6)`` differ), the type's name for anything else (a predicate's
+    ``repr`` holds its address, which differs between processes)."""
+    if isinstance(value, (np.generic, np.ndarray)):
+        return value.tolist()
+    return type(value).__name__
 
 
 # --------------------------------------------------------------------------------------------------
@@ -296,7 +305,7 @@ def _spec(node: Any) -> list[list]:
     return [[list(x.shape), np.dtype(x.dtype).name] for x in jax.tree_util.tree_leaves(node)]
 
 
-def _broadcast_node(node: Any, spec: list[list], source: int, factored: bool) -> Any:
+def _broadcast_node(node: Any, spec: list[list], source: int) -> Any:
     """The owner's ``node`` on every process, sent as raw bytes (exact for every dtype)."""
     is_source = jax.process_index() == source
     dtypes = [jnp.dtype(name) for _, name in spec]
@@ -306,4 +315,4 @@ def _broadcast_node(node: Any, spec: list[list], source: int, factored: bool) ->
         buffers = [np.zeros(int(np.prod(shape)) * dtype.itemsize, np.uint8) for (shape, _), dtype in zip(spec, dtypes)]
     received = multihost_utils.broadcast_one_to_all(buffers, is_source=is_source)
     arrays = [np.array(buf).view(dtype).reshape(shape) for buf, dtype, (shape, _) in zip(received, dtypes, spec)]
-    return LowRank(*arrays) if factored else arrays[0]
+    return LowRank(*arrays) if len(arrays) == 2 else arrays[0]  # a leaf left unchanged stays dense

@@ -42,7 +42,7 @@ TIMEOUT_S = 240
 
 
 def make_tree():
-    """Three (48, 32) kernels and a stacked (3, 96, 48) one; one more (48, 32) kernel holds a NaN; biases.
+    """Three (48, 32) kernels and a stacked (3, 96, 48) one; one more (48, 32) kernel holds a NaN, one is all zeros; biases.
 
     The stacked leaf costs more than the others together, so process 0 gets it and process 1 the rest:
     each worker compiles one matrix shape (process 1 cannot use the persistent compilation cache, which
@@ -61,6 +61,7 @@ def make_tree():
         "dense0": {"kernel": mat(0, 48, 32), "bias": np.zeros(32, np.float32)},
         "dense1": {"kernel": mat(1, 48, 32)},
         "proj": {"kernel": mat(2, 48, 32), "bias": np.zeros(32, np.float32)},
+        "zero": {"kernel": np.zeros((48, 32), np.float32)},  # fitted as "unchanged": stays dense under factored=True
     }
 
 
@@ -84,6 +85,9 @@ def worker(coordinator: str, process_id: int, out_dir: str) -> None:
     result["compress"] = [creport.rows, creport.totals]
     newf, freport = distributed.compress(tree, method="svd", **FACTORED)
     result["factored"] = [freport.rows, freport.totals]
+    jax_tree = {"dense0": {"kernel": jnp.asarray(tree["dense0"]["kernel"])}, "zero": {"kernel": jnp.zeros((48, 32))}}
+    jax_new = distributed.compress(jax_tree, method="svd", **FACTORED)[0]  # JAX leaves give JAX factors, as in one process
+    result["jax_leaf_types"] = sorted({type(x).__name__ for x in jax.tree_util.tree_leaves(jax_new)})
     np.savez(os.path.join(out_dir, f"dense{process_id}.npz"), **flat_arrays(new))
     np.savez(os.path.join(out_dir, f"factored{process_id}.npz"), **flat_arrays(newf))
     errors = {}
@@ -109,7 +113,8 @@ def worker(coordinator: str, process_id: int, out_dir: str) -> None:
     class Custom(Exception):
         pass
 
-    for name, failure in (("agree_builtin", FileNotFoundError("no such checkpoint")), ("agree_custom", Custom("custom"))):
+    for name, failure in (("agree_builtin", FileNotFoundError("no such checkpoint")), ("agree_custom", Custom("custom")),
+                          ("agree_unicode", UnicodeDecodeError("utf-8", b"\xff", 0, 1, "invalid start byte"))):
         try:  # the caller's own failure before a call (reading its input), met at distributed.agree
             distributed.agree(failure if process_id else None)
             errors[name] = "no error"
@@ -124,6 +129,14 @@ def worker(coordinator: str, process_id: int, out_dir: str) -> None:
         distributed.analyze(tree, **{**ANALYZE, "mode": "reference" if process_id else "scaled"})
     except ValueError as err:
         errors["mismatch"] = str(err)
+    try:  # also when the options are NumPy scalars of other values
+        distributed.compress(tree, **{**COMPRESS, "method": "svd", "rank": np.int64(2 if process_id else 6)})
+    except ValueError as err:
+        errors["mismatch_numpy"] = str(err)
+    try:  # and when one process only passes a budget (it must not raise alone and leave the other waiting)
+        distributed.compress(tree, **{**COMPRESS, "budget": 0.5 if process_id else None})
+    except ValueError as err:
+        errors["mismatch_budget"] = str(err)
     result["errors"] = errors
     with open(os.path.join(out_dir, f"result{process_id}.json"), "w") as f:
         json.dump(result, f)
@@ -245,6 +258,11 @@ def test_two_processes_compress_equals_single_process(two_processes, single, kin
     assert any(r["status"] == "ok" for r in report)
 
 
+def test_two_processes_give_jax_factors_for_jax_leaves(two_processes):
+    for result in two_processes:
+        assert result["jax_leaf_types"] == ["ArrayImpl"]
+
+
 def test_two_processes_raise_clear_errors(two_processes):
     for result in two_processes:
         assert "c_bad/kernel" in result["errors"]["bad_leaf"] and "NaN" in result["errors"]["bad_leaf"]
@@ -258,8 +276,11 @@ def test_two_processes_raise_clear_errors(two_processes):
     assert one["agree_custom"] == "Custom: custom" and zero["agree_custom"] == "RuntimeError: process 1: custom"
     for result in two_processes:
         assert result["errors"]["budget"].startswith("budget= allocates over all matrices at once")
+    assert one["agree_unicode"].startswith("UnicodeDecodeError: 'utf-8' codec can't decode byte 0xff")
+    assert zero["agree_unicode"] == "RuntimeError: process 1: " + one["agree_unicode"]  # its type needs 5 arguments
     for result in two_processes:
-        assert result["errors"]["mismatch"].startswith("processes [1] selected other matrices or passed other options")
+        for key in ("mismatch", "mismatch_numpy", "mismatch_budget"):
+            assert result["errors"][key].startswith("processes [1] selected other matrices or passed other options"), key
 
 
 def test_one_process_is_the_single_process_call(tree, single):
