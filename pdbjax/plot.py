@@ -113,15 +113,20 @@ def _density_fn():
 def _model_densities(x: np.ndarray, row: Mapping[str, Any]) -> dict[str, np.ndarray]:
     """Bulk densities of the PDB fit and the PUB baselines at ``x`` (one batched, jitted call).
 
-    PUB laws use ``c = p / N`` (the ratio :func:`pdbjax.pub.fit_pub` fits with) when the row has
-    ``N`` and ``p``, else the PDB fit's ``c``.
+    Each PUB law uses the ratio its fit used (:attr:`pdbjax.fits.PUBFit.c`: ``p / N`` for BEMA, ``(p - K0) / N``
+    for the Kernel), recovered from its edge ``lambda_plus = sigma^2 (1 + sqrt c)^2``; ``p / N`` when the row does
+    not give the edge, the PDB fit's ``c`` when it does not give ``N`` and ``p`` either.
     """
     c_pdb = _num(row, "c")
-    c_pub = _num(row, "p") / _num(row, "N") if row.get("N") and row.get("p") else c_pdb
+    c_rows = _num(row, "p") / _num(row, "N") if row.get("N") and row.get("p") else c_pdb
+
+    def c_pub(method: str) -> float:
+        edge, var = _num(row, f"lambda_plus_{method}"), _num(row, f"sigma_sq_{method}")
+        return (math.sqrt(edge / var) - 1) ** 2 if var > 0 and edge >= var and math.isfinite(edge) else c_rows
+
     pops = {
         "pdb": (_num(row, "t"), _num(row, "sigma1_sq"), _num(row, "sigma2_sq"), c_pdb),
-        "bema": (1.0, _num(row, "sigma_sq_bema"), _num(row, "sigma_sq_bema"), c_pub),
-        "kernel": (1.0, _num(row, "sigma_sq_kernel"), _num(row, "sigma_sq_kernel"), c_pub),
+        **{m: (1.0, _num(row, f"sigma_sq_{m}"), _num(row, f"sigma_sq_{m}"), c_pub(m)) for m in ("bema", "kernel")},
     }
     valid = {k: all(math.isfinite(v) for v in pop) and pop[1] > 0 and pop[2] > 0 and 0 < pop[3] <= 1 for k, pop in pops.items()}
     if not any(valid.values()):

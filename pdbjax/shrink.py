@@ -75,7 +75,8 @@ def _d_above(sigma: ArrayLike, pop: PDB, c: ArrayLike) -> tuple[Array, Array, Ar
     the computation itself is compiled (:func:`_d_above_jit`), where invalid entries give NaN.
     """
     sigma = jnp.asarray(sigma)
-    sigma = sigma.astype(jnp.result_type(sigma, float))
+    # float32 at least: the D-transform's squares and its derivative's terms leave float16's range (sigma = 20)
+    sigma = sigma.astype(jnp.promote_types(jnp.result_type(sigma, float), jnp.float32))
     if not is_traced(sigma, pop, c):
         check_population(pop, c)
     return _d_above_jit(sigma, pop, c)
@@ -133,7 +134,7 @@ def d_transform(sigma: ArrayLike, pop: PDB, c: ArrayLike) -> Array:
     derivative.
     """
     value, _, above, _, r = _d_above(sigma, pop, c)
-    return jnp.where(above, value / (r * r), jnp.nan)
+    return jnp.where(above, value / (r * r), jnp.nan).astype(_out_dtype(sigma))
 
 
 def d_transform_derivative(sigma: ArrayLike, pop: PDB, c: ArrayLike) -> Array:
@@ -145,7 +146,7 @@ def d_transform_derivative(sigma: ArrayLike, pop: PDB, c: ArrayLike) -> Array:
     Arguments as in :func:`d_transform`.
     """
     _, slope, above, _, r = _d_above(sigma, pop, c)
-    return jnp.where(above, slope / (r * r * r), jnp.nan)
+    return jnp.where(above, slope / (r * r * r), jnp.nan).astype(_out_dtype(sigma))
 
 
 def optimal_shrinker(sigma: ArrayLike, pop: PDB, c: ArrayLike) -> Array:
@@ -170,8 +171,17 @@ def optimal_shrinker(sigma: ArrayLike, pop: PDB, c: ArrayLike) -> Array:
     value, slope, above, lam_plus, r = _d_above(sigma, pop, c)
     usable = above & jnp.isfinite(value) & (slope < 0)
     w = jnp.where(usable, -2 * r * value / jnp.where(usable, slope, -1), 0.0)
+    # Far above the edge D' is a difference of terms that cancel to below rounding (float32: sigma ~ 3e9
+    # sqrt(lambda_+)) and can come out >= 0; there w = sigma - O(lambda_+ / sigma) is sigma to the working precision.
+    x = jnp.asarray(sigma, lam_plus.dtype)
+    w = jnp.where(above & ~usable & (x**2 * jnp.finfo(x.dtype).eps > lam_plus), x, w)
     invalid = jnp.isnan(jnp.asarray(sigma)) | jnp.isnan(lam_plus)
-    return jnp.where(invalid, jnp.nan, w)
+    return jnp.where(invalid, jnp.nan, w).astype(_out_dtype(sigma))
+
+
+def _out_dtype(sigma: ArrayLike) -> jnp.dtype:
+    """The public functions' result dtype: ``sigma``'s floating dtype (computed in float32 at least, :func:`_d_above`)."""
+    return jnp.result_type(jnp.asarray(sigma), float)
 
 
 @jax.jit

@@ -18,8 +18,11 @@ def population_diagonal(p: int, pop: PDB, spikes: Sequence[float] | jax.Array = 
     r"""Diagonal of ``Sigma = diag(alpha_1..alpha_K, sigma_1^2 I_{p1}, sigma_2^2 I_{p - K - p1})``.
 
     ``p1 = round(t (p - K))``. Works with traced ``t`` (a mask, not a slice), so it can be ``vmap``-ed
-    over populations.
+    over populations. ``dtype``: of the result; default the inputs' float dtype (a float, also for integer
+    variances).
     """
+    if dtype is None:  # a float (integer variances would truncate the spikes and the result)
+        dtype = jnp.result_type(float, jnp.asarray(spikes), *(jnp.asarray(v) for v in pop))
     spikes = jnp.asarray(spikes, dtype)
     k = spikes.shape[0]
     if k >= p:
@@ -61,7 +64,7 @@ def simulate(
         raise ValueError(f"simulate needs 0 < p <= N; got N={N}, p={p}")
     if not is_traced(pop, spikes):
         check_population(pop, 0.5)  # t in [0, 1], variances finite and > 0 (c is not simulate's: any valid one)
-        if np.any(~(np.asarray(spikes, float) > 0)):
+        if np.any(~(np.asarray(spikes, float) > 0) | ~np.isfinite(np.asarray(spikes, float))):
             raise ValueError(f"spikes must be finite and > 0; got {spikes!r}")
     dtype = dtype or jnp.result_type(float)
     diag = population_diagonal(p, pop, spikes, dtype)

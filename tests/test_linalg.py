@@ -14,6 +14,7 @@ import pytest
 
 import pdbjax
 from pdbjax.linalg import factors
+from pdbjax.simulate import population_diagonal
 
 # Relative to ||W||_F^2: float32 rounding of W's entries and of the rebuilt matrix is ~1e-7 of it; a
 # wrong subspace (wrong order, orientation or scaling) costs at least one kept s_k^2, far above.
@@ -110,6 +111,14 @@ def test_simulate_validates_its_population():
     key = jax.random.PRNGKey(0)
     for pop, spikes, message in [(pdbjax.PDB(1.6, 1.0, 2.0), (), r"t must lie in \[0, 1\]"),
                                  (pdbjax.PDB(0.5, -1.0, 2.0), (), "sigma1_sq must be a finite positive"),
-                                 (pdbjax.PDB(0.5, 1.0, 2.0), (5.0, -3.0), "spikes must be finite and > 0")]:
+                                 (pdbjax.PDB(0.5, 1.0, 2.0), (5.0, -3.0), "spikes must be finite and > 0"),
+                                 (pdbjax.PDB(0.5, 1.0, 2.0), (np.inf,), "spikes must be finite and > 0")]:
         with pytest.raises(ValueError, match=message):
             pdbjax.simulate(key, 10, 5, pop, spikes)
+
+
+def test_population_diagonal_is_float_for_integer_variances():
+    """Integer variances do not make the diagonal integer (60.7 was truncated to 60 and a spike of 0.5 to 0)."""
+    diag = population_diagonal(6, pdbjax.PDB(1, 1, 4), [60.7, 0.5])
+    assert jax.numpy.issubdtype(diag.dtype, jax.numpy.floating)
+    np.testing.assert_allclose(np.asarray(diag), [60.7, 0.5, 1, 1, 1, 1], rtol=1e-6)  # float32 rounding of 60.7

@@ -50,9 +50,9 @@ def _row(name: str = "dense/kernel", baselines: bool = True) -> dict:
         "ks_pdb": 0.02, "rank_kept": {"spikes": K, "upper-bulk": 30}, "status": "ok",
     }
     if baselines:
-        c_pub = P / N
-        for m, s2 in (("bema", 1.8), ("kernel", 2.1)):
-            row.update({f"K_{m}": 5, f"sigma_sq_{m}": s2, f"lambda_plus_{m}": s2 * (1 + math.sqrt(c_pub)) ** 2,
+        # the ratio each fit_pub uses: p / N for BEMA, (p - K0) / N for the Kernel (K0 = 12 here)
+        for m, s2, k0 in (("bema", 1.8, 0), ("kernel", 2.1, 12)):
+            row.update({f"K_{m}": 5, f"sigma_sq_{m}": s2, f"lambda_plus_{m}": s2 * (1 + math.sqrt((P - k0) / N)) ** 2,
                         f"ks_{m}": 0.1})
     return row
 

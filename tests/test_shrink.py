@@ -350,3 +350,22 @@ def test_filter_optimal_with_estimated_fits(signal_plus_noise) -> None:
         assert bool(info.ok) and int(info.keep) >= 4  # the four signals (a noise value may cross the fitted edge)
         errors[shrink] = np.linalg.norm(np.asarray(out, np.float64) - case["S"]) / np.linalg.norm(case["S"])
     assert errors["optimal"] < errors["spikes"] - 0.02 and errors["spikes"] < errors["none"]
+
+
+def test_half_precision_and_far_above_the_edge() -> None:
+    """float16 singular values and population are computed in float32 and returned in float16 (in float16 the
+    squares of the D-transform overflowed from sigma = 20 and w came out 0); far above the edge, where D' cancels
+    below rounding, w = sigma (float32 gave 0 from sigma ~ 3e9 edges), and w(inf) = inf."""
+    beta = 0.5
+    y = np.array([1.8, 3.0, 16.0, 20.0, 50.0, 100.0])
+    half = PDB(np.float16(1.0), np.float16(1.0), np.float16(1.0))
+    w16 = optimal_shrinker(y.astype(np.float16), half, np.float16(beta))
+    assert w16.dtype == np.float16
+    # float16 rounds y and then w (eps 9.8e-4 each); y is exact here, so one rounding of w, with margin
+    np.testing.assert_allclose(np.asarray(w16, np.float64), gavish_donoho(y, beta), rtol=2e-3)
+    assert d_transform_derivative(y.astype(np.float16), half, np.float16(beta)).dtype == np.float16
+    far = (1 + np.sqrt(beta)) * np.array([1e4, 1e8, 3e9, 1e10, 1e30])
+    w32 = np.asarray(optimal_shrinker(far.astype(np.float32), PDB.pub(1.0), np.float32(beta)))
+    # gavish_donoho(y) = y (1 - O(1/y^2)): float32's rounding of y is the only error here
+    np.testing.assert_allclose(w32, gavish_donoho(far, beta), rtol=1e-6)
+    assert np.asarray(optimal_shrinker(np.float32(np.inf), PDB.pub(1.0), np.float32(beta))) == np.inf
