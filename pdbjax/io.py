@@ -161,7 +161,8 @@ def save(
             (``overwrite`` never replaces one wholesale).
         FileNotFoundError: the parent directory does not exist.
         ValueError: unknown suffix/format, colliding key names, metadata for
-            ``.npz``, or a dtype ``.npz`` cannot store (``bfloat16``, float8).
+            ``.npz``, a dtype ``.npz`` cannot store (``bfloat16``, float8), or a
+            zero-size array for Orbax.
         TypeError: ``tree`` is not a mapping, or ``metadata`` not ``{str: str}``.
     """
     path = Path(path)
@@ -175,7 +176,11 @@ def save(
     check_replaceable(path)
 
     if fmt == "orbax":
-        _named_leaves(tree, ".")  # refuse key paths that Orbax would merge
+        named = _named_leaves(tree, ".")  # refuse key paths that Orbax would merge
+        empty = [name for name, leaf in named if np.size(leaf) == 0]
+        if empty:  # Orbax fails on them with a TypeError that names nothing
+            raise ValueError(f"{path}: Orbax checkpoints cannot hold zero-size arrays: {empty}; save to .safetensors "
+                             "or .npz instead, or leave them out")
         writer = partial(_write_orbax, tree=jax.tree.map(_to_numpy, tree), metadata=metadata)
     elif fmt == "safetensors":
         flat = flatten(tree, ".")

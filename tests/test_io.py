@@ -142,6 +142,15 @@ def test_orbax_refuses_keys_that_collide_when_joined(tmp_path):
     assert _leftovers(tmp_path, set()) == []
 
 
+def test_orbax_refuses_zero_size_arrays_before_starting_orbax(tmp_path):
+    """Orbax itself refuses them only after its save threads started (they log an error at interpreter exit)."""
+    with pytest.raises(ValueError, match=r"zero-size arrays: \['a.e'\]"):
+        io.save(tmp_path / "ckpt", {"a": {"e": np.zeros((0, 3), np.float32)}, "b": np.ones(2)}, format="orbax")
+    assert _leftovers(tmp_path, set()) == []
+    io.save(tmp_path / "w.safetensors", {"e": np.zeros((0, 3), np.float32)})  # the formats that can hold them
+    assert io.load(tmp_path / "w.safetensors")["e"].shape == (0, 3)
+
+
 def test_flatten_rejects_collisions_and_keeps_scalars():
     with pytest.raises(ValueError, match="same name"):
         io.flatten({"a/b": np.ones(1), "a": {"b": np.ones(1)}}, sep="/")
