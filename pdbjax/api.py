@@ -374,7 +374,8 @@ def densify(params: Any, like: Any, *, conv_reshape: ConvReshape = "in", layer_a
                     f"{name}: factors a {tuple(a.shape)} and b {tuple(b.shape)} do not fit the leaf's matrix view "
                     f"{(*lead, m, n)} (leaf shape {sel.shape}); pass densify the conv_reshape and layer_axis that "
                     "compress was given")
-            updates[name] = from_matrices((a @ b).reshape(sel.num_matrices, m, n), sel)
+            dense = from_matrices((a @ b).reshape(sel.num_matrices, m, n), sel)
+            updates[name] = dense if isinstance(node.a, np.ndarray) else jnp.asarray(dense)  # the factors' array type
     return jax.tree_util.tree_map_with_path(lambda path, x: updates.get(path_name(path), x), params, is_leaf=is_low)
 
 

@@ -720,7 +720,8 @@ def replace(params: Any, updates: Mapping[str, Any]) -> Any:
       params: any tree :func:`select` accepts.
       updates: ``{name: new leaf}`` with names as in :attr:`Selected.name`. Each new leaf must have the
         old leaf's shape; it is cast to the old leaf's dtype, and to a NumPy array when the old leaf
-        was one (so trees loaded by :func:`pdbjax.io.load` stay NumPy).
+        was one (so trees loaded by :func:`pdbjax.io.load` stay NumPy); in place of a JAX array it is
+        a JAX array with the old leaf's sharding (a sharded model stays sharded).
 
     Returns:
       A tree of the same structure. For an NNX ``State`` a new ``State`` whose Variables are new
@@ -756,6 +757,8 @@ def _new_leaf(old: Any, new: Any, name: str) -> Any:
         new = np.asarray(jax.device_get(new)).astype(old_value.dtype, copy=False)
     else:
         new = jnp.asarray(new).astype(old_value.dtype)
+        if isinstance(old_value, jax.Array) and not is_traced(new, old_value):  # laid out as the old leaf was
+            new = jax.device_put(new, old_value.sharding)
     return old.replace(new) if is_variable(old) else new
 
 

@@ -189,6 +189,17 @@ def test_densify_follows_the_layer_axis_and_conv_layout():
     assert pdbjax.densify(plain, plain)["mix"].keys() == {"a", "b"}
 
 
+def test_densify_gives_jax_arrays_for_jax_factors():
+    """compress's rule for the dense leaves it writes: JAX arrays in place of JAX leaves (densify gave NumPy)."""
+    W = jnp.asarray(np.random.default_rng(4).standard_normal((40, 24)).astype(np.float32))
+    params = {"w": W, "bias": jnp.zeros(24)}
+    factored, _ = pdbjax.compress(params, where="^w$", method="svd", rank=3, factored=True)
+    back = pdbjax.densify(factored, params)
+    assert isinstance(back["w"], jax.Array) and back["w"].dtype == W.dtype
+    numpy_back = pdbjax.densify(jax.tree_util.tree_map(np.asarray, factored), jax.tree_util.tree_map(np.asarray, params))
+    assert isinstance(numpy_back["w"], np.ndarray)
+
+
 def test_nnx_model_and_state():
     model = FCNN(nnx.Rngs(0), sizes=(A, B, A))  # kernels (96, 48) and (48, 96): one compiled fit
     state_before = jax.tree_util.tree_map(np.asarray, nnx.state(model))

@@ -395,6 +395,37 @@ def test_map_groups_sharded_equals_unsharded_on_4_devices():
     assert res["shapes"][3] == [[2, 4], [2, 4]]
 
 
+_SHARDING_SCRIPT = textwrap.dedent(
+    """
+    import json
+    import jax, numpy as np, pdbjax
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+    from pdbjax import tree
+
+    mesh = Mesh(np.array(jax.devices()).reshape(2, 2), ("data", "model"))
+    sharding = NamedSharding(mesh, P("data", "model"))
+    W = jax.device_put(np.random.default_rng(0).standard_normal((16, 8)).astype(np.float32), sharding)
+    params = {"k": W, "b": jax.device_put(np.zeros(8, np.float32), NamedSharding(mesh, P("model")))}
+    replaced = tree.replace(params, {"k": np.ones((16, 8), np.float32)})
+    compressed = pdbjax.compress(params, where="^k$", method="svd", rank=2)[0]
+    print(json.dumps([x["k"].sharding == sharding for x in (replaced, compressed)]
+                     + [bool(np.allclose(np.asarray(compressed["k"]), np.asarray(W), atol=10))]))
+    """
+)
+
+
+def test_replace_keeps_the_sharding_of_a_jax_leaf():
+    """A sharded leaf's replacement is laid out as the leaf was (it came back on one device: a model sharded
+    because it does not fit one device would be gathered onto one)."""
+    env = dict(os.environ)
+    env.update(XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu",
+               PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")])))
+    proc = subprocess.run([sys.executable, "-c", _SHARDING_SCRIPT], env=env, cwd=REPO,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads(proc.stdout.strip().splitlines()[-1]) == [True, True, True]
+
+
 # ------------------------------------------------------------------------------------------ replace
 
 
