@@ -205,6 +205,8 @@ def _bema_tables(N: np.ndarray, p: np.ndarray, size: int, alpha: float, beta: fl
         quantiles = _mp_quantile(1 - (ranks - 0.5) / q, c)
         pad = width - ranks.size
         rows[n, q] = (np.pad(quantiles, (0, pad)), edge, np.pad(ranks - 1, (0, pad), mode="edge").astype(np.int32))
+    if not rows:  # an empty batch
+        return BemaTable(np.zeros((0, width)), np.zeros(0), np.zeros((0, width), np.int32))
     q, edge, index = zip(*(rows[key] for key in zip(N.tolist(), p.tolist())))
     return BemaTable(np.stack(q), np.array(edge), np.stack(index))
 

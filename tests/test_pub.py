@@ -272,3 +272,10 @@ def test_kernel_on_tall_noise_finds_sigma_sq(N, p):
     fit = fit_pub(np.linalg.svd(W, compute_uv=False) ** 2, N, "kernel")
     assert bool(fit.ok) and int(fit.K) <= 1
     assert abs(float(fit.sigma_sq) / N - 1) < 0.05
+
+
+@pytest.mark.parametrize("estimator", ["bema", "kernel"])
+def test_empty_batch(estimator):
+    """An empty batch gives empty fits, as fit_pdb does (it raised 'not enough values to unpack')."""
+    fit = fit_pub(np.zeros((0, 100)), 200, estimator)
+    assert fit.K.shape == (0,) and fit.sigma_sq.shape == (0,)
