@@ -63,6 +63,7 @@ from pdbjax.tree import (
     Where,
     from_matrices,
     holds_nnx,
+    is_boxed,
     leaf_names,
     map_chunks,
     map_groups,
@@ -530,6 +531,9 @@ def compress(
     if factored and holds_nnx(params):
         raise ValueError("factored=True needs a plain pytree of arrays, and params holds NNX Modules, States or Variables; "
                          "pass nnx.state(model).to_pure_dict() instead")
+    if factored and any(is_boxed(x) for x in jax.tree_util.tree_leaves(params, is_leaf=is_boxed)):
+        raise ValueError("factored=True needs a plain pytree of arrays, and params holds Linen metadata boxes "
+                         "(nn.Partitioned, nn.LogicallyPartitioned); pass flax.core.meta.unbox(params) instead")
     sels = select(params, where, conv_reshape=conv_reshape, layer_axis=layer_axis, on_error=on_error, allow_empty=False)
     good = [s for s in sels if s.ok]
     n = sum(s.num_matrices for s in good)

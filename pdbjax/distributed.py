@@ -70,7 +70,7 @@ from jax.experimental import multihost_utils
 from pdbjax import api
 from pdbjax.api import LowRank
 from pdbjax.report import Report, compression_totals
-from pdbjax.tree import Selected, Where, is_variable, path_name, select, unwrap
+from pdbjax.tree import Selected, Where, is_boxed, path_name, select, unwrap
 
 __all__ = ["initialize", "is_writer", "agree", "analyze", "compress", "assign"]
 
@@ -291,7 +291,7 @@ def _allgather_json(obj: Any) -> list[Any]:
 
 def _named_nodes(new_params: Any, names: set[str]) -> dict[str, Any]:
     """``{name: new leaf}`` for ``names``: host arrays, or :class:`LowRank` of host arrays."""
-    is_node = lambda x: isinstance(x, LowRank) or is_variable(x)  # noqa: E731
+    is_node = lambda x: isinstance(x, LowRank) or is_boxed(x)  # noqa: E731
     out = {}
     for path, node in jax.tree_util.tree_flatten_with_path(new_params, is_leaf=is_node)[0]:
         name = path_name(path)

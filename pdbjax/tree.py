@@ -97,6 +97,7 @@ __all__ = [
     "from_matrices",
     "group_by_shape",
     "is_nnx",
+    "is_boxed",
     "is_variable",
     "leaf_names",
     "Chunk",
@@ -743,7 +744,7 @@ def replace(params: Any, updates: Mapping[str, Any]) -> Any:
         if name in updates:
             leaves.append(_new_leaf(leaf, updates[name], name))
         else:
-            leaves.append(leaf.replace() if is_variable(leaf) else leaf)
+            leaves.append(leaf.replace() if is_variable(leaf) else leaf)  # a Linen box is immutable: kept
     return jax.tree_util.tree_unflatten(treedef, leaves)
 
 
@@ -759,7 +760,9 @@ def _new_leaf(old: Any, new: Any, name: str) -> Any:
         new = jnp.asarray(new).astype(old_value.dtype)
         if isinstance(old_value, jax.Array) and not is_traced(new, old_value):  # laid out as the old leaf was
             new = jax.device_put(new, old_value.sharding)
-    return old.replace(new) if is_variable(old) else new
+    if is_variable(old):
+        return old.replace(new)
+    return old.replace_boxed(new) if _is_linen_box(old) else new
 
 
 # --------------------------------------------------------------------------------------------------
@@ -795,7 +798,7 @@ def _flatten(params: Any):
     nnx = _nnx()
     if nnx is not None and isinstance(params, nnx.Module):
         params = nnx.state(params)
-    return jax.tree_util.tree_flatten_with_path(params, is_leaf=is_variable)
+    return jax.tree_util.tree_flatten_with_path(params, is_leaf=is_boxed)
 
 
 def is_variable(x: Any) -> bool:
@@ -812,9 +815,32 @@ def is_variable(x: Any) -> bool:
     return nnx is not None and isinstance(x, nnx.Variable)
 
 
+def _is_linen_box(x: Any) -> bool:
+    """Whether ``x`` is a Flax Linen metadata box (``nn.Partitioned``, ``nn.LogicallyPartitioned``: the params of
+    ``nn.with_partitioning`` initialisers), without importing Flax."""
+    meta = sys.modules.get("flax.core.meta")
+    return meta is not None and isinstance(x, meta.AxisMetadata)
+
+
+def is_boxed(x: Any) -> bool:
+    """Whether ``x`` is an NNX ``Variable`` or a Linen metadata box: one leaf, named without its ``value``.
+
+    >>> import numpy as np
+    >>> from flax import linen as nn
+    >>> box = nn.Partitioned(np.ones((4, 2)), names=(None, "model"))
+    >>> is_boxed(box), unwrap(box).shape
+    (True, (4, 2))
+    """
+    return is_variable(x) or _is_linen_box(x)
+
+
 def unwrap(leaf: Any) -> Any:
-    """The array inside a Flax NNX ``Variable`` box; any other leaf as it is."""
-    return leaf.get_value() if is_variable(leaf) else leaf
+    """The array inside a Flax NNX ``Variable`` or Linen metadata box; any other leaf as it is."""
+    if is_variable(leaf):
+        return leaf.get_value()
+    if _is_linen_box(leaf):  # its value field (unbox() may add a sharding constraint)
+        return leaf.value if hasattr(leaf, "value") else leaf.unbox()
+    return leaf
 
 
 def _is_array(x: Any) -> bool:

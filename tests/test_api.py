@@ -233,6 +233,33 @@ def test_linen_params_with_conv_and_where():
     assert [r["name"] for r in only_dense] == ["params/Dense_0/kernel"]
 
 
+def test_linen_partitioned_params_are_selected_and_stay_boxed():
+    """Kernels of nn.with_partitioning / nn.with_logical_partitioning initialisers sit in Partitioned boxes: they are
+    named without the box's 'value' (the default rule missed them), compress keeps the boxes and their axis
+    names, and factored=True, which has no box to put a LowRank in, refuses them."""
+    class Net(linen.Module):
+        @linen.compact
+        def __call__(self, x):
+            init = linen.initializers.lecun_normal()
+            x = linen.Dense(A, kernel_init=linen.with_partitioning(init, (None, "model")))(x)
+            return linen.Dense(B, kernel_init=linen.with_logical_partitioning(init, ("embed", "mlp")))(x)
+
+    variables = Net().init(jax.random.PRNGKey(0), jnp.ones((1, B)))
+    before = jax.tree_util.tree_map(np.asarray, variables)
+    rep = pdbjax.analyze(variables, baselines=False)
+    assert [r["name"] for r in rep] == ["params/Dense_0/kernel", "params/Dense_1/kernel"]
+    new, crep = pdbjax.compress(variables, method="svd", rank=3)
+    for name, kind, names in (("Dense_0", linen.Partitioned, (None, "model")), ("Dense_1", linen.LogicallyPartitioned, ("embed", "mlp"))):
+        box = new["params"][name]["kernel"]
+        assert type(box) is kind and box.names == names
+        assert np.linalg.matrix_rank(np.asarray(box.value, np.float64), tol=1e-5) == 3
+    x = jnp.ones((2, B))
+    assert Net().apply(new, x).shape == (2, B) and not np.allclose(Net().apply(new, x), Net().apply(variables, x))
+    jax.tree_util.tree_map(np.testing.assert_array_equal, jax.tree_util.tree_map(np.asarray, variables), before)
+    with pytest.raises(ValueError, match="Linen metadata boxes"):
+        pdbjax.compress(variables, method="svd", rank=3, factored=True)
+
+
 def test_scanned_kernels_give_one_row_per_layer():
     stack = np.stack([_pdb_matrix(s) for s in range(3)])  # [L, in, out]
     params = {"blocks": {"kernel": stack}}
