@@ -303,7 +303,8 @@ def least_squares_scalar(
     ``cost' = r . r_y`` and ``cost'' = r_y . r_y + r . r_yy`` come from one forward-over-forward ``jvp``
     of the residual: the exact second derivative, so the iteration converges quadratically also where
     the residual at the minimum is not small (where Gauss-Newton, and so :func:`least_squares_box`,
-    converges only linearly). Downhill from the start ``y0`` lies one end ``e`` of the box: if ``cost'``
+    converges only linearly). Downhill from the start ``y0`` lies one end ``e`` of the box (from a maximum,
+    ``cost' = 0`` and ``cost'' < 0``, the end of the lower cost): if ``cost'``
     points out of the box there, that bound is the minimum (status ``GTOL``: the projected gradient
     vanishes); otherwise ``y0`` and ``e`` bracket a stationary point, which stays bracketed by the sign of
     ``cost'`` at each iterate (a local solve from ``y0``, like :func:`least_squares_box`'s). A point whose
@@ -359,15 +360,19 @@ def least_squares_scalar(
         return (s.status == _RUNNING) & (s.steps < max_steps)
 
     cost0, g0, h0 = derivatives(y0)
+    ends = [derivatives(zero), derivatives(one)]
+    # At a maximum (cost' = 0, cost'' < 0) both sides are downhill: the side of the lower end is taken.
+    top = (g0 == 0) & (h0 < 0)
+    slope = jnp.where(top, jnp.where(ends[1][0] <= ends[0][0], -one, one), g0)  # the sign that cost' acts with at y0
     # Downhill from y0 lies the end e (1 if cost'(y0) < 0, else 0): if cost' there points out of the box,
     # that bound is the minimum; otherwise [y0, e] (or [e, y0]) brackets one.
-    e = jnp.where(g0 < 0, one, zero)
-    away = jnp.where(g0 < 0, one, -one)  # the sign of cost' past the minimum, towards e
-    cost_e, g_e, h_e = derivatives(e)
-    on_bound = jnp.where(g0 < 0, g_e <= 0, g_e >= 0) & (cost_e <= cost0) & (g0 != 0) & jnp.isfinite(cost0)
-    status0 = jnp.where(~jnp.isfinite(cost0), Status.NON_FINITE, jnp.where((g0 == 0) | on_bound, Status.GTOL, _RUNNING))
+    e = jnp.where(slope < 0, one, zero)
+    away = jnp.where(slope < 0, one, -one)  # the sign of cost' past the minimum, towards e
+    cost_e, g_e, h_e = (jnp.where(slope < 0, b, a) for a, b in zip(*ends))
+    on_bound = jnp.where(slope < 0, g_e <= 0, g_e >= 0) & (cost_e <= cost0) & (slope != 0) & jnp.isfinite(cost0)
+    status0 = jnp.where(~jnp.isfinite(cost0), Status.NON_FINITE, jnp.where((slope == 0) | on_bound, Status.GTOL, _RUNNING))
     s0 = _Scalar(
-        y=jnp.where(on_bound, e, y0), lo=jnp.where(g0 < 0, y0, zero), hi=jnp.where(g0 > 0, y0, one),
+        y=jnp.where(on_bound, e, y0), lo=jnp.where(slope < 0, y0, zero), hi=jnp.where(slope > 0, y0, one),
         cost=jnp.where(on_bound, cost_e, cost0), g=jnp.where(on_bound, zero, g0), h=jnp.where(on_bound, h_e, h0),
         steps=jnp.zeros((), jnp.int32), status=status0.astype(jnp.int32),
     )

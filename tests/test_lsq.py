@@ -259,6 +259,15 @@ def test_scalar_point_box_returns_its_point():
     assert float(res.x) == 2.0 and int(res.status) == Status.GTOL and bool(res.converged) and int(res.steps) == 0
 
 
+@pytest.mark.parametrize("lb, ub, want", [(-2.0, 2.0, 1.0), (-2.0, 3.0, -1.0), (-3.0, 2.0, 1.0)])
+def test_scalar_start_at_a_maximum_goes_downhill(lb, ub, want):
+    """cost = (x^2 - 1)^2 / 2 from x0 = 0, its maximum (cost' = 0): it was returned as GTOL, converged. It now
+    goes to the minimum on the side of the end of lower cost (x = 1 on a symmetric box: the tie goes up)."""
+    sol = least_squares_scalar(lambda x: jnp.atleast_1d(x**2 - 1.0), 0.0, lb, ub)
+    assert bool(sol.converged) and float(sol.cost) < 1e-10
+    np.testing.assert_allclose(float(sol.x), want, atol=1e-5)  # float32 solve to xtol near |x| = 1
+
+
 def test_scalar_vmap_equals_single_solves():
     residual, _, lb, ub = SCALAR["large residual"]
     starts = np.array([1.0, 1.3, 2.5])
