@@ -758,8 +758,9 @@ def _new_leaf(old: Any, new: Any, name: str) -> Any:
         new = np.asarray(jax.device_get(new)).astype(old_value.dtype, copy=False)
     else:
         new = jnp.asarray(new).astype(old_value.dtype)
-        if isinstance(old_value, jax.Array) and not is_traced(new, old_value):  # laid out as the old leaf was
-            new = jax.device_put(new, old_value.sharding)
+        if isinstance(old_value, jax.Array) and not is_traced(new, old_value) and new.sharding != old_value.sharding:
+            new = jax.device_put(new, old_value.sharding)  # laid out as the old leaf was (only if it was not:
+            # a committed copy on the same device would make jit compile its callers again)
     if is_variable(old):
         return old.replace(new)
     return old.replace_boxed(new) if _is_linen_box(old) else new
