@@ -375,8 +375,7 @@ def densify(params: Any, like: Any, *, conv_reshape: ConvReshape = "in", layer_a
                     f"{name}: factors a {tuple(a.shape)} and b {tuple(b.shape)} do not fit the leaf's matrix view "
                     f"{(*lead, m, n)} (leaf shape {sel.shape}); pass densify the conv_reshape and layer_axis that "
                     "compress was given")
-            dense = from_matrices((a @ b).reshape(sel.num_matrices, m, n), sel)
-            updates[name] = dense if isinstance(node.a, np.ndarray) else jnp.asarray(dense)  # the factors' array type
+            updates[name] = _array_type_of(node.a, from_matrices((a @ b).reshape(sel.num_matrices, m, n), sel))
     return jax.tree_util.tree_map_with_path(lambda path, x: updates.get(path_name(path), x), params, is_leaf=is_low)
 
 
@@ -597,9 +596,13 @@ def with_new_leaves(params: Any, updates: dict[str, Any], factored: bool) -> Any
     NumPy leaf (``replace``'s rule)."""
     if not factored:
         return replace(params, updates)
-    as_old = lambda x, new: new if isinstance(x, np.ndarray) else jax.tree_util.tree_map(jnp.asarray, new)  # noqa: E731
     return jax.tree_util.tree_map_with_path(
-        lambda path, x: as_old(x, updates[path_name(path)]) if path_name(path) in updates else x, params)
+        lambda path, x: _array_type_of(x, updates[path_name(path)]) if path_name(path) in updates else x, params)
+
+
+def _array_type_of(old: Any, new: Any) -> Any:
+    """``new`` (an array or a node of arrays) as NumPy arrays where ``old`` is one, else as JAX arrays."""
+    return new if isinstance(old, np.ndarray) else jax.tree_util.tree_map(jnp.asarray, new)
 
 
 def _decide_by_length(specs: Sequence[Spectrum], fits: Sequence[Any], keeps: Sequence[Rank], method: str,

@@ -366,6 +366,7 @@ def test_half_precision_and_far_above_the_edge() -> None:
     assert d_transform_derivative(y.astype(np.float16), half, np.float16(beta)).dtype == np.float16
     far = (1 + np.sqrt(beta)) * np.array([1e4, 1e8, 3e9, 1e10, 1e30])
     w32 = np.asarray(optimal_shrinker(far.astype(np.float32), PDB.pub(1.0), np.float32(beta)))
-    # gavish_donoho(y) = y (1 - O(1/y^2)): float32's rounding of y is the only error here
+    # gavish_donoho(y) = y (1 - O(1/y^2)); errors: float32's rounding of y (<= 3.6e-8) and, where -2 D / D' is still
+    # used, the cancellation in D' (measured <= 3.2e-7, at 1e8 edges): 1e-6 leaves a margin of 3
     np.testing.assert_allclose(w32, gavish_donoho(far, beta), rtol=1e-6)
     assert np.asarray(optimal_shrinker(np.float32(np.inf), PDB.pub(1.0), np.float32(beta))) == np.inf

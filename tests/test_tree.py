@@ -379,14 +379,18 @@ _SHARDED_SCRIPT = textwrap.dedent(
 )
 
 
-def test_map_groups_sharded_equals_unsharded_on_4_devices():
+def _run_on_4_devices(script: str):
+    """Run ``script`` in a fresh process with 4 host CPU devices; the JSON of its last printed line."""
     env = dict(os.environ)
     env.update(XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu",
                PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")])))
-    proc = subprocess.run([sys.executable, "-c", _SHARDED_SCRIPT], env=env, cwd=REPO,
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run([sys.executable, "-c", script], env=env, cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    res = json.loads(proc.stdout.strip().splitlines()[-1])
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_map_groups_sharded_equals_unsharded_on_4_devices():
+    res = _run_on_4_devices(_SHARDED_SCRIPT)
     # sharded: groups of 5 (6x4), 3 (3x5), 4 (4x4) matrices padded to 8, 4, 4 over 4 devices;
     # then the unsharded calls on one device without padding.
     assert res["seen"] == [[8, 4], [4, 4], [4, 4], [5, 1], [3, 1], [4, 1]]
@@ -417,13 +421,7 @@ _SHARDING_SCRIPT = textwrap.dedent(
 def test_replace_keeps_the_sharding_of_a_jax_leaf():
     """A sharded leaf's replacement is laid out as the leaf was (it came back on one device: a model sharded
     because it does not fit one device would be gathered onto one)."""
-    env = dict(os.environ)
-    env.update(XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu",
-               PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")])))
-    proc = subprocess.run([sys.executable, "-c", _SHARDING_SCRIPT], env=env, cwd=REPO,
-                          capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert json.loads(proc.stdout.strip().splitlines()[-1]) == [True, True, True]
+    assert _run_on_4_devices(_SHARDING_SCRIPT) == [True, True, True]
 
 
 # ------------------------------------------------------------------------------------------ replace
