@@ -33,6 +33,7 @@ import hashlib
 import inspect
 import os
 import pathlib
+import sys
 from typing import Any, Callable, Sequence
 
 import jax
@@ -48,6 +49,7 @@ __all__ = ["FAST_COMPILE", "enable", "disable", "jit", "register", "stats"]
 #: Most modules kept; the least recently used are removed beyond it (MiniLM's analyze uses 4, 6-180 kB each).
 MAX_ENTRIES = 256
 _SUFFIX = ".jaxexport"
+_DIGEST = 32  # an entry is the serialized module followed by its SHA-256
 
 #: XLA's loop emitters instead of its fusion emitters, and LLVM's optimisation level 1 instead of 2, for
 #: programs made of many small fused loops that run once per call of a few rows. At the pipeline's shape
@@ -165,8 +167,23 @@ def _environment() -> str:
     device = jax.devices()[0]
     return repr((
         source.hexdigest(), jax.__version__, jaxlib.__version__, device.platform, device.device_kind,
-        os.environ.get("XLA_FLAGS", ""), jax.config.jax_default_matmul_precision,
+        os.environ.get("XLA_FLAGS", ""),
     ))
+
+
+@functools.cache
+def _constant_names(modules: tuple[str, ...]) -> tuple[tuple[Any, str], ...]:
+    """The module-level numeric constants (``UPPER_CASE`` ints and floats, e.g. ``linalg.HOT_ROW``) of the pdbjax
+    ``modules``, which its programs read while they are traced and a user may set (this module's cache sizes aside)."""
+    return tuple((sys.modules[mod], name) for mod in modules if mod not in (__name__, "pdbjax.compilation_cache")
+                 for name, value in sorted(vars(sys.modules[mod]).items())
+                 if name.isupper() and isinstance(value, (int, float)) and not isinstance(value, bool))
+
+
+def _constants() -> tuple:
+    """The current values of :func:`_constant_names` of the pdbjax modules imported so far."""
+    modules = tuple(sorted(m for m in list(sys.modules) if m.startswith("pdbjax.")))
+    return tuple(getattr(module, name) for module, name in _constant_names(modules))
 
 
 def _key(where: str, dynamic: list, static: dict[str, Any]) -> str | None:
@@ -187,7 +204,9 @@ def _key(where: str, dynamic: list, static: dict[str, Any]) -> str | None:
             avals.append((x.shape, str(jax.dtypes.canonicalize_dtype(x.dtype)), False))
         else:  # a Python scalar's dtype depends on context (weak types): left to jax.jit
             return None
-    text = repr((_environment(), where, str(tree), avals, sorted(static.items()), jax.config.jax_enable_x64))
+    # what may change within a process: JAX's 64-bit mode and matmul precision, and pdbjax's tuning constants
+    text = repr((_environment(), where, str(tree), avals, sorted(static.items()), jax.config.jax_enable_x64,
+                 jax.config.jax_default_matmul_precision, _constants()))
     return hashlib.sha256(text.encode()).hexdigest()
 
 
@@ -198,10 +217,17 @@ def _key(where: str, dynamic: list, static: dict[str, Any]) -> str | None:
 def _load(key: str) -> export.Exported | None:
     path = _state["dir"] / (key + _SUFFIX)
     try:
-        program = export.deserialize(bytearray(path.read_bytes()))
-    except Exception:  # noqa: BLE001 - missing, truncated or foreign: export again (and replace it)
+        stored = path.read_bytes()
+        data, digest = stored[:-_DIGEST], stored[-_DIGEST:]
+        if hashlib.sha256(data).digest() != digest:  # damaged: its StableHLO would fail only when called
+            return None
+        program = export.deserialize(bytearray(data))
+    except Exception:  # noqa: BLE001 - missing, truncated, damaged or foreign: export again (and replace it)
         return None
-    os.utime(path)  # least recently used goes first
+    try:
+        os.utime(path)  # least recently used goes first
+    except OSError:  # a read-only or shared cache, or an entry another process has just evicted
+        pass
     _counts["loaded"] += 1
     return program
 
@@ -214,7 +240,7 @@ def _export(jitted, names: list[str], dynamic: list, static: dict[str, Any], key
     except (ValueError, TypeError, NotImplementedError, ImportError):  # e.g. an unregistered result type
         return None
     try:
-        atomic_write_bytes(_state["dir"] / (key + _SUFFIX), bytes(data))
+        atomic_write_bytes(_state["dir"] / (key + _SUFFIX), bytes(data) + hashlib.sha256(data).digest())
         _evict(_state["dir"])
     except OSError:  # a read-only directory: the program is used, not kept
         pass

@@ -84,6 +84,59 @@ def test_damaged_entry_is_exported_again(cache):
 
 
 
+@pytest.mark.parametrize("offset", [0.25, 0.5, 0.75])
+def test_an_entry_with_one_flipped_byte_is_exported_again(cache, offset):
+    """A flipped byte inside the serialized StableHLO deserializes and used to fail only when called (in 31 of 41
+    positions a bug hunt tried): the entry's SHA-256 rejects it before."""
+    exported.disable()
+    eigs = _eigs()
+    exported.enable(cache)
+    want = np.asarray(pdbjax.fit_pdb(eigs, 100).lambda_plus)
+    (entry,) = cache.glob("*.jaxexport")
+    data = bytearray(entry.read_bytes())
+    data[int(offset * len(data))] ^= 0xFF
+    entry.write_bytes(bytes(data))
+    exported.enable(cache)
+    before = exported.stats()
+    np.testing.assert_array_equal(np.asarray(pdbjax.fit_pdb(eigs, 100).lambda_plus), want)
+    assert _count(before) == {"loaded": 0, "exported": 1, "bypassed": 0}
+
+
+def test_an_entry_that_cannot_be_touched_is_still_read(cache, monkeypatch):
+    """A read-only or shared cache (os.utime refused) still serves its programs."""
+    exported.disable()
+    eigs = _eigs()
+    exported.enable(cache)
+    want = np.asarray(pdbjax.fit_pdb(eigs, 100).lambda_plus)
+
+    def refuse(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(exported.os, "utime", refuse)
+    exported.enable(cache)
+    before = exported.stats()
+    np.testing.assert_array_equal(np.asarray(pdbjax.fit_pdb(eigs, 100).lambda_plus), want)
+    assert _count(before) == {"loaded": 1, "exported": 0, "bypassed": 0}
+
+
+def test_key_follows_tuning_constants_and_matmul_precision_set_at_run_time(cache, monkeypatch):
+    """A module constant read while tracing (linalg.HOT_ROW) or JAX's matmul precision set at run time makes another
+    key: a fresh process that sets them must not run a module stored under the old values (jax.jit's would differ)."""
+    from pdbjax import linalg
+
+    W = np.random.default_rng(0).standard_normal((2, 100, 40)).astype(np.float32)
+    exported.enable(cache)
+    first = np.asarray(pdbjax.linalg.spectrum(W).kurtosis)
+    monkeypatch.setattr(linalg, "HOT_ROW", 1.0)  # leaves out more rows of the kurtosis
+    jax.clear_caches()  # a fresh process: jax.jit traces again (the stored module must not stand in for it)
+    exported.enable(cache)
+    second = np.asarray(pdbjax.linalg.spectrum(W).kurtosis)
+    assert not np.array_equal(first, second)
+    with jax.default_matmul_precision("highest"):
+        pdbjax.linalg.spectrum(W)
+    assert len(list(cache.glob("*.jaxexport"))) == 3
+
+
 class _Unregistered(NamedTuple):  # jax.export cannot serialise a NamedTuple it was not told about
     y: jax.Array
 
