@@ -7,6 +7,7 @@ old file or the new one, never a partial one, and a failed write leaves nothing 
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import tempfile
@@ -53,10 +54,18 @@ def atomic_write(dest: Path, writer: Callable[[Path], None], overwrite: bool) ->
         tmp = holder / dest.name
         writer(tmp)
         if tmp.is_file():
+            os.chmod(tmp, 0o666 & ~_umask())  # the mode open() gives; some writers (safetensors) make it 0600
             fsync_file(tmp)
         _commit(tmp, dest, holder / f"{dest.name}.old", overwrite)
     finally:
         shutil.rmtree(holder, ignore_errors=True)
+
+
+@functools.cache
+def _umask() -> int:
+    mask = os.umask(0o022)  # reading the mask means setting it: once per process, restored at once
+    os.umask(mask)
+    return mask
 
 
 def fsync_file(path: Path) -> None:

@@ -260,8 +260,9 @@ def test_failure_mid_overwrite_keeps_old_file(tmp_path, monkeypatch):
     assert _leftovers(tmp_path, {"w.npz"}) == []
 
 
-def test_written_file_gets_normal_permissions(tmp_path):
-    path = io.save(tmp_path / "w.npz", {"a": np.ones(2)})
+@pytest.mark.parametrize("suffix", [".npz", ".safetensors"])  # safetensors' own writer makes its file 0600
+def test_written_file_gets_normal_permissions(tmp_path, suffix):
+    path = io.save(tmp_path / f"w{suffix}", {"a": np.ones(2)})
     reference = tmp_path / "ref"
     reference.write_bytes(b"")
     assert path.stat().st_mode & 0o777 == reference.stat().st_mode & 0o777
