@@ -107,7 +107,7 @@ def eigenvalues(
     if solver not in ("gram", "svd"):
         raise ValueError(f"solver must be 'gram' or 'svd'; got {solver!r}")
     precision = check_precision(precision)
-    W = np.asarray(W) if precision == "float64" and not is_traced(W) else jnp.asarray(W)
+    W = W if isinstance(W, jax.Array) else np.asarray(W)  # host input stays on the host: jnp would wrap int64 entries
     if np.ndim(W) < 2 or 0 in np.shape(W)[-2:]:
         raise ValueError(f"eigenvalues needs matrices of shape (..., a, b) with a, b >= 1; got shape {np.shape(W)}")
     if np.iscomplexobj(W):

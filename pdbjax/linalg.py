@@ -146,6 +146,8 @@ def column_kurtosis(W: Array) -> Array:
 
 
 def _working(W: jax.typing.ArrayLike, precision: str) -> Array:
+    if not isinstance(W, jax.Array) and np.issubdtype(np.asarray(W).dtype, np.integer):
+        W = np.asarray(W, np.float64)  # jnp.asarray would wrap int64 entries beyond 2^31 (64-bit mode off)
     W = jnp.asarray(W)
     if W.ndim < 2 or 0 in W.shape[-2:]:
         raise ValueError(f"expected matrices of shape (..., a, b) with a, b >= 1; got shape {W.shape}")

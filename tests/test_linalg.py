@@ -122,3 +122,15 @@ def test_population_diagonal_is_float_for_integer_variances():
     diag = population_diagonal(6, pdbjax.PDB(1, 1, 4), [60.7, 0.5])
     assert jax.numpy.issubdtype(diag.dtype, jax.numpy.floating)
     np.testing.assert_allclose(np.asarray(diag), [60.7, 0.5, 1, 1, 1, 1], rtol=1e-6)  # float32 rounding of 60.7
+
+
+def test_int64_entries_beyond_int32_give_the_float64_spectrum():
+    """64-bit mode off, ``jnp.asarray`` wraps int64 entries beyond 2^31 to int32: the spectrum was silently wrong
+    (lambda_1 4e-6 of the right one); integers are converted to float on the host first."""
+    W = np.round(np.random.default_rng(0).standard_normal((2, 60, 30)) * 2.0**40).astype(np.int64)
+    want = np.linalg.svd(W.astype(np.float64), compute_uv=False) ** 2
+    got = np.asarray(pdbjax.eigenvalues(W), np.float64)
+    np.testing.assert_allclose(got, want, rtol=2e-5)  # float32 SVD of the normalised matrix: ~1e-6 relative
+    for via in ("svd", "gram"):
+        f = factors(W, via=via)
+        np.testing.assert_allclose(np.asarray(f.s, np.float64) * np.asarray(f.scale, np.float64)[:, None], np.sqrt(want), rtol=2e-5)
