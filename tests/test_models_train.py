@@ -201,3 +201,22 @@ def test_demo_selects_the_hidden_kernels_by_their_plain_names(full_fcnn: FCNN) -
 
     names = [s.name for s in select(full_fcnn, hidden_where(full_fcnn))]
     assert names == ["layers/0/kernel", "layers/1/kernel", "layers/2/kernel"]
+
+
+@pytest.mark.parametrize("kwargs", [{"batch_size": 0}, {"batch_size": -1}, {"batch_size": 2.5}, {"epochs": -1}])
+def test_train_config_refuses_bad_sizes(kwargs) -> None:
+    """batch_size -1 used to run no step and report a loss of 0.0; 0 failed with a bare ZeroDivisionError."""
+    with pytest.raises(ValueError, match=next(iter(kwargs))):
+        TrainConfig(**kwargs)
+
+
+@pytest.mark.parametrize("labels", [np.array([0.0, 3.7]), np.array([0, -1])])
+def test_training_and_evaluation_refuse_labels_that_are_not_class_indices(labels) -> None:
+    model = FCNN(nnx.Rngs(0), (4, 8, 2))
+    x = np.zeros((2, 4), np.float32)
+    with pytest.raises(ValueError, match="non-negative integers"):
+        train(model, x, labels, TrainConfig(batch_size=2, epochs=1))
+    with pytest.raises(ValueError, match="non-negative integers"):
+        evaluate(model, x, labels)
+    with pytest.raises(ValueError, match="batch_size"):
+        evaluate(model, x, np.array([0, 1]), batch_size=0)

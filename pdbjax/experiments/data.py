@@ -238,7 +238,10 @@ def _from_idx(dataset: _Dataset, split: str, data_dir: DataDir) -> ImagesLabels 
         images = _existing(directory, f"{prefix}-images-idx3-ubyte")
         labels = _existing(directory, f"{prefix}-labels-idx1-ubyte")
         if images is not None and labels is not None:
-            return read_idx(images), read_idx(labels)
+            x, y = read_idx(images), read_idx(labels)
+            if len(x) != len(y):
+                raise ValueError(f"{images} holds {len(x)} images but {labels} holds {len(y)} labels")
+            return x, y
     return None
 
 

@@ -65,6 +65,12 @@ class TrainConfig:
     seed: int = 1
     """Seed of every epoch's data order (the caller initialises the model)."""
 
+    def __post_init__(self):
+        if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, (int, np.integer)) or self.batch_size < 1:
+            raise ValueError(f"batch_size must be a positive int; got {self.batch_size!r}")
+        if isinstance(self.epochs, bool) or not isinstance(self.epochs, (int, np.integer)) or self.epochs < 0:
+            raise ValueError(f"epochs must be a non-negative int; got {self.epochs!r}")
+
 
 def steps_per_epoch(n: int, batch_size: int) -> int:
     """Number of optimiser steps in one epoch over ``n`` examples (last short batch kept)."""
@@ -95,6 +101,8 @@ def labelled(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]
     x, y = np.asarray(x), np.asarray(y)
     if len(x) == 0 or len(y) != len(x):
         raise ValueError(f"need matching non-empty inputs and labels, got {len(x)} and {len(y)}")
+    if y.dtype.kind not in "iu" or np.any(y < 0):  # a float label would be truncated, a negative one index from the end
+        raise ValueError(f"labels must be non-negative integers (class indices); got dtype {y.dtype}, min {y.min()}")
     return x, y, len(x)
 
 
@@ -194,6 +202,8 @@ def accuracy_with_state(
     one compilation per graphdef and input shape serves every call.
     """
     x, y, n = labelled(x, y)
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int; got {batch_size!r}")
     batch = min(batch_size, n)
     correct = []
     for start in range(0, n, batch):
