@@ -34,7 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from pdbjax.budget import Allocation, allocate, check_budget, component_scores
-from pdbjax.estimate import Mode, check_mode, spike_window
+from pdbjax.estimate import Mode, check_mode, spike_window, widest_window
 from pdbjax.figures import spectrum_figures
 from pdbjax.filter import (
     METHODS,
@@ -138,7 +138,7 @@ def analyze(
             continue
         eigs, res = by_name[sel.name]
         for i in range(sel.num_matrices):
-            rows.append(_analysis_row(sel, i, jax.tree_util.tree_map(lambda x, i=i: x[i], res), baselines))
+            rows.append(_analysis_row(sel, i, jax.tree_util.tree_map(lambda x, i=i: x[i], res), baselines, mode))
             spectra[rows[-1]["name"]] = eigs[i]
     return Report([to_jsonable(r) for r in rows], spectra=spectra)
 
@@ -262,7 +262,7 @@ def _skipped_row(sel: Selected) -> dict[str, Any]:
     return {**_base_row(sel, None), "status": f"skipped: {sel.status}"}
 
 
-def _analysis_row(sel: Selected, index: int, res: dict[str, Any], baselines: bool) -> dict[str, Any]:
+def _analysis_row(sel: Selected, index: int, res: dict[str, Any], baselines: bool, mode: Mode) -> dict[str, Any]:
     pdb, q = res["pdb"], res["q_pdb"]
     row = _base_row(sel, index)
     row.update(
@@ -300,9 +300,10 @@ def _analysis_row(sel: Selected, index: int, res: dict[str, Any], baselines: boo
                 }
             )
     row["rank_kept"] = dict(res["keep"])
-    # an ok fit whose K is at its window with more eigenvalues above lambda_+ than K: outliers left in the fitted bulk
-    row["beyond_window"] = bool(int(pdb.reason) == Reason.OK and int(pdb.K) >= spike_window(row["N"], row["p"])
-                                and int(res["keep"]["spikes"]) > int(pdb.K))
+    # an ok fit whose K is at its widest window with more eigenvalues above lambda_+ than K: outliers left in the bulk
+    window = spike_window(row["N"], row["p"])
+    window = window if mode == "reference" else widest_window(window, row["p"])
+    row["beyond_window"] = bool(int(pdb.reason) == Reason.OK and int(pdb.K) >= window and int(res["keep"]["spikes"]) > int(pdb.K))
     row["status"] = reason_text(pdb.reason)
     return row
 

@@ -80,7 +80,8 @@ class PDBFit(NamedTuple):
     """PDBLS fit of one matrix (or a batch: every field carries the leading batch axes).
 
     Attributes:
-      K: spike count ``K0`` removed before fitting (int32).
+      K: spike count ``K0`` removed before fitting (int32): EDA/EDB within the reference window, widened in
+        ``mode="scaled"`` where the count reaches it (:mod:`pdbjax.estimate`).
       t, sigma1_sq, sigma2_sq: the bulk population, relabelled so that ``t >= 0.5``.
       c: bulk ratio ``c_K = (p - K) / N``.
       edges: support edges ``beta_1..beta_4`` ascending, NaN-padded (shape ``(..., 4)``).

@@ -331,9 +331,10 @@ def test_factored_slr_prints_its_sparse_count(files, tmp_path):
 
 
 def test_outliers_beyond_the_spike_window_are_flagged(tmp_path):
-    """1024 x 512 PDB(0.7, 1, 4) matrices: with 8 spikes at 100 K finds them all; with 14, K stops at the window
-    spike_window(1024, 512) = 12 and the fit's bulk holds the other two (its lambda_+ about 2.6x the model's,
-    benchmarks/results/fit_limits.md): the row says beyond_window and the CLI says so under its table."""
+    """1024 x 512 PDB(0.7, 1, 4) matrices: with 8 spikes at 100 K finds them all; with 14, the reference's K stops at
+    its window spike_window(1024, 512) = 12 and the fit's bulk holds the other two (its lambda_+ about 2.6x the
+    model's, benchmarks/results/fit_limits.md): that row says beyond_window and the CLI says so under its table.
+    The default mode widens the window there and finds the 14, unflagged."""
     import jax
 
     import pdbjax
@@ -341,19 +342,23 @@ def test_outliers_beyond_the_spike_window_are_flagged(tmp_path):
     keys = jax.random.split(jax.random.PRNGKey(7))
     mats = {f"w{n}": np.asarray(pdbjax.simulate(k, 1024, 512, pdbjax.PDB(0.7, 1.0, 4.0), spikes=[100.0] * n))
             for k, n in zip(keys, (8, 14))}
-    rows = {r["name"]: r for r in pdbjax.analyze(mats, where="w", baselines=False).rows}
-    assert (rows["w8"]["K"], rows["w8"]["rank_kept"]["spikes"], rows["w8"]["beyond_window"]) == (8, 8, False)
-    assert (rows["w14"]["K"], rows["w14"]["rank_kept"]["spikes"], rows["w14"]["beyond_window"]) == (12, 14, True)
+    for mode, widened in (("reference", (12, 14, True)), ("scaled", (14, 14, False))):
+        rows = {r["name"]: r for r in pdbjax.analyze(mats, where="w", baselines=False, mode=mode).rows}
+        assert (rows["w8"]["K"], rows["w8"]["rank_kept"]["spikes"], rows["w8"]["beyond_window"]) == (8, 8, False)
+        assert (rows["w14"]["K"], rows["w14"]["rank_kept"]["spikes"], rows["w14"]["beyond_window"]) == widened
     # not for a fit that is not ok (its status says so; its keep counts are p): 10 spikes at 400 on 160 x 16 noise
     # leave 7 < 8 eigenvalues to a bulk at the window 9
     few = np.asarray(pdbjax.simulate(jax.random.PRNGKey(3), 160, 16, pdbjax.PDB.pub(1.0), spikes=[400.0] * 10))
-    row = pdbjax.analyze({"w": few}, where="w", baselines=False).rows[0]
+    row = pdbjax.analyze({"w": few}, where="w", baselines=False, mode="reference").rows[0]
     assert row["status"].startswith("no bulk") and row["K"] == 9 and row["rank_kept"]["spikes"] == 16
     assert row["beyond_window"] is False
     path = pdbio.save(tmp_path / "m.npz", mats)
-    rc, stdout, err = _run(["analyze", str(path), "--where", "w", "--no-baselines"])
+    rc, stdout, err = _run(["analyze", str(path), "--where", "w", "--no-baselines", "--mode", "reference"])
     assert rc == 0, err
     assert "1 matrix has more outliers than the spike window (column beyond_window)" in stdout
+    rc, stdout, err = _run(["analyze", str(path), "--where", "w", "--no-baselines"])
+    assert rc == 0, err
+    assert "beyond_window" not in stdout
 
 
 def test_console_exit_after_an_interrupt_and_during_shutdown():

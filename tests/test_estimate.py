@@ -28,10 +28,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pdbjax.estimate import _STARTS, POOR_FIT_RESIDUAL, eigenvalues, fit_pdb, spike_count
+from pdbjax.estimate import _STARTS, POOR_FIT_RESIDUAL, eigenvalues, fit_pdb, spike_count, spike_window, widest_window
 from pdbjax.fits import Reason
 from pdbjax.simulate import simulate
-from pdbjax.spectral import PDB
+from pdbjax.spectral import PDB, lambda_plus
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import _reference as ref  # noqa: E402
@@ -530,6 +530,36 @@ def test_bad_n_raises(p, batch_shape, n, fn):
 def test_bad_mode_raises(mode):
     with pytest.raises(ValueError, match="mode"):
         fit_pdb(np.ones(10), 20, mode=mode)
+
+
+def test_scaled_mode_widens_the_spike_window_where_k0_reaches_it():
+    """More spikes than the reference window w = spike_window(1024, 512) = 12: the reference's K0 stops at 12 and
+    its lambda_+ is several times the model's (the bulk holds the rest); scaled mode widens the window and finds
+    every spike, lambda_+ within 5% of the population's (measured: -1.4% to -4.3%, the finite-N bias of 1024 x 512
+    below the limit edge, also in the 8-spike fit that needs no widening). 50 spikes need the window 96."""
+    counts = (8, 16, 30, 50)
+    mats = jnp.stack([simulate(jax.random.PRNGKey(n), 1024, 512, PDB(0.7, 1.0, 4.0), spikes=[100.0] * n) for n in counts])
+    lam = eigenvalues(mats)
+    scaled, reference = fit_pdb(lam, 1024), fit_pdb(lam, 1024, mode="reference")
+    assert spike_window(1024, 512) == 12 and widest_window(12, 512) == 256
+    assert np.asarray(scaled.K).tolist() == list(counts)
+    assert np.asarray(reference.K).tolist() == [8, 12, 12, 12]
+    with jax.enable_x64(True):
+        truth = np.array([float(lambda_plus(PDB(0.7, 1.0, 4.0), (512 - n) / 1024)) for n in counts])
+    assert np.all(np.asarray(scaled.ok))
+    np.testing.assert_allclose(np.asarray(scaled.lambda_plus), truth, rtol=0.05)
+    assert np.all(np.asarray(reference.lambda_plus)[1:3] > 3 * truth[1:3])  # 16 and 30 spikes: 4.2x and 12x
+
+
+def test_scaled_mode_does_not_widen_the_window_on_tall_noise():
+    """Gaussian noise 12800 x 64: K0 fills its window w = 15 in some draws, but fewer than K0 eigenvalues lie above
+    the fitted edge, so the fit keeps the reference window: K equals spike_count's K0 in every draw (widening
+    them reached K = 26 and 28 with 15 and 17 eigenvalues above the edge)."""
+    rng = np.random.default_rng(0)
+    lam = eigenvalues(jnp.asarray(rng.standard_normal((8, 12800, 64)), jnp.float32))
+    fit, k0 = fit_pdb(lam, 12800), np.asarray(spike_count(lam, 12800))
+    assert spike_window(12800, 64) == 15 and np.any(k0 == 15)  # the draws reach the window's edge
+    assert np.asarray(fit.K).tolist() == k0.tolist()
 
 
 def test_spike_count_bad_mode_raises():
