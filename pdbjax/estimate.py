@@ -19,7 +19,8 @@ Two modes:
   eigenvalues lie above the fitted ``lambda_+`` (the criterion's minimum may lie beyond the window, and the
   bulk the fit saw held outliers), the spectrum is fitted again with the window doubled, up to
   ``max(w, p // 2)`` (:func:`widest_window`), until ``K0`` stops short of the window or the fitted edge
-  leaves fewer than ``K0`` eigenvalues above it. With 16 spikes at 1024 x 512 (``w = 12``) the fixed
+  leaves fewer than ``K0`` eigenvalues above it; a widened fit that is not ok is dropped and the last ok
+  one stands. With 16 spikes at 1024 x 512 (``w = 12``) the fixed
   window's ``lambda_+`` is 4.1x the model's (reference mode); widened, ``K0 = 16`` and it is within 2%
   (``benchmarks/results/fit_limits.md``). Gaussian noise, whose ``K0`` can fill the window of a tall
   matrix, leaves fewer than ``K0`` eigenvalues above its edge and is fitted once.
@@ -200,7 +201,8 @@ def spike_count(eigs: jax.typing.ArrayLike, N: int | np.ndarray, *, mode: Mode =
     ``w = floor(6 N^0.1)``, ``theta_i = exp(2 (lambda_i - lambda_{i+1}))``,
     ``EDA(k) = -N (lambda_1 - lambda_{k+1}) + N (p - k - 1) log theta~_k + 2 p k``,
     ``EDB(k) = -N log(p) (lambda_1 - lambda_{k+1}) + N (p - k - 1) log theta~_k + p k log N``,
-    ``K0 = max(argmin EDA, argmin EDB)`` in ``1..w``. ``mode="scaled"`` evaluates it on
+    ``K0 = max(argmin EDA, argmin EDB)`` in ``1..w`` (the count before :func:`fit_pdb`'s widening of the window
+    in scaled mode). ``mode="scaled"`` evaluates it on
     ``lambda / median(lambda)`` (scale-invariant); ``"reference"`` on the raw eigenvalues.
     Unusable spectra (see :func:`screen`) give ``K0 = 0``.
     """
@@ -340,7 +342,10 @@ def fit_pdb(
 ) -> PDBFit:
     r"""Fit the PDB model by PDBLS (Algorithm 1 of the paper; spec section 6), batched.
 
-    1. ``K0`` = :func:`spike_count`.
+    1. ``K0`` = :func:`spike_count` (EDA/EDB in the window ``w = floor(6 N^0.1)``). ``mode="scaled"``: where it
+       reaches ``w`` with at least ``K0`` eigenvalues above the fitted ``lambda_+`` (step 4), steps 1-4 are
+       repeated with the window doubled, up to :func:`widest_window`, and a widened fit replaces the last
+       only when it is ok (module docstring).
     2. Grid ``u``: 20 points in ``(-10, 0)``, 20 in ``(0, l_min / 2)`` (when ``p < N`` and the lower edge
        is soft, :data:`LOWER_SEGMENT_MIN`; ``mode="reference"``: when ``p < N``) and 20 in
        ``(5 l_max, 10 l_max)``, with ``l_min, l_max`` the extreme bulk eigenvalues
@@ -487,6 +492,7 @@ def _fit_pdb_one(eigs: Array, N: Array, window: Array, length: Array, kurtosis: 
     top = jnp.max(jnp.where(valid(lam, length), lam, 0.0))
     lower = median(lam, length) * (1 - jnp.sqrt(length / N)) ** 2
     drop = screened & (rtol * top < 0.1 * lower)
+    cap = widest_window(window, length)  # of the whole spectrum: api judges beyond_window by p, zeros or not
     length = length - jnp.where(drop, count_zeros(eigs, rtol, length), 0).astype(length.dtype)
     scale = median(lam, length) if mode == "scaled" else jnp.ones((), lam.dtype)
     lam = lam / scale
@@ -494,20 +500,24 @@ def _fit_pdb_one(eigs: Array, N: Array, window: Array, length: Array, kurtosis: 
     if mode == "reference":
         return at(window)
     # Widen the window while K0 sits on its edge with every spike above the fitted edge (module docstring):
-    # one traced fit in a loop whose first pass is the reference window.
-    cap = widest_window(window, length)
+    # one traced fit in a loop whose first pass is the reference window. A widened fit that is not ok is
+    # dropped (the last ok fit stands) and ends the loop.
 
     def again(state):
-        w, fit, first = state
+        w, fit, first, refused = state
         above = jnp.sum(valid(lam, length) & (lam * scale > fit.lambda_plus))
-        return first | ((fit.reason == Reason.OK) & (fit.K >= w) & (above >= fit.K) & (w < cap))
+        return first | (~refused & (fit.reason == Reason.OK) & (fit.K >= w) & (above >= fit.K) & (w < cap))
 
     def widen(state):
-        w, _, first = state
-        w = jnp.where(first, window, jnp.minimum(2 * w, cap))
-        return w, at(w), jnp.zeros((), bool)
+        w, fit, first, _ = state
+        wider = jnp.where(first, window, jnp.minimum(2 * w, cap))
+        new = at(wider)
+        keep = first | (new.reason == Reason.OK)
+        fit = jax.tree_util.tree_map(lambda a, b: jnp.where(keep, a, b), new, fit)
+        return jnp.where(keep, wider, w), fit, jnp.zeros((), bool), ~keep
 
-    return lax.while_loop(again, widen, (window, _empty_fit(lam.dtype, code.dtype), jnp.ones((), bool)))[1]
+    start = (window, _empty_fit(lam.dtype, code.dtype), jnp.ones((), bool), jnp.zeros((), bool))
+    return lax.while_loop(again, widen, start)[1]
 
 
 def widest_window(window: Array | int, length: Array | int) -> Array | int:

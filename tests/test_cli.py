@@ -361,6 +361,24 @@ def test_outliers_beyond_the_spike_window_are_flagged(tmp_path):
     assert "beyond_window" not in stdout
 
 
+def test_beyond_window_is_judged_at_the_window_of_the_whole_spectrum():
+    """33 spikes on 1024 x 64 noise: K stops at the widest window p // 2 = 32 with 33 eigenvalues above lambda_+, so
+    the row is flagged. With a zero column (one exact zero dropped from the fit) the fit's window used to be
+    63 // 2 = 31 while the flag looked at 32: K 31 with 32 above went unflagged. Both now widen to 32."""
+    import jax
+
+    import pdbjax
+
+    W = np.asarray(pdbjax.simulate(jax.random.PRNGKey(33), 1024, 64, pdbjax.PDB(1.0, 1.0, 1.0),
+                                   spikes=list(np.linspace(10, 60, 33))), np.float32)
+    Z = W.copy()
+    Z[:, 0] = 0.0
+    rows = {r["name"]: r for r in pdbjax.analyze({"full": W, "zero": Z}, where=".", baselines=False).rows}
+    assert (rows["full"]["K"], rows["full"]["rank_kept"]["spikes"], rows["full"]["beyond_window"]) == (32, 33, True)
+    zero = rows["zero"]
+    assert zero["K"] == 32 and zero["beyond_window"] == (zero["rank_kept"]["spikes"] > 32)
+
+
 def test_console_exit_after_an_interrupt_and_during_shutdown():
     """console(): Ctrl-C in the interpreter's shutdown (here from an exit handler) after main returned 0 prints no
     traceback and keeps the status; an interrupted run (130) leaves without the shutdown (exit handlers do not run)."""

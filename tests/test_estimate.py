@@ -551,6 +551,17 @@ def test_scaled_mode_widens_the_spike_window_where_k0_reaches_it():
     assert np.all(np.asarray(reference.lambda_plus)[1:3] > 3 * truth[1:3])  # 16 and 30 spikes: 4.2x and 12x
 
 
+def test_a_widened_fit_that_is_not_ok_leaves_the_last_ok_one():
+    """1024 x 512 noise whose top 250 eigenvalues are lifted onto a slowly decaying tail (a bug hunt's spectrum): the
+    reference window gives an ok fit (K = 12); the widened window (K = 24) finds no PDB population. The ok fit
+    stands (it was replaced by the failed one, and compress left the matrix unchanged)."""
+    e = np.array(eigenvalues(simulate(jax.random.PRNGKey(0), 1024, 512, PDB(1.0, 1.0, 1.0)), precision="float64"), np.float64)
+    e[:250] = np.maximum(e[0] * (1 + 29 * np.arange(1, 251) ** -0.5), e[:250])
+    e = np.sort(e)[::-1]
+    fit = fit_pdb(e, 1024)
+    assert bool(fit.ok) and int(fit.K) == spike_window(1024, 512) and np.isfinite(float(fit.lambda_plus))
+
+
 def test_scaled_mode_does_not_widen_the_window_on_tall_noise():
     """Gaussian noise 12800 x 64: K0 fills its window w = 15 in some draws, but fewer than K0 eigenvalues lie above
     the fitted edge, so the fit keeps the reference window: K equals spike_count's K0 in every draw (widening
