@@ -20,10 +20,10 @@ Two modes:
   bulk the fit saw held outliers), the spectrum is fitted again with the window doubled, up to
   ``max(w, p // 2)`` (:func:`widest_window`), until ``K0`` stops short of the window or the fitted edge
   leaves fewer than ``K0`` eigenvalues above it; a widened fit that is not ok is dropped and the last ok
-  one stands. With 16 spikes at 1024 x 512 (``w = 12``) the fixed
-  window's ``lambda_+`` is 4.1x the model's (reference mode); widened, ``K0 = 16`` and it is within 2%
-  (``benchmarks/results/fit_limits.md``). Gaussian noise, whose ``K0`` can fill the window of a tall
-  matrix, leaves fewer than ``K0`` eigenvalues above its edge and is fitted once.
+  one stands. With 16 spikes at 1024 x 512 (``w = 12``) the fixed window's ``lambda_+`` is 4.1x the
+  model's (reference mode); widened, ``K0 = 16`` and it is within 2% (``benchmarks/results/fit_limits.md``).
+  Gaussian noise, whose ``K0`` can fill the window of a tall matrix, leaves fewer than ``K0`` eigenvalues
+  above its edge and is fitted once.
 * ``mode="reference"``: the official code's algorithm on raw eigenvalues, one start at the midpoint,
   and its ``-200`` penalty at ``t = 1``; for comparisons.
 
