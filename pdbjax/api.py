@@ -125,7 +125,8 @@ def analyze(
     """
     precision = check_precision(precision)
     check_mode(mode)  # before the decompositions, which may take long
-    sels = select(params, where, conv_reshape=conv_reshape, layer_axis=layer_axis, on_error=on_error, allow_empty=False)
+    sels = select(params, where, conv_reshape=conv_reshape, layer_axis=layer_axis, on_error=on_error, allow_empty=False,
+                  precision=precision)
     good = [s for s in sels if s.ok]
     chunks = _spectra(good, precision, shard, progress, max_memory)
     specs, results = _by_length(good, chunks, lambda spec, N, length: spectrum_figures(spec, N, mode, baselines, length), mode)
@@ -534,7 +535,8 @@ def compress(
     if factored and any(is_boxed(x) for x in jax.tree_util.tree_leaves(params, is_leaf=is_boxed)):
         raise ValueError("factored=True needs a plain pytree of arrays, and params holds Linen metadata boxes "
                          "(nn.Partitioned, nn.LogicallyPartitioned); pass flax.core.meta.unbox(params) instead")
-    sels = select(params, where, conv_reshape=conv_reshape, layer_axis=layer_axis, on_error=on_error, allow_empty=False)
+    sels = select(params, where, conv_reshape=conv_reshape, layer_axis=layer_axis, on_error=on_error, allow_empty=False,
+                  precision=precision)
     good = [s for s in sels if s.ok]
     n = sum(s.num_matrices for s in good)
     alloc = None

@@ -69,6 +69,7 @@ from jax.experimental import multihost_utils
 
 from pdbjax import api
 from pdbjax.api import LowRank
+from pdbjax.precision import check_precision
 from pdbjax.report import Report, compression_totals
 from pdbjax.tree import Selected, Where, is_boxed, path_name, select, unwrap
 
@@ -208,7 +209,7 @@ def _plan(fn: Callable, params: Any, where: Where | None, options: dict) -> tupl
         bound.apply_defaults()
         args = bound.arguments
         sels = select(params, where, conv_reshape=args["conv_reshape"], layer_axis=args["layer_axis"],
-                      on_error=args["on_error"], allow_empty=False)
+                      on_error=args["on_error"], allow_empty=False, precision=check_precision(args["precision"]))
         for sel in sels:
             if isinstance(sel.value, jax.Array) and not sel.value.is_fully_addressable:
                 raise ValueError(f"{sel.name}: is sharded across processes; every process needs the whole leaf "

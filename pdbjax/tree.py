@@ -90,6 +90,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from pdbjax._validate import is_traced
+from pdbjax.precision import Precision
 
 __all__ = [
     "Selected",
@@ -182,7 +183,7 @@ def select(
     where: Where = None,
     *,
     conv_reshape: ConvReshape = "in", layer_axis: LayerAxis = None, on_error: OnError = "raise",
-    allow_empty: bool = True,
+    allow_empty: bool = True, precision: Precision | None = None,
 ) -> list[Selected]:
     """Select the weight matrices of a pytree (module docstring for the rules and conventions).
 
@@ -199,6 +200,9 @@ def select(
         and the reason in ``status``.
       allow_empty: when False, selecting nothing raises a ``ValueError`` that names the rule and lists
         the leaves the tree holds (with dtypes and shapes), instead of returning ``[]``.
+      precision: the working precision the selection will be decomposed in; ``"float32"`` also marks NumPy
+        float64 leaves whose largest entry lies outside ``[tiny / eps, max]`` of float32 (1e-31 to 3.4e38),
+        which the cast to float32 would turn into ``inf`` or flush to zeros (a bad leaf, as NaN/Inf).
 
     Returns:
       The selected leaves in tree-flattening order. ``params`` is not modified. The NaN/Inf check is
@@ -239,7 +243,7 @@ def select(
             chosen.append(_describe(path, name, value, _conv_reshape_for(name, conv_reshape), _layer_axis_for(name, layer_axis)))
     if not chosen and not allow_empty:
         raise ValueError(_nothing_selected(params, flat, where))
-    chosen = _check_finite(chosen)
+    chosen = _check_finite(chosen, precision == "float32")
     # `where` replaces the default rule, so a name pattern also catches biases and norm scales: say how out.
     hint = "" if where is None else (
         "; `where` selected it (it replaces the default rule): narrow it, or pass on_error='skip' (CLI: --on-error skip)"
@@ -347,10 +351,17 @@ def _matrix_layout(shape: tuple[int, ...], axis: int | None, conv_reshape: Flatt
     return count, (rest[0], math.prod(rest[1:]))
 
 
-def _check_finite(chosen: list[Selected]) -> list[Selected]:
+#: Largest entries a float64 leaf may have to be decomposed in float32: beyond ``max`` the cast gives ``inf``,
+#: below ``tiny / eps`` entries larger than ``eps`` of the largest become subnormal, which XLA:CPU flushes to zero.
+FLOAT32_RANGE = (float(np.finfo(np.float32).tiny / np.finfo(np.float32).eps), float(np.finfo(np.float32).max))
+
+
+def _check_finite(chosen: list[Selected], float32: bool = False) -> list[Selected]:
     """Mark leaves holding NaN/Inf (naming the bad layers of a stacked leaf): NumPy leaves on the host, the JAX
-    leaves on one set of devices in one compiled program (:func:`_finite_flags`), one device round trip for all."""
+    leaves on one set of devices in one compiled program (:func:`_finite_flags`), one device round trip for all.
+    ``float32``: also NumPy float64 leaves outside :data:`FLOAT32_RANGE`."""
     flags: dict[int, Any] = {}
+    ranges: dict[int, np.ndarray] = {}
     on_devices: dict[frozenset, list[int]] = {}
     axes = {i: tuple(a for a in range(len(s.shape)) if a != s.layer_axis) for i, s in enumerate(chosen)}
     for i, sel in enumerate(chosen):
@@ -360,6 +371,8 @@ def _check_finite(chosen: list[Selected]) -> list[Selected]:
             on_devices.setdefault(frozenset(sel.value.devices()), []).append(i)
             continue
         flags[i] = np.isfinite(sel.value).all(axis=axes[i])  # one flag per layer (a scalar if unstacked)
+        if float32 and sel.value.dtype.kind == "f" and sel.value.dtype.itemsize > 4:  # float64 (bfloat16 is kind V)
+            ranges[i] = np.max(np.abs(sel.value), axis=axes[i])
         _release(sel.value)  # a memory-mapped leaf is read again, a chunk at a time, by map_groups
     for leaves in on_devices.values():
         flags.update(zip(leaves, _finite_flags(tuple(chosen[i].value for i in leaves), tuple(axes[i] for i in leaves))))
@@ -367,12 +380,17 @@ def _check_finite(chosen: list[Selected]) -> list[Selected]:
     out = []
     for i, sel in enumerate(chosen):
         finite = np.asarray(flags.get(i, True))
-        if finite.all():
+        top = np.asarray(ranges.get(i, 1.0))
+        outside = finite & ((top > FLOAT32_RANGE[1]) | ((top > 0) & (top < FLOAT32_RANGE[0])))
+        if finite.all() and not outside.any():
             out.append(sel)
             continue
-        bad = np.flatnonzero(~finite).tolist()
+        bad = np.flatnonzero(~finite if not finite.all() else outside).tolist()
         where = "" if sel.layer_axis is None else f" in layer{'s' * (len(bad) > 1)} {bad} of axis {sel.layer_axis}"
-        out.append(dataclasses.replace(sel, status=f"contains NaN or Inf values{where}", matrix_shape=None, num_matrices=0))
+        status = (f"contains NaN or Inf values{where}" if not finite.all() else
+                  f"largest entry {float(top.flat[bad[0]]):.3g}{where} is outside float32's range "
+                  f"[{FLOAT32_RANGE[0]:.1e}, {FLOAT32_RANGE[1]:.1e}]: analyse it with precision='float64'")
+        out.append(dataclasses.replace(sel, status=status, matrix_shape=None, num_matrices=0))
     return out
 
 

@@ -468,3 +468,25 @@ def test_compress_numpy_scalar_ranks_and_factored_copies():
     for factored in (False, True):
         out, _ = pdbjax.compress(params, where=every, factored=factored, on_error="skip")
         assert not np.shares_memory(np.asarray(out["z"]), params["z"]), factored
+
+
+def test_float64_leaves_outside_float32s_range_are_flagged_not_reported_as_zero():
+    """A float64 matrix of entries ~1e40 (or ~1e-40) decomposed in float32 became inf (flushed zeros): the row said
+    "matrix is all zeros". It is a bad leaf now, named, with the precision that fits it; float64 fits it, lambda_+
+    scaling by exactly 1e80 (1e-80) against the unit matrix, within float64 rounding."""
+    import pdbjax
+
+    W = np.random.default_rng(0).standard_normal((200, 100))
+    params = {"big": W * 1e40, "small": W * 1e-40, "unit": W}
+    rows = {r["name"]: r for r in pdbjax.analyze(params, where=".", baselines=False, on_error="skip").rows}
+    for name in ("big", "small"):
+        assert rows[name]["status"].startswith("skipped: largest entry") and "precision='float64'" in rows[name]["status"]
+    assert rows["unit"]["status"] == "ok"
+    with pytest.raises(ValueError, match=r"big: largest entry 4\.02e\+40 is outside float32's range"):
+        pdbjax.analyze({"big": W * 1e40}, where=".")
+    new, report = pdbjax.compress(params, where=".", on_error="skip")
+    assert np.array_equal(new["big"], params["big"]) and np.array_equal(new["small"], params["small"])
+    exact = {r["name"]: r for r in pdbjax.analyze(params, where=".", baselines=False, precision="float64").rows}
+    assert all(r["status"] == "ok" for r in exact.values())
+    np.testing.assert_allclose(exact["big"]["lambda_plus"] / exact["unit"]["lambda_plus"], 1e80, rtol=1e-12)
+    np.testing.assert_allclose(exact["small"]["lambda_plus"] / exact["unit"]["lambda_plus"], 1e-80, rtol=1e-12)
