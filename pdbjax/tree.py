@@ -372,7 +372,7 @@ def _check_finite(chosen: list[Selected], float32: bool = False) -> list[Selecte
             continue
         flags[i] = np.isfinite(sel.value).all(axis=axes[i])  # one flag per layer (a scalar if unstacked)
         if float32 and sel.value.dtype.kind == "f" and sel.value.dtype.itemsize > 4:  # float64 (bfloat16 is kind V)
-            ranges[i] = np.max(np.abs(sel.value), axis=axes[i])
+            ranges[i] = np.maximum(np.max(sel.value, axis=axes[i]), -np.min(sel.value, axis=axes[i]))  # no |x| copy
         _release(sel.value)  # a memory-mapped leaf is read again, a chunk at a time, by map_groups
     for leaves in on_devices.values():
         flags.update(zip(leaves, _finite_flags(tuple(chosen[i].value for i in leaves), tuple(axes[i] for i in leaves))))
