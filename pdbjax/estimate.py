@@ -522,7 +522,11 @@ def _fit_pdb_one(eigs: Array, N: Array, window: Array, length: Array, kurtosis: 
 
 def widest_window(window: Array | int, length: Array | int) -> Array | int:
     """The widest spike window of ``mode="scaled"``, ``max(w, p // 2)`` for the reference window ``w =``
-    :func:`spike_window` and ``p = length`` (host ints give an int, arrays an array)."""
+    :func:`spike_window` and ``p = length`` (host ints give an int, arrays an array).
+
+    >>> widest_window(spike_window(1024, 512), 512), widest_window(spike_window(160, 16), 16)
+    (256, 9)
+    """
     if isinstance(window, (int, np.integer)) and isinstance(length, (int, np.integer)):
         return max(int(window), int(length) // 2)
     return jnp.maximum(window, length // 2)
