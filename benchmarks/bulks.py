@@ -1,11 +1,12 @@
-"""One bulk or two: what the default rank rule keeps of pure noise, and the sphericity statistic.
+"""One bulk or two: what the ``upper-bulk`` rank rule keeps of pure noise, and the sphericity statistic.
 
 Measures, through the public API (``pdbjax.analyze`` / ``pdbjax.compress``):
 
 1. Pure i.i.d. noise (Gaussian, uniform, Rademacher, Laplace, Student-t 5 and 3, sparse uniform with 10% and
    3% non-zero entries) at several shapes, stored in
-   float32 at scales 1e-30 .. 1e30 and in f16, bf16, f64 at unit scale: singular values kept by the default rule
-   (``upper-bulk``) and by ``spikes``, and the ``bulks`` decision. Target: at most 3 kept everywhere.
+   float32 at scales 1e-30 .. 1e30 and in f16, bf16, f64 at unit scale: singular values kept by ``upper-bulk``
+   and by ``spikes`` (the default ``auto`` leaves a one-bulk matrix as it is), and the ``bulks``
+   decision. Target: at most 3 kept everywhere.
 2. The standardised sphericity statistic ``T`` (John's test, ``PDBFit.sphericity``) on noise and on
    simulated two-bulk PDB matrices, with ``pdbjax.estimate.BULKS_Z`` between them.
 3. analyze vs compress: every rule's keep is the same number in both (same decomposition).
@@ -107,7 +108,8 @@ def pdb_statistics(seeds: int) -> list[dict]:
 
 
 def summarise(noise: list[dict], pdb: list[dict]) -> str:
-    lines = [f"Threshold `BULKS_Z` = {BULKS_Z}.", "", "### Pure i.i.d. noise: singular values kept by the default rule (`upper-bulk`)", "",
+    lines = [f"Threshold `BULKS_Z` = {BULKS_Z}.", "", ("### Pure i.i.d. noise: singular values kept by `upper-bulk` "
+                                                       "(the default rule `auto` leaves one-bulk matrices as they are)"), "",
              "| shape | matrices | max keep | mean keep | max `spikes` | two bulks | max T | not ok | analyze == compress |",
              "|---|---|---|---|---|---|---|---|---|"]
     for shape in SHAPES:

@@ -14,7 +14,8 @@ What is measured, per trained run (``benchmarks/checkpoints``, see ``results/tra
 1. Every compressed matrix is fitted ONCE: ``eigenvalues`` (float64), ``fit_pdb`` (PDBLS) and
    ``fit_pub`` (BEMA and Kernel). The fits give the model-derived ranks (``keep_count``): PDB
    ``"spikes"`` (outliers above ``lambda_+``) and ``"upper-bulk"`` (outliers plus the bulk share of the
-   larger-variance component), PUB-BEMA and PUB-Kernel ``"spikes"`` (their ``lambda_+``).
+   larger-variance component), ``"auto"`` (``"upper-bulk"`` on two bulks, the layer left as it is on one),
+   PUB-BEMA and PUB-Kernel ``"spikes"`` (their ``lambda_+``).
 2. Curves: for each removed fraction ``f`` of the grid, the rank ``round((1 - f) p)`` is passed to
    ``filter_matrix`` as an ``int`` (one compilation serves the sweep) with the precomputed fit, for
    the methods ``pdb``, ``pub-bema`` (PUB), ``svd`` (naive truncation) and ``slr``
@@ -22,12 +23,12 @@ What is measured, per trained run (``benchmarks/checkpoints``, see ``results/tra
    with each layer compressed alone and with all of them at once (each at the same ``f``). The
    reference code sweeps ``f`` in steps of ``1/p``; this grid is coarser (0.05 up to 0.9, then 0.01
    for the FCNNs; 0.1 / 0.05 for VGG16), see ``GRIDS``.
-3. The accuracy table at each method's default rank: PDB with ``"spikes"`` and ``"upper-bulk"``,
+3. The accuracy table at each method's default rank: PDB with ``"spikes"``, ``"upper-bulk"`` and ``"auto"``,
    PUB-BEMA and PUB-Kernel with ``"spikes"``, and naive SVD and SLR at PDB's rank (matched rank, as the
    paper compares them), each layer alone and all at once.
 4. The smallest rank on the grid at which each method's accuracy is within 0.1 pp of the base, and the
    evidence for the default rank rule of ``pdbjax.compress`` (PDB's accuracy change, all layers at
-   once, for ``"spikes"``, ``"upper-bulk"`` and fixed removed fractions).
+   once, for ``"spikes"``, ``"upper-bulk"``, ``"auto"`` and fixed removed fractions).
 
 Outputs (each written atomically) in ``--out`` (default ``benchmarks/results``):
 ``compression.json`` (raw curves, fits, ranks, timings), ``compression.md`` (tables) and
@@ -91,16 +92,19 @@ DEFAULT_RUNS = (
 DEFAULT_CONFIGS = (
     ("PDB spikes", "pdb", "spikes", "pdb"),
     ("PDB upper-bulk", "pdb", "upper-bulk", "pdb"),
+    ("PDB auto", "pdb", "auto", "pdb"),
     ("PUB-BEMA spikes", "pub-bema", "spikes", "bema"),
     ("PUB-Kernel spikes", "pub-kernel", "spikes", "kernel"),
     ("SVD @ PDB spikes", "svd", "spikes", "pdb"),
     ("SLR @ PDB spikes", "slr", "spikes", "pdb"),
     ("SVD @ PDB upper-bulk", "svd", "upper-bulk", "pdb"),
     ("SLR @ PDB upper-bulk", "slr", "upper-bulk", "pdb"),
+    ("SVD @ PDB auto", "svd", "auto", "pdb"),
+    ("SLR @ PDB auto", "slr", "auto", "pdb"),
 )
 # Candidates for the default rank rule of `compress` (PDB, all layers at once); fractions are read off the curve
 # (they are on both grids).
-RULE_CANDIDATES = ("spikes", "upper-bulk", 0.5, 0.6, 0.8, 0.9)
+RULE_CANDIDATES = ("spikes", "upper-bulk", "auto", 0.5, 0.6, 0.8, 0.9)
 COLLAPSE = -0.03  # a default must not break a network: worst accuracy change over all runs above -3 pp
 
 
@@ -158,6 +162,7 @@ def fit_layer(path: tuple[Any, ...], kernel: np.ndarray) -> Layer:
     keep = {
         "pdb-spikes": keep_counts(spec, pdb, "spikes"),
         "pdb-upper-bulk": keep_counts(spec, pdb, "upper-bulk"),
+        "pdb-auto": keep_counts(spec, pdb, "auto"),
         "pub-bema": keep_counts(spec, bema, "spikes"),
         "pub-kernel": keep_counts(spec, kern, "spikes"),
     }
@@ -429,10 +434,10 @@ def table_fits(data: dict) -> str:
             f, k = layer["pdb"], layer["keep"]
             rows.append([run["experiment"], run["noise"], layer["name"], "x".join(map(str, layer["matrix"])), f["K"],
                          f"{f['t']:.3f}", f"{f['sigma1_sq']:.3g}", f"{f['sigma2_sq']:.3g}", f"{f['lambda_plus']:.3g}",
-                         f["n_outliers"], k["pdb-spikes"], k["pdb-upper-bulk"], k["pub-bema"], k["pub-kernel"],
-                         f["status"]])
+                         f["n_outliers"], f["bulks"], k["pdb-spikes"], k["pdb-upper-bulk"], k["pdb-auto"], k["pub-bema"],
+                         k["pub-kernel"], f["status"]])
     return _table(["experiment", "noise", "layer", "matrix", "K0", "t", "sigma1^2", "sigma2^2", "lambda_+",
-                   "outliers", "PDB spikes", "PDB upper-bulk", "PUB-BEMA", "PUB-Kernel", "PDB fit"], rows)
+                   "outliers", "bulks", "PDB spikes", "PDB upper-bulk", "PDB auto", "PUB-BEMA", "PUB-Kernel", "PDB fit"], rows)
 
 
 def table_defaults(data: dict, scope: str = "all") -> str:
@@ -541,7 +546,7 @@ def targets(data: dict, rule: str) -> list[str]:
                "two differ only in how the outliers are shrunk, so equal minimal ranks are expected on a grid.")
     wins = total = 0
     for run in data["runs"]:
-        for r in ("spikes", "upper-bulk"):
+        for r in ("spikes", "upper-bulk", "auto"):
             wins += default_row(run, f"SVD @ PDB {r}")["acc"]["all"] >= default_row(run, f"PDB {r}")["acc"]["all"]
             total += 1
     gaps = [np.mean(np.asarray(run["curves"]["pdb"]["all"]) - np.asarray(run["curves"]["svd"]["all"]))
@@ -614,8 +619,9 @@ def markdown(data: dict) -> str:
         "## Choosing the default rank rule of `compress`",
         "",
         "PDB, all layers at once: accuracy change against the base in percentage points, and in parentheses the "
-        "share of the singular values kept (sum of ranks / sum of p). `spikes` and `upper-bulk` are per-layer "
-        "rules; `remove f` is a fixed removed fraction read off the PDB curve.",
+        "share of the singular values kept (sum of ranks / sum of p). `spikes`, `upper-bulk` and `auto` are "
+        "per-layer rules (`auto` counts a layer it leaves as it is at its full p); `remove f` is a fixed "
+        "removed fraction read off the PDB curve.",
         "",
         table_evidence(data),
         "",
@@ -857,7 +863,7 @@ def defaults_only(runs: list[tuple[str, float]], out: Path, argv: list[str] | No
     rows = []
     for run in now:
         old = stored.get(run["run"])
-        for label in ("PDB upper-bulk", "PDB spikes", "PUB-BEMA spikes", "SVD @ PDB upper-bulk"):
+        for label in ("PDB auto", "PDB upper-bulk", "PDB spikes", "PUB-BEMA spikes", "SVD @ PDB auto"):
             new_row = default_row(run, label)
             old_row = default_row(old, label) if old else None
             rows.append([run["run"], label, f"{run['base_acc']:.4f}",

@@ -26,11 +26,12 @@ LayerNorms and biases (about 12.1 M of MiniLM's 22.7 M parameters) are never tou
 
 Settings (``--quick`` runs the ones marked q):
 
-* ``pdb upper-bulk`` (q): ``compress(state, COMPRESSIBLE)``, the library default
-  (rank rule ``"upper-bulk"``, spike shrinkage);
-* ``pdb spikes``, ``pdb spikes + optimal`` (shrink ``"optimal"``), ``pub-bema spikes``,
+* ``pdb auto`` (q): ``compress(state, COMPRESSIBLE)``, the library default
+  (rank rule ``pdbjax.DEFAULT_RANK``, ``"auto"``: ``"upper-bulk"`` on two bulks, a one-bulk matrix left as it
+  is; spike shrinkage);
+* ``pdb upper-bulk``, ``pdb spikes``, ``pdb spikes + optimal`` (shrink ``"optimal"``), ``pub-bema spikes``,
   ``pub-kernel spikes``: the other rules and estimators;
-* ``svd @ pdb upper-bulk ranks`` (q) and ``svd @ pdb spikes ranks``: plain truncated SVD of each matrix
+* ``svd @ pdb auto ranks`` (q) and ``svd @ pdb spikes ranks``: plain truncated SVD of each matrix
   to the keep count the PDB rule chose for that matrix (:func:`pdbjax.filter_matrix` ``(W, "svd",
   rank=keep_i)`` per matrix), so each pair stores exactly the same number of entries;
 * ``svd uniform k=...`` for target shares ``s`` in 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 0.9 (q: 0.1, 0.3) and
@@ -42,9 +43,9 @@ Settings (``--quick`` runs the ones marked q):
 * ``pdb budget b`` with shrink ``"none"`` and ``"optimal"``, ``b`` in the same five shares, **only if**
   the installed :func:`pdbjax.compress` accepts a ``budget=`` keyword (checked with
   :func:`inspect.signature` when the script runs; the .md says which);
-* breakdown of the default (q): the ``pdb upper-bulk`` result applied to one group of matrices only
+* breakdown of the default (q): the ``pdb auto`` result applied to one group of matrices only
   (Q/K = attention query and key; V/O = attention value and output; FFN = intermediate and output),
-  the others left dense, and the same for ``svd @ pdb upper-bulk ranks``. The PDB fit of a matrix does
+  the others left dense, and the same for ``svd @ pdb auto ranks``. The PDB fit of a matrix does
   not depend on which other matrices are selected, so this equals ``compress(..., where=group)``.
 
 Outputs (each written atomically, temporary file then ``os.replace``): ``minilm_embeddings.md`` (table,
@@ -194,22 +195,28 @@ def run(n_sentences: int, quick: bool) -> dict[str, Any]:
         return svd_at(state, keep), time.perf_counter() - t
 
     # the default and its SVD twin, then the breakdown of both
+    rule = pdbjax.DEFAULT_RANK
     pdb_state, pdb_keep, n_bad, dt = compressed("pdb")
-    measure("pdb upper-bulk (default)", "pdb upper-bulk", pdb_state, pdb_keep, unchanged=n_bad, compress_s=dt,
-            method="pdb", rank="upper-bulk", shrink="spikes", scope="all")
+    measure(f"pdb {rule} (default)", f"pdb {rule}", pdb_state, pdb_keep, unchanged=n_bad, compress_s=dt,
+            method="pdb", rank=rule, shrink="spikes", scope="all")
     svd_state, dt = timed_svd_at(pdb_keep)
-    measure("svd @ pdb upper-bulk ranks", "svd @ pdb ranks", svd_state, pdb_keep, compress_s=dt,
-            method="svd", rank="per-matrix (pdb upper-bulk)", shrink="none", scope="all")
+    measure(f"svd @ pdb {rule} ranks", "svd @ pdb ranks", svd_state, pdb_keep, compress_s=dt,
+            method="svd", rank=f"per-matrix (pdb {rule})", shrink="none", scope="all")
     for group, where in GROUPS.items():
         names = {s.name for s in select(state, where)}
         sub = {k: v for k, v in pdb_keep.items() if k in names}
-        measure(f"pdb upper-bulk, only {group}", "breakdown pdb", restrict(state, pdb_state, where), sub,
-                method="pdb", rank="upper-bulk", shrink="spikes", scope=group)
+        measure(f"pdb {rule}, only {group}", "breakdown pdb", restrict(state, pdb_state, where), sub,
+                method="pdb", rank=rule, shrink="spikes", scope=group)
         measure(f"svd @ pdb ranks, only {group}", "breakdown svd", restrict(state, svd_state, where), sub,
-                method="svd", rank="per-matrix (pdb upper-bulk)", shrink="none", scope=group)
+                method="svd", rank=f"per-matrix (pdb {rule})", shrink="none", scope=group)
     del pdb_state, svd_state
 
     if not quick:
+        if rule != "upper-bulk":
+            new, keep, n_bad, dt = compressed("pdb", rank="upper-bulk")
+            measure("pdb upper-bulk", "pdb upper-bulk", new, keep, unchanged=n_bad, compress_s=dt,
+                    method="pdb", rank="upper-bulk", shrink="spikes", scope="all")
+            del new
         spikes_state, spikes_keep, n_bad, dt = compressed("pdb", rank="spikes")
         measure("pdb spikes", "pdb spikes", spikes_state, spikes_keep, unchanged=n_bad, compress_s=dt,
                 method="pdb", rank="spikes", shrink="spikes", scope="all")
@@ -354,7 +361,8 @@ def markdown(data: dict[str, Any]) -> str:
 
 
 MARKERS = {
-    "pdb upper-bulk": ("o", "C0"),
+    "pdb auto": ("o", "C0"),
+    "pdb upper-bulk": ("h", "C0"),
     "pdb spikes": ("s", "C0"),
     "pdb spikes + optimal": ("D", "C0"),
     "pub-bema": ("^", "C2"),

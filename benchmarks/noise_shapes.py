@@ -1,4 +1,4 @@
-"""Pure Gaussian noise at the shapes ``benchmarks/bulks.py`` leaves out: what the default rank rule keeps.
+"""Pure Gaussian noise at the shapes ``benchmarks/bulks.py`` leaves out: what the ``upper-bulk`` rank rule keeps.
 
 ``benchmarks/bulks.py`` covers 8 shapes from 100 x 40 to 2048 x 512 (aspect ratios up to 4). This measures
 the two ends beyond them, in float32, one ``pdbjax.analyze`` call per shape:
@@ -7,7 +7,7 @@ the two ends beyond them, in float32, one ``pdbjax.analyze`` call per shape:
 * small: ``p`` from 16 to 64, square and ``N / p = 2`` or 10 (``4 draws`` matrices a shape, they are cheap).
 
 Reported per shape: how many PDB fits are ok, and over those the largest and median initial spike count ``K``
-(EDA/EDB, searched up to the window ``floor(6 N^0.1)``) and keep of the ``upper-bulk`` (default) and ``spikes``
+(EDA/EDB, searched up to the window ``floor(6 N^0.1)``) and keep of the ``upper-bulk`` and ``spikes``
 rules (a row that is not ok is left unchanged); the keep of PUB-BEMA (the one-bulk baseline), how many
 rows say ``beyond_window``, and the statuses. Pure noise should keep nothing; how much it keeps is the
 limit the README states.

@@ -77,7 +77,7 @@ from pdbjax.tree import (
 __all__ = ["analyze", "compress", "LowRank", "densify", "DEFAULT_RANK", "RULES"]
 
 #: Default rank rule of :func:`compress` (chosen by measurement; see the README, "Choosing the rank").
-DEFAULT_RANK: Rank = "upper-bulk"
+DEFAULT_RANK: Rank = "auto"
 #: Default working-memory budget of :func:`analyze` and :func:`compress` (bytes; ``max_memory``): peak RSS
 #: 1.41x the file for a 400 MB float16 checkpoint at 512 MiB, 2.18x at 1 GiB, 0.90x at 256 MiB (benchmarks/results/memory.md).
 DEFAULT_MAX_MEMORY = 512 << 20
@@ -459,8 +459,10 @@ def compress(
       method: ``"pdb"`` (Algorithm 2), ``"pub-bema"``, ``"pub-kernel"``, ``"svd"`` or ``"slr"``
         (keyword-only, as every option after ``where``, the order of :func:`analyze`; a method name passed
         as ``where`` is a ``TypeError`` that says so).
-      rank: ``int`` rank, ``float`` removed fraction, or a rule ``"spikes"`` / ``"upper-bulk"``
-        (``None``: :data:`DEFAULT_RANK`, unless ``budget`` is given).
+      rank: ``int`` rank, ``float`` removed fraction, or a rule ``"spikes"`` / ``"upper-bulk"`` / ``"auto"``
+        (:func:`pdbjax.keep_count`; ``None``: :data:`DEFAULT_RANK`, ``"auto"``, unless ``budget`` is given:
+        ``"upper-bulk"`` on a matrix whose PDB fit finds two bulks, the matrix left as it is, status
+        ``ONE_BULK``, where it finds one).
       budget: a fraction ``f`` in ``(0, 1]``: instead of a rank, the selected matrices stored as factors
         (``keep (m + n)`` per matrix) may take at most ``f`` of their dense count ``sum m n``, and the
         keep counts are allocated across all matrices from their fits (:mod:`pdbjax.budget`: every

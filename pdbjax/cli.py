@@ -60,7 +60,7 @@ class _Parser(argparse.ArgumentParser):
 def parse_rank(text: str) -> int | float | str:
     """``--rank`` value: a rule name, an ``int`` rank (kept singular values) or a ``float`` removed fraction.
 
-    ``"spikes"`` / ``"upper-bulk"`` -> the rule; ``"40"`` -> keep 40 (an integer, ``>= 0``); ``"0.6"``
+    ``"spikes"`` / ``"upper-bulk"`` / ``"auto"`` -> the rule; ``"40"`` -> keep 40 (an integer, ``>= 0``); ``"0.6"``
     -> remove 60% of the singular values (a number with a decimal point or exponent, in ``[0, 1]``).
     """
     from pdbjax.filter import RULES
@@ -251,10 +251,11 @@ def build_parser() -> argparse.ArgumentParser:
                        pub-kernel: the same with a single Marchenko-Pastur bulk; svd: truncated SVD; slr: sparse
                        low-rank (default: pdb)""")
     c.add_argument("--rank", metavar="RULE|INT|FRACTION", type=parse_rank, default=None,
-                   help="""how many singular values to keep per matrix: a rule, 'upper-bulk' (outliers plus the
-                       larger-variance bulk component; the default) or 'spikes' (only the eigenvalues above
-                       lambda_plus); an integer rank (e.g. 64); or a removed fraction in [0, 1] (e.g. 0.6 removes
-                       60%%). Rules use the PDB fit for svd/slr""")
+                   help="""how many singular values to keep per matrix: a rule, 'auto' (the default: 'upper-bulk'
+                       where the PDB fit finds two bulks; a matrix with one bulk is left as it is), 'upper-bulk'
+                       (outliers plus the larger-variance bulk component; with one bulk, the outliers) or 'spikes'
+                       (only the eigenvalues above lambda_plus); an integer rank (e.g. 64); or a removed fraction
+                       in [0, 1] (e.g. 0.6 removes 60%%). Rules use the PDB fit for svd/slr""")
     c.add_argument("--budget", metavar="F", type=parse_budget, default=None,
                    help="""instead of --rank: the compressed matrices, stored as factors (keep x (m + n) each), may
                        take at most the fraction F in (0, 1] of their dense parameter count; the keep counts are

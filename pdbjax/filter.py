@@ -73,7 +73,7 @@ Method = Literal["pdb", "pub-bema", "pub-kernel", "svd", "slr"]
 Shrink = Literal["spikes", "optimal", "none"]
 
 METHODS = ("pdb", "pub-bema", "pub-kernel", "svd", "slr")
-RULES = ("spikes", "upper-bulk")
+RULES = ("spikes", "upper-bulk", "auto")
 SHRINKS = ("spikes", "optimal", "none")
 _SHRINKING = ("pdb", "pub-bema", "pub-kernel")
 
@@ -262,6 +262,13 @@ def _fixed_keep(rank: int | float | Array, p: int | np.ndarray, batch: tuple[int
     return jnp.asarray(keep.astype(np.int32))
 
 
+def held(fit: Fit | None, batch: tuple[int, ...], rule: str | None) -> Array:
+    """Matrices the rule ``"auto"`` leaves as they are: an ok PDB fit with one bulk (``bulks == 1``)."""
+    if rule != "auto" or not isinstance(fit, PDBFit):
+        return jnp.zeros(batch, bool)
+    return _ok(fit, batch) & (jnp.broadcast_to(jnp.asarray(fit.bulks), batch) == 1)
+
+
 def _upper_weight(fit: Fit) -> Array:
     """Bulk share of the larger-variance component: ``t`` if ``s1 > s2``, ``1 - t`` if ``s2 > s1``,
     0 for a single bulk (``s1 == s2`` or a PUB fit)."""
@@ -283,6 +290,11 @@ def keep_count(eigs: ArrayLike, fit: Fit | None, rule: Rank, length: ArrayLike |
       share of the bulk owned by the larger-variance component (``w_high = t`` if
       ``sigma1_sq > sigma2_sq``, ``1 - t`` if ``sigma2_sq > sigma1_sq``, 0 for one bulk), i.e. the
       low-variance component is treated as the noise. For a PUB fit this equals ``"spikes"``.
+    * ``"auto"`` (the default of :func:`pdbjax.compress`): ``"upper-bulk"`` where a PDB fit finds two
+      bulks, ``p`` (keep everything) where it finds one: a one-bulk layer's bulk is a single
+      Marchenko-Pastur law that no spectral rule splits into signal and noise, so it is left as it is
+      (:func:`filter_matrix` returns it unchanged, ``reason`` ``ONE_BULK``). For a PUB fit this equals
+      ``"spikes"``.
 
     Rules need a fit and give ``p`` (keep everything) where it is not ok; ``int``/``float`` ignore it.
     ``rule`` is a static (hashable) argument here; :func:`filter_matrix` also takes an integer array of
@@ -303,6 +315,7 @@ def keep_count(eigs: ArrayLike, fit: Fit | None, rule: Rank, length: ArrayLike |
     else:
         k = jnp.sum(outlier_mask(eigs, fit), axis=-1)
         keep = k + jnp.round(_upper_weight(fit) * (p - k)).astype(k.dtype)
+    keep = jnp.where(held(fit, batch, rule), p, keep)
     return jnp.where(_ok(fit, batch), keep, p).astype(jnp.int32)
 
 
@@ -362,8 +375,9 @@ def filter_matrix(
     filtered identically and no scale from ``1e-30`` to ``1e30`` overflows.
 
     A matrix that is not filtered is returned unchanged: the dense output is ``W`` itself (bitwise),
-    ``info.ok`` is False, ``info.reason`` says why (the fit's code, or ``NON_FINITE`` for a matrix with
-    NaN/Inf entries, for every method), ``info.keep = p``. The estimator runs eagerly (in float64, see
+    ``info.ok`` is False, ``info.reason`` says why (the fit's code, ``NON_FINITE`` for a matrix with
+    NaN/Inf entries, for every method, or ``ONE_BULK`` for a one-bulk matrix under the rule ``"auto"``),
+    ``info.keep = p``. The estimator runs eagerly (in float64, see
     its ``precision``) unless the caller traces this function; everything after the fit is one
     ``jit``-compiled computation.
 
@@ -372,7 +386,7 @@ def filter_matrix(
         ``W``). NumPy inputs are not written to.
       method: one of ``"pdb"``, ``"pub-bema"``, ``"pub-kernel"``, ``"svd"``, ``"slr"`` (static).
       rank: ``int`` rank, ``float`` removed fraction in ``[0, 1]``, ``"spikes"`` /
-        ``"upper-bulk"`` (see :func:`keep_count`), or an integer array of keep counts ``k`` that
+        ``"upper-bulk"`` / ``"auto"`` (see :func:`keep_count`), or an integer array of keep counts ``k`` that
         broadcasts to the batch shape ``W.shape[:-2]`` (matrix ``i`` keeps ``min(k_i, p)``; e.g. the
         per-matrix allocation of :func:`pdbjax.budget.allocate`; it may be traced under ``jit``). A
         rule is compiled in; an ``int``/``float``/array is passed to the compiled computation as
@@ -643,6 +657,8 @@ def _decide(s_val: Array, finite: Array, fit: Fit | None, fixed: Array, length: 
         ok, reason = _ok(fit, batch), jnp.broadcast_to(jnp.asarray(fit.reason, jnp.int32), batch)
     reason = jnp.where(finite, reason, Reason.NON_FINITE)
     ok = ok & finite
+    hold = ok & held(fit, batch, rule)  # "auto" on one bulk: left as it is, like a matrix that is not filtered
+    reason, ok = jnp.where(hold, Reason.ONE_BULK, reason), ok & ~hold
     keep = jnp.broadcast_to(fixed, batch) if rule is None else keep_count(lam, fit, rule, length)
     keep = jnp.where(ok, keep, p)
     if shrink == "spikes":
@@ -659,7 +675,7 @@ def _decide(s_val: Array, finite: Array, fit: Fit | None, fixed: Array, length: 
     else:
         replace, shrunk = jnp.zeros(s_val.shape, bool), s_val
         n_outliers = jnp.zeros(batch, jnp.int32)
-    replace = replace & valid(s_val, length)  # the padding after p is never replaced
+    replace = replace & valid(s_val, length) & ok[..., None]  # neither the padding after p nor a row left as it is
     return _Decision(keep.astype(jnp.int32), shrunk, replace, ok, reason, jnp.where(ok, n_outliers, 0))
 
 

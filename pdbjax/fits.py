@@ -26,9 +26,11 @@ class Reason(enum.IntEnum):
     """Status codes stored in the ``reason`` field of a fit (``int32`` leaves; compare with ``==``).
 
     ``Reason(code).text`` is the message reports print. Code 6 (an old "no valid support edges") is
-    retired: a fit whose edges are not finite is ``NOT_CONVERGED``. ``OUT_OF_RANGE``: :func:`pdbjax.compress` sets it on a row whose
-    compressed weights overflow the leaf's storage dtype (that weight is left unchanged), :func:`pdbjax.fit_pdb` on a
-    row whose float64 fit does not survive the cast back to the input's dtype (e.g. float32 eigenvalues near 1e-40).
+    retired: a fit whose edges are not finite is ``NOT_CONVERGED``. ``ONE_BULK``: :func:`pdbjax.filter_matrix`
+    and :func:`pdbjax.compress` set it on a row that the rank rule ``"auto"`` leaves as it is (an ok fit with
+    ``bulks == 1``). ``OUT_OF_RANGE``: :func:`pdbjax.compress` sets it on a row whose compressed weights
+    overflow the leaf's storage dtype (that weight is left unchanged), :func:`pdbjax.fit_pdb` on a row whose
+    float64 fit does not survive the cast back to the input's dtype (e.g. float32 eigenvalues near 1e-40).
     """
 
     OK = 0
@@ -40,6 +42,7 @@ class Reason(enum.IntEnum):
     POOR_FIT = 7
     NEGATIVE = 8
     OUT_OF_RANGE = 9
+    ONE_BULK = 10
 
     @property
     def text(self) -> str:
@@ -57,6 +60,8 @@ _TEXT = {
     Reason.NEGATIVE: "negative eigenvalues: not the squared singular values of a real matrix",
     Reason.OUT_OF_RANGE: "values outside the range of the dtype (compressed weights that overflow the storage dtype, "
                          "or fitted values that underflow the input dtype)",
+    Reason.ONE_BULK: "one bulk: the rank rule 'auto' keeps a layer whose bulk is one Marchenko-Pastur law as it is "
+                     "(rank 'spikes' or 'upper-bulk' keeps only its outliers)",
 }
 
 

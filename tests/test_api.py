@@ -316,7 +316,7 @@ def test_one_strong_component_is_not_rank_deficiency():
     # Marchenko-Pastur edge (1 + sqrt(1/2))^2 = 2.914 for N = 800, p = 400, sigma^2 = 1: 1% (finite-N edge bias)
     assert row["lambda_plus"] == pytest.approx((1 + np.sqrt(0.5)) ** 2, rel=0.01)
     assert low_row["status"].startswith("no bulk")
-    _, crep = pdbjax.compress({"offset": {"kernel": W}})
+    _, crep = pdbjax.compress({"offset": {"kernel": W}}, rank="upper-bulk")  # one bulk: "auto" would keep all 400
     assert crep[0]["status"] == "ok" and crep[0]["keep"] == 1
 
 
@@ -350,7 +350,7 @@ def test_float16_weights_that_would_overflow_are_flagged_and_left_unchanged(fact
     rng = np.random.default_rng(0)
     top = np.outer(rng.uniform(0.5, 1, 256), rng.uniform(0.5, 1, 128))
     W = (np.clip(top * 75000 / top.max(), None, 65504) + rng.normal(size=top.shape) * 5000).clip(-65504, 65504).astype(np.float16)
-    new, rep = pdbjax.compress({"l": {"kernel": W}}, factored=factored)
+    new, rep = pdbjax.compress({"l": {"kernel": W}}, factored=factored, rank="upper-bulk")  # one bulk: not "auto"
     assert rep[0]["status"] == "unchanged: " + pdbjax.Reason.OUT_OF_RANGE.text and rep[0]["rel_change"] == 0.0
     assert new["l"]["kernel"] is not W and np.array_equal(new["l"]["kernel"], W)  # a dense copy, the input untouched
     assert rep.totals["params_after"] == W.size

@@ -1,7 +1,8 @@
 """One bulk or two (spec section 10) and the one decomposition path (pdbjax.linalg).
 
-Guarantees tested here: pure i.i.d. noise keeps at most 3 components under the default rule at every
-shape, storage dtype and scale; analyze and compress report the same keep for every rule; the keep
+Guarantees tested here: pure i.i.d. noise keeps at most 3 components under ``upper-bulk`` at every
+shape, storage dtype and scale, and the default rule ``auto`` leaves it (any one-bulk matrix) as it is;
+analyze and compress report the same keep for every rule; the keep
 does not depend on the storage dtype (within 2) nor on the scale of W; the sphericity statistic is
 standard normal under one bulk (Monte Carlo) and large for two bulks.
 """
@@ -41,7 +42,7 @@ def _noise_tree(shape: tuple[int, int], seed: int) -> dict[str, np.ndarray]:
 def test_pure_noise_keeps_at_most_three(shape):
     tree = _noise_tree(shape, seed=shape[0] + shape[1])
     report = pdbjax.analyze(tree, baselines=False)
-    _, creport = pdbjax.compress(tree)  # default rule
+    _, creport = pdbjax.compress(tree, rank="upper-bulk")
     for row in report:
         assert row["status"] == "ok", row["name"]
         assert row["bulks"] == 1, (row["name"], row["sphericity"])
@@ -92,7 +93,7 @@ def test_analyze_and_compress_agree_for_every_rule():
         "tiny": {"kernel": np.asarray(simulate(jax.random.PRNGKey(2), 512, 256, PDB(0.7, 1.0, 4.0))) * np.float32(1e-30)},
     }
     report = {r["name"]: r for r in pdbjax.analyze(tree)}
-    for rule in ("spikes", "upper-bulk"):
+    for rule in pdbjax.filter.RULES:
         _, creport = pdbjax.compress(tree, rank=rule)
         for row in creport:
             assert row["keep"] == report[row["name"]]["rank_kept"][rule], (rule, row["name"])
@@ -100,6 +101,42 @@ def test_analyze_and_compress_agree_for_every_rule():
         _, creport = pdbjax.compress(tree, method=method, rank="spikes")
         for row in creport:
             assert row["keep"] == report[row["name"]]["rank_kept"][method], (method, row["name"])
+
+
+def test_auto_is_upper_bulk_on_two_bulks_and_leaves_one_bulk_as_it_is():
+    """The default rule: a two-bulk matrix is compressed exactly as by ``upper-bulk``; a one-bulk matrix (here
+    Gaussian noise, in float32 and bfloat16) comes back bit for bit, its row saying why, and stays dense when
+    factored; for a PUB fit (one bulk by construction) ``auto`` is that method's ``spikes``."""
+    rng = np.random.default_rng(5)
+    two = np.asarray(simulate(jax.random.PRNGKey(3), 784, 512, PDB(0.7, 1.0, 4.0), spikes=[80.0, 60.0]))
+    noise = rng.standard_normal((600, 300)).astype(np.float32)
+    tree = {"two": {"kernel": two}, "noise": {"kernel": noise}, "noise16": {"kernel": noise.astype(ml_dtypes.bfloat16)}}
+    assert pdbjax.DEFAULT_RANK == "auto"
+    new, report = pdbjax.compress(tree)
+    upper, upper_report = pdbjax.compress(tree, rank="upper-bulk")
+    rows, upper_rows = {r["name"]: r for r in report}, {r["name"]: r for r in upper_report}
+    assert rows["two/kernel"]["bulks"] == 2 and rows["two/kernel"]["status"] == "ok"
+    assert rows["two/kernel"]["keep"] == upper_rows["two/kernel"]["keep"] > 100  # 2 spikes + 0.3 of the bulk
+    np.testing.assert_array_equal(new["two"]["kernel"], upper["two"]["kernel"])
+    for name in ("noise", "noise16"):
+        row = rows[f"{name}/kernel"]
+        assert row["bulks"] == 1 and row["keep"] == 300 and row["rel_change"] == 0.0, row
+        assert row["status"] == "unchanged: " + pdbjax.Reason.ONE_BULK.text
+        assert upper_rows[f"{name}/kernel"]["keep"] <= 3  # what upper-bulk does to the same matrix
+        assert new[name]["kernel"].dtype == tree[name]["kernel"].dtype
+        np.testing.assert_array_equal(new[name]["kernel"], tree[name]["kernel"])
+    assert report.totals["unchanged"] == 2
+    factored, _ = pdbjax.compress(tree, factored=True)
+    assert isinstance(factored["two"]["kernel"], pdbjax.LowRank)
+    np.testing.assert_array_equal(factored["noise"]["kernel"], noise)
+    # filter_matrix: the same decision, and the factors of a matrix left as it is rebuild it (float32 rounding)
+    (A, B), info = pdbjax.filter_matrix(noise, "pdb", "auto", factored=True)
+    assert not bool(info.ok) and int(info.reason) == pdbjax.Reason.ONE_BULK and int(info.n_outliers) == 0
+    np.testing.assert_allclose(np.asarray(A) @ np.asarray(B), noise, atol=1e-5 * np.abs(noise).max())
+    for method in ("pub-bema", "pub-kernel"):
+        _, auto_info = pdbjax.filter_matrix(noise, method, "auto")
+        _, spikes_info = pdbjax.filter_matrix(noise, method, "spikes")
+        assert int(auto_info.keep) == int(spikes_info.keep) and bool(auto_info.ok)
 
 
 def test_two_bulks_identified_and_upper_bulk_keeps_the_high_component():

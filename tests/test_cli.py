@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import pdbjax
 from pdbjax import io as pdbio
 from pdbjax.cli import JSON_KEYS, build_parser, main, parse_rank
 
@@ -209,7 +210,7 @@ def test_compress_writes_same_keys_shapes_dtypes(files, compressed):
         assert 0 < row["keep"] < min(SHAPE)
         s = np.linalg.svd(after[key].astype(np.float64), compute_uv=False)
         assert s[row["keep"]] < 1e-5 * s[0]  # truncated to the reported rank
-    assert meta["origin"] == "test" and meta["pdbjax.method"] == "pdb" and meta["pdbjax.rank"] == "upper-bulk"
+    assert meta["origin"] == "test" and meta["pdbjax.method"] == "pdb" and meta["pdbjax.rank"] == pdbjax.DEFAULT_RANK == "auto"
     assert _digest(files["st"]) == files["hash_st"]
     assert "compression ratio" in stdout and f"wrote {out}" in stdout
     assert "\n2 matrices compressed;" in stdout and "processed 2 matrices in" in err

@@ -53,7 +53,7 @@ def _near(eigs: np.ndarray, *thresholds: np.ndarray) -> np.ndarray:
 def test_one_program_equals_the_public_functions():
     spec, N = _spectra([(80, P), (160, P), (80, P)])
     got, want = figures.spectrum_figures(spec, N), _one_by_one(spec, N)
-    assert list(got["keep"]) == ["spikes", "upper-bulk", "pub-bema", "pub-kernel"]
+    assert list(got["keep"]) == ["spikes", "upper-bulk", "auto", "pub-bema", "pub-kernel"]
     eigs = np.asarray(spec.s, np.float64) ** 2 * np.asarray(spec.scale, np.float64)[:, None] ** 2  # W's units
     # Counts at a threshold (no exact equality there): the floats agree to ONE_PROGRAM, so a count may move
     # by the eigenvalues that sit that close to its threshold (a PUB-Kernel edge here is 2.7e-4 from one).
@@ -96,7 +96,7 @@ def test_reference_mode_reports_the_float64_fit_of_the_raw_eigenvalues():
     for field in want._fields:
         np.testing.assert_array_equal(np.asarray(getattr(got["pdb"], field)), np.asarray(getattr(want, field)), err_msg=field)
     assert set(got) == {"pdb", "q_pdb", "tail_slope", "heavy_tailed", "n_outliers", "keep"}
-    assert list(got["keep"]) == ["spikes", "upper-bulk"]
+    assert list(got["keep"]) == ["spikes", "upper-bulk", "auto"]
 
 
 def test_one_compilation_whatever_n(tmp_path):
