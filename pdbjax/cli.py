@@ -269,9 +269,10 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--factored", action="store_true",
                    help="""store each compressed matrix NAME as two factors NAME.a (m x r) and NAME.b (r x n) (NAME/a,
                        NAME/b in .npz) with NAME ~ a @ b, a = U sqrt(S) and b = sqrt(S) V^T, instead of a dense matrix; a leaf
-                       with a matrix whose fit is not ok stays dense (a @ b is NAME's matrix view: a stacked leaf's
-                       layers come first, a conv kernel is reshaped as --conv-reshape says; pdbjax.densify with the
-                       same --layer-axis and --conv-reshape restores the leaf's layout)""")
+                       with a matrix left as it is (a fit that is not ok, or one bulk under --rank auto) stays dense
+                       (a @ b is NAME's matrix view: a stacked leaf's layers come first, a conv kernel is reshaped as
+                       --conv-reshape says; pdbjax.densify with the same --layer-axis and --conv-reshape restores the
+                       leaf's layout)""")
     c.add_argument("--slr-sr", metavar="F", type=_fraction, default=0.5,
                    help="SLR sparsity rate: fraction of rows/columns of the factors that are sparsified (default 0.5)")
     c.add_argument("--slr-rr", metavar="F", type=_fraction, default=0.5,

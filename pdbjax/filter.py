@@ -83,7 +83,7 @@ class FilterInfo(NamedTuple):
     """What :func:`filter_matrix` did to each matrix (a pytree; every field has the batch shape).
 
     Attributes:
-      keep: number of components kept (int32); ``p`` where the fit is not ok. With ``shrink="optimal"``, which
+      keep: number of components kept (int32); ``p`` where the matrix is not filtered (``ok`` False). With ``shrink="optimal"``, which
         sets every component at or below the edge to 0, at most the components above ``lambda_+`` (the
         rank's count when it is smaller): the non-zero ones, so factored output is no wider.
       n_outliers: components the shrinkage moves (int32), counted before the truncation to ``keep`` (a rank
@@ -97,8 +97,10 @@ class FilterInfo(NamedTuple):
       rel_change: ``||W' - W||_F / ||W||_F`` of the returned weight (after the cast to the input
         dtype; for factored output ``W' = A @ B``), measured on ``W / scale`` so it cannot overflow;
         0 for an all-zero ``W`` and for a matrix that was not filtered.
-      ok: whether the weight was filtered; False copies the fit's ``ok`` (weight returned unchanged).
-      reason: the fit's :class:`~pdbjax.fits.Reason` code (``Reason.OK`` when no fit is used).
+      ok: whether the weight was filtered; False where the fit is not ok, the matrix is not finite, or the
+        rule ``"auto"`` leaves a one-bulk matrix as it is (weight returned unchanged).
+      reason: why not: the fit's :class:`~pdbjax.fits.Reason` code (``Reason.OK`` when no fit is used),
+        ``NON_FINITE``, ``ONE_BULK`` (``"auto"`` on an ok fit with one bulk) or ``OUT_OF_RANGE``.
     """
 
     keep: Array

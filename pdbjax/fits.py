@@ -60,8 +60,7 @@ _TEXT = {
     Reason.NEGATIVE: "negative eigenvalues: not the squared singular values of a real matrix",
     Reason.OUT_OF_RANGE: "values outside the range of the dtype (compressed weights that overflow the storage dtype, "
                          "or fitted values that underflow the input dtype)",
-    Reason.ONE_BULK: "one bulk: the rank rule 'auto' keeps a layer whose bulk is one Marchenko-Pastur law as it is "
-                     "(rank 'spikes' or 'upper-bulk' keeps only its outliers)",
+    Reason.ONE_BULK: "one bulk: rank rule 'auto' keeps it whole ('upper-bulk' or 'spikes' keep only the outliers)",
 }
 
 
